@@ -1,0 +1,66 @@
+// A request as the router and middleware see it: plain Swift values copied out of evhttp.
+
+/// A key for a typed value that middleware attaches to a request (the session middleware stores the session here).
+public protocol RequestStorageKey {
+    associatedtype Value
+}
+
+/// Typed per-request storage for middleware.
+public struct RequestStorage {
+    private var values: [ObjectIdentifier: Any] = [:]
+    public init() {}
+    public subscript<Key: RequestStorageKey>(_ key: Key.Type) -> Key.Value? {
+        get { values[ObjectIdentifier(key)] as? Key.Value }
+        set { values[ObjectIdentifier(key)] = newValue }
+    }
+}
+
+/// An HTTP request.
+///
+/// A request belongs to the loop that received it: use it from the handler's task only (it is not `Sendable`).
+public final class Request {
+    /// The method, e.g. `GET`.
+    public let method: HTTPMethod
+    /// The request target as received, e.g. `/a%20b?x=1`.
+    public let uri: String
+    /// The percent-decoded path without the query, e.g. `/a b`.
+    public let path: String
+    /// The raw query string without `?`, or nil.
+    public let query: String?
+    /// The header fields, in order.
+    public let headers: HTTPHeaders
+    /// The body bytes (empty when there is none).
+    public let body: [UInt8]
+    /// The peer's address (IP without port), or "" when unknown.
+    public let remoteAddress: String
+    /// Values of `:name` segments of the matched route.
+    public var parameters: [String: String] = [:]
+    /// Storage for middleware (see ``RequestStorageKey``).
+    public var storage = RequestStorage()
+    /// The loop this request runs on, when it came from a server.
+    public let loop: EventLoop?
+
+    /// Creates a request. Servers build these from the wire; tests build them directly.
+    public init(method: HTTPMethod, uri: String, headers: HTTPHeaders = [:], body: [UInt8] = [],
+                remoteAddress: String = "", loop: EventLoop? = nil) {
+        self.method = method
+        self.uri = uri
+        self.headers = headers
+        self.body = body
+        self.remoteAddress = remoteAddress
+        self.loop = loop
+        let (path, query) = URIParts.split(uri)
+        self.path = path
+        self.query = query
+    }
+
+    /// Query parameters, percent-decoded (`+` as space); the first value of a repeated name wins.
+    public lazy var queryItems: [String: String] = URIParts.parseQuery(query)
+
+    /// Cookies from the `Cookie` header(s), values percent-decoded; the first of a repeated name wins
+    /// (as the `cookie` npm package does). Malformed pairs are skipped, never an error.
+    public lazy var cookies: [String: String] = CookieParser.parse(headers.values("Cookie"))
+
+    /// The body as UTF-8 text (invalid sequences repaired).
+    public var bodyText: String { String(decoding: body, as: UTF8.self) }
+}

@@ -1,0 +1,2 @@
+// SKELETON: the evserver demo app.
+print("evserver: not yet")

@@ -1,0 +1,48 @@
+# Shared helpers for the scripts. Source it: `. "$(dirname "$0")/lib.sh"`.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ensure_packages PKG...: installs the Debian packages that are missing (needs root or sudo).
+ensure_packages() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "missing packages: ${missing[*]} (install them with your package manager)"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    log "installing ${missing[*]}"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+ensure_build_deps() { ensure_packages libevent-dev libhiredis-dev redis-server pkg-config; }
+
+# free_port: prints a TCP port nobody listens on.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start_redis PORT DIR [extra args...]: starts a private redis-server and waits until it answers PING.
+start_redis() {
+    local port="$1" dir="$2"; shift 2
+    mkdir -p "$dir"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+        --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@" >/dev/null \
+        || die "redis-server failed to start (see $dir/redis.log)"
+    for _ in $(seq 1 100); do
+        [ "$(redis-cli -p "$port" ping 2>/dev/null)" = "PONG" ] && return 0
+        sleep 0.05
+    done
+    die "redis-server on port $port did not answer PING (see $dir/redis.log)"
+}
+
+# stop_redis DIR
+stop_redis() {
+    local dir="$1"
+    [ -f "$dir/redis.pid" ] && kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+}
