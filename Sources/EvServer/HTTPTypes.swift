@@ -83,6 +83,8 @@ public struct HTTPHeaders: Sendable, Sequence, ExpressibleByDictionaryLiteral {
 
     public init() {}
     public init(_ fields: [(String, String)]) { self.fields = fields.map { (name: $0.0, value: $0.1) } }
+    /// Takes the fields as they are (the server builds headers this way, without a second copy).
+    init(fields: [(name: String, value: String)]) { self.fields = fields }
     public init(dictionaryLiteral elements: (String, String)...) { self.init(elements) }
 
     /// The first value of `name`, compared case-insensitively.
@@ -109,6 +111,9 @@ public struct HTTPHeaders: Sendable, Sequence, ExpressibleByDictionaryLiteral {
     public mutating func remove(_ name: String) {
         fields.removeAll { $0.name.asciiCaseInsensitiveEquals(name) }
     }
+
+    /// Whether a field named `name` is present.
+    public func contains(_ name: String) -> Bool { self[name] != nil }
 
     public var count: Int { fields.count }
     public func makeIterator() -> IndexingIterator<[(name: String, value: String)]> { fields.makeIterator() }
