@@ -23,13 +23,15 @@ import Darwin
 //   `req->evcon = NULL`, frees the connection and leaves the request alive for the user. evhttp_send then sees
 //   `evcon == NULL` and just frees the request. So replying late is always safe and always needed: every request
 //   handed to us gets exactly one evhttp_send_reply, even when the client is long gone.
-// - A reply to a client that has gone away fails in the write: evhttp_connection_fail_ frees the connection and the
-//   request (userdone is 1 by then). A write to a reset socket raises SIGPIPE (evbuffer uses writev, not
-//   MSG_NOSIGNAL), so the server ignores SIGPIPE, as libevent's sample http-server.c does.
+// - A reply to a client that has gone away fails in the write (or in the read evhttp keeps enabled while writing,
+//   to notice the close): evhttp_connection_fail_ frees the connection and the request (userdone is 1 by then).
+//   A second write after the peer's reset would raise SIGPIPE (evbuffer uses writev, not MSG_NOSIGNAL), so the
+//   server ignores SIGPIPE, as libevent's sample http-server.c does.
 // - The one place libevent frees a request we have not answered is evhttp_free (each connection takes its queued
 //   requests with it). Shutdown therefore waits for the in-flight requests first; when it gives up waiting, it
 //   forgets them (their tasks' late replies become no-ops), frees the detached ones itself (no connection will), and
-//   only then calls evhttp_free.
+//   only then calls evhttp_free. A handler still awaiting work on the stopped loop then never resumes; what its
+//   task holds stays allocated: the price of "stop anyway" after the timeout.
 // - We never take ownership (evhttp_request_own): libevent's own rules above already free every request once.
 //   We never touch a request after evhttp_send_reply: it may be freed inside the call.
 // - For graceful shutdown we also want the replies on the wire, not just queued: evhttp_request_set_on_complete_cb
@@ -99,6 +101,10 @@ public struct HTTPServerError: Error, Sendable, Equatable, CustomStringConvertib
     /// A sentence for logs, naming the address, e.g. `cannot listen on 127.0.0.1:3000: address already in use`.
     public let description: String
 
+    /// Creates an error.
+    /// - Parameters:
+    ///   - code: the kind of failure.
+    ///   - description: a sentence naming the address and the reason.
     public init(_ code: Code, _ description: String) {
         self.code = code
         self.description = description
