@@ -673,9 +673,9 @@ private struct JSONParser {
     }
 
     mutating func parseHex4() throws(JSONParseError) -> UInt16 {
-        guard position + 4 <= bytes.count else { throw JSONParseError(.unexpectedEnd, at: bytes.count) }
         var value: UInt16 = 0
         for _ in 0..<4 {
+            guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
             let c = bytes[position]
             let digit: UInt8
             switch c {

@@ -153,6 +153,9 @@ public final class MemorySessionStore: SessionStore {
         state.withLock { $0.entries[id] = Entry(json: bytes, expiresAt: expiresAt) }
     }
 
+    /// When the entry for `id` expires, if it is held (expired or not).
+    func expiry(of id: String) -> Date? { state.withLock { $0.entries[id]?.expiresAt } }
+
     /// How many entries are held, expired or not (to test sweeping).
     var storedCount: Int { state.withLock { $0.entries.count } }
 }

@@ -145,7 +145,11 @@ public final class RedisSessionStore: SessionStore {
 
     /// connect-redis's `_getTTL`: `Math.ceil((expires - Date.now()) / 1000)`, else the default ttl.
     func ttl(for session: SessionData, now: Date = Date()) -> Int {
-        guard let expires = session.cookie.expires else { return ttl }
+        RedisSessionStore.ttl(for: session, defaultTTL: ttl, now: now)
+    }
+
+    static func ttl(for session: SessionData, defaultTTL: Int, now: Date) -> Int {
+        guard let expires = session.cookie.expires else { return defaultTTL }
         let ms = expires.javaScriptMilliseconds - now.javaScriptMilliseconds
         let seconds = ms >= 0 ? (ms + 999) / 1000 : -((-ms) / 1000)   // ceil, also for negatives
         return Int(clamping: seconds)
