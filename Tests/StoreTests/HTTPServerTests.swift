@@ -75,6 +75,11 @@ func makeTestApplication(configuration: HTTPServerConfiguration = .init()) -> Ap
         await sleep(on: request.loop!, .milliseconds(150))
         response.send("slow done")
     }
+    app.get("/slower") { request, response in
+        // Long enough that a poller on a loaded machine sees it in flight.
+        await sleep(on: request.loop!, .milliseconds(1000))
+        response.send("slow done")
+    }
     app.get("/slow-big") { request, response in
         await sleep(on: request.loop!, .milliseconds(100))
         response.body = [UInt8](repeating: 120, count: 8 << 20)   // many writes: the later ones hit a reset socket
@@ -403,7 +408,7 @@ struct HTTPServerTests {
         let answer = Task {
             try await onThread { () -> TestHTTPResponse in
                 let client = try TestHTTPClient(port: port)
-                return try client.request("GET", "/slow")
+                return try client.request("GET", "/slower")
             }
         }
         #expect(await eventually { await server.pendingCount() == 1 })

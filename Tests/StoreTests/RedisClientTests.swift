@@ -397,7 +397,7 @@ import Darwin
                     Issue.record("PING to a stopped server succeeded")
                 } catch let error as RedisClientError {
                     let elapsed = ContinuousClock.now - started
-                    #expect(elapsed < .milliseconds(50), "failing took \(elapsed)")
+                    #expect(elapsed < .milliseconds(250), "failing took \(elapsed)")
                     #expect(error == .notConnected || error == .connectFailed, "\(error)")
                     if error == .notConnected { sawNotConnected = true }
                 }
@@ -410,7 +410,7 @@ import Darwin
     }
 
     @Test func nothingListeningIsAConnectError() async throws {
-        let port = try freePort()
+        let port = try TestRedis.unusedPort()
         try await withClient(RedisConfiguration(port: port), waitForConnection: false) { client in
             do {
                 try await client.ping()
@@ -586,7 +586,7 @@ private final class PrivateRedis: Sendable {
 
     init(arguments: [String] = []) throws {
         self.arguments = arguments
-        self.port = try freePort()
+        self.port = try TestRedis.unusedPort()
         try start()
     }
 
@@ -653,24 +653,6 @@ private func findExecutable(_ name: String) -> String? {
         if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
     }
     return nil
-}
-
-/// A TCP port nothing listens on right now (bound to port 0, read back, released).
-private func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw TestFailure("socket() failed") }
-    defer { close(fd) }
-    var address = loopbackAddress(port: 0)
-    let bound = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard bound == 0 else { throw TestFailure("bind() failed") }
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let named = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-    }
-    guard named == 0 else { throw TestFailure("getsockname() failed") }
-    return Int(UInt16(bigEndian: address.sin_port))
 }
 
 /// Whether something on 127.0.0.1:`port` answers a PING with a RESP reply (`+PONG` or an error such as NOAUTH).
