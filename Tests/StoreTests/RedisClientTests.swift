@@ -423,7 +423,78 @@ import Darwin
         }
     }
 
+    @Test func serverThatNeverAnswersFailsTheConnectAtTheDeadline() async throws {
+        // A listener that never accepts: the kernel completes the TCP handshake, then nothing ever answers (as with
+        // a hung server or a half-open connection).
+        let blackHole = try BlackHole()
+        defer { blackHole.close() }
+        let configuration = RedisConfiguration(port: blackHole.port, commandTimeout: .milliseconds(200))
+        try await withClient(configuration, waitForConnection: false) { client in
+            let started = ContinuousClock.now
+            do {
+                try await client.ping()
+                Issue.record("PING to a server that never answers succeeded")
+            } catch let error as RedisClientError {
+                #expect(error == .connectFailed, "\(error)")
+                #expect(error.description.contains("no answer within 200 ms"), "\(error)")
+            }
+            let elapsed = ContinuousClock.now - started
+            #expect(elapsed >= .milliseconds(150) && elapsed < .milliseconds(600), "failed after \(elapsed)")
+            #expect(!client.isConnected)
+        }
+    }
+
+    @Test func commandsBeyondTheConnectingQueueLimitFailAtOnce() async throws {
+        let blackHole = try BlackHole()
+        defer { blackHole.close() }
+        var configuration = RedisConfiguration(port: blackHole.port, commandTimeout: .seconds(2))
+        configuration.connectingQueueLimit = 3
+        try await withClient(configuration, waitForConnection: false) { client in
+            let queued = (0..<3).map { _ in Task { try await client.ping() } }
+            try await Task.sleep(for: .milliseconds(50))
+            let started = ContinuousClock.now
+            do {
+                try await client.ping()
+                Issue.record("a command beyond the queue limit was accepted")
+            } catch let error as RedisClientError {
+                #expect(error == .notConnected, "\(error)")
+                #expect(error.description.contains("still connecting"), "\(error)")
+            }
+            #expect(ContinuousClock.now - started < .milliseconds(50))
+            client.close()
+            for task in queued {
+                await #expect(throws: RedisClientError.connectionClosed) { try await task.value }
+            }
+        }
+    }
+
     // MARK: - Timeouts
+
+    @Test func slowCommandTimesOutButTheConnectionIsKeptWhileRepliesFlow() async throws {
+        var configuration = sharedConfiguration()
+        configuration.commandTimeout = .milliseconds(300)
+        try await withClient(configuration) { client in
+            let id = try await client.send("CLIENT", "ID")
+            let (first, second) = (testKey(), testKey())
+            let loop = client.loop
+            // Sent back to back: the first reply (after 100 ms) arrives while the second command waits, so when
+            // the second misses its deadline the connection has shown progress and is kept.
+            let quick = Task(executorPreference: loop) { try await client.send("BLPOP", first, "0.1") }
+            let slow = Task(executorPreference: loop) { try await client.send("BLPOP", second, "1") }
+            #expect(try await quick.value == .null)
+            let started = ContinuousClock.now
+            await #expect(throws: RedisClientError.timeout) { try await slow.value }
+            #expect(ContinuousClock.now - started < .milliseconds(400))
+            #expect(client.isConnected)
+            // The late reply (BLPOP's nil, about 1.1 s after sending) is dropped; later replies still match.
+            try await Task.sleep(for: .milliseconds(1000))
+            let key = testKey()
+            try await client.set(key, to: Array("after".utf8), expiresIn: 60)
+            #expect(try await client.get(key) == Array("after".utf8))
+            #expect(try await client.send("CLIENT", "ID") == id, "the connection was replaced")
+            try await client.delete([key])
+        }
+    }
 
     @Test func pausedServerTimesTheCommandOutAtTheDeadline() async throws {
         let server = try PrivateRedis()
@@ -653,6 +724,41 @@ private func findExecutable(_ name: String) -> String? {
         if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
     }
     return nil
+}
+
+/// A TCP listener on 127.0.0.1 that never accepts a connection.
+private final class BlackHole: Sendable {
+    let port: Int
+    private let fd: Int32
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestFailure("socket() failed") }
+        var address = loopbackAddress(port: 0)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard bound == 0, named == 0, listen(fd, 16) == 0 else {
+            closeSocket(fd)
+            throw TestFailure("bind/listen failed")
+        }
+        self.fd = fd
+        self.port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func close() {
+        closeSocket(fd)
+    }
+}
+
+private func closeSocket(_ fd: Int32) {
+    _ = close(fd)
 }
 
 /// A TCP port nothing listens on right now (bound to port 0, read back, released).
