@@ -77,6 +77,14 @@ final class HiredisConnection: @unchecked Sendable {
             redisAsyncFree(context)   // never connected, nothing attached: frees at once, no callbacks
             throw HiredisError(message)
         }
+        // TCP keepalive (15 s interval): an idle connection whose peer vanished (failover, partition) is noticed
+        // without waiting for the next command to time out. A failure sets `c->err`, which would fail every
+        // later write anyway, so it fails the attempt here.
+        guard redisEnableKeepAlive(&context.pointee.c) == REDIS_OK else {
+            let message = errorText(of: context.pointee.c)
+            redisAsyncFree(context)
+            throw HiredisError("could not enable TCP keepalive: \(message)")
+        }
         let attached = loop.withUnsafeEventBase { base in redisLibeventAttach(context, base) }
         guard attached == REDIS_OK else {
             redisAsyncFree(context)

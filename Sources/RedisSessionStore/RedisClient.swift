@@ -13,7 +13,10 @@ import Synchronization
 /// 50 ms doubling to 1 s, with jitter), until ``close()``; while it waits between attempts, commands fail at once
 /// with ``RedisClientError/notConnected`` instead of piling up.
 ///
-/// Every command has a deadline, ``RedisConfiguration/commandTimeout``. A `-ERR` reply throws ``RedisError``.
+/// Every command has a deadline, ``RedisConfiguration/commandTimeout``: a command that misses it fails with
+/// ``RedisClientError/timeout`` at once and its late reply is dropped. The connection is kept while replies still
+/// flow; one that stayed silent for a whole timeout while a command waited is dropped and re-established. A `-ERR`
+/// reply throws ``RedisError``. Replies are RESP2.
 ///
 /// Thread safety: all methods may be called from any thread or task. The connection itself lives on `loop`'s
 /// thread; a call from a task running on the loop (`Task(executorPreference: loop)`) is sent without any hop,
@@ -478,8 +481,11 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             do {
                 try link.connection.send(arguments, command: command)
             } catch {
+                // The connection is going away (hiredis refuses new commands while it tears a context down).
                 command.role = .done
-                let failure = RedisClientError.connectionClosed.with(link.failure ?? error.description)
+                let reason = link.failure ?? link.connection.failureReason ?? error.description
+                let failure = phase == .connecting ? RedisClientError.connectFailed(reason)
+                                                   : RedisClientError.connectionClosed.with(reason)
                 reject(continuation, name: name, error: failure)
                 return
             }

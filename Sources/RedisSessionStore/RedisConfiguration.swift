@@ -13,7 +13,8 @@ public enum RedisCommandOutcome: String, Sendable, Hashable, CaseIterable {
 
 /// Where and how to connect to Redis, parsed from `redis://[[user]:password@]host[:port][/db]`.
 public struct RedisConfiguration: Sendable, Equatable {
-    /// Host name or IP address (IPv6 without brackets). A name is resolved when connecting.
+    /// Host name or IP address (IPv6 without brackets). A name is resolved at each connection attempt, on the
+    /// loop thread (hiredis 0.14 resolves synchronously): prefer an IP address or a name in /etc/hosts.
     public var host: String
     public var port: Int
     /// The ACL user for `AUTH user password` (Redis 6+); nil authenticates as the default user.

@@ -423,7 +423,78 @@ import Darwin
         }
     }
 
+    @Test func serverThatNeverAnswersFailsTheConnectAtTheDeadline() async throws {
+        // A listener that never accepts: the kernel completes the TCP handshake, then nothing ever answers (as with
+        // a hung server or a half-open connection).
+        let blackHole = try BlackHole()
+        defer { blackHole.close() }
+        let configuration = RedisConfiguration(port: blackHole.port, commandTimeout: .milliseconds(200))
+        try await withClient(configuration, waitForConnection: false) { client in
+            let started = ContinuousClock.now
+            do {
+                try await client.ping()
+                Issue.record("PING to a server that never answers succeeded")
+            } catch let error as RedisClientError {
+                #expect(error == .connectFailed, "\(error)")
+                #expect(error.description.contains("no answer within 200 ms"), "\(error)")
+            }
+            let elapsed = ContinuousClock.now - started
+            #expect(elapsed >= .milliseconds(150) && elapsed < .milliseconds(600), "failed after \(elapsed)")
+            #expect(!client.isConnected)
+        }
+    }
+
+    @Test func commandsBeyondTheConnectingQueueLimitFailAtOnce() async throws {
+        let blackHole = try BlackHole()
+        defer { blackHole.close() }
+        var configuration = RedisConfiguration(port: blackHole.port, commandTimeout: .seconds(2))
+        configuration.connectingQueueLimit = 3
+        try await withClient(configuration, waitForConnection: false) { client in
+            let queued = (0..<3).map { _ in Task { try await client.ping() } }
+            try await Task.sleep(for: .milliseconds(50))
+            let started = ContinuousClock.now
+            do {
+                try await client.ping()
+                Issue.record("a command beyond the queue limit was accepted")
+            } catch let error as RedisClientError {
+                #expect(error == .notConnected, "\(error)")
+                #expect(error.description.contains("still connecting"), "\(error)")
+            }
+            #expect(ContinuousClock.now - started < .milliseconds(50))
+            client.close()
+            for task in queued {
+                await #expect(throws: RedisClientError.connectionClosed) { try await task.value }
+            }
+        }
+    }
+
     // MARK: - Timeouts
+
+    @Test func slowCommandTimesOutButTheConnectionIsKeptWhileRepliesFlow() async throws {
+        var configuration = sharedConfiguration()
+        configuration.commandTimeout = .milliseconds(300)
+        try await withClient(configuration) { client in
+            let id = try await client.send("CLIENT", "ID")
+            let (first, second) = (testKey(), testKey())
+            let loop = client.loop
+            // Sent back to back: the first reply (after 100 ms) arrives while the second command waits, so when
+            // the second misses its deadline the connection has shown progress and is kept.
+            let quick = Task(executorPreference: loop) { try await client.send("BLPOP", first, "0.1") }
+            let slow = Task(executorPreference: loop) { try await client.send("BLPOP", second, "1") }
+            #expect(try await quick.value == .null)
+            let started = ContinuousClock.now
+            await #expect(throws: RedisClientError.timeout) { try await slow.value }
+            #expect(ContinuousClock.now - started < .milliseconds(400))
+            #expect(client.isConnected)
+            // The late reply (BLPOP's nil, about 1.1 s after sending) is dropped; later replies still match.
+            try await Task.sleep(for: .milliseconds(1000))
+            let key = testKey()
+            try await client.set(key, to: Array("after".utf8), expiresIn: 60)
+            #expect(try await client.get(key) == Array("after".utf8))
+            #expect(try await client.send("CLIENT", "ID") == id, "the connection was replaced")
+            try await client.delete([key])
+        }
+    }
 
     @Test func pausedServerTimesTheCommandOutAtTheDeadline() async throws {
         let server = try PrivateRedis()
@@ -572,114 +643,37 @@ private func eventually(within timeout: Duration, _ body: () async throws -> Voi
     }
 }
 
-// MARK: - A private redis-server
-
-/// A redis-server of the test's own on a free port, killed at the end (`stop()`; also on deinit).
-///
-/// Started with posix_spawn rather than Foundation's Process: a child inherits the signal mask of the thread that
-/// spawns it, and the concurrency pool's threads block most signals, so a redis-server spawned from a test task
-/// would ignore SIGTERM; here the child gets an empty mask and default dispositions.
-private final class PrivateRedis: Sendable {
+/// A TCP listener on 127.0.0.1 that never accepts a connection.
+private final class BlackHole: Sendable {
     let port: Int
-    private let arguments: [String]
-    private let pid = Mutex<pid_t?>(nil)
+    private let fd: Int32
 
-    init(arguments: [String] = []) throws {
-        self.arguments = arguments
-        self.port = try TestRedis.unusedPort()
-        try start()
-    }
-
-    deinit { stop() }
-
-    /// Starts (or restarts) the server on `port` and waits until it answers.
-    func start() throws {
-        guard let executable = findExecutable("redis-server") else {
-            throw TestFailure("redis-server is not installed (apt-get install redis-server)")
-        }
-        let argv = [executable, "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--daemonize", "no", "--dir", "/tmp", "--loglevel", "warning"] + arguments
-        let child = try spawn(executable, argv)
-        pid.withLock { $0 = child }
-        let deadline = ContinuousClock.now + .seconds(5)
-        while !redisAnswers(port: port) {
-            var status: Int32 = 0
-            guard waitpid(child, &status, WNOHANG) == 0, ContinuousClock.now < deadline else {
-                stop()
-                throw TestFailure("the private redis-server on port \(port) did not start")
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestFailure("socket() failed") }
+        var address = loopbackAddress(port: 0)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
             }
-            usleep(10_000)
         }
-    }
-
-    /// Kills the server (SIGKILL: an abrupt death, as a crash or an OOM kill would be) and reaps it. Idempotent.
-    func stop() {
-        guard let child = pid.withLock({ pid in defer { pid = nil }; return pid }) else { return }
-        kill(child, SIGKILL)
-        var status: Int32 = 0
-        while waitpid(child, &status, 0) == -1, errno == EINTR {}
-    }
-}
-
-private func spawn(_ path: String, _ arguments: [String]) throws -> pid_t {
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var noSignals = sigset_t()
-    sigemptyset(&noSignals)
-    posix_spawnattr_setsigmask(&attributes, &noSignals)
-    var defaults = sigset_t()
-    sigemptyset(&defaults)
-    for signal in [SIGPIPE, SIGTERM, SIGINT] { sigaddset(&defaults, signal) }
-    posix_spawnattr_setsigdefault(&attributes, &defaults)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    let argv = arguments.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var child: pid_t = 0
-    let status = posix_spawn(&child, path, &actions, &attributes, argv, environ)
-    guard status == 0 else { throw TestFailure("posix_spawn \(path) failed: \(status)") }
-    return child
-}
-
-private func findExecutable(_ name: String) -> String? {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-    for directory in path.split(separator: ":") + ["/usr/bin", "/usr/local/bin"] {
-        let candidate = "\(directory)/\(name)"
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-    }
-    return nil
-}
-
-/// Whether something on 127.0.0.1:`port` answers a PING with a RESP reply (`+PONG` or an error such as NOAUTH).
-private func redisAnswers(port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var address = loopbackAddress(port: port)
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
         }
+        guard bound == 0, named == 0, listen(fd, 16) == 0 else {
+            closeSocket(fd)
+            throw TestFailure("bind/listen failed")
+        }
+        self.fd = fd
+        self.port = Int(UInt16(bigEndian: address.sin_port))
     }
-    guard connected == 0 else { return false }
-    let ping = Array("PING\r\n".utf8)
-    guard write(fd, ping, ping.count) == ping.count else { return false }
-    var buffer = [UInt8](repeating: 0, count: 64)
-    let count = read(fd, &buffer, buffer.count)
-    return count > 0 && (buffer[0] == UInt8(ascii: "+") || buffer[0] == UInt8(ascii: "-"))
+
+    func close() {
+        closeSocket(fd)
+    }
 }
 
-private func loopbackAddress(port: Int) -> sockaddr_in {
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = in_port_t(UInt16(port).bigEndian)
-    address.sin_addr.s_addr = in_addr_t(0x7F00_0001).bigEndian
-    return address
+private func closeSocket(_ fd: Int32) {
+    _ = close(fd)
 }
