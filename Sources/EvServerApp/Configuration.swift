@@ -18,7 +18,7 @@ enum StoreKind: String, CaseIterable, Sendable {
 struct AppConfiguration: Sendable {
     var host = "127.0.0.1"
     var port = 3000
-    var threads = 1
+    var threads = AppConfiguration.coreCount
     var store: StoreKind = .redis
     var redisURL = "redis://127.0.0.1:6379/0"
     var redis = RedisConfiguration()
@@ -37,6 +37,11 @@ struct AppConfiguration: Sendable {
     var maxBody = 65536
 }
 
+extension AppConfiguration {
+    /// The cores this process may run on (the default number of event loops).
+    static var coreCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+}
+
 /// A configuration problem, reported to the operator as one line before anything binds.
 struct ConfigurationError: Error, CustomStringConvertible {
     let description: String
@@ -51,7 +56,7 @@ struct ServerOptions: ParsableArguments {
     @Option(help: "TCP port to listen on (env PORT, default 3000).")
     var port: String?
 
-    @Option(help: "Event loops, one per thread (env EVSERVER_THREADS, default 1).")
+    @Option(help: "Event loops, one thread each, all on one port (env EVSERVER_THREADS, default: the number of cores).")
     var threads: String?
 
     @Option(help: "Session store: redis or memory (env SESSION_STORE, default redis).")

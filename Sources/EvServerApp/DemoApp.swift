@@ -80,12 +80,16 @@ struct DemoApp: Sendable {
             response.send(json: ["views": .number(String(views)), "instance": .string(instance)])
         }
 
+        let idleTTL = 86400
         app.get("/session") { request, response in
             let session = request.session
             let body: JSONValue = [
                 "id": session.isNew ? .null : .string(session.id),
                 "data": .object(session.data),
                 "cookie": (try? JSONValue(parsing: SessionData(cookie: session.cookie).jsonBytes()))?["cookie"] ?? .null,
+                // Every request refreshes the store's expiry, so what is left is the cookie's remaining life, or the
+                // idle TTL when the cookie lasts for the browser session.
+                "ttl": session.isNew ? .null : .number(String(Self.remainingSeconds(session.cookie, idleTTL: idleTTL))),
                 "instance": .string(instance),
             ]
             response.send(json: body)
@@ -121,6 +125,11 @@ struct DemoApp: Sendable {
                                          sameSite: cookieSameSite))
             response.send(json: #"{"loggedOut":true}"#)
         }
+    }
+
+    static func remainingSeconds(_ cookie: SessionCookie, idleTTL: Int) -> Int {
+        guard let expires = cookie.expires else { return idleTTL }
+        return max(0, Int((expires.timeIntervalSinceNow).rounded(.up)))
     }
 
     // MARK: - Operational routes

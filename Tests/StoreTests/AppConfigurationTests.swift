@@ -11,7 +11,7 @@ import Testing
         let config = try resolve(["--secret", "s"])
         #expect(config.host == "127.0.0.1")
         #expect(config.port == 3000)
-        #expect(config.threads == 1)
+        #expect(config.threads == AppConfiguration.coreCount)
         #expect(config.store == .redis)
         #expect(config.redisURL == "redis://127.0.0.1:6379/0")
         #expect(config.cookieName == "connect.sid")
