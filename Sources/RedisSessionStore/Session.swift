@@ -133,7 +133,8 @@ public final class Session {
         return try value.decode(as: T.self)
     }
 
-    /// Encodes `value` (with `JSONEncoder`) and stores it under `key`.
+    /// Encodes `value` (with `JSONEncoder`, object keys sorted so equal values always encode alike) and stores it
+    /// under `key`.
     /// - Throws: the encoder's error.
     public func set<T: Encodable>(_ key: String, _ value: T) throws {
         self[key] = try JSONValue(encoding: value)
