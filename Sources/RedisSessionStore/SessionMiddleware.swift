@@ -270,7 +270,7 @@ public struct SessionMiddleware: Middleware {
         switch session.state {
         case .unset:
             // shouldDestroy: `req.sessionID && unsetDestroy && req.session == null`.
-            if configuration.unset == .destroy { try await engine.destroy(session.id) }
+            if configuration.unset == .destroy, let id = session.existingId { try await engine.destroy(id) }
             return nil
         case .destroyed:
             // destroy() already removed it from the store (express would send a second destroy with
@@ -306,7 +306,7 @@ public struct SessionMiddleware: Middleware {
 
     /// express: `!saveUninitialized && !savedHash && cookieId !== req.sessionID ? isModified : !isSaved`.
     func shouldSave(_ session: Session, cookieId: String?) -> Bool {
-        if !configuration.saveUninitialized && session.savedValues == nil && cookieId != session.id {
+        if !configuration.saveUninitialized && session.savedValues == nil && !session.hasId(cookieId) {
             return session.isModified
         }
         return !session.isSaved
@@ -314,13 +314,13 @@ public struct SessionMiddleware: Middleware {
 
     /// express: `cookieId === req.sessionID && !shouldSave(req)` (asked only when not saving).
     func shouldTouch(_ session: Session, cookieId: String?) -> Bool {
-        cookieId == session.id
+        session.hasId(cookieId)
     }
 
     /// express: `cookieId !== req.sessionID ? saveUninitialized || isModified
     ///                                      : rolling || cookie.expires != null && isModified`.
     func shouldSetCookie(_ session: Session, cookieId: String?) -> Bool {
-        if cookieId != session.id {
+        if !session.hasId(cookieId) {
             return configuration.saveUninitialized || session.isModified
         }
         return configuration.rolling || (session.cookie.expires != nil && session.isModified)
