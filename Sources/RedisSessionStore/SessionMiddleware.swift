@@ -292,9 +292,10 @@ public struct SessionMiddleware: Middleware {
         guard shouldSetCookie(session, cookieId: cookieId) else { return nil }
         if session.cookie.secure == true && !session.requestIsSecure {
             // express: "only send secure cookies via https". The session is saved; the browser just never gets it.
-            metrics.recordSecureCookieWithheld()
-            configuration.logger.warning("secure session cookie withheld on a plain HTTP request",
-                                         metadata: ["hint": "serve over HTTPS, or set trustProxy behind a TLS proxy"])
+            // A misconfiguration repeats on every request: warn once, then count (metrics) and debug-log.
+            let level: Logger.Level = metrics.recordSecureCookieWithheld() == 1 ? .warning : .debug
+            configuration.logger.log(level: level, "secure session cookie withheld on a plain HTTP request",
+                                     metadata: ["hint": "serve over HTTPS, or set trustProxy behind a TLS proxy"])
             return nil
         }
         let cookie = session.cookie
