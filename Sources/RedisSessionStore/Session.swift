@@ -42,7 +42,15 @@ public final class Session {
     enum State { case active, destroyed, unset }
 
     /// The session id (the cookie carries it, signed). Changes on ``regenerate()``.
-    public private(set) var id: String
+    ///
+    /// A new session's id is made the first time something needs it (a save, the cookie, this property), so a
+    /// request that never stores anything costs no random bytes.
+    public var id: String {
+        if let currentId { return currentId }
+        let generated = engine.configuration.genid()
+        currentId = generated
+        return generated
+    }
     /// The cookie's lifetime and attributes. `cookie.maxAge = 60_000` moves the expiry, as in express.
     public var cookie: SessionCookie
     /// Whether the session was created during this request (no valid cookie, nothing in the store, or regenerated).
@@ -60,6 +68,7 @@ public final class Session {
     }
 
     private var values: JSONObject
+    private var currentId: String?
     let engine: SessionEngine
     /// Whether the request came over HTTPS (for `secure: .auto`), decided once when the request arrived.
     let requestIsSecure: Bool
@@ -68,8 +77,9 @@ public final class Session {
 
     // express-session's bookkeeping: `originalId`/`originalHash` as loaded or generated, `savedHash` after a save
     // (or at load when resave is off). Instead of hashing, the values themselves are kept (copy-on-write makes that
-    // free) and compared by their serialized form only when something was written.
-    let originalId: String
+    // free) and compared by their serialized form only when something was written. The id only ever changes through
+    // regenerate(), so `originalId !== sess.id` is that flag.
+    private var regenerated = false
     private let originalValues: JSONObject
     private(set) var savedValues: JSONObject?
     private var changedSinceLoad = false
@@ -80,14 +90,13 @@ public final class Session {
 
     /// A session loaded from the store.
     init(id: String, stored: SessionData, engine: SessionEngine, requestIsSecure: Bool) {
-        self.id = id
+        self.currentId = id
         self.cookie = stored.cookie
         self.values = stored.values
         self.engine = engine
         self.requestIsSecure = requestIsSecure
         self.isDetached = false
         self.isNew = false
-        self.originalId = id
         self.originalValues = stored.values
         self.inStore = true
         if !engine.configuration.resave { savedValues = stored.values }
@@ -95,14 +104,13 @@ public final class Session {
 
     /// A new session (express's `store.generate`).
     init(newWith engine: SessionEngine, requestIsSecure: Bool, now: Date, detached: Bool = false) {
-        self.id = engine.configuration.genid()
+        self.currentId = nil
         self.cookie = engine.newCookie(now: now, requestIsSecure: requestIsSecure)
         self.values = JSONObject()
         self.engine = engine
         self.requestIsSecure = requestIsSecure
         self.isDetached = detached
         self.isNew = true
-        self.originalId = id
         self.originalValues = JSONObject()
         self.inStore = false
     }
@@ -133,7 +141,8 @@ public final class Session {
         return try value.decode(as: T.self)
     }
 
-    /// Encodes `value` (with `JSONEncoder`) and stores it under `key`.
+    /// Encodes `value` (with `JSONEncoder`, object keys sorted so equal values always encode alike) and stores it
+    /// under `key`.
     /// - Throws: the encoder's error.
     public func set<T: Encodable>(_ key: String, _ value: T) throws {
         self[key] = try JSONValue(encoding: value)
@@ -159,10 +168,12 @@ public final class Session {
     /// session as it was, so a login cannot go on under the old id.
     /// - Throws: ``SessionStoreError`` when the store fails.
     public func regenerate() async throws {
-        if !isDetached {
-            try await engine.destroy(id)
+        // An id never made was never stored: nothing to destroy.
+        if !isDetached, let currentId {
+            try await engine.destroy(currentId)
         }
-        id = engine.configuration.genid()
+        currentId = nil
+        regenerated = true
         values = JSONObject()
         changedSinceLoad = true
         changedSinceSave = true
@@ -178,8 +189,8 @@ public final class Session {
     public func destroy() async throws {
         state = .destroyed
         values = JSONObject()
-        guard !isDetached else { return }
-        try await engine.destroy(id)
+        guard !isDetached, let currentId else { return }
+        try await engine.destroy(currentId)
         inStore = false
     }
 
@@ -223,14 +234,14 @@ public final class Session {
 
     /// express's `isModified`: another id, or other values than at load.
     var isModified: Bool {
-        if originalId != id { return true }
+        if regenerated { return true }
         if !changedSinceLoad { return false }
         return !Session.sameJSON(values, originalValues)
     }
 
     /// express's `isSaved`: same id, and the values last saved (or loaded, with resave off) are the current ones.
     var isSaved: Bool {
-        guard originalId == id, let savedValues else { return false }
+        guard !regenerated, let savedValues else { return false }
         if !changedSinceSave { return true }
         return Session.sameJSON(values, savedValues)
     }
@@ -242,6 +253,15 @@ public final class Session {
         b.serialize(into: &right)
         return left == right
     }
+
+    /// Whether the session's id is `cookieId` (express's `cookieId === req.sessionID`), without making an id.
+    func hasId(_ cookieId: String?) -> Bool {
+        guard let cookieId, let currentId else { return false }
+        return currentId == cookieId
+    }
+
+    /// The id, if one was made or loaded.
+    var existingId: String? { currentId }
 
     /// The data to store.
     var storedData: SessionData { SessionData(cookie: cookie, values: values) }

@@ -31,5 +31,7 @@ public final class SessionMetrics: Sendable {
     func recordTouched() { touchedCount.add(1, ordering: .relaxed) }
     func recordDestroyed() { destroyedCount.add(1, ordering: .relaxed) }
     func recordStoreError() { storeErrorCount.add(1, ordering: .relaxed) }
-    func recordSecureCookieWithheld() { secureCookieWithheldCount.add(1, ordering: .relaxed) }
+    /// - Returns: the new count.
+    @discardableResult
+    func recordSecureCookieWithheld() -> Int { secureCookieWithheldCount.add(1, ordering: .relaxed).newValue }
 }

@@ -270,7 +270,7 @@ public struct SessionMiddleware: Middleware {
         switch session.state {
         case .unset:
             // shouldDestroy: `req.sessionID && unsetDestroy && req.session == null`.
-            if configuration.unset == .destroy { try await engine.destroy(session.id) }
+            if configuration.unset == .destroy, let id = session.existingId { try await engine.destroy(id) }
             return nil
         case .destroyed:
             // destroy() already removed it from the store (express would send a second destroy with
@@ -292,9 +292,10 @@ public struct SessionMiddleware: Middleware {
         guard shouldSetCookie(session, cookieId: cookieId) else { return nil }
         if session.cookie.secure == true && !session.requestIsSecure {
             // express: "only send secure cookies via https". The session is saved; the browser just never gets it.
-            metrics.recordSecureCookieWithheld()
-            configuration.logger.warning("secure session cookie withheld on a plain HTTP request",
-                                         metadata: ["hint": "serve over HTTPS, or set trustProxy behind a TLS proxy"])
+            // A misconfiguration repeats on every request: warn once, then count (metrics) and debug-log.
+            let level: Logger.Level = metrics.recordSecureCookieWithheld() == 1 ? .warning : .debug
+            configuration.logger.log(level: level, "secure session cookie withheld on a plain HTTP request",
+                                     metadata: ["hint": "serve over HTTPS, or set trustProxy behind a TLS proxy"])
             return nil
         }
         let cookie = session.cookie
@@ -306,7 +307,7 @@ public struct SessionMiddleware: Middleware {
 
     /// express: `!saveUninitialized && !savedHash && cookieId !== req.sessionID ? isModified : !isSaved`.
     func shouldSave(_ session: Session, cookieId: String?) -> Bool {
-        if !configuration.saveUninitialized && session.savedValues == nil && cookieId != session.id {
+        if !configuration.saveUninitialized && session.savedValues == nil && !session.hasId(cookieId) {
             return session.isModified
         }
         return !session.isSaved
@@ -314,13 +315,13 @@ public struct SessionMiddleware: Middleware {
 
     /// express: `cookieId === req.sessionID && !shouldSave(req)` (asked only when not saving).
     func shouldTouch(_ session: Session, cookieId: String?) -> Bool {
-        cookieId == session.id
+        session.hasId(cookieId)
     }
 
     /// express: `cookieId !== req.sessionID ? saveUninitialized || isModified
     ///                                      : rolling || cookie.expires != null && isModified`.
     func shouldSetCookie(_ session: Session, cookieId: String?) -> Bool {
-        if cookieId != session.id {
+        if !session.hasId(cookieId) {
             return configuration.saveUninitialized || session.isModified
         }
         return configuration.rolling || (session.cookie.expires != nil && session.isModified)

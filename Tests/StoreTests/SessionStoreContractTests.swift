@@ -444,6 +444,45 @@ func sampleSession(expiringIn seconds: Int64?, now: Date, values: JSONObject? = 
         try await store.clear()
     }
 
+    @Test func middlewareOnARequestLoopSavesAndTouchesThroughRedis() async throws {
+        let connection = try await TestRedis.connect()
+        defer { connection.close() }
+        let configuration = TestRedis.configuration
+        let prefix = "test:\(UUID().uuidString):"
+        let store = try RedisSessionStore(url: "redis://\(configuration.host):\(configuration.port)", prefix: prefix)
+        let middleware = try SessionMiddleware(store: store, configuration: SessionConfiguration(
+            secrets: ["keyboard cat"], cookie: SessionCookieOptions(maxAge: 120_000)))
+        let thread = try EventLoopThread(name: "server-loop")
+        defer { thread.shutdown() }
+
+        // As the server runs handlers: a task on the request's loop.
+        @Sendable func run(cookie: String?, write: Bool) async throws -> (setCookie: String?, id: String) {
+            try await Task(executorPreference: thread.loop) { () async throws -> (String?, String) in
+                let request = Request(method: .get, uri: "/", headers: HTTPHeaders(cookie.map { [("Cookie", $0)] } ?? []))
+                let response = Response()
+                try await middleware.handle(request, response, next: Next {
+                    if write { request.session["visits"] = .number(String((request.session["visits"]?.intValue ?? 0) + 1)) }
+                })
+                return (response.headers["Set-Cookie"], request.session.id)
+            }.value
+        }
+
+        let first = try await run(cookie: nil, write: true)
+        let cookie = try #require(first.setCookie.map { String($0.prefix { $0 != ";" }) })
+        #expect((119...120).contains(try await connection.client.send("TTL", prefix + first.id).integer ?? -1))
+        try await Task.sleep(for: .milliseconds(1100))
+        #expect((118...119).contains(try await connection.client.send("TTL", prefix + first.id).integer ?? -1))
+        let second = try await run(cookie: cookie, write: false)   // unmodified: EXPIRE only
+        #expect(second.id == first.id && second.setCookie == nil)
+        #expect((119...120).contains(try await connection.client.send("TTL", prefix + first.id).integer ?? -1))
+        let third = try await run(cookie: cookie, write: true)
+        #expect(third.setCookie != nil)   // modified, with an expiry: a fresh cookie
+        let stored = try await connection.client.get(prefix + first.id).map { String(decoding: $0, as: UTF8.self) }
+        #expect(stored?.hasSuffix(#","visits":2}"#) == true)
+        #expect(middleware.metrics.saved == 2 && middleware.metrics.touched == 1)
+        try await store.clear()
+    }
+
     @Test func badURLThrows() {
         #expect(throws: (any Error).self) { try RedisSessionStore(url: "http://nope") }
     }
