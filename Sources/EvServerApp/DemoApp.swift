@@ -29,7 +29,7 @@ struct DemoApp: Sendable {
         case .memory:
             store = MemorySessionStore()
         case .redis:
-            store = try RedisSessionStore(url: configuration.redisURL, prefix: configuration.prefix)  // TODO configuration
+            store = RedisSessionStore(configuration: redis, prefix: configuration.prefix)
         }
         var options = SessionConfiguration(secrets: configuration.secrets)
         options.name = configuration.cookieName

@@ -51,9 +51,18 @@ public final class RedisSessionStore: SessionStore {
     /// made on first use from that loop, so every command runs on the loop of the request that sent it. Calls
     /// from outside any loop use a loop thread the store starts for itself.
     /// - Throws: the URL's parse error.
-    public init(url: String, prefix: String = "sess:", ttl: Int = 86400, disableTouch: Bool = false,
-                scanCount: Int = 100, logger: Logger = Logger(label: "evserver.session.redis")) throws {
-        self.clients = .perLoop(PerLoopClients(configuration: try RedisConfiguration(url: url)))
+    public convenience init(url: String, prefix: String = "sess:", ttl: Int = 86400, disableTouch: Bool = false,
+                            scanCount: Int = 100, logger: Logger = Logger(label: "evserver.session.redis")) throws {
+        self.init(configuration: try RedisConfiguration(url: url), prefix: prefix, ttl: ttl, disableTouch: disableTouch,
+                  scanCount: scanCount, logger: logger)
+    }
+
+    /// A store with one client per ``EventLoop`` (as ``init(url:prefix:ttl:disableTouch:scanCount:logger:)``), for a
+    /// configuration built in code: a command timeout, a metrics hook.
+    public init(configuration: RedisConfiguration, prefix: String = "sess:", ttl: Int = 86400,
+                disableTouch: Bool = false, scanCount: Int = 100,
+                logger: Logger = Logger(label: "evserver.session.redis")) {
+        self.clients = .perLoop(PerLoopClients(configuration: configuration))
         self.prefix = prefix
         self.ttl = ttl
         self.disableTouch = disableTouch
