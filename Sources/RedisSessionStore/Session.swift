@@ -62,6 +62,7 @@ public final class Session {
         set {
             guard state == .active else { return ignoredWrite() }
             values = newValue
+            replacedAll = true
             changedSinceLoad = true
             changedSinceSave = true
         }
@@ -88,8 +89,24 @@ public final class Session {
     /// Whether the store knows this id (loaded from it or saved to it), for `metrics.created`.
     private var inStore: Bool
 
+    // What this request wrote since the last commit, so a commit merges just that onto what other requests stored
+    // meanwhile (see SessionStore+Concurrency.swift): the keys written, in order, and whether all values were
+    // replaced at once. `base` is the stored version the request last loaded or wrote.
+    private var writtenKeys: [String] = []
+    private var writtenKeySet: Set<String> = []
+    private var replacedAll = false
+    private var base: StoredSession?
+
     /// A session loaded from the store.
-    init(id: String, stored: SessionData, engine: SessionEngine, requestIsSecure: Bool) {
+    convenience init(id: String, stored: SessionData, engine: SessionEngine, requestIsSecure: Bool) {
+        self.init(id: id, loaded: StoredSession(data: stored, version: nil, expiryRefreshed: false), engine: engine,
+                  requestIsSecure: requestIsSecure)
+    }
+
+    /// A session loaded from the store with its version.
+    init(id: String, loaded: StoredSession, engine: SessionEngine, requestIsSecure: Bool) {
+        let stored = loaded.data
+        self.base = loaded
         self.currentId = id
         self.cookie = stored.cookie
         self.values = stored.values
@@ -128,6 +145,7 @@ public final class Session {
                 return
             }
             values[key] = newValue
+            if writtenKeySet.insert(key).inserted { writtenKeys.append(key) }
             changedSinceLoad = true
             changedSinceSave = true
         }
@@ -174,6 +192,8 @@ public final class Session {
         }
         currentId = nil
         regenerated = true
+        base = nil
+        replacedAll = true
         values = JSONObject()
         changedSinceLoad = true
         changedSinceSave = true
@@ -189,6 +209,7 @@ public final class Session {
     public func destroy() async throws {
         state = .destroyed
         values = JSONObject()
+        base = nil
         guard !isDetached, let currentId else { return }
         try await engine.destroy(currentId)
         inStore = false
@@ -206,9 +227,12 @@ public final class Session {
     /// - Throws: ``SessionNotFoundError`` when the store has no such session; ``SessionStoreError`` when it fails.
     public func reload() async throws {
         guard !isDetached, state == .active else { return }
-        guard let stored = try await engine.get(id) else { throw SessionNotFoundError() }
-        values = stored.values
-        cookie = stored.cookie
+        guard let loaded = try await engine.load(id, now: engine.configuration.now(), requestIsSecure: requestIsSecure)
+        else { throw SessionNotFoundError() }
+        base = loaded
+        values = loaded.data.values
+        cookie = loaded.data.cookie
+        clearWrites()
         changedSinceLoad = true
         changedSinceSave = true
     }
@@ -218,10 +242,38 @@ public final class Session {
     /// - Throws: ``SessionStoreError`` when the store fails.
     public func save() async throws {
         guard !isDetached, state == .active else { return }
-        savedValues = values
-        changedSinceSave = false
-        try await engine.set(id, SessionData(cookie: cookie, values: values), isNew: !inStore)
-        inStore = true
+        let changes = SessionChanges(updates: writtenKeys.map { ($0, values[$0]) }, replacesAll: replacedAll)
+        let write = SessionWrite(cookie: cookie, changes: changes, values: values, base: base)
+        switch try await engine.commit(id, write, isNew: !inStore) {
+        case .saved(let stored):
+            // The stored values may hold other requests' writes too: this request now sees them.
+            base = stored
+            values = stored.data.values
+            savedValues = values
+            changedSinceSave = false
+            clearWrites()
+            inStore = true
+        case .gone:
+            // Destroyed (logout, regenerate elsewhere) or expired while this request ran: it stays gone.
+            engine.logger.info("session destroyed by another request while this one ran; its changes were dropped")
+            state = .destroyed
+            values = JSONObject()
+            base = nil
+            inStore = false
+        }
+    }
+
+    private func clearWrites() {
+        writtenKeys.removeAll()
+        writtenKeySet.removeAll()
+        replacedAll = false
+    }
+
+    /// Whether loading already refreshed the store's expiry exactly as the end-of-request touch would: the load
+    /// used the configured cookie, so it matches when the stored cookie has the configured max age.
+    func expiryRefreshedAtLoad(configuredMaxAge: Int64?) -> Bool {
+        guard let base, base.expiryRefreshed, !regenerated else { return false }
+        return cookie.originalMaxAge == configuredMaxAge
     }
 
     /// Restarts the cookie's lifetime from now (express's `session.touch()`, `cookie.resetMaxAge()`). The middleware

@@ -121,14 +121,20 @@ final class SessionEngine: Sendable {
         return cookie
     }
 
-    func get(_ id: String) async throws -> SessionData? {
-        try await perform("get") { try await store.get(id) }
+    /// Loads with the version and, in the same round trip where the store can, refreshes the expiry as a touch with
+    /// a cookie of the configured options would.
+    func load(_ id: String, now: Date, requestIsSecure: Bool) async throws -> StoredSession? {
+        let touching = newCookie(now: now, requestIsSecure: requestIsSecure)
+        return try await perform("get") { try await store.load(id, touchingWith: touching) }
     }
 
-    func set(_ id: String, _ data: SessionData, isNew: Bool) async throws {
-        try await perform("set") { try await store.set(id, data) }
-        metrics.recordSaved()
-        if isNew { metrics.recordCreated() }
+    func commit(_ id: String, _ write: SessionWrite, isNew: Bool) async throws -> SessionCommitResult {
+        let result = try await perform("set") { try await store.commit(id, write) }
+        if case .saved = result {
+            metrics.recordSaved()
+            if isNew { metrics.recordCreated() }
+        }
+        return result
     }
 
     func touch(_ id: String, _ data: SessionData) async throws {
@@ -210,14 +216,14 @@ public struct SessionMiddleware: Middleware {
         let cookieId = sessionId(from: request)
         let session: Session
         if let cookieId {
-            let stored: SessionData?
+            let stored: StoredSession?
             do {
-                stored = try await engine.get(cookieId)
+                stored = try await engine.load(cookieId, now: now, requestIsSecure: requestIsSecure)
             } catch {
                 throw SessionMiddleware.unavailable
             }
             if let stored {
-                session = Session(id: cookieId, stored: stored, engine: engine, requestIsSecure: requestIsSecure)
+                session = Session(id: cookieId, loaded: stored, engine: engine, requestIsSecure: requestIsSecure)
             } else {
                 session = Session(newWith: engine, requestIsSecure: requestIsSecure, now: now)
             }
@@ -285,8 +291,14 @@ public struct SessionMiddleware: Middleware {
 
         if shouldSave(session, cookieId: cookieId) {
             try await session.save()
+            // Destroyed by another request meanwhile: it stays destroyed, and this response sets no cookie.
+            if session.state != .active { return nil }
         } else if shouldTouch(session, cookieId: cookieId) {
-            try await engine.touch(session.id, session.storedData)
+            if session.expiryRefreshedAtLoad(configuredMaxAge: configuration.cookie.maxAge) {
+                metrics.recordTouched()   // the load (GETEX) already did it: no second round trip
+            } else {
+                try await engine.touch(session.id, session.storedData)
+            }
         }
 
         guard shouldSetCookie(session, cookieId: cookieId) else { return nil }

@@ -16,16 +16,21 @@ final class DemoServer {
     let prefix: String
     let redis: RedisClient
 
-    init(_ arguments: [String] = [], environment: [String: String] = [:]) throws {
-        prefix = "test:\(UUID().uuidString.prefix(8)):sess:"
+    /// - Parameters:
+    ///   - redisPort: a private redis-server's port (default: the shared test server).
+    ///   - prefix: the key prefix (default: a fresh one, so tests do not see each other's sessions).
+    init(_ arguments: [String] = [], environment: [String: String] = [:], redisPort: Int? = nil,
+         prefix: String? = nil, instance: String = "test-instance") throws {
+        self.prefix = prefix ?? "test:\(UUID().uuidString.prefix(8)):sess:"
+        let port = redisPort ?? TestRedis.port
         let options = try ServerOptions.parse([
-            "--port", "0", "--redis-url", "redis://\(TestRedis.host):\(TestRedis.port)/0", "--secret", "test secret",
-            "--prefix", prefix, "--instance", "test-instance",
+            "--port", "0", "--redis-url", "redis://\(TestRedis.host):\(port)/0", "--secret", "test secret",
+            "--prefix", self.prefix, "--instance", instance,
         ] + arguments)
         let config = try options.resolve(environment: environment)
         demo = try DemoApp(configuration: config)
         server = try demo.makeApplication().start(host: "127.0.0.1", port: 0, threads: config.threads)
-        redis = TestRedis.client
+        redis = redisPort.map { PrivateRedis.client(port: $0) } ?? TestRedis.client
     }
 
     func client() throws -> TestHTTPClient { try TestHTTPClient(port: server.port) }
