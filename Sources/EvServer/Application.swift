@@ -395,4 +395,11 @@ public final class RunningServer: Sendable {
         for server in servers { total += await server.loop.perform { server.pendingCount } }
         return total
     }
+
+    /// Open client connections, over all loops (for tests).
+    func connectionCount() async -> Int {
+        var total = 0
+        for server in servers { total += await server.loop.perform { server.connectionCount } }
+        return total
+    }
 }
