@@ -28,15 +28,20 @@ import Darwin
 //   A second write after the peer's reset would raise SIGPIPE (evbuffer uses writev, not MSG_NOSIGNAL), so the
 //   server ignores SIGPIPE, as libevent's sample http-server.c does.
 // - The one place libevent frees a request we have not answered is evhttp_free (each connection takes its queued
-//   requests with it). Shutdown therefore waits for the in-flight requests first; when it gives up waiting, it
-//   forgets them (their tasks' late replies become no-ops), frees the detached ones itself (no connection will), and
-//   only then calls evhttp_free. A handler still awaiting work on the stopped loop then never resumes; what its
-//   task holds stays allocated: the price of "stop anyway" after the timeout.
+//   requests with it), or evhttp_connection_free on its connection. We call the latter ourselves (idle and refused
+//   connections, see "Connections" below) only on a connection with no request in flight. Shutdown waits for the
+//   in-flight requests first; when it gives up waiting, it forgets them (their tasks' late replies become no-ops),
+//   frees the detached ones itself (no connection will), and only then calls evhttp_free. A handler still awaiting
+//   work on the stopped loop then never resumes; what its task holds stays allocated: the price of "stop anyway"
+//   after the timeout.
 // - We never take ownership (evhttp_request_own): libevent's own rules above already free every request once.
 //   We never touch a request after evhttp_send_reply: it may be freed inside the call.
 // - For graceful shutdown we also want the replies on the wire, not just queued: evhttp_request_set_on_complete_cb
 //   fires once the output is flushed; if the connection dies first, the connection's close callback fires instead.
-//   A connection carries one request at a time, so "connections with a reply being written" is a set of connections.
+//   A connection carries one request at a time, so "a reply is being written" is a flag of the connection.
+//
+// Before evhttp parses anything, each connection's bytes go through an `HTTPLimits.Scanner` (HTTPLimits.swift),
+// which enforces the limits and refuses ambiguous framing; see "Connections" below for how the bytes get there.
 
 private let logger = Logger(label: "evserver.http")
 
@@ -53,7 +58,7 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     /// The largest request line plus header fields, in bytes, line ends included (trailer fields of a chunked body
     /// count too). Larger requests are answered `431 Request Header Fields Too Large`.
     public var maxHeaderSize: Int
-    /// The largest request body, in bytes. Larger bodies are answered `413 Content Too Large` as soon as the
+    /// The largest request body, in bytes. Larger bodies are answered `413 Payload Too Large` as soon as the
     /// `Content-Length` (or the chunk that crosses the limit) is seen; the rest of the body is read and dropped for a
     /// moment so the client sees the answer.
     public var maxBodySize: Int
