@@ -66,11 +66,16 @@ class SlowClient:
 
     def open(self):
         self.close()
-        self.sock = socket.socket(self.args.family, socket.SOCK_STREAM)
-        self.sock.settimeout(2)
-        self.sock.connect(self.args.address)
-        self.sock.sendall(HEAD % self.args.path.encode())
-        self.sock.setblocking(False)
+        sock = socket.socket(self.args.family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(2)
+            sock.connect(self.args.address)
+            sock.sendall(HEAD % self.args.path.encode())
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
         self.sent = 0
 
     def trickle(self):
@@ -146,7 +151,11 @@ def measure(args, deadline):
     sock, buffer = None, b""
     while len(latencies) < args.requests and time.monotonic() < deadline:
         if sock is None:
-            sock = socket.create_connection(args.address, timeout=5)
+            try:
+                sock = socket.create_connection(args.address, timeout=5)
+            except OSError as error:
+                print(f"cannot connect to {args.host}:{args.port}: {error}", file=sys.stderr)
+                break
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             buffer = b""
         start = time.monotonic()
