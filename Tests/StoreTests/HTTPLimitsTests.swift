@@ -178,105 +178,143 @@ private func isJSONError(_ response: TestHTTPResponse) -> Bool {
 
 @Suite("HTTP limits")
 struct HTTPLimitsTests {
+    // The client side of each exchange runs on a thread of its own (`onThread`): blocking socket calls must not hold
+    // the few cooperative threads other suites need meanwhile.
+
     @Test func headerBlockOverTheLimitIs431AndTheConnectionCloses() async throws {
         try await withServer(makeTestApplication()) { server in
-            let client = try TestHTTPClient(port: server.port)
-            try client.send("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 17_000))\r\n\r\n"
-                + "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
-            let response = try client.readResponse()
+            let port = server.port
+            let (response, rest, after) = try await onThread { () -> (TestHTTPResponse, [UInt8], Int) in
+                let client = try TestHTTPClient(port: port)
+                try client.send("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 17_000))"
+                    + "\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+                let response = try client.readResponse()
+                let rest = try client.readUntilClosed()
+                return (response, rest, try TestHTTPClient(port: port).request("GET", "/hello").status)
+            }
             #expect(response.status == 431)
             #expect(response.reason == "Request Header Fields Too Large")
             #expect(isJSONError(response))
             #expect(response.text.contains("16384"))
             #expect(response.closesConnection)
             #expect(response.headers["Date"] != nil)
-            #expect(try client.readUntilClosed().isEmpty)   // the pipelined request is never answered
-            #expect(try TestHTTPClient(port: server.port).request("GET", "/hello").status == 200)
+            #expect(rest.isEmpty)   // the pipelined request is never answered
+            #expect(after == 200)
         }
     }
 
     @Test func moreThanAHundredHeaderFieldsIs431() async throws {
         try await withServer(makeTestApplication()) { server in
-            func head(fields: Int) -> String {
-                "GET /hello HTTP/1.1\r\n" + (0..<fields).map { "X-F\($0): v\r\n" }.joined() + "\r\n"
+            let port = server.port
+            let (ok, refused, rest) = try await onThread { () -> (Int, TestHTTPResponse, [UInt8]) in
+                func head(fields: Int) -> String {
+                    "GET /hello HTTP/1.1\r\n" + (0..<fields).map { "X-F\($0): v\r\n" }.joined() + "\r\n"
+                }
+                let client = try TestHTTPClient(port: port)
+                try client.send(head(fields: 100))
+                let ok = try client.readResponse().status
+                try client.send(head(fields: 101))
+                return (ok, try client.readResponse(), try client.readUntilClosed())
             }
-            let client = try TestHTTPClient(port: server.port)
-            try client.send(head(fields: 100))
-            #expect(try client.readResponse().status == 200)
-            try client.send(head(fields: 101))
-            let response = try client.readResponse()
-            #expect(response.status == 431)
-            #expect(response.text.contains("100 header fields"))
-            #expect(try client.readUntilClosed().isEmpty)
+            #expect(ok == 200)
+            #expect(refused.status == 431)
+            #expect(refused.text.contains("100 header fields"))
+            #expect(rest.isEmpty)
         }
     }
 
     @Test func uriOverTheLimitIs414() async throws {
         try await withServer(makeTestApplication()) { server in
-            let client = try TestHTTPClient(port: server.port)
-            // 8192 bytes exactly is fine (and unknown: 404).
-            let longest = "/" + String(repeating: "a", count: 8191)
-            #expect(try client.request("GET", longest).status == 404)
-            let response = try client.request("GET", longest + "a")
-            #expect(response.status == 414)
-            #expect(response.reason == "URI Too Long")
-            #expect(isJSONError(response))
-            #expect(!client.isConnected)
+            let port = server.port
+            let (longest, tooLong, connected) = try await onThread { () -> (Int, TestHTTPResponse, Bool) in
+                let client = try TestHTTPClient(port: port)
+                // 8192 bytes exactly is fine (and unknown: 404).
+                let path = "/" + String(repeating: "a", count: 8191)
+                let longest = try client.request("GET", path).status
+                return (longest, try client.request("GET", path + "a"), client.isConnected)
+            }
+            #expect(longest == 404)
+            #expect(tooLong.status == 414)
+            #expect(tooLong.reason == "URI Too Long")
+            #expect(isJSONError(tooLong))
+            #expect(!connected)
         }
     }
 
     @Test func bodyOverTheLimitIs413BeforeTheBodyIsSent() async throws {
         let app = makeTestApplication(configuration: .init(maxBodySize: 1024))
         try await withServer(app) { server in
-            let client = try TestHTTPClient(port: server.port)
-            // The answer comes as soon as the head says how long the body is.
-            try client.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n")
-            let response = try client.readResponse()
-            #expect(response.status == 413)
-            #expect(isJSONError(response))
-            #expect(response.text.contains("1024"))
-            #expect(response.closesConnection)
-            // The client may still send its body: it is read and dropped, then the connection ends.
-            try client.send([UInt8](repeating: 65, count: 70_000))
-            #expect(try client.readUntilClosed().isEmpty)
+            let port = server.port
+            let (early, rest) = try await onThread { () -> (TestHTTPResponse, [UInt8]) in
+                let client = try TestHTTPClient(port: port)
+                // The answer comes as soon as the head says how long the body is.
+                try client.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n")
+                let response = try client.readResponse()
+                // The client may still send its body: it is read and dropped, then the connection ends.
+                try client.send([UInt8](repeating: 65, count: 70_000))
+                return (response, try client.readUntilClosed())
+            }
+            #expect(early.status == 413)
+            #expect(isJSONError(early))
+            #expect(early.text.contains("1024"))
+            #expect(early.closesConnection)
+            #expect(rest.isEmpty)
 
             // A chunked body is refused at the chunk that crosses the limit.
-            let chunked = try TestHTTPClient(port: server.port)
-            try chunked.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                + "200\r\n\(String(repeating: "b", count: 512))\r\n201\r\n")
-            #expect(try chunked.readResponse().status == 413)
-            #expect(try chunked.readUntilClosed().isEmpty)
+            let (chunked, chunkedRest) = try await onThread { () -> (Int, [UInt8]) in
+                let client = try TestHTTPClient(port: port)
+                try client.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + "200\r\n\(String(repeating: "b", count: 512))\r\n201\r\n")
+                return (try client.readResponse().status, try client.readUntilClosed())
+            }
+            #expect(chunked == 413)
+            #expect(chunkedRest.isEmpty)
 
             // At the limit, the body reaches the handler.
             let body = [UInt8](repeating: 66, count: 1024)
-            #expect(try TestHTTPClient(port: server.port).request("POST", "/echo", body: body).body == body)
+            let echoed = try await onThread { try TestHTTPClient(port: port).request("POST", "/echo", body: body).body }
+            #expect(echoed == body)
         }
     }
 
     @Test func connectionsPastTheCapAreAnswered503AndClosed() async throws {
         let app = makeTestApplication(configuration: .init(maxConnections: 20))
         try await withServer(app) { server in
-            var held: [TestHTTPClient] = []
-            for _ in 0..<20 { held.append(try TestHTTPClient(port: server.port)) }
+            let port = server.port
+            let held = try await onThread { () -> HeldClients in
+                HeldClients(try (0..<20).map { _ in try TestHTTPClient(port: port) })
+            }
             #expect(await eventually { await server.connectionCount() == 20 })
-            for _ in 0..<10 {
-                let extra = try TestHTTPClient(port: server.port)
-                let response = try extra.request("GET", "/hello")
+            let extras = try await onThread { () -> [(TestHTTPResponse, Bool)] in
+                try (0..<10).map { _ in
+                    let extra = try TestHTTPClient(port: port)
+                    return (try extra.request("GET", "/hello"), extra.isConnected)
+                }
+            }
+            for (response, connected) in extras {
                 #expect(response.status == 503)
                 #expect(response.headers["Retry-After"] == "1")
                 #expect(isJSONError(response))
-                #expect(!extra.isConnected)
+                #expect(!connected)
             }
             #expect(await server.connectionCount() == 20)
             // The connections within the cap still work.
-            #expect(try held[0].request("GET", "/hello").status == 200)
-            #expect(try held[19].request("GET", "/hello").status == 200)
+            let statuses = try await onThread {
+                try [held.clients[0], held.clients[19]].map { try $0.request("GET", "/hello").status }
+            }
+            #expect(statuses == [200, 200])
             // Once some close, new connections are served again.
-            for client in held.prefix(5) { client.close() }
+            for client in held.clients.prefix(5) { client.close() }
             #expect(await eventually { await server.connectionCount() == 15 })
-            let fresh = try TestHTTPClient(port: server.port)
-            #expect(try fresh.request("GET", "/hello").text == "hello world")
-            #expect(await server.connectionCount() == 16)
+            let text = try await onThread { try TestHTTPClient(port: port).request("GET", "/hello").text }
+            #expect(text == "hello world")
         }
     }
+}
+
+/// Clients handed from one test thread to another; only one uses them at a time.
+private final class HeldClients: @unchecked Sendable {
+    // @unchecked Sendable: the test touches the clients from one thread at a time, in sequence.
+    let clients: [TestHTTPClient]
+    init(_ clients: [TestHTTPClient]) { self.clients = clients }
 }

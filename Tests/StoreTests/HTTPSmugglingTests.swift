@@ -38,55 +38,70 @@ struct HTTPSmugglingTests {
         ("malformed chunk size", "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n"),
         ("chunk data longer than its size",
          "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n"),
-        ("chunk extension", "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;a=b\r\nx\r\n0\r\n\r\n"),
+        ("chunk extension",
+         "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;a=b\r\nx\r\n0\r\n\r\n"),
     ])
     func ambiguousFramingIs400AndCloses(_ shape: String, _ request: String) async throws {
         try await withServer(makeTestApplication()) { server in
-            let client = try TestHTTPClient(port: server.port)
-            try client.send(request + smuggled)
-            let response = try client.readResponse()
+            let port = server.port
+            // Blocking socket calls run on a thread of their own, off the cooperative pool.
+            let (response, rest, after) = try await onThread { () -> (TestHTTPResponse, [UInt8], Int) in
+                let client = try TestHTTPClient(port: port)
+                try client.send(request + smuggled)
+                let response = try client.readResponse()
+                let rest = try client.readUntilClosed()
+                return (response, rest, try TestHTTPClient(port: port).request("GET", "/hello").status)
+            }
             #expect(response.status == 400, "\(shape)")
             #expect(response.closesConnection, "\(shape)")
             #expect(response.headers["Content-Type"] == "application/json; charset=utf-8", "\(shape)")
             #expect(response.text.hasPrefix(#"{"error":"#), "\(shape)")
-            #expect(try client.readUntilClosed().isEmpty, "\(shape): the pipelined request was answered")
-            // The server itself is fine.
-            #expect(try TestHTTPClient(port: server.port).request("GET", "/hello").status == 200, "\(shape)")
+            #expect(rest.isEmpty, "\(shape): the pipelined request was answered")
+            #expect(after == 200, "\(shape): the server itself is fine")
         }
     }
 
     @Test func sameShapesSentByteByByteAreRefusedToo() async throws {
         try await withServer(makeTestApplication()) { server in
+            let port = server.port
             for request in ["POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
                             "GET /hello HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n",
                             "GET /hello HTTP/1.1\r\nHost: x\nX: 1\r\n\r\n"] {
-                let client = try TestHTTPClient(port: server.port)
-                for byte in Array((request + smuggled).utf8) {
-                    do { try client.send([byte]) } catch { break }   // the server may have closed its side already
+                let (status, rest) = try await onThread { () -> (Int, [UInt8]) in
+                    let client = try TestHTTPClient(port: port)
+                    for byte in Array((request + smuggled).utf8) {
+                        do { try client.send([byte]) } catch { break }   // the server may have shut its side already
+                    }
+                    return (try client.readResponse().status, try client.readUntilClosed())
                 }
-                #expect(try client.readResponse().status == 400)
-                #expect(try client.readUntilClosed().isEmpty)
+                #expect(status == 400, "\(request.debugDescription)")
+                #expect(rest.isEmpty, "\(request.debugDescription)")
             }
         }
     }
 
     @Test func goodRequestBeforeABadOneIsStillAnswered() async throws {
         try await withServer(makeTestApplication()) { server in
-            let client = try TestHTTPClient(port: server.port)
-            // The bad request arrives while the good one is still in the handler: it waits its turn.
-            try client.send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
-                + "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-                + smuggled)
-            #expect(try client.readResponse().text == "slow done")
-            let refused = try client.readResponse()
+            let port = server.port
+            let (first, refused, rest) = try await onThread { () -> (String, TestHTTPResponse, [UInt8]) in
+                let client = try TestHTTPClient(port: port)
+                // The bad request arrives while the good one is still in the handler: it waits its turn.
+                try client.send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                    + "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + "0\r\n\r\n" + smuggled)
+                let first = try client.readResponse().text
+                return (first, try client.readResponse(), try client.readUntilClosed())
+            }
+            #expect(first == "slow done")
             #expect(refused.status == 400)
             #expect(refused.text.contains("Transfer-Encoding"))
-            #expect(try client.readUntilClosed().isEmpty)
+            #expect(rest.isEmpty)
         }
     }
 
     @Test func otherMisuseGetsItsOwnStatusNotEvhttpsPage() async throws {
         try await withServer(makeTestApplication()) { server in
+            let port = server.port
             let cases: [(String, Int)] = [
                 ("BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", 501),
                 ("GET /hello HTTP/2.0\r\nHost: x\r\n\r\n", 505),
@@ -95,32 +110,37 @@ struct HTTPSmugglingTests {
                 ("\u{16}\u{3}\u{1}\u{2}\u{0}\u{1}\u{0}\u{1}\u{fc}\u{3}\u{3}", 400),   // a TLS hello
             ]
             for (request, status) in cases {
-                let client = try TestHTTPClient(port: server.port)
-                try client.send(request)
-                let response = try client.readResponse()
+                let (response, rest) = try await onThread { () -> (TestHTTPResponse, [UInt8]) in
+                    let client = try TestHTTPClient(port: port)
+                    try client.send(request)
+                    return (try client.readResponse(), try client.readUntilClosed())
+                }
                 #expect(response.status == status, "\(request.debugDescription)")
                 #expect(response.text.hasPrefix(#"{"error":"#), "\(request.debugDescription)")
                 #expect(!response.text.contains("<HTML>"))
-                #expect(try client.readUntilClosed().isEmpty)
+                #expect(rest.isEmpty)
             }
         }
     }
 
     @Test func validChunkedAndPipelinedRequestsStillWork() async throws {
         try await withServer(makeTestApplication()) { server in
-            let client = try TestHTTPClient(port: server.port)
-            try client.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                + "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
-                + "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
-                // libevent reads a GET's body too: the next request starts after it.
-                + "GET /users/7 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
-                + "GET /users/8 HTTP/1.1\r\nHost: x\r\n\r\n")
-            #expect(try client.readResponse().text == "hello world")
-            #expect(try client.readResponse().text == "abc")
-            #expect(try client.readResponse().text == "user 7")
-            #expect(try client.readResponse().text == "user 8")
-            #expect(try client.request("GET", "/hello").text == "hello world")
-            #expect(client.connectionsOpened == 1)
+            let port = server.port
+            let (texts, connections) = try await onThread { () -> ([String], Int) in
+                let client = try TestHTTPClient(port: port)
+                try client.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+                    + "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                    // libevent reads a GET's body too: the next request starts after it.
+                    + "GET /users/7 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+                    + "GET /users/8 HTTP/1.1\r\nHost: x\r\n\r\n")
+                var texts: [String] = []
+                for _ in 0..<4 { texts.append(try client.readResponse().text) }
+                texts.append(try client.request("GET", "/hello").text)
+                return (texts, client.connectionsOpened)
+            }
+            #expect(texts == ["hello world", "abc", "user 7", "user 8", "hello world"])
+            #expect(connections == 1)
         }
     }
 }
