@@ -127,13 +127,17 @@ public final class Application: Sendable {
     @discardableResult
     public func start(host: String = "127.0.0.1", port: Int = 3000, threads: Int = 1) throws -> RunningServer {
         let pipeline = pipeline()
-        let server = try RunningServer(host: host, port: port, threads: threads, configuration: configuration,
-                                       pipeline: pipeline)
-        state.withLock { state in
+        let configuration = self.configuration
+        // Created under the lock: the server answers requests as soon as its loops run, and a shutdown() called
+        // from then on must find it in `servers` (it waits for the lock), or it would return with the server left
+        // running.
+        return try state.withLock { state throws(HTTPServerError) -> RunningServer in
+            let server = try RunningServer(host: host, port: port, threads: threads, configuration: configuration,
+                                           pipeline: pipeline)
             state.started = true
             state.servers.append(server)
+            return server
         }
-        return server
     }
 
     /// Serves on `host:port` until the server is shut down, like express's `app.listen`.
@@ -393,6 +397,13 @@ public final class RunningServer: Sendable {
     func pendingCount() async -> Int {
         var total = 0
         for server in servers { total += await server.loop.perform { server.pendingCount } }
+        return total
+    }
+
+    /// Open client connections, over all loops (for tests).
+    func connectionCount() async -> Int {
+        var total = 0
+        for server in servers { total += await server.loop.perform { server.connectionCount } }
         return total
     }
 }
