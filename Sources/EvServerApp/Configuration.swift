@@ -35,6 +35,10 @@ struct AppConfiguration: Sendable {
     var trustProxy = false
     var instance = "evserver"
     var maxBody = 65536
+    /// Seconds of inactivity after which a session expires (the store's sliding TTL).
+    var idleTimeout = 86400
+    /// Seconds after creation after which a session dies whatever its activity; nil = no limit.
+    var absoluteTimeout: Int?
 }
 
 extension AppConfiguration {
@@ -104,6 +108,14 @@ struct ServerOptions: ParsableArguments {
 
     @Option(name: .customLong("max-body"), help: "Largest request body in bytes (env EVSERVER_MAX_BODY, default 65536).")
     var maxBody: String?
+
+    @Option(name: .customLong("idle-timeout"),
+            help: "Seconds without a request before a session expires: the sliding Redis TTL (env SESSION_IDLE_TIMEOUT, default 86400).")
+    var idleTimeout: String?
+
+    @Option(name: .customLong("absolute-timeout"),
+            help: "Seconds after creation a session dies, however active (env SESSION_ABSOLUTE_TIMEOUT, default none).")
+    var absoluteTimeout: String?
 
     @Option(name: .customLong("redis-timeout"), help: "Deadline per Redis command in ms (env REDIS_TIMEOUT_MS, default 1000).")
     var redisTimeout: String?
@@ -178,6 +190,12 @@ struct ServerOptions: ParsableArguments {
         if let (v, name) = value(maxBody, "EVSERVER_MAX_BODY") {
             config.maxBody = try Self.integer(v, name, in: 0...(64 << 20))
         }
+        if let (v, name) = value(idleTimeout, "SESSION_IDLE_TIMEOUT") {
+            config.idleTimeout = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
+        }
+        if let (v, name) = value(absoluteTimeout, "SESSION_ABSOLUTE_TIMEOUT") {
+            config.absoluteTimeout = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
+        }
         return config
     }
 
@@ -201,6 +219,8 @@ struct ServerOptions: ParsableArguments {
         case "TRUST_PROXY": "trust-proxy"
         case "INSTANCE_NAME": "instance"
         case "EVSERVER_MAX_BODY": "max-body"
+        case "SESSION_IDLE_TIMEOUT": "idle-timeout"
+        case "SESSION_ABSOLUTE_TIMEOUT": "absolute-timeout"
         default: variable.lowercased()
         }
     }

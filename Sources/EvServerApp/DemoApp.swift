@@ -27,9 +27,9 @@ struct DemoApp: Sendable {
         }
         switch configuration.store {
         case .memory:
-            store = MemorySessionStore()
+            store = MemorySessionStore(defaultTTL: configuration.idleTimeout)
         case .redis:
-            store = RedisSessionStore(configuration: redis, prefix: configuration.prefix)
+            store = RedisSessionStore(configuration: redis, prefix: configuration.prefix, ttl: configuration.idleTimeout)
         }
         var options = SessionConfiguration(secrets: configuration.secrets)
         options.name = configuration.cookieName
@@ -37,6 +37,7 @@ struct DemoApp: Sendable {
         options.resave = configuration.resave
         options.saveUninitialized = configuration.saveUninitialized
         options.trustProxy = configuration.trustProxy
+        options.absoluteTimeout = configuration.absoluteTimeout.map { .seconds($0) }
         options.cookie.secure = configuration.cookieSecure
         options.cookie.sameSite = configuration.cookieSameSite
         options.cookie.maxAge = configuration.maxAge.map { Int64($0) * 1000 }
@@ -80,7 +81,7 @@ struct DemoApp: Sendable {
             response.send(json: ["views": .number(String(views)), "instance": .string(instance)])
         }
 
-        let idleTTL = 86400
+        let idleTTL = configuration.idleTimeout
         app.get("/session") { request, response in
             let session = request.session
             let body: JSONValue = [

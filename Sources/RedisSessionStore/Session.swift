@@ -242,6 +242,13 @@ public final class Session {
     /// - Throws: ``SessionStoreError`` when the store fails.
     public func save() async throws {
         guard !isDetached, state == .active else { return }
+        if !inStore, engine.configuration.absoluteTimeout != nil, values[Session.createdAtKey] == nil {
+            // The creation time travels in the session JSON as an ordinary top-level key, so express-session
+            // instances sharing the store keep it intact (they drop unknown fields of "cookie", not of the session).
+            let created = JSONValue.number(String(engine.configuration.now().javaScriptMilliseconds))
+            values[Session.createdAtKey] = created
+            if writtenKeySet.insert(Session.createdAtKey).inserted { writtenKeys.append(Session.createdAtKey) }
+        }
         let changes = SessionChanges(updates: writtenKeys.map { ($0, values[$0]) }, replacesAll: replacedAll)
         let write = SessionWrite(cookie: cookie, changes: changes, values: values, base: base)
         switch try await engine.commit(id, write, isNew: !inStore) {
@@ -261,6 +268,17 @@ public final class Session {
             base = nil
             inStore = false
         }
+    }
+
+    /// The key holding the creation time (JavaScript milliseconds) when an absolute timeout is configured.
+    public static let createdAtKey = "evserverCreatedAt"
+
+    /// Whether a loaded session outlived the absolute timeout (counted from its stored creation time).
+    static func isPastAbsoluteTimeout(_ data: SessionData, configuration: SessionConfiguration) -> Bool {
+        guard let limit = configuration.absoluteTimeout,
+              let created = data.values[createdAtKey]?.doubleValue else { return false }
+        let age = Double(configuration.now().javaScriptMilliseconds) - created
+        return age >= Double(limit.components.seconds) * 1000
     }
 
     private func clearWrites() {

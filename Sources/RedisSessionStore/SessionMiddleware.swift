@@ -67,6 +67,9 @@ public struct SessionConfiguration: Sendable {
     /// Trust `X-Forwarded-Proto` to tell HTTPS requests (for `secure: .auto` and for withholding secure cookies).
     /// Only turn it on behind a proxy that sets the header.
     public var trustProxy: Bool
+    /// A session dies this long after it was created, however often it is used or `rolling` renews it (nil: no
+    /// limit). The creation time is stored in the session as ``Session/createdAtKey``.
+    public var absoluteTimeout: Duration?
     public var logger: Logger
     /// The clock, for tests.
     public var now: @Sendable () -> Date
@@ -74,7 +77,9 @@ public struct SessionConfiguration: Sendable {
     public init(secrets: [String], name: String = "connect.sid", cookie: SessionCookieOptions = SessionCookieOptions(),
                 genid: @escaping @Sendable () -> String = SessionID.generate, rolling: Bool = false,
                 resave: Bool = false, saveUninitialized: Bool = false, unset: Unset = .keep, trustProxy: Bool = false,
+                absoluteTimeout: Duration? = nil,
                 logger: Logger = Logger(label: "evserver.session"), now: @escaping @Sendable () -> Date = { Date() }) {
+        self.absoluteTimeout = absoluteTimeout
         self.secrets = secrets
         self.name = name
         self.cookie = cookie
@@ -222,7 +227,11 @@ public struct SessionMiddleware: Middleware {
             } catch {
                 throw SessionMiddleware.unavailable
             }
-            if let stored {
+            if let stored, Session.isPastAbsoluteTimeout(stored.data, configuration: configuration) {
+                // Past its absolute lifetime: gone for good, whatever its TTL says.
+                do { try await engine.destroy(cookieId) } catch { throw SessionMiddleware.unavailable }
+                session = Session(newWith: engine, requestIsSecure: requestIsSecure, now: now)
+            } else if let stored {
                 session = Session(id: cookieId, loaded: stored, engine: engine, requestIsSecure: requestIsSecure)
             } else {
                 session = Session(newWith: engine, requestIsSecure: requestIsSecure, now: now)

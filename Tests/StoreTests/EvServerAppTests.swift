@@ -300,4 +300,32 @@ func withDemo(_ arguments: [String] = [], _ body: (DemoServer) async throws -> V
             #expect(try await app.keys().isEmpty)
         }
     }
+
+    @Test func idleTimeoutIsTheSlidingTTL() async throws {
+        try await withDemo(["--idle-timeout", "120"]) { app in
+            let client = try app.client()
+            _ = try client.request("GET", "/")
+            let id = try #require(DemoServer.sessionID(fromCookie: client.cookieJar["connect.sid"] ?? ""))
+            #expect((110...120).contains(try await app.ttl(id)))
+            _ = try await app.redis.send("EXPIRE", app.prefix + id, "30")
+            _ = try client.request("GET", "/login")   // any use slides it back
+            #expect((110...120).contains(try await app.ttl(id)))
+        }
+    }
+
+    @Test func absoluteTimeoutEndsAnActiveSession() async throws {
+        try await withDemo(["--absolute-timeout", "2", "--rolling", "true"]) { app in
+            let client = try app.client()
+            _ = try client.request("GET", "/")
+            let id = try #require(DemoServer.sessionID(fromCookie: client.cookieJar["connect.sid"] ?? ""))
+            let stored = try #require(try await app.stored(id))
+            #expect(stored.contains("\"evserverCreatedAt\":"))
+            #expect(try client.request("GET", "/login").text == "Welcome Aditya@123")
+            try await Task.sleep(for: .milliseconds(1200))
+            #expect(try client.request("GET", "/login").text == "Welcome Aditya@123")   // used, rolling...
+            try await Task.sleep(for: .milliseconds(1200))
+            #expect(try client.request("GET", "/login").text == "Welcome guest")        // ...but 2 s old: gone
+            #expect(try await app.stored(id) == nil)
+        }
+    }
 }
