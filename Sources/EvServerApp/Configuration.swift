@@ -32,7 +32,7 @@ struct AppConfiguration: Sendable {
     var saveUninitialized = false
     var cookieSecure: SessionCookieOptions.Secure = .never
     var cookieSameSite: SetCookie.SameSite = .lax
-    var trustProxy = false
+    var trustProxy = TrustedProxies.none
     var instance = "evserver"
     var maxBody = 65536
     /// Seconds of inactivity after which a session expires (the store's sliding TTL).
@@ -100,7 +100,7 @@ struct ServerOptions: ParsableArguments {
     var cookieSameSite: String?
 
     @Option(name: .customLong("trust-proxy"),
-            help: "Trust X-Forwarded-Proto/For from the peer: true|false (env TRUST_PROXY, default false).")
+            help: "Proxies whose X-Forwarded-Proto/For are believed: true (any), false, or a list of addresses/CIDRs (env TRUST_PROXY, default false).")
     var trustProxy: String?
 
     @Option(help: "Instance name sent as X-Instance (env INSTANCE_NAME, default the host name).")
@@ -185,7 +185,11 @@ struct ServerOptions: ParsableArguments {
             default: throw ConfigurationError("\(name): '\(v)' is not one of lax, strict, none")
             }
         }
-        if let (v, name) = value(trustProxy, "TRUST_PROXY") { config.trustProxy = try Self.boolean(v, name) }
+        if let (v, name) = value(trustProxy, "TRUST_PROXY") {
+            do { config.trustProxy = try TrustedProxies(parsing: v) } catch {
+                throw ConfigurationError("\(name): \(error)")
+            }
+        }
         config.instance = value(instance, "INSTANCE_NAME")?.0 ?? Self.hostName()
         if let (v, name) = value(maxBody, "EVSERVER_MAX_BODY") {
             config.maxBody = try Self.integer(v, name, in: 0...(64 << 20))

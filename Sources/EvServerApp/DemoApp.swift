@@ -36,7 +36,7 @@ struct DemoApp: Sendable {
         options.rolling = configuration.rolling
         options.resave = configuration.resave
         options.saveUninitialized = configuration.saveUninitialized
-        options.trustProxy = configuration.trustProxy
+        options.trustedProxies = configuration.trustProxy
         options.absoluteTimeout = configuration.absoluteTimeout.map { .seconds($0) }
         options.cookie.secure = configuration.cookieSecure
         options.cookie.sameSite = configuration.cookieSameSite

@@ -64,9 +64,14 @@ public struct SessionConfiguration: Sendable {
     /// Save (and send the cookie for) new sessions even when nothing was stored in them (`saveUninitialized`).
     public var saveUninitialized: Bool
     public var unset: Unset
-    /// Trust `X-Forwarded-Proto` to tell HTTPS requests (for `secure: .auto` and for withholding secure cookies).
-    /// Only turn it on behind a proxy that sets the header.
-    public var trustProxy: Bool
+    /// The proxies whose `X-Forwarded-Proto` tells HTTPS requests (for `secure: .auto` and for withholding secure
+    /// cookies); from any other peer the header is ignored.
+    public var trustedProxies: TrustedProxies
+    /// `true` trusts every peer (``TrustedProxies/all``), `false` none: express's boolean `trust proxy`.
+    public var trustProxy: Bool {
+        get { trustedProxies.isEnabled }
+        set { trustedProxies = newValue ? .all : .none }
+    }
     /// A session dies this long after it was created, however often it is used or `rolling` renews it (nil: no
     /// limit). The creation time is stored in the session as ``Session/createdAtKey``.
     public var absoluteTimeout: Duration?
@@ -88,7 +93,7 @@ public struct SessionConfiguration: Sendable {
         self.resave = resave
         self.saveUninitialized = saveUninitialized
         self.unset = unset
-        self.trustProxy = trustProxy
+        self.trustedProxies = trustProxy ? .all : .none
         self.logger = logger
         self.now = now
     }
@@ -368,7 +373,8 @@ public struct SessionMiddleware: Middleware {
     /// express's `issecure`: there is no TLS in this server, so a request is HTTPS only per a trusted proxy's
     /// `X-Forwarded-Proto` (its first value, case-insensitively).
     private func isSecure(_ request: Request) -> Bool {
-        guard configuration.trustProxy, let header = request.headers["X-Forwarded-Proto"] else { return false }
+        guard let header = request.headers["X-Forwarded-Proto"],
+              configuration.trustedProxies.trusts(request.remoteAddress) else { return false }
         let first = header.split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         return first.trimmingSpaces().lowercased() == "https"
     }

@@ -19,7 +19,7 @@ import Testing
         #expect(config.prefix == "sess:")
         #expect(!config.rolling && !config.resave && !config.saveUninitialized)
         #expect(config.cookieSameSite == .lax)
-        #expect(!config.trustProxy)
+        #expect(config.trustProxy == .none)
         #expect(config.maxBody == 65536)
         #expect(config.redis.commandTimeout == .milliseconds(1000))
     }
@@ -46,7 +46,7 @@ import Testing
         #expect(config.rolling && config.resave && config.saveUninitialized)
         #expect(config.cookieSecure == .auto)
         #expect(config.cookieSameSite == .strict)
-        #expect(config.trustProxy)
+        #expect(config.trustProxy == .all)
         #expect(config.instance == "app7")
         #expect(config.maxBody == 1024)
         #expect(config.redis.commandTimeout == .milliseconds(250))
@@ -73,6 +73,7 @@ import Testing
         (["--prefix", "sess*"], "--prefix"),
         (["--max-body=-1"], "--max-body"),
         (["--idle-timeout", "0"], "--idle-timeout"),
+        (["--trust-proxy", "10.0.0.0/33"], "--trust-proxy"),
         (["--absolute-timeout", "soon"], "--absolute-timeout"),
     ])
     func badValuesFailWithOneClearLine(arguments: [String], mentions: String) throws {

@@ -328,4 +328,18 @@ func withDemo(_ arguments: [String] = [], _ body: (DemoServer) async throws -> V
             #expect(try await app.stored(id) == nil)
         }
     }
+
+    @Test func forwardedProtoCountsOnlyFromTrustedProxies() async throws {
+        // The test client connects from 127.0.0.1: trusted in the first server, not in the second.
+        try await withDemo(["--cookie-secure", "true", "--trust-proxy", "127.0.0.0/8"]) { app in
+            let response = try app.client().request("GET", "/", headers: ["X-Forwarded-Proto": "https"])
+            #expect(response.setCookies.first?.contains("; Secure") == true)
+        }
+        try await withDemo(["--cookie-secure", "true", "--trust-proxy", "10.0.0.0/8"]) { app in
+            let response = try app.client().request("GET", "/", headers: ["X-Forwarded-Proto": "https"])
+            #expect(response.setCookies.isEmpty, "a direct client claimed HTTPS and got a Secure cookie")
+            let metrics = try app.client().request("GET", "/metrics").text
+            #expect(metrics.contains("evserver_secure_cookie_withheld_total 1"))
+        }
+    }
 }
