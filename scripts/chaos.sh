@@ -6,11 +6,17 @@
 #   | recovery
 # and prints a per-phase table; the exit status is non-zero when a property fails (see chaos_load.py).
 # Stops everything it started on exit. The whole run is bounded (CHAOS_TIMEOUT, default 110 s, build excluded).
+#
+# `scripts/chaos.sh latency` instead puts a delaying TCP proxy between evserver and Redis (scripts/chaos_latency.py)
+# and checks that a session request stays within deadline + 100 ms when every Redis reply is slow but in time.
+#
 #   CHAOS_KEEP=1        keep the work dir (logs, requests.csv) even when the run passes
 #   CHAOS_CLIENTS (16)  CHAOS_CLIENT_RATE (20 requests/s per client)  REDIS_TIMEOUT_MS (1000)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
+MODE="${1:-phases}"
+case "$MODE" in phases|latency) ;; *) die "usage: scripts/chaos.sh [latency]" ;; esac
 
 command -v redis-server >/dev/null || ensure_build_deps
 command -v python3 >/dev/null || ensure_packages python3
@@ -22,6 +28,7 @@ BIN="$(swift build -c release --product evserver --show-bin-path)/evserver"
 WORK="$(mktemp -d -t evserver-chaos.XXXXXX)"
 REDIS_PORT="$(free_port)"
 APP_PORT="$(free_port)"
+PROXY_PORT="$(free_port)"
 TIMEOUT_MS="${REDIS_TIMEOUT_MS:-1000}"
 SERVER_PID=""
 LOAD_PID=""
@@ -61,10 +68,24 @@ for _ in $(seq 1 100); do
 done
 [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ] || die "redis-server did not answer (see $WORK/redis.log)"
 
+SERVER_REDIS_PORT="$REDIS_PORT"
+[ "$MODE" = latency ] && SERVER_REDIS_PORT="$PROXY_PORT"
 SESSION_SECRET="chaos-secret-0123456789abcdef0123456789abcdef" INSTANCE_NAME=chaos \
     "$BIN" --host 127.0.0.1 --port "$APP_PORT" --threads 2 --redis-timeout "$TIMEOUT_MS" \
-    --redis-url "redis://127.0.0.1:$REDIS_PORT/0" >"$WORK/evserver.log" 2>&1 &
+    --redis-url "redis://127.0.0.1:$SERVER_REDIS_PORT/0" >"$WORK/evserver.log" 2>&1 &
 SERVER_PID=$!
+
+if [ "$MODE" = latency ]; then
+    log "redis-server :$REDIS_PORT, delaying proxy :$PROXY_PORT, evserver :$APP_PORT (deadline ${TIMEOUT_MS} ms)"
+    set +e
+    timeout "${CHAOS_TIMEOUT:-110}" python3 -u scripts/chaos_latency.py --port "$APP_PORT" \
+        --listen-port "$PROXY_PORT" --redis-port "$REDIS_PORT" --redis-timeout "$TIMEOUT_MS" &
+    LOAD_PID=$!
+    wait "$LOAD_PID"
+    status=$?
+    LOAD_PID=""
+    exit "$status"
+fi
 for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$APP_PORT/readyz" >/dev/null 2>&1 && break
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/evserver.log" >&2; die "evserver exited"; }

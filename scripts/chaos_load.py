@@ -403,7 +403,7 @@ class Chaos:
         requests = [r for r in self.recorder.requests if r["phase"] != "setup"]
         print()
         header = (f"{'phase':22} {'requests':>8} {'200':>6} {'503':>6} {'other':>6} {'conn err':>8} "
-                  f"{'max ms':>8} {'p99 ms':>7} {'503 ok':>7} {'healthz':>8} {'readyz 200/503':>15}")
+                  f"{'503 span':>8} {'max ms':>7} {'p99 ms':>7} {'503 ok':>7} {'healthz':>8} {'readyz 200/503':>15}")
         print(header)
         print("-" * len(header))
         for name, start, end in self.phases:
@@ -423,8 +423,10 @@ class Chaos:
             ready = [p for p in self.recorder.polls if p[0] == "/readyz" and p[1] == name]
             ready_200 = sum(1 for p in ready if p[4] == 200)
             ready_503 = sum(1 for p in ready if p[4] == 503)
+            # How long the 503s lasted: from the first one's start to the last one's end.
+            span = (max(r["end"] for r in unavailable) - min(r["start"] for r in unavailable)) * 1000 if unavailable else 0
             print(f"{name:22} {len(rs):8} {ok:6} {len(unavailable):6} {len(other):6} {len(errors):8} "
-                  f"{max_ms:8.0f} {p99:7.0f} {'yes' if not bad_503 else 'NO':>7} "
+                  f"{span:8.0f} {max_ms:7.0f} {p99:7.0f} {'yes' if not bad_503 else 'NO':>7} "
                   f"{len(health) - len(health_bad):>3}/{len(health):<4} {ready_200:>7}/{ready_503:<7}")
             if other:
                 statuses = sorted({r["status"] for r in other})

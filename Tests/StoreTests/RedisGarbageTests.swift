@@ -131,6 +131,30 @@ enum Garbage: String, CaseIterable, CustomTestStringConvertible, Sendable {
         }
     }
 
+    @Test func storedCookieAttributesCannotInjectResponseHeaders() async throws {
+        // The stored cookie's path and domain go back out in Set-Cookie (an expiring cookie is re-sent when the
+        // session changes). CR LF in them must not become a header of its own.
+        try await withDemo() { app in
+            let id = SessionID.generate()
+            let key = app.prefix + id
+            let value = #"{"cookie":{"originalMaxAge":600000,"expires":"2099-01-01T00:00:00.000Z","httpOnly":true,"#
+                + #""domain":"example.com\r\nX-Injected: domain","path":"/\r\nX-Injected: path"},"views":1}"#
+            try await app.redis.set(key, to: Array(value.utf8), expiresIn: 60)
+            let cookie = try CookieSigner(secrets: ["test secret"]).cookieValue(for: id)
+            let (response, _) = try await capturingStandardError {
+                try app.client().request("GET", "/views", headers: ["Cookie": "connect.sid=\(cookie)"])
+            }
+            #expect(response.status == 200)
+            #expect(response.text == #"{"views":2,"instance":"test-instance"}"#)
+            #expect(response.headers["X-Injected"] == nil)
+            for setCookie in response.setCookies {
+                #expect(!setCookie.contains("\r") && !setCookie.contains("\n"))
+            }
+            #expect(try app.client().request("GET", "/healthz").status == 200)
+            _ = try await app.redis.delete([key])
+        }
+    }
+
     @Test func garbageNeverCostsMoreThanOneGet() async throws {
         // A session whose key holds garbage is replaced by a new id; the garbage is left alone (it expires by
         // itself), so a request pays one GET for it, not a DEL.
