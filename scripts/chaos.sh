@@ -20,6 +20,7 @@ case "$MODE" in phases|latency) ;; *) die "usage: scripts/chaos.sh [latency]" ;;
 
 command -v redis-server >/dev/null || ensure_build_deps
 command -v python3 >/dev/null || ensure_packages python3
+command -v curl >/dev/null || ensure_packages curl
 
 log "building evserver (release)"
 swift build -c release --product evserver >&2
