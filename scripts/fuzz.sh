@@ -4,7 +4,6 @@
 #   scripts/fuzz.sh [SECONDS | -runs=N] [more libFuzzer flags]     default: 60 seconds
 #   scripts/fuzz.sh -runs=0                                        replays the seeds only
 #   scripts/fuzz.sh CRASH_FILE                                     replays one input (a crash or a regression seed)
-#   scripts/fuzz.sh --strict ...                                   known, unfixed bugs fail too (EVSERVER_FUZZ_STRICT=1)
 # The committed seeds (Fuzz/corpus, regression inputs included) are read, never written; inputs the fuzzer finds go
 # to .build-fuzz/corpus, crashes and leaks to .build-fuzz/artifacts/. ASan's leak checker stays on (libFuzzer's
 # default). Exit status: 0 when nothing was found.
@@ -12,10 +11,6 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-if [ "${1:-}" = "--strict" ]; then
-    export EVSERVER_FUZZ_STRICT=1
-    shift
-fi
 # Swift's own crash backtracer fights ASan over the crashing process; libFuzzer and ASan report crashes themselves.
 export SWIFT_BACKTRACE=enable=no
 

@@ -250,7 +250,9 @@ enum ISO8601Milliseconds {
             }
             guard index == bytes.count else { return nil }
         }
-        return CivilDate.days(fromYear: year, month: month, day: day) * 86_400_000 + msOfDay - offsetMinutes * 60_000
+        let ms = CivilDate.days(fromYear: year, month: month, day: day) * 86_400_000 + msOfDay - offsetMinutes * 60_000
+        // JavaScript dates end at +/-8.64e15 ms: beyond, Node reads an Invalid Date (and stores null), so do we.
+        return abs(ms) <= 8_640_000_000_000_000 ? ms : nil
     }
 
     private static func isLeap(_ year: Int64) -> Bool { year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) }

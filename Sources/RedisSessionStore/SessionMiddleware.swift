@@ -217,7 +217,7 @@ public struct SessionMiddleware: Middleware {
         let requestIsSecure = isSecure(request)
 
         // express skips requests outside the cookie's path: their browser would not send the cookie.
-        guard SessionMiddleware.rawPath(of: request.uri).hasPrefix(configuration.cookie.path) else {
+        guard SessionMiddleware.rawPath(of: request.uri).utf8.starts(with: configuration.cookie.path.utf8) else {
             request.storage[SessionStorageKey.self] = Session(newWith: engine, requestIsSecure: requestIsSecure,
                                                               now: now, detached: true)
             return try await next()
@@ -359,7 +359,7 @@ public struct SessionMiddleware: Middleware {
     /// all mean "new session", never an error).
     private func sessionId(from request: Request) -> String? {
         guard let raw = request.cookies[configuration.name], !raw.isEmpty else { return nil }
-        guard raw.hasPrefix("s:") else {
+        guard raw.utf8.starts(with: "s:".utf8) else {
             configuration.logger.debug("session cookie unsigned")
             return nil
         }

@@ -446,6 +446,8 @@ struct HTTPServerTests {
         #expect(await eventually(timeout: .seconds(20)) { await server.pendingCount() == 1 })
         let shutdown = Task { await server.shutdown(timeout: .seconds(20)) }
         #expect(await eventually(timeout: .seconds(20)) { server.isShuttingDown })
+        // isShuttingDown flips before the loop has stopped accepting; a refused connection shows it has.
+        #expect(await eventually(timeout: .seconds(20)) { (try? TestHTTPClient(port: port)) == nil })
         gate.open()
         await shutdown.value
         let response = try await answer.value
