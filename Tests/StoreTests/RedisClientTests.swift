@@ -397,7 +397,7 @@ import Darwin
                     Issue.record("PING to a stopped server succeeded")
                 } catch let error as RedisClientError {
                     let elapsed = ContinuousClock.now - started
-                    #expect(elapsed < .milliseconds(1000), "failing took \(elapsed)")
+                    #expect(elapsed < .milliseconds(3000), "failing took \(elapsed)")
                     #expect(error == .notConnected || error == .connectFailed, "\(error)")
                     if error == .notConnected { sawNotConnected = true }
                 }
@@ -439,7 +439,7 @@ import Darwin
                 #expect(error.description.contains("no answer within 200 ms"), "\(error)")
             }
             let elapsed = ContinuousClock.now - started
-            #expect(elapsed >= .milliseconds(150) && elapsed < .milliseconds(5000), "failed after \(elapsed)")
+            #expect(elapsed >= .milliseconds(150) && elapsed < .milliseconds(15000), "failed after \(elapsed)")
             #expect(!client.isConnected)
         }
     }
@@ -461,7 +461,7 @@ import Darwin
                 #expect(error == .notConnected, "\(error)")
                 #expect(error.description.contains("still connecting"), "\(error)")
             }
-            #expect(ContinuousClock.now - started < .milliseconds(1000))
+            #expect(ContinuousClock.now - started < .milliseconds(3000))
             client.close()
             for task in queued {
                 await #expect(throws: RedisClientError.connectionClosed) { try await task.value }
@@ -485,7 +485,7 @@ import Darwin
             #expect(try await quick.value == .null)
             let started = ContinuousClock.now
             await #expect(throws: RedisClientError.timeout) { try await slow.value }
-            #expect(ContinuousClock.now - started < .milliseconds(1000))
+            #expect(ContinuousClock.now - started < .milliseconds(3000))
             #expect(client.isConnected)
             // The late reply (BLPOP's nil, about 1.1 s after sending) is dropped; later replies still match.
             try await Task.sleep(for: .milliseconds(1000))
