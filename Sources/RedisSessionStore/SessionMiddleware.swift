@@ -5,6 +5,7 @@ import Foundation
 #endif
 import EvServer
 import Logging
+import Synchronization
 
 // MARK: - Configuration
 
@@ -109,6 +110,7 @@ final class SessionEngine: Sendable {
     let signer: CookieSigner
     let metrics: SessionMetrics
     var logger: Logger { configuration.logger }
+    private let lastErrorLog = Mutex<(at: ContinuousClock.Instant, failures: Int)?>(nil)
 
     init(store: any SessionStore, configuration: SessionConfiguration, metrics: SessionMetrics) throws {
         self.store = store
@@ -161,9 +163,17 @@ final class SessionEngine: Sendable {
         do {
             return try await body()
         } catch {
-            metrics.recordStoreError()
-            // The error, never the session id: ids are credentials.
-            logger.error("session store \(operation) failed", metadata: ["error": "\(error)"])
+            let failures = metrics.recordStoreError()
+            // The error, never the session id: ids are credentials. During an outage every request fails alike:
+            // one error line a second (with the count since the last), the rest at debug level; /metrics counts all.
+            let now = ContinuousClock.now
+            let loud = lastErrorLog.withLock { last -> Bool in
+                guard last.map({ now - $0.at >= .seconds(1) }) ?? true else { return false }
+                last = (now, failures)
+                return true
+            }
+            logger.log(level: loud ? .error : .debug, "session store \(operation) failed",
+                       metadata: ["error": "\(error)", "failures": "\(failures)"])
             throw SessionStoreError(operation: operation, underlying: error)
         }
     }
