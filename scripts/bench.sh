@@ -93,9 +93,14 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 WORK="$(mktemp -d -t evserver-bench.XXXXXX)"
 mkdir -p "$WORK/pids"
-status=1
+status=1 child=""
 cleanup() {
-    # Everything this run started: servers and clients (pid files written by bench_run.py), then Redis.
+    # Everything this run started: the Python driver (it stops its servers on SIGTERM), then whatever pid files
+    # are left (servers and clients it started, in case it could not), then Redis.
+    if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then
+        kill -TERM "$child" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
+    fi
     for f in "$WORK"/pids/*.pid; do
         [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
     done
@@ -113,12 +118,16 @@ log "redis-server on 127.0.0.1:$redis_port${client_cpus:+ (CPU $client_cpus)}; s
 
 server_flags=()
 for s in "${server_args[@]}"; do server_flags+=(--server "$s"); done
+# The driver runs in the background and the script waits for it: a trapped signal interrupts `wait` at once,
+# whereas bash would let a foreground command run to its end before acting on SIGTERM.
 run() {
     python3 scripts/bench_run.py --work "$WORK" --redis-port "$redis_port" --threads "$threads" \
         --duration "$duration" --warmup "$warmup" --connections "${BENCH_CONNECTIONS:-64}" \
         --server-cpus "$server_cpus" --client-cpus "$client_cpus" \
         --checkpoints "${BENCH_CHECKPOINTS:-200000,2000000}" --idle-connections "${BENCH_IDLE_CONNECTIONS:-10000}" \
-        "${server_flags[@]}" "$@"
+        "${server_flags[@]}" "$@" &
+    child=$!
+    wait "$child"
 }
 
 started=$SECONDS

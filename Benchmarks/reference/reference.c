@@ -5,7 +5,7 @@
  * one pipelined hiredis async connection per thread on the same base, express-session compatible sessions in
  * `sess:<id>` (signed `connect.sid` cookie, HMAC-SHA256), reads with GETEX, writes with a compare-and-set script.
  *
- *   reference --port P [--threads N] [--redis-url redis://H:P/DB] --secret S [--instance NAME]
+ *   reference [--host 127.0.0.1] --port P [--threads N] [--redis-url redis://H:P/DB] --secret S [--instance NAME]
  */
 #define _GNU_SOURCE                 /* asprintf, getrandom; event-config.h would define it anyway */
 #define OPENSSL_SUPPRESS_DEPRECATED /* the low-level SHA API: we precompute the HMAC pads once */
@@ -113,7 +113,7 @@ static int session_id_from_cookie(const char *header, char id[MAX_ID + 1]) {
             while (n && v[n - 1] == ' ') n--;
             v[n] = 0;
             char *dot = strrchr(v, '.'), expected[44];
-            if (n < 4 || memcmp(v, "s:", 2) || !dot || dot - v - 2 < 1 || dot - v - 2 > MAX_ID) return 0;
+            if (n < 4 || strlen(v) != n || memcmp(v, "s:", 2) || !dot || dot - v - 2 < 1 || dot - v - 2 > MAX_ID) return 0;
             sign(v + 2, dot - v - 2, expected);
             if (strlen(dot + 1) != 43 || CRYPTO_memcmp(expected, dot + 1, 43)) return 0;
             memcpy(id, v + 2, dot - v - 2); id[dot - v - 2] = 0;
@@ -209,13 +209,21 @@ static void reply_to(struct evhttp_request *req, const char *id, int status, con
         snprintf(cookie + n, sizeof cookie - n, "; Path=/; HttpOnly; SameSite=Lax");
         evhttp_add_header(h, "Set-Cookie", cookie);
     }
-    if (status == 503) evhttp_add_header(h, "Retry-After", "1");
-    evhttp_send_reply(req, status, status == 200 ? "OK" : status == 404 ? "Not Found" : "Service Unavailable", NULL);
+    evhttp_send_reply(req, status, NULL, NULL);                     /* NULL: libevent's standard reason */
 }
-static const char *TEXT = "text/html; charset=utf-8", *JSON = "application/json; charset=utf-8";
+static const char *TEXT = "text/html; charset=utf-8", *PLAIN = "text/plain; charset=utf-8",
+                  *JSON = "application/json; charset=utf-8";
+/* Errors are JSON, as evserver renders them: 404, 405 (+ Allow), 503 (+ Retry-After: a store failure). */
+static void fail(struct evhttp_request *req, int status) {
+    const char *reason = status == 404 ? "Not Found" : status == 405 ? "Method Not Allowed" : "Service Unavailable";
+    if (status == 405) evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
+    if (status == 503) evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+    evbuffer_add_printf(evhttp_request_get_output_buffer(req), "{\"error\":\"%s\"}", reason);
+    reply_to(req, NULL, status, JSON);
+}
 static void unavailable(struct call *c) {
-    evbuffer_add(evhttp_request_get_output_buffer(c->req), "Service Unavailable", 19);
-    reply_to(c->req, NULL, 503, TEXT);
+    evbuffer_drain(evhttp_request_get_output_buffer(c->req), (size_t)-1);
+    fail(c->req, 503);
     free(c);
 }
 
@@ -338,20 +346,14 @@ static void redis_connect(struct worker *w) {
 static void on_request(struct evhttp_request *req, void *arg) {
     struct worker *w = arg;
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-    enum route route;
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET || !path) route = -1;
-    else if (!strcmp(path, "/hello")) {
+    int hello = path && !strcmp(path, "/hello");
+    enum route route = !path ? -1 : !strcmp(path, "/") ? ROUTE_ROOT : !strcmp(path, "/login") ? ROUTE_LOGIN
+                     : !strcmp(path, "/views") ? ROUTE_VIEWS : -1;
+    if ((int)route < 0 && !hello) { fail(req, 404); return; }
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) { fail(req, 405); return; }
+    if (hello) {
         evbuffer_add(evhttp_request_get_output_buffer(req), "ok", 2);
-        reply_to(req, NULL, 200, TEXT);
-        return;
-    }
-    else if (!strcmp(path, "/")) route = ROUTE_ROOT;
-    else if (!strcmp(path, "/login")) route = ROUTE_LOGIN;
-    else if (!strcmp(path, "/views")) route = ROUTE_VIEWS;
-    else route = -1;
-    if ((int)route < 0) {
-        evbuffer_add(evhttp_request_get_output_buffer(req), "Not Found", 9);
-        reply_to(req, NULL, 404, TEXT);
+        reply_to(req, NULL, 200, PLAIN);
         return;
     }
     struct call *c = calloc(1, sizeof *c);
@@ -382,20 +384,22 @@ static void *run_worker(void *arg) {
     return NULL;
 }
 
-static int listen_on(int port) {
+static int listen_on(const char *host, int port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY)};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), };
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);    /* one socket per thread; the kernel spreads */
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1) { fprintf(stderr, "reference: --host must be an IPv4 address\n"); exit(2); }
     if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 4096)) { perror("reference: listen"); exit(1); }
     return fd;
 }
 
 int main(int argc, char **argv) {
     int port = 3000, threads = 1;
-    char *secret = NULL;
+    char *secret = NULL, *host = "127.0.0.1";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--port")) port = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--host")) host = argv[i + 1];
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--secret")) secret = argv[i + 1];
         else if (!strcmp(argv[i], "--instance")) instance = argv[i + 1];
@@ -406,7 +410,7 @@ int main(int argc, char **argv) {
         } else { fprintf(stderr, "reference: unknown option %s\n", argv[i]); return 2; }
     }
     if (!secret || !*secret || threads < 1 || port <= 0 || strpbrk(instance, "\"\\")) {
-        fprintf(stderr, "usage: reference --port P [--threads N] [--redis-url redis://H:P/DB] --secret S [--instance NAME]\n");
+        fprintf(stderr, "usage: reference [--host IP] --port P [--threads N] [--redis-url redis://H:P/DB] --secret S [--instance NAME]\n");
         return 2;
     }
     unsigned char key[64] = {0}, pad[64];                            /* HMAC key pads (RFC 2104) */
@@ -420,11 +424,11 @@ int main(int argc, char **argv) {
 
     struct worker *workers = calloc(threads, sizeof *workers);
     for (int i = 0; i < threads; i++) {
-        workers[i].listen_fd = listen_on(port);
+        workers[i].listen_fd = listen_on(host, port);
         pthread_t t;
         if (i > 0 && pthread_create(&t, NULL, run_worker, &workers[i])) { perror("reference: pthread_create"); return 1; }
     }
-    fprintf(stderr, "reference: listening on :%d, %d thread(s), redis %s:%d/%d\n", port, threads, redis_host, redis_port, redis_db);
+    fprintf(stderr, "reference: listening on %s:%d, %d thread(s), redis %s:%d/%d\n", host, port, threads, redis_host, redis_port, redis_db);
     run_worker(&workers[0]);
     return 0;
 }
