@@ -83,7 +83,7 @@ done
 
 case "$mode" in
     scenarios) default_out="bench-results/$([ "$smoke" = 1 ] && echo smoke || { [ "$threads" = 1 ] && echo latest || echo "threads-$threads"; }).md" ;;
-    *) default_out="bench-results/$([ "$smoke" = 1 ] && echo smoke-memory || echo memory).md" ;;
+    *) default_out="bench-results/$([ "$smoke" = 1 ] && echo smoke-memory || { [ "$mode" = memory ] && echo memory || echo "memory-$mode"; }).md" ;;
 esac
 out="${BENCH_OUT:-$default_out}"
 [ "$smoke" = 1 ] && [ "$mode" = scenarios ] && mode=smoke
