@@ -4,36 +4,90 @@ import FoundationEssentials
 import Foundation
 #endif
 
-// SKELETON: to be completed by the HTTP workstream (parsing rules of the `cookie` npm package).
+// Request cookies, parsed the way the `cookie` npm package 0.5 (`parse`) does, which is what express-session sees;
+// and the URI helpers Request uses. Everything here takes client bytes, so it must accept any input without
+// trapping: it works on UTF-8 bytes and only ever slices at ASCII delimiters.
 
 /// Parses `Cookie` request headers.
 public enum CookieParser {
-    /// Parses one or more `Cookie` header values into name -> value (first occurrence wins, values percent-decoded).
+    /// Parses one or more `Cookie` header values into name -> value, in order, the first occurrence of a name
+    /// winning across all headers.
+    ///
+    /// The rules of the `cookie` package 0.5: pairs are separated by `;`; a pair without `=` is skipped; names and
+    /// values are trimmed of spaces and tabs; one pair of surrounding double quotes is removed from a value; values
+    /// are percent-decoded (`+` stays `+`), and a value whose decoding fails (a bad escape, or bytes that are not
+    /// UTF-8) is kept as received. Never throws and never traps.
     public static func parse(_ headerValues: [String]) -> [String: String] {
         var result: [String: String] = [:]
-        for header in headerValues {
-            for pair in header.split(separator: ";") {
-                guard let eq = pair.firstIndex(of: "=") else { continue }
-                let name = pair[..<eq].trimmed
-                var value = pair[pair.index(after: eq)...].trimmed
-                if value.hasPrefix("\""), value.hasSuffix("\""), value.count >= 2 { value = String(value.dropFirst().dropLast()) }
-                if result[name] == nil { result[name] = percentDecode(value) ?? value }
-            }
-        }
+        for header in headerValues { parse(header, into: &result) }
         return result
+    }
+
+    /// Parses one `Cookie` header value. See ``parse(_:)-([String])``.
+    public static func parse(_ header: String) -> [String: String] {
+        var result: [String: String] = [:]
+        parse(header, into: &result)
+        return result
+    }
+
+    private static let semicolon = UInt8(ascii: ";")
+    private static let equals = UInt8(ascii: "=")
+    private static let quote = UInt8(ascii: "\"")
+
+    private static func parse(_ header: String, into result: inout [String: String]) {
+        let bytes = Array(header.utf8)
+        let count = bytes.count
+        var index = 0
+        while index < count {
+            guard let eq = bytes[index...].firstIndex(of: equals) else { break }
+            let end = bytes[index...].firstIndex(of: semicolon) ?? count
+            if end < eq {
+                // A pair without '=' before this one: skip to after the last ';' that precedes the '=' (the
+                // package's backtracking), so `a; b=1` still yields b.
+                index = (bytes[index..<eq].lastIndex(of: semicolon) ?? (eq - 1)) + 1
+                continue
+            }
+            let name = text(bytes, trimmed(bytes, index, eq))
+            if result[name] == nil {
+                var value = trimmed(bytes, eq + 1, end)
+                if value.count >= 2 && bytes[value.lowerBound] == quote && bytes[value.upperBound - 1] == quote {
+                    value = (value.lowerBound + 1)..<(value.upperBound - 1)
+                }
+                let raw = text(bytes, value)
+                result[name] = bytes[value].contains(UInt8(ascii: "%")) ? (percentDecode(raw) ?? raw) : raw
+            }
+            index = end + 1
+        }
+    }
+
+    /// `start..<end` without leading and trailing spaces and tabs.
+    private static func trimmed(_ bytes: [UInt8], _ start: Int, _ end: Int) -> Range<Int> {
+        var start = start, end = end
+        while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
+        while end > start && (bytes[end - 1] == 32 || bytes[end - 1] == 9) { end -= 1 }
+        return start..<end
+    }
+
+    /// The header came from a String, and the range starts and ends at ASCII bytes, so the slice is valid UTF-8.
+    private static func text(_ bytes: [UInt8], _ range: Range<Int>) -> String {
+        String(decoding: bytes[range], as: UTF8.self)
     }
 }
 
 /// Splits a request target into path and query.
 public enum URIParts {
+    /// `/a%20b?x=1` -> (`/a b`, `x=1`). The path is percent-decoded (kept as received if that fails); the query is
+    /// returned raw, without the `?`.
     public static func split(_ uri: String) -> (path: String, query: String?) {
-        guard let q = uri.firstIndex(of: "?") else { return (percentDecode(uri) ?? uri, nil) }
+        guard let q = uri.utf8.firstIndex(of: UInt8(ascii: "?")) else { return (percentDecode(uri) ?? uri, nil) }
         let path = String(uri[..<q])
         return (percentDecode(path) ?? path, String(uri[uri.index(after: q)...]))
     }
 
+    /// Parses `a=1&b=x+y` into name -> value, percent-decoded with `+` as space; the first value of a repeated name
+    /// wins; a name without `=` has the value "".
     public static func parseQuery(_ query: String?) -> [String: String] {
-        guard let query else { return [:] }
+        guard let query, !query.isEmpty else { return [:] }
         var result: [String: String] = [:]
         for pair in query.split(separator: "&") {
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
@@ -70,14 +124,12 @@ extension Date {
     }
 }
 
-extension Substring {
-    var trimmed: String {
-        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
-    }
-}
-
-/// Decodes `%XX` escapes (and `+` when asked); nil when an escape is malformed or the result is not UTF-8.
+/// Decodes `%XX` escapes (and `+` as space when asked).
+/// - Returns: the decoded text, or nil when an escape is malformed (`%`, `%4`, `%zz`) or the decoded bytes are not
+///   UTF-8 (as `decodeURIComponent` throws). Text without escapes comes back as is, without copying.
 public func percentDecode(_ text: String, plusAsSpace: Bool = false) -> String? {
+    let plus = UInt8(ascii: "+"), percent = UInt8(ascii: "%")
+    guard text.utf8.contains(where: { $0 == percent || (plusAsSpace && $0 == plus) }) else { return text }
     var bytes: [UInt8] = []
     bytes.reserveCapacity(text.utf8.count)
     var iterator = text.utf8.makeIterator()
@@ -90,10 +142,10 @@ public func percentDecode(_ text: String, plusAsSpace: Bool = false) -> String? 
         }
     }
     while let c = iterator.next() {
-        if c == 37 {
+        if c == percent {
             guard let h = iterator.next().flatMap(hex), let l = iterator.next().flatMap(hex) else { return nil }
             bytes.append(h << 4 | l)
-        } else if c == 43 && plusAsSpace {
+        } else if c == plus && plusAsSpace {
             bytes.append(32)
         } else {
             bytes.append(c)

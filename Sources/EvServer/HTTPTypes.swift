@@ -28,19 +28,31 @@ public struct HTTPStatus: Hashable, Sendable, CustomStringConvertible {
     public static let ok = HTTPStatus(code: 200)
     public static let created = HTTPStatus(code: 201)
     public static let noContent = HTTPStatus(code: 204)
+    public static let movedPermanently = HTTPStatus(code: 301)
     public static let found = HTTPStatus(code: 302)
     public static let seeOther = HTTPStatus(code: 303)
+    public static let notModified = HTTPStatus(code: 304)
+    public static let temporaryRedirect = HTTPStatus(code: 307)
+    public static let permanentRedirect = HTTPStatus(code: 308)
     public static let badRequest = HTTPStatus(code: 400)
     public static let unauthorized = HTTPStatus(code: 401)
     public static let forbidden = HTTPStatus(code: 403)
     public static let notFound = HTTPStatus(code: 404)
     public static let methodNotAllowed = HTTPStatus(code: 405)
+    public static let requestTimeout = HTTPStatus(code: 408)
+    public static let conflict = HTTPStatus(code: 409)
+    public static let lengthRequired = HTTPStatus(code: 411)
     public static let payloadTooLarge = HTTPStatus(code: 413)
     public static let uriTooLong = HTTPStatus(code: 414)
     public static let unsupportedMediaType = HTTPStatus(code: 415)
+    public static let unprocessableContent = HTTPStatus(code: 422)
+    public static let tooManyRequests = HTTPStatus(code: 429)
     public static let requestHeaderFieldsTooLarge = HTTPStatus(code: 431)
     public static let internalServerError = HTTPStatus(code: 500)
+    public static let notImplemented = HTTPStatus(code: 501)
+    public static let badGateway = HTTPStatus(code: 502)
     public static let serviceUnavailable = HTTPStatus(code: 503)
+    public static let gatewayTimeout = HTTPStatus(code: 504)
 
     static func standardReason(_ code: Int) -> String {
         switch code {
@@ -83,6 +95,8 @@ public struct HTTPHeaders: Sendable, Sequence, ExpressibleByDictionaryLiteral {
 
     public init() {}
     public init(_ fields: [(String, String)]) { self.fields = fields.map { (name: $0.0, value: $0.1) } }
+    /// Takes the fields as they are (the server builds headers this way, without a second copy).
+    init(fields: [(name: String, value: String)]) { self.fields = fields }
     public init(dictionaryLiteral elements: (String, String)...) { self.init(elements) }
 
     /// The first value of `name`, compared case-insensitively.
@@ -109,6 +123,9 @@ public struct HTTPHeaders: Sendable, Sequence, ExpressibleByDictionaryLiteral {
     public mutating func remove(_ name: String) {
         fields.removeAll { $0.name.asciiCaseInsensitiveEquals(name) }
     }
+
+    /// Whether a field named `name` is present.
+    public func contains(_ name: String) -> Bool { self[name] != nil }
 
     public var count: Int { fields.count }
     public func makeIterator() -> IndexingIterator<[(name: String, value: String)]> { fields.makeIterator() }

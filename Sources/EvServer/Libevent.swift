@@ -116,7 +116,8 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Whether the calling thread is this loop's thread.
     public var inLoop: Bool {
-        owner.withLock { owner in owner.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+        // A thread-local read, no lock: the slot names this loop only on the thread inside run().
+        pthread_getspecific(EventLoop.currentKey) == Unmanaged.passUnretained(self).toOpaque()
     }
 
     /// Traps unless called on the loop thread. Every function that touches a C object owned by the loop calls it.
@@ -337,7 +338,7 @@ public final class EventLoopThread: Sendable {
     deinit { shutdown() }
 }
 
-private final class ThreadStart {
+private final class ThreadStart: Sendable {
     let loop: EventLoop
     let started: DispatchSemaphore
     init(loop: EventLoop, started: DispatchSemaphore) {

@@ -33,8 +33,11 @@ public final class Request {
     public let body: [UInt8]
     /// The peer's address (IP without port), or "" when unknown.
     public let remoteAddress: String
-    /// Values of `:name` segments of the matched route.
+    /// Values of `:name` segments of the matched route, percent-decoded.
     public var parameters: [String: String] = [:]
+    /// The pattern of the route that matched (e.g. `/users/:id`), for logs and metrics labels; nil when no route
+    /// matched (a 404 or 405).
+    public internal(set) var route: String?
     /// Storage for middleware (see ``RequestStorageKey``).
     public var storage = RequestStorage()
     /// The loop this request runs on, when it came from a server.

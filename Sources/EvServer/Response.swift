@@ -32,6 +32,13 @@ public final class Response {
         body = Array(text.utf8)
     }
 
+    /// Sets a JSON body serialized from `value` (`application/json; charset=utf-8`).
+    public func send(json value: JSONValue, status: HTTPStatus? = nil) {
+        if let status { self.status = status }
+        headers.replace("Content-Type", "application/json; charset=utf-8")
+        body = value.serialized()
+    }
+
     /// Answers with a redirect to `location` (302 unless given).
     public func redirect(to location: String, status: HTTPStatus = .found) {
         self.status = status

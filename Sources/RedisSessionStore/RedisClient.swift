@@ -1,73 +1,783 @@
+import Crypto
 import EvServer
-
-// SKELETON: the signatures are the contract; the Redis workstream fills in the bodies (Hiredis.swift holds the C).
-
-/// Where and how to connect to Redis, parsed from `redis://[user:password@]host:port/db`.
-public struct RedisConfiguration: Sendable, Equatable {
-    public var host: String
-    public var port: Int
-    public var username: String?
-    public var password: String?
-    public var database: Int
-    /// Deadline for each command; a command that misses it fails with `RedisClientError.timeout`.
-    public var commandTimeout: Duration
-
-    public init(host: String = "127.0.0.1", port: Int = 6379, username: String? = nil, password: String? = nil,
-                database: Int = 0, commandTimeout: Duration = .seconds(1)) {
-        self.host = host
-        self.port = port
-        self.username = username
-        self.password = password
-        self.database = database
-        self.commandTimeout = commandTimeout
-    }
-
-    /// Parses a `redis://` URL. - Throws: `RedisConfigurationError` with a one-line reason.
-    public init(url: String) throws { fatalError("SKELETON") }
-}
-
-/// A reply from Redis, copied out of hiredis's memory.
-public enum RedisValue: Sendable, Hashable {
-    case simpleString(String)
-    case error(String)
-    case integer(Int)
-    /// A bulk string; bytes, because values may be binary.
-    case bulkString([UInt8])
-    case null
-    case array([RedisValue])
-}
+import Logging
+import Synchronization
 
 /// An async Redis client: one hiredis connection attached to one ``EventLoop``, commands pipelined on it.
+///
+/// The client connects in the background as soon as it is created. After the TCP connect it sends
+/// `AUTH [user] password` (when configured) and `SELECT db` (when not 0), or a `PING` when neither applies, and is
+/// *ready* once Redis has answered; commands issued meanwhile queue behind that handshake (up to
+/// ``RedisConfiguration/connectingQueueLimit``). When the connection is lost, pending commands fail with
+/// ``RedisClientError/connectionClosed`` and the client reconnects by itself with exponential back-off (about
+/// 50 ms doubling to 1 s, with jitter), until ``close()``; while it waits between attempts, commands fail at once
+/// with ``RedisClientError/notConnected`` instead of piling up.
+///
+/// Every command has a deadline, ``RedisConfiguration/commandTimeout``: a command that misses it fails with
+/// ``RedisClientError/timeout`` at once and its late reply is dropped. The connection is kept while replies still
+/// flow; one that stayed silent for a whole timeout while a command waited is dropped and re-established. A `-ERR`
+/// reply throws ``RedisError``. Replies are RESP2.
+///
+/// Thread safety: all methods may be called from any thread or task. The connection itself lives on `loop`'s
+/// thread; a call from a task running on the loop (`Task(executorPreference: loop)`) is sent without any hop,
+/// and calls from one such task are pipelined in the order they are made. Task cancellation does not cancel a
+/// command that was sent (Redis may already have run it); it still ends by its deadline.
 public final class RedisClient: Sendable {
     /// The loop whose thread owns the connection.
     public let loop: EventLoop
     public let configuration: RedisConfiguration
+    private let connection: RedisConnection
 
     /// Creates a client; it connects in the background and reconnects with back-off when the connection drops.
-    public init(configuration: RedisConfiguration, loop: EventLoop) { fatalError("SKELETON") }
+    /// Logs to `Logger(label: "evserver.redis")`.
+    public convenience init(configuration: RedisConfiguration, loop: EventLoop) {
+        self.init(configuration: configuration, loop: loop, logger: Logger(label: "evserver.redis"))
+    }
 
-    /// Sends one command (arguments are binary-safe) and returns the reply. A `-ERR` reply throws `RedisError`.
-    public func send(_ arguments: [[UInt8]]) async throws -> RedisValue { fatalError("SKELETON") }
-    public func send(_ arguments: String...) async throws -> RedisValue { fatalError("SKELETON") }
+    /// Creates a client that logs connects, losses and reconnects (once per change, never per command, never a
+    /// password) to `logger`.
+    public init(configuration: RedisConfiguration, loop: EventLoop, logger: Logger) {
+        self.loop = loop
+        self.configuration = configuration
+        let connection = RedisConnection(configuration: configuration, loop: loop, logger: logger)
+        self.connection = connection
+        if loop.inLoop {
+            connection.start()
+        } else {
+            loop.execute { connection.start() }
+        }
+    }
+
+    deinit {
+        close()
+    }
+
+    /// Whether the connection is established and authenticated (the client is *ready*). Safe from any thread.
+    public var isConnected: Bool {
+        connection.isReady.load(ordering: .acquiring)
+    }
+
+    // MARK: - Commands
+
+    /// Sends one command (arguments are binary-safe) and returns the reply.
+    /// - Parameter arguments: the command name and its arguments, e.g. `[Array("GET".utf8), Array(key.utf8)]`.
+    /// - Returns: the reply, copied out of hiredis; `.null` for a nil reply.
+    /// - Throws: ``RedisError`` when Redis replies with an error; ``RedisClientError`` when no reply comes
+    ///   (`.notConnected`, `.connectFailed`, `.connectionClosed`, `.timeout`) or for a command that would change
+    ///   how the connection replies (`.unsupportedCommand`: SUBSCRIBE, MONITOR, CLIENT REPLY, SELECT, ...).
+    public func send(_ arguments: [[UInt8]]) async throws -> RedisValue {
+        precondition(!arguments.isEmpty, "RedisClient.send needs at least a command name")
+        let name = commandName(arguments[0])
+        if let reason = unsupportedCommandReason(name, arguments) {
+            throw RedisClientError.unsupportedCommand.with(reason)
+        }
+        let connection = self.connection
+        return try await withCheckedThrowingContinuation { continuation in
+            if loop.inLoop {
+                connection.submit(name: name, arguments: arguments, continuation: continuation)
+            } else {
+                loop.execute { connection.submit(name: name, arguments: arguments, continuation: continuation) }
+            }
+        }
+    }
+
+    /// Sends one command given as strings (each sent as its UTF-8 bytes) and returns the reply.
+    /// - Throws: as ``send(_:)-([[UInt8]])``.
+    public func send(_ arguments: String...) async throws -> RedisValue {
+        try await send(arguments.map { Array($0.utf8) })
+    }
 
     /// [GET](https://redis.io/commands/get/)
-    public func get(_ key: String) async throws -> [UInt8]? { fatalError("SKELETON") }
-    /// [GETEX](https://redis.io/commands/getex/) key EX seconds: gets the value and refreshes its TTL at once.
-    public func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? { fatalError("SKELETON") }
+    /// - Returns: the value's bytes, or nil when the key does not exist.
+    public func get(_ key: String) async throws -> [UInt8]? {
+        try optionalBytes(await send([Keyword.get, Array(key.utf8)]), command: "GET")
+    }
+
+    /// [GETEX](https://redis.io/commands/getex/) key EX seconds: gets the value and refreshes its TTL at once
+    /// (Redis 6.2+).
+    /// - Returns: the value's bytes, or nil when the key does not exist (then no key is created).
+    public func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
+        try optionalBytes(await send([Keyword.getex, Array(key.utf8), Keyword.ex, decimal(seconds)]),
+                          command: "GETEX")
+    }
+
     /// [SET](https://redis.io/commands/set/) key value [EX seconds]
-    public func set(_ key: String, to value: [UInt8], expiresIn seconds: Int? = nil) async throws { fatalError("SKELETON") }
+    /// - Parameters:
+    ///   - value: the bytes to store.
+    ///   - seconds: time to live; nil keeps the key until deleted. Must be positive (Redis rejects 0).
+    public func set(_ key: String, to value: [UInt8], expiresIn seconds: Int? = nil) async throws {
+        var arguments = [Keyword.set, Array(key.utf8), value]
+        if let seconds { arguments += [Keyword.ex, decimal(seconds)] }
+        let reply = try await send(arguments)
+        guard case .simpleString = reply else { throw unexpected(reply, command: "SET", expected: "OK") }
+    }
+
     /// [EXPIRE](https://redis.io/commands/expire/); returns whether the key existed.
     @discardableResult
-    public func expire(_ key: String, after seconds: Int) async throws -> Bool { fatalError("SKELETON") }
-    /// [DEL](https://redis.io/commands/del/); returns how many keys were removed.
-    @discardableResult
-    public func delete(_ keys: [String]) async throws -> Int { fatalError("SKELETON") }
-    /// [SCAN](https://redis.io/commands/scan/) cursor MATCH pattern COUNT count
-    public func scan(cursor: String, match pattern: String?, count: Int) async throws -> (cursor: String, keys: [String]) {
-        fatalError("SKELETON")
+    public func expire(_ key: String, after seconds: Int) async throws -> Bool {
+        let reply = try await send([Keyword.expire, Array(key.utf8), decimal(seconds)])
+        guard case .integer(let value) = reply else { throw unexpected(reply, command: "EXPIRE", expected: "integer") }
+        return value == 1
     }
+
+    /// [DEL](https://redis.io/commands/del/); returns how many keys were removed. No keys: returns 0 without
+    /// asking Redis.
+    @discardableResult
+    public func delete(_ keys: [String]) async throws -> Int {
+        guard !keys.isEmpty else { return 0 }
+        let reply = try await send([Keyword.del] + keys.map { Array($0.utf8) })
+        guard case .integer(let value) = reply else { throw unexpected(reply, command: "DEL", expected: "integer") }
+        return value
+    }
+
+    /// [SCAN](https://redis.io/commands/scan/) cursor MATCH pattern COUNT count
+    /// - Parameters:
+    ///   - cursor: `"0"` to start; then the cursor returned by the previous call.
+    ///   - pattern: a glob such as `sess:*`, or nil for every key.
+    ///   - count: a hint for how much work each call does.
+    /// - Returns: the next cursor (`"0"` when the iteration is complete) and a batch of keys (keys may repeat
+    ///   across batches, as SCAN guarantees only that every key present throughout is returned at least once).
+    public func scan(cursor: String, match pattern: String?, count: Int) async throws -> (cursor: String, keys: [String]) {
+        var arguments = [Keyword.scan, Array(cursor.utf8)]
+        if let pattern { arguments += [Keyword.match, Array(pattern.utf8)] }
+        arguments += [Keyword.count, decimal(count)]
+        let reply = try await send(arguments)
+        guard case .array(let parts) = reply, parts.count == 2, case .bulkString(let next) = parts[0],
+              case .array(let items) = parts[1] else {
+            throw unexpected(reply, command: "SCAN", expected: "[cursor, [keys]]")
+        }
+        var keys: [String] = []
+        keys.reserveCapacity(items.count)
+        for item in items {
+            guard case .bulkString(let key) = item else {
+                throw unexpected(item, command: "SCAN", expected: "bulk string key")
+            }
+            keys.append(String(decoding: key, as: UTF8.self))
+        }
+        return (String(decoding: next, as: UTF8.self), keys)
+    }
+
     /// [PING](https://redis.io/commands/ping/)
-    public func ping() async throws { fatalError("SKELETON") }
-    /// Closes the connection; pending commands fail with `RedisClientError.connectionClosed`.
-    public func close() { fatalError("SKELETON") }
+    public func ping() async throws {
+        let reply = try await send([Keyword.ping])
+        guard case .simpleString = reply else { throw unexpected(reply, command: "PING", expected: "PONG") }
+    }
+
+    /// Runs a Lua script with [EVALSHA](https://redis.io/commands/evalsha/), falling back to
+    /// [EVAL](https://redis.io/commands/eval/) when Redis does not have it cached yet (`NOSCRIPT`).
+    /// - Parameters:
+    ///   - script: the Lua source.
+    ///   - keys: the keys the script touches (`KEYS[1]`, ...).
+    ///   - arguments: the other arguments (`ARGV[1]`, ...).
+    /// - Returns: the script's reply.
+    /// - Throws: ``RedisError`` when the script fails; ``RedisClientError`` as for ``send(_:)-([[UInt8]])``.
+    public func eval(script: String, keys: [String], arguments: [String] = []) async throws -> RedisValue {
+        try await eval(RedisScript(script), keys: keys, arguments: arguments.map { Array($0.utf8) })
+    }
+
+    /// Runs a prepared ``RedisScript`` (its SHA1 computed once) with EVALSHA, falling back to EVAL on `NOSCRIPT`.
+    /// - Parameters:
+    ///   - script: the script.
+    ///   - keys: the keys the script touches (`KEYS[1]`, ...).
+    ///   - arguments: the other arguments, binary-safe (`ARGV[1]`, ...).
+    /// - Returns: the script's reply.
+    public func eval(_ script: RedisScript, keys: [String], arguments: [[UInt8]] = []) async throws -> RedisValue {
+        var tail: [[UInt8]] = [decimal(keys.count)]
+        tail.reserveCapacity(1 + keys.count + arguments.count)
+        for key in keys { tail.append(Array(key.utf8)) }
+        tail += arguments
+        do {
+            return try await send([Keyword.evalsha, Array(script.sha1.utf8)] + tail)
+        } catch let error as RedisError where error.code == "NOSCRIPT" {
+            // Not in the script cache (first use, or after a restart or SCRIPT FLUSH); EVAL caches it again.
+            return try await send([Keyword.eval, Array(script.source.utf8)] + tail)
+        }
+    }
+
+    // MARK: - Closing
+
+    /// Closes the connection; pending commands fail with `RedisClientError.connectionClosed`, and so does every
+    /// later command. No reconnect follows. Idempotent; safe from any thread (from elsewhere than the loop, the
+    /// close happens on the loop shortly after this returns).
+    public func close() {
+        let connection = self.connection
+        if loop.inLoop {
+            connection.close()
+        } else {
+            loop.execute { connection.close() }
+        }
+    }
+
+    // MARK: - Reply helpers
+
+    private func optionalBytes(_ reply: RedisValue, command: String) throws -> [UInt8]? {
+        switch reply {
+        case .bulkString(let bytes): return bytes
+        case .null: return nil
+        default: throw unexpected(reply, command: command, expected: "bulk string or nil")
+        }
+    }
+
+    private func unexpected(_ reply: RedisValue, command: String, expected: String) -> RedisClientError {
+        RedisClientError.unexpectedReply.with("\(command) answered \(reply.kindDescription), expected \(expected)")
+    }
+}
+
+// MARK: - Scripts
+
+/// A Lua script and its SHA1, computed once (the name EVALSHA knows it by).
+public struct RedisScript: Sendable, Hashable {
+    /// The Lua source.
+    public let source: String
+    /// The lower-case hex SHA1 of the source.
+    public let sha1: String
+
+    /// Prepares a script.
+    public init(_ source: String) {
+        self.source = source
+        let digest = Insecure.SHA1.hash(data: Array(source.utf8))
+        let hex: [UInt8] = Array("0123456789abcdef".utf8)
+        var text: [UInt8] = []
+        text.reserveCapacity(40)
+        for byte in digest {
+            text.append(hex[Int(byte >> 4)])
+            text.append(hex[Int(byte & 0x0F)])
+        }
+        self.sha1 = String(decoding: text, as: UTF8.self)
+    }
+}
+
+// MARK: - Arguments
+
+/// Command names as bytes, built once.
+private enum Keyword {
+    static let get = Array("GET".utf8)
+    static let getex = Array("GETEX".utf8)
+    static let set = Array("SET".utf8)
+    static let ex = Array("EX".utf8)
+    static let expire = Array("EXPIRE".utf8)
+    static let del = Array("DEL".utf8)
+    static let scan = Array("SCAN".utf8)
+    static let match = Array("MATCH".utf8)
+    static let count = Array("COUNT".utf8)
+    static let ping = Array("PING".utf8)
+    static let eval = Array("EVAL".utf8)
+    static let evalsha = Array("EVALSHA".utf8)
+    static let auth = Array("AUTH".utf8)
+    static let select = Array("SELECT".utf8)
+}
+
+private func decimal(_ value: Int) -> [UInt8] {
+    Array(String(value).utf8)
+}
+
+/// The command name in upper case ASCII, for metrics, errors and the checks below.
+private func commandName(_ bytes: [UInt8]) -> String {
+    String(decoding: bytes.lazy.map { (0x61...0x7A).contains($0) ? $0 - 0x20 : $0 }, as: UTF8.self)
+}
+
+/// Why a command cannot go through this client, or nil. These commands change how the connection replies (or
+/// its state behind the client's back), which a pipelined request/reply connection cannot follow: hiredis 0.14
+/// would deliver several replies to one callback, or abort on a reply nobody asked for.
+private func unsupportedCommandReason(_ name: String, _ arguments: [[UInt8]]) -> String? {
+    switch name {
+    case "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE":
+        return "\(name) turns the connection into a pub/sub connection; use a dedicated connection"
+    case "MONITOR", "SYNC", "PSYNC":
+        return "\(name) streams replies nobody asked for; use a dedicated connection"
+    case "SELECT", "RESET":
+        return "\(name) would change the connection's database or login behind the client; "
+            + "set the database in RedisConfiguration"
+    case "CLIENT" where arguments.count > 1 && commandName(arguments[1]) == "REPLY":
+        return "CLIENT REPLY would make replies stop matching their commands"
+    case "HELLO" where arguments.count > 1 && arguments[1] != Array("2".utf8):
+        return "only RESP2 is supported (HELLO 2)"
+    default:
+        return nil
+    }
+}
+
+// MARK: - The connection state machine
+
+/// One command given to hiredis: the box passed through `privdata`, back in the reply callback.
+final class PendingCommand {
+    enum Role {
+        /// A caller's command.
+        case caller(CheckedContinuation<RedisValue, any Error>)
+        /// A step of the connection handshake (AUTH, SELECT, PING).
+        case handshake(HandshakeStep)
+        /// Completed (answered, timed out or failed): a late reply is dropped.
+        case done
+    }
+
+    var role: Role
+    /// Upper-case command name, for metrics and messages.
+    let name: String
+    let start: ContinuousClock.Instant
+    let deadline: ContinuousClock.Instant
+
+    init(role: Role, name: String, start: ContinuousClock.Instant, deadline: ContinuousClock.Instant) {
+        self.role = role
+        self.name = name
+        self.start = start
+        self.deadline = deadline
+    }
+
+    /// Fails a caller still waiting. Only for paths that cannot happen if hiredis keeps its promises.
+    func abandon() {
+        if case .caller(let continuation) = role {
+            role = .done
+            continuation.resume(throwing: RedisClientError.connectionClosed)
+        }
+    }
+}
+
+enum HandshakeStep {
+    case auth
+    case select
+    case ping
+}
+
+/// The commands sent on one hiredis connection and not yet answered, oldest first.
+///
+/// hiredis answers in order, so a reply always belongs to the first entry. Deadlines grow with the order too,
+/// which is why one timer (armed for the oldest live entry) serves every command, and why the entries that
+/// already timed out form a prefix (`expired`).
+private final class Link {
+    let connection: HiredisConnection
+    private var entries: [PendingCommand?] = []
+    private var head = 0
+    /// How many of the first entries already timed out (their late replies are still due).
+    var expired = 0
+    /// Handshake steps not yet answered; the link is ready at 0.
+    var handshakeRemaining = 0
+    /// Why the client decided to drop this connection (timeout, failed AUTH, close); reported instead of hiredis's.
+    var failure: String?
+    /// When the last reply (not a NULL) arrived: a connection that answers nothing while a command times out is
+    /// considered dead.
+    var lastReply: ContinuousClock.Instant
+
+    init(connection: HiredisConnection, now: ContinuousClock.Instant) {
+        self.connection = connection
+        self.lastReply = now
+    }
+
+    var count: Int { entries.count - head }
+
+    /// The oldest command that has not timed out yet.
+    var liveHead: PendingCommand? {
+        expired < count ? entries[head + expired] : nil
+    }
+
+    func append(_ command: PendingCommand) {
+        entries.append(command)
+    }
+
+    /// Removes `command`, normally the first entry.
+    func remove(_ command: PendingCommand) {
+        if head < entries.count, entries[head] === command {
+            entries[head] = nil
+            head += 1
+            if expired > 0 { expired -= 1 }
+        } else if let index = entries[head...].firstIndex(where: { $0 === command }) {
+            // Out of order: cannot happen with hiredis, handled so that bookkeeping stays right regardless.
+            if index - head < expired { expired -= 1 }
+            entries.remove(at: index)
+        }
+        if head == entries.count {
+            entries.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head >= 1024, head * 2 >= entries.count {
+            entries.removeFirst(head)
+            head = 0
+        }
+    }
+
+    /// Empties the queue, returning what was in it.
+    func removeAll() -> [PendingCommand] {
+        defer {
+            entries.removeAll()
+            head = 0
+            expired = 0
+        }
+        return entries[head...].compactMap { $0 }
+    }
+}
+
+/// The client's one logical connection: a state machine over successive hiredis connections.
+///
+/// Phases: idle -> connecting (TCP + handshake) -> ready; on loss or a failed attempt -> backing off -> connecting
+/// again; close() -> closed from anywhere. Only one hiredis connection exists at a time.
+final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
+    // @unchecked Sendable: everything but `isReady` is touched only on `loop`'s thread (each entry point calls
+    // loop.preconditionInLoop(); RedisClient hops with loop.execute); `isReady` is an Atomic.
+
+    private enum Phase: Equatable {
+        case idle, connecting, ready, backingOff, closed
+    }
+
+    /// Reconnect back-off: the ceiling starts at 50 ms and doubles up to 1 s; each delay is drawn uniformly from
+    /// [ceiling/2, ceiling] ("equal jitter") so that many servers do not reconnect in lockstep.
+    static let backoffStart: Duration = .milliseconds(50)
+    static let backoffCap: Duration = .seconds(1)
+
+    let loop: EventLoop
+    let configuration: RedisConfiguration
+    let isReady = Atomic<Bool>(false)
+    private var logger: Logger
+
+    private var phase = Phase.idle
+    private var link: Link?
+    private var deadlineTimer: ScheduledTimer?
+    private var retryTimer: ScheduledTimer?
+    /// Failed attempts since the last ready connection (drives the back-off).
+    private var attempts = 0
+    /// Why the last attempt failed or the connection was lost; shown with `.notConnected`.
+    private var lastError: String?
+    /// When the current outage began (nil while ready, and before the first connection).
+    private var outageStart: ContinuousClock.Instant?
+    private var everReady = false
+    /// The failure already logged as a warning during this outage: a repeat is logged at debug level only.
+    private var loggedFailure: String?
+
+    init(configuration: RedisConfiguration, loop: EventLoop, logger: Logger) {
+        self.loop = loop
+        self.configuration = configuration
+        self.logger = logger
+        self.logger[metadataKey: "redis"] = "\(configuration.redactedURL)"
+    }
+
+    // MARK: Entry points (loop thread)
+
+    func start() {
+        loop.preconditionInLoop()
+        guard phase == .idle else { return }
+        logger.debug("connecting to Redis")
+        connect()
+    }
+
+    func submit(name: String, arguments: [[UInt8]], continuation: CheckedContinuation<RedisValue, any Error>) {
+        loop.preconditionInLoop()
+        if phase == .idle { start() }
+        let now = ContinuousClock.now
+        switch phase {
+        case .idle, .backingOff:
+            let detail = lastError.map { "reconnecting; last error: \($0)" } ?? "reconnecting"
+            reject(continuation, name: name, error: RedisClientError.notConnected.with(detail))
+        case .closed:
+            reject(continuation, name: name, error: RedisClientError.connectionClosed.with("the client was closed"))
+        case .connecting, .ready:
+            guard let link else {
+                reject(continuation, name: name, error: RedisClientError.notConnected)
+                return
+            }
+            if phase == .connecting, link.count - link.handshakeRemaining >= configuration.connectingQueueLimit {
+                let detail = "still connecting, \(configuration.connectingQueueLimit) commands already waiting"
+                reject(continuation, name: name, error: RedisClientError.notConnected.with(detail))
+                return
+            }
+            let command = PendingCommand(role: .caller(continuation), name: name, start: now,
+                                         deadline: now + configuration.commandTimeout)
+            do {
+                try link.connection.send(arguments, command: command)
+            } catch {
+                // The connection is going away (hiredis refuses new commands while it tears a context down).
+                command.role = .done
+                let reason = link.failure ?? link.connection.failureReason ?? error.description
+                let failure = phase == .connecting ? RedisClientError.connectFailed(reason)
+                                                   : RedisClientError.connectionClosed.with(reason)
+                reject(continuation, name: name, error: failure)
+                return
+            }
+            link.append(command)
+            armDeadlineTimer()
+        }
+    }
+
+    func close() {
+        loop.preconditionInLoop()
+        guard phase != .closed else { return }
+        phase = .closed
+        isReady.store(false, ordering: .releasing)
+        retryTimer?.cancel()
+        retryTimer = nil
+        deadlineTimer?.cancel()
+        deadlineTimer = nil
+        if let link {
+            if link.failure == nil { link.failure = "the client was closed" }
+            link.connection.free()   // every pending command gets its NULL reply now: connectionClosed
+        }
+        logger.info("closed the Redis client")
+    }
+
+    // MARK: Connecting
+
+    private func connect() {
+        retryTimer = nil
+        let now = ContinuousClock.now
+        let connection: HiredisConnection
+        do {
+            connection = try HiredisConnection(host: configuration.host, port: configuration.port, loop: loop,
+                                               delegate: self)
+        } catch {
+            attemptFailed(error.description)
+            return
+        }
+        let link = Link(connection: connection, now: now)
+        self.link = link
+        phase = .connecting
+        // The handshake goes first so that commands queued while connecting run after AUTH and SELECT. Its
+        // deadline is also the connect deadline: no answer within commandTimeout means the attempt failed.
+        let deadline = now + configuration.commandTimeout
+        for (step, arguments) in handshake() {
+            let command = PendingCommand(role: .handshake(step), name: commandName(arguments[0]), start: now,
+                                         deadline: deadline)
+            do {
+                try connection.send(arguments, command: command)
+            } catch {
+                drop(link, because: "could not queue \(command.name): \(error.description)")
+                return
+            }
+            link.append(command)
+            link.handshakeRemaining += 1
+        }
+        armDeadlineTimer()
+    }
+
+    private func handshake() -> [(HandshakeStep, [[UInt8]])] {
+        var steps: [(HandshakeStep, [[UInt8]])] = []
+        if let password = configuration.password {
+            var arguments = [Keyword.auth]
+            if let username = configuration.username { arguments.append(Array(username.utf8)) }
+            arguments.append(Array(password.utf8))
+            steps.append((.auth, arguments))
+        }
+        if configuration.database != 0 {
+            steps.append((.select, [Keyword.select, decimal(configuration.database)]))
+        }
+        // Neither: a PING, so that "ready" still means Redis answered (not just that the kernel accepted the TCP
+        // connection), and so that an attempt that never gets an answer fails by the deadline.
+        if steps.isEmpty { steps.append((.ping, [Keyword.ping])) }
+        return steps
+    }
+
+    private func handshakeStepReplied(_ step: HandshakeStep, _ reply: RedisValue?, on link: Link) {
+        guard let reply else { return }   // the connection is going away; hiredisDidClose reports why
+        if case .error(let message) = reply {
+            drop(link, because: handshakeFailure(step, message))
+            return
+        }
+        link.handshakeRemaining -= 1
+        if link.handshakeRemaining == 0, phase == .connecting {
+            becomeReady()
+        }
+    }
+
+    private func handshakeFailure(_ step: HandshakeStep, _ message: String) -> String {
+        switch step {
+        case .auth:
+            return "authentication failed (\(message))"
+        case .select:
+            return "SELECT \(configuration.database) failed (\(message))"
+        case .ping where message.hasPrefix("NOAUTH"):
+            return "Redis requires a password; put it in the Redis URL, redis://:password@host (\(message))"
+        case .ping:
+            return "PING failed (\(message))"
+        }
+    }
+
+    private func becomeReady() {
+        phase = .ready
+        isReady.store(true, ordering: .releasing)
+        if everReady, let outageStart {
+            let down = ContinuousClock.now - outageStart
+            logger.info("reconnected to Redis", metadata: [
+                "attempts": "\(attempts + 1)", "down_ms": "\(milliseconds(down))",
+            ])
+        } else if attempts > 0 {
+            logger.info("connected to Redis", metadata: ["attempts": "\(attempts + 1)"])
+        } else {
+            logger.info("connected to Redis")
+        }
+        everReady = true
+        attempts = 0
+        outageStart = nil
+        lastError = nil
+        loggedFailure = nil
+    }
+
+    /// A connection attempt failed before the connection was ready: wait, then try again.
+    private func attemptFailed(_ reason: String) {
+        lastError = reason
+        if outageStart == nil { outageStart = .now }
+        if loggedFailure != reason {
+            loggedFailure = reason
+            logger.warning("cannot connect to Redis: \(reason); retrying with back-off")
+        } else {
+            logger.debug("Redis connection attempt failed again: \(reason)")
+        }
+        attempts += 1
+        scheduleReconnect()
+    }
+
+    private func scheduleReconnect() {
+        phase = .backingOff
+        let ceiling = min(Self.backoffCap, Self.backoffStart * (1 << min(attempts, 10)))
+        let delay = ceiling * Double.random(in: 0.5...1.0)
+        retryTimer = loop.schedule(after: delay) { [self] in
+            retryTimer = nil
+            if phase == .backingOff { connect() }
+        }
+    }
+
+    /// Drops `link`'s connection: every command on it fails at once, then hiredisDidClose moves on.
+    private func drop(_ link: Link, because reason: String) {
+        if link.failure == nil { link.failure = reason }
+        link.connection.free()
+    }
+
+    // MARK: Deadlines
+
+    private func armDeadlineTimer() {
+        guard deadlineTimer == nil, let link, let head = link.liveHead else { return }
+        let delay = max(.zero, head.deadline - .now)
+        deadlineTimer = loop.schedule(after: delay) { [self] in
+            deadlineTimer = nil
+            expireCommands()
+        }
+    }
+
+    // A command that missed its deadline fails with `.timeout` at once; its reply, if it ever comes, is dropped
+    // (its box stays with hiredis until then, so replies keep matching their commands).
+    //
+    // Whether to drop the connection as well: a timeout means Redis is either slow (a long script, a big
+    // command, CLIENT PAUSE, a fork) or unreachable (a half-open TCP connection after a failover or a network
+    // partition, where nothing will ever come back and the kernel may take many minutes to notice). Dropping on
+    // every timeout would turn a slow moment into a reconnect storm and fail the commands queued behind for no
+    // gain; never dropping would leave the client stuck on a dead socket. So the connection is dropped only when
+    // it made no progress: no reply at all arrived since the timed-out command was sent, i.e. the connection was
+    // silent for a whole timeout while a command was waiting. Replies still flowing, even late ones, keep it.
+    private func expireCommands() {
+        guard let link else { return }
+        let now = ContinuousClock.now
+        var silentSince: ContinuousClock.Instant?
+        while let head = link.liveHead, head.deadline <= now {
+            switch head.role {
+            case .handshake:
+                drop(link, because: "no answer within \(milliseconds(configuration.commandTimeout)) ms "
+                     + "(connect and \(head.name))")
+                return
+            case .caller(let continuation):
+                head.role = .done
+                link.expired += 1
+                if link.lastReply < head.start, silentSince == nil { silentSince = head.start }
+                record(head.name, since: head.start, outcome: .timeout)
+                let detail = "\(head.name) got no reply within \(milliseconds(configuration.commandTimeout)) ms"
+                continuation.resume(throwing: RedisClientError.timeout.with(detail))
+            case .done:
+                link.expired += 1
+            }
+        }
+        if let silentSince {
+            // Logged once, as the loss, by hiredisDidClose.
+            drop(link, because: "Redis sent nothing for \(milliseconds(now - silentSince)) ms while a command waited")
+            return
+        }
+        armDeadlineTimer()
+    }
+
+    // MARK: HiredisConnectionDelegate
+
+    func hiredisDidConnect(_ connection: HiredisConnection) {
+        guard let link, link.connection === connection else { return }
+        logger.trace("TCP connected; waiting for the handshake")
+    }
+
+    func hiredis(_ connection: HiredisConnection, didReceive reply: RedisValue?, for command: PendingCommand) {
+        guard let link, link.connection === connection else {
+            // A connection we already let go of; cannot happen (a connection is gone before the next one starts),
+            // but a caller must never hang.
+            complete(command, reply: reply, link: nil, reason: connection.failureReason)
+            return
+        }
+        if reply != nil { link.lastReply = .now }
+        link.remove(command)
+        if case .handshake(let step) = command.role {
+            command.role = .done
+            handshakeStepReplied(step, reply, on: link)
+            return
+        }
+        complete(command, reply: reply, link: link, reason: link.failure ?? connection.failureReason)
+    }
+
+    func hiredisDidClose(_ connection: HiredisConnection, reason: String?) {
+        guard let link, link.connection === connection else { return }
+        self.link = nil
+        deadlineTimer?.cancel()
+        deadlineTimer = nil
+        // hiredis gave every command its NULL reply before this; whatever is left would be a hiredis bug, and a
+        // caller must not hang on it.
+        for command in link.removeAll() {
+            complete(command, reply: nil, link: nil, reason: reason)
+        }
+        let why = link.failure ?? reason ?? "connection closed"
+        switch phase {
+        case .connecting:
+            attemptFailed(why)
+        case .ready:
+            isReady.store(false, ordering: .releasing)
+            lastError = why
+            outageStart = .now
+            loggedFailure = why
+            logger.warning("lost the connection to Redis: \(why); reconnecting")
+            scheduleReconnect()
+        case .idle, .backingOff, .closed:
+            break
+        }
+    }
+
+    // MARK: Completing commands
+
+    private func complete(_ command: PendingCommand, reply: RedisValue?, link: Link?, reason: String?) {
+        guard case .caller(let continuation) = command.role else { return }   // timed out earlier, or a handshake
+        command.role = .done
+        switch reply {
+        case nil:
+            // Queued behind a handshake that never finished: the attempt failed. Otherwise the connection was
+            // lost (or closed) with the command in flight: it may or may not have run.
+            let error: RedisClientError
+            if phase == .closed {
+                error = RedisClientError.connectionClosed.with("the client was closed")
+            } else if let link, link.handshakeRemaining > 0 {
+                error = RedisClientError.connectFailed(reason ?? "connection closed")
+            } else {
+                error = RedisClientError.connectionClosed.with(reason)
+            }
+            record(command.name, since: command.start, outcome: .connectionError)
+            continuation.resume(throwing: error)
+        case .error(let message)?:
+            record(command.name, since: command.start, outcome: .redisError)
+            continuation.resume(throwing: RedisError(message: message))
+        case let value?:
+            record(command.name, since: command.start, outcome: .success)
+            continuation.resume(returning: value)
+        }
+    }
+
+    private func reject(_ continuation: CheckedContinuation<RedisValue, any Error>, name: String,
+                        error: RedisClientError) {
+        configuration.onCommand?(name, .zero, .connectionError)
+        continuation.resume(throwing: error)
+    }
+
+    private func record(_ name: String, since start: ContinuousClock.Instant, outcome: RedisCommandOutcome) {
+        guard let onCommand = configuration.onCommand else { return }
+        onCommand(name, ContinuousClock.now - start, outcome)
+    }
+}
+
+/// Whole milliseconds, for messages.
+private func milliseconds(_ duration: Duration) -> Int64 {
+    let (seconds, attoseconds) = duration.components
+    return seconds * 1000 + attoseconds / 1_000_000_000_000_000
 }

@@ -1,0 +1,398 @@
+import Dispatch
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// The express-like front: `app.use(...)`, `app.get(...)`, `app.listen(...)`. Configuration happens before start;
+// starting freezes it into a `RequestPipeline` that every loop shares without locking.
+
+private let logger = Logger(label: "evserver.http")
+
+// MARK: - Application
+
+/// An HTTP application: middleware, routes, and the servers that run them.
+///
+/// ```swift
+/// let app = Application()
+/// app.use { request, response, next in
+///     try await next()
+///     response.headers.replace("X-Instance", "a")
+/// }
+/// app.get("/users/:id") { request, response in
+///     response.send(json: #"{"id":"\#(request.parameters["id"]!)"}"#)
+/// }
+/// try app.listen(port: 3000)
+/// ```
+///
+/// Configure (``use(_:)-(Middleware)``, ``get(_:_:)``, …) before the first ``start(host:port:threads:)``; after
+/// that the configuration is frozen.
+public final class Application: Sendable {
+    /// The server limits used by ``start(host:port:threads:)``.
+    public let configuration: HTTPServerConfiguration
+
+    private struct State: Sendable {
+        var middleware: [any Middleware] = []
+        var router = Router()
+        var pipeline: RequestPipeline?
+        var started = false
+        var servers: [RunningServer] = []
+    }
+
+    private let state = Mutex(State())
+
+    /// Creates an application.
+    /// - Parameter configuration: server limits and timeouts.
+    public init(configuration: HTTPServerConfiguration = .init()) {
+        self.configuration = configuration
+    }
+
+    // MARK: Middleware
+
+    /// Adds a middleware; middleware runs in the order added, around the router.
+    public func use(_ middleware: some Middleware) {
+        configure { $0.middleware.append(middleware) }
+    }
+
+    /// Adds a middleware written as a closure, like express's `app.use((req, res, next) => …)`.
+    ///
+    /// The closure calls `try await next()` to run the rest of the chain and may act before and after it.
+    public func use(_ body: @escaping @Sendable (Request, Response, Next) async throws -> Void) {
+        use(ClosureMiddleware(body: body))
+    }
+
+    // MARK: Routes
+
+    /// Registers a GET route (it also answers HEAD).
+    public func get(_ path: String, _ handler: @escaping Handler) { on(.get, path, handler) }
+    /// Registers a POST route.
+    public func post(_ path: String, _ handler: @escaping Handler) { on(.post, path, handler) }
+    /// Registers a PUT route.
+    public func put(_ path: String, _ handler: @escaping Handler) { on(.put, path, handler) }
+    /// Registers a PATCH route.
+    public func patch(_ path: String, _ handler: @escaping Handler) { on(.patch, path, handler) }
+    /// Registers a DELETE route.
+    public func delete(_ path: String, _ handler: @escaping Handler) { on(.delete, path, handler) }
+    /// Registers a HEAD route (without one, HEAD uses the GET route).
+    public func head(_ path: String, _ handler: @escaping Handler) { on(.head, path, handler) }
+
+    /// Registers a route for any method. See ``Router/on(_:_:_:)`` for the pattern syntax.
+    public func on(_ method: HTTPMethod, _ path: String, _ handler: @escaping Handler) {
+        configure { $0.router.on(method, path, handler) }
+    }
+
+    private func configure(_ change: (inout State) -> Void) {
+        state.withLock { state in
+            precondition(!state.started, "configure the Application before start()")
+            change(&state)
+            state.pipeline = nil
+        }
+    }
+
+    private func pipeline() -> RequestPipeline {
+        state.withLock { state in
+            if let pipeline = state.pipeline { return pipeline }
+            let pipeline = RequestPipeline(middleware: state.middleware, router: state.router)
+            state.pipeline = pipeline
+            return pipeline
+        }
+    }
+
+    // MARK: Responding
+
+    /// Runs `request` through the middleware and the router and returns the response to send.
+    ///
+    /// Errors never escape: an ``HTTPError`` becomes its status with a `{"error":"<message>"}` JSON body and its
+    /// headers; any other error becomes a 500 `{"error":"Internal Server Error"}` and is logged. Headers set before
+    /// the error (a `Set-Cookie`, say) are kept. This is what the server calls for every request, and what tests
+    /// call without a socket.
+    public func respond(to request: Request) async -> Response {
+        await pipeline().respond(to: request)
+    }
+
+    // MARK: Serving
+
+    /// Starts serving on `host:port` and returns at once; each thread runs its own event loop.
+    ///
+    /// - Parameters:
+    ///   - host: the address to bind (`127.0.0.1`, `0.0.0.0`, `::`, or a name that resolves).
+    ///   - port: the port; 0 picks a free one (read it back from ``RunningServer/port``).
+    ///   - threads: the number of event loops, each with its own listening socket on the same port.
+    /// - Returns: the running server; the application also keeps it, for ``shutdown(timeout:)``.
+    /// - Throws: ``HTTPServerError`` when the address is taken or invalid, or the system refuses.
+    @discardableResult
+    public func start(host: String = "127.0.0.1", port: Int = 3000, threads: Int = 1) throws -> RunningServer {
+        let pipeline = pipeline()
+        let server = try RunningServer(host: host, port: port, threads: threads, configuration: configuration,
+                                       pipeline: pipeline)
+        state.withLock { state in
+            state.started = true
+            state.servers.append(server)
+        }
+        return server
+    }
+
+    /// Serves on `host:port` until the server is shut down, like express's `app.listen`.
+    ///
+    /// SIGINT and SIGTERM shut the server down gracefully (in-flight requests are answered), then this returns.
+    /// Another task can also end it with ``shutdown(timeout:)``.
+    /// - Throws: ``HTTPServerError`` when the server cannot start.
+    public func listen(host: String = "127.0.0.1", port: Int = 3000, threads: Int = 1) throws {
+        let server = try start(host: host, port: port, threads: threads)
+        let shownHost = host.contains(":") ? "[\(host)]" : host
+        logger.info("listening on http://\(shownHost):\(server.port) with \(threads) loop(s)")
+        let signals = [SIGINT, SIGTERM].map { number in
+            // Dispatch delivers the signal on a queue; the default action (exit at once) must be off first.
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                logger.info("signal \(number): shutting down")
+                Task { await server.shutdown() }
+            }
+            source.resume()
+            return source
+        }
+        server.wait()
+        for source in signals { source.cancel() }
+        for number in [SIGINT, SIGTERM] { signal(number, SIG_DFL) }
+    }
+
+    /// Shuts down every server this application started (see ``RunningServer/shutdown(timeout:)``).
+    public func shutdown(timeout: Duration = .seconds(10)) async {
+        let servers = state.withLock { $0.servers }
+        await withTaskGroup(of: Void.self) { group in
+            for server in servers { group.addTask { await server.shutdown(timeout: timeout) } }
+        }
+    }
+}
+
+// MARK: - Pipeline
+
+/// The frozen middleware chain and router. Immutable, so every loop runs it without locks.
+final class RequestPipeline: Sendable {
+    let middleware: [any Middleware]
+    let router: Router
+
+    init(middleware: [any Middleware], router: Router) {
+        self.middleware = middleware
+        self.router = router
+    }
+
+    func respond(to request: Request) async -> Response {
+        let response = Response()
+        do {
+            try await run(0, request, response)
+        } catch {
+            render(error, for: request, into: response)
+        }
+        return response
+    }
+
+    private func run(_ index: Int, _ request: Request, _ response: Response) async throws {
+        guard index < middleware.count else { return try await router.handle(request, response) }
+        try await middleware[index].handle(request, response, next: Next { [self] in
+            try await run(index + 1, request, response)
+        })
+    }
+
+    private func render(_ error: any Error, for request: Request, into response: Response) {
+        if let error = error as? HTTPError {
+            response.status = error.status
+            // The error's headers win over same-named ones already set (an `Allow`, say), except Set-Cookie,
+            // which accumulates.
+            for field in error.headers where !field.name.asciiCaseInsensitiveEquals("Set-Cookie") {
+                response.headers.remove(field.name)
+            }
+            for field in error.headers { response.headers.add(field.name, field.value) }
+            response.send(json: #"{"error":\#(jsonQuoted(error.message))}"#)
+        } else {
+            logger.error("unhandled error answering \(request.method) \(request.path): \(String(reflecting: error))",
+                         metadata: ["route": "\(request.route ?? "-")"])
+            response.status = .internalServerError
+            response.send(json: #"{"error":"Internal Server Error"}"#)
+        }
+    }
+}
+
+private struct ClosureMiddleware: Middleware {
+    let body: @Sendable (Request, Response, Next) async throws -> Void
+    func handle(_ request: Request, _ response: Response, next: Next) async throws {
+        try await body(request, response, next)
+    }
+}
+
+/// `text` as a JSON string literal, quotes included (RFC 8259 section 7).
+func jsonQuoted(_ text: String) -> String {
+    var out = [UInt8]()
+    out.reserveCapacity(text.utf8.count + 2)
+    out.append(34)
+    for byte in text.utf8 {
+        switch byte {
+        case 34: out += [92, 34]           // \"
+        case 92: out += [92, 92]           // \\
+        case 10: out += [92, 110]          // \n
+        case 13: out += [92, 114]          // \r
+        case 9: out += [92, 116]           // \t
+        case 0..<32:
+            let hex = Array("0123456789abcdef".utf8)
+            out += [92, 117, 48, 48, hex[Int(byte >> 4)], hex[Int(byte & 15)]]   // \u00XX
+        default: out.append(byte)
+        }
+    }
+    out.append(34)
+    return String(decoding: out, as: UTF8.self)
+}
+
+// MARK: - Running server
+
+/// A started server: its port, its loops, and the way to stop it.
+public final class RunningServer: Sendable {
+    /// The port the server listens on (the one picked by the system when started with port 0).
+    public let port: Int
+    /// The event loops serving requests, one per thread.
+    public let loops: [EventLoop]
+
+    private let threads: [EventLoopThread]
+    private let servers: [HTTPServer]
+
+    private enum Phase {
+        case running
+        case shuttingDown(waiters: [CheckedContinuation<Void, Never>])
+        case stopped
+    }
+
+    private let phase = Mutex(Phase.running)
+    private let stopped = DispatchSemaphore(value: 0)
+
+    init(host: String, port: Int, threads count: Int, configuration: HTTPServerConfiguration,
+         pipeline: RequestPipeline) throws(HTTPServerError) {
+        let sockets = try ListeningSockets.open(host: host, port: port, count: count,
+                                                backlog: configuration.backlog)
+        ignoreBrokenPipe
+        var threads: [EventLoopThread] = []
+        var servers: [HTTPServer] = []
+        var next = 0   // sockets before `next` belong to a server (or are closed)
+        do {
+            for (index, descriptor) in sockets.descriptors.enumerated() {
+                let thread: EventLoopThread
+                do {
+                    thread = try EventLoopThread(name: "http-\(index)")
+                } catch {
+                    throw HTTPServerError(.systemFailure, "cannot start event loop thread: \(error)")
+                }
+                threads.append(thread)
+                next = index + 1
+                let loop = thread.loop
+                servers.append(try loop.performAndWait {
+                    try HTTPServer(loop: loop, pipeline: pipeline, configuration: configuration,
+                                   descriptor: descriptor)
+                })
+            }
+        } catch {
+            for descriptor in sockets.descriptors[next...] { ListeningSockets.close(descriptor) }
+            for (server, thread) in zip(servers, threads) { try? thread.loop.performAndWait { server.close() } }
+            for thread in threads { thread.shutdown() }
+            throw error as? HTTPServerError ?? HTTPServerError(.systemFailure, "\(error)")
+        }
+        self.port = sockets.port
+        self.threads = threads
+        self.servers = servers
+        self.loops = threads.map(\.loop)
+    }
+
+    deinit {
+        // Normally shut down before the last reference goes (the Application keeps one). If not, stop here, unless
+        // the last reference dies on one of our own loops, which cannot join itself.
+        let running = phase.withLock { if case .stopped = $0 { false } else { true } }
+        guard running, !loops.contains(where: \.inLoop) else { return }
+        for server in servers { try? server.loop.performAndWait { server.close() } }
+        for thread in threads { thread.shutdown() }
+    }
+
+    /// Whether ``shutdown(timeout:)`` has begun (or finished).
+    public var isShuttingDown: Bool {
+        phase.withLock { if case .running = $0 { false } else { true } }
+    }
+
+    /// Stops the server gracefully: stops accepting connections, lets in-flight requests finish and their responses
+    /// be written (with `Connection: close`), then closes every connection and stops the loops. Requests still
+    /// unanswered after `timeout` are dropped. Calling it again waits for the first call to finish.
+    ///
+    /// Called from a request handler (on one of the server's own loops), it only starts the shutdown and returns:
+    /// waiting there would wait for the handler itself.
+    public func shutdown(timeout: Duration = .seconds(10)) async {
+        if loops.contains(where: \.inLoop) {
+            Task.detached { await self.shutdown(timeout: timeout) }
+            return
+        }
+        enum Role { case first, second, late }
+        let role = phase.withLock { phase -> Role in
+            switch phase {
+            case .running:
+                phase = .shuttingDown(waiters: [])
+                return .first
+            case .shuttingDown: return .second
+            case .stopped: return .late
+            }
+        }
+        switch role {
+        case .first: break
+        case .late: return
+        case .second:
+            // Wait for the first caller to finish.
+            return await withCheckedContinuation { continuation in
+                let queued = phase.withLock { phase -> Bool in
+                    guard case .shuttingDown(var waiters) = phase else { return false }
+                    waiters.append(continuation)
+                    phase = .shuttingDown(waiters: waiters)
+                    return true
+                }
+                if !queued { continuation.resume() }
+            }
+        }
+
+        let deadline = ContinuousClock.now + timeout
+        await withTaskGroup(of: Void.self) { group in
+            for server in servers {
+                group.addTask {
+                    let drained = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                        server.loop.execute {
+                            server.stopAccepting()
+                            let remaining = max(.zero, deadline - ContinuousClock.now)
+                            server.whenDrained(within: remaining) { continuation.resume(returning: $0) }
+                        }
+                    }
+                    if !drained { logger.warning("shutdown timeout: dropping requests still in flight") }
+                    await server.loop.perform { server.close() }
+                }
+            }
+        }
+        for thread in threads { thread.shutdown() }
+
+        let waiters = phase.withLock { phase -> [CheckedContinuation<Void, Never>] in
+            defer { phase = .stopped }
+            if case .shuttingDown(let waiters) = phase { return waiters }
+            return []
+        }
+        for waiter in waiters { waiter.resume() }
+        stopped.signal()
+    }
+
+    /// Blocks the calling thread until the server has shut down. Must not be called on one of its loops.
+    public func wait() {
+        precondition(!loops.contains(where: \.inLoop), "RunningServer.wait() called on one of its own loops")
+        stopped.wait()
+        stopped.signal()   // pass it on to the next waiter
+    }
+
+    /// Requests in flight plus replies not yet written, over all loops (for tests).
+    func pendingCount() async -> Int {
+        var total = 0
+        for server in servers { total += await server.loop.perform { server.pendingCount } }
+        return total
+    }
+}

@@ -1,0 +1,242 @@
+import ArgumentParser
+import EvServer
+import RedisSessionStore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Flags -> configuration. Every flag has an environment variable; the flag wins, then the variable, then the
+// default. Resolution is a pure function of the parsed flags and an environment dictionary, so tests can drive it.
+
+/// Which session store the demo uses.
+enum StoreKind: String, CaseIterable, Sendable {
+    case redis, memory
+}
+
+/// Everything `evserver` needs to run, validated.
+struct AppConfiguration: Sendable {
+    var host = "127.0.0.1"
+    var port = 3000
+    var threads = AppConfiguration.coreCount
+    var store: StoreKind = .redis
+    var redisURL = "redis://127.0.0.1:6379/0"
+    var redis = RedisConfiguration()
+    var secrets: [String] = []
+    var cookieName = "connect.sid"
+    /// Seconds; nil = browser-session cookie with the store's default TTL (86400 s).
+    var maxAge: Int?
+    var prefix = "sess:"
+    var rolling = false
+    var resave = false
+    var saveUninitialized = false
+    var cookieSecure: SessionCookieOptions.Secure = .never
+    var cookieSameSite: SetCookie.SameSite = .lax
+    var trustProxy = false
+    var instance = "evserver"
+    var maxBody = 65536
+}
+
+extension AppConfiguration {
+    /// The cores this process may run on (the default number of event loops).
+    static var coreCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+}
+
+/// A configuration problem, reported to the operator as one line before anything binds.
+struct ConfigurationError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The flags of `evserver` (and `evserver serve`).
+struct ServerOptions: ParsableArguments {
+    @Option(help: "Address to listen on (env EVSERVER_HOST, default 127.0.0.1).")
+    var host: String?
+
+    @Option(help: "TCP port to listen on (env PORT, default 3000).")
+    var port: String?
+
+    @Option(help: "Event loops, one thread each, all on one port (env EVSERVER_THREADS, default: the number of cores).")
+    var threads: String?
+
+    @Option(help: "Session store: redis or memory (env SESSION_STORE, default redis).")
+    var store: String?
+
+    @Option(name: .customLong("redis-url"),
+            help: "redis://[user:password@]host:port/db (env REDIS_URL, default redis://127.0.0.1:6379/0).")
+    var redisURL: String?
+
+    @Option(help: "Comma-separated secrets; the first signs, all verify (env SESSION_SECRET, required).")
+    var secret: String?
+
+    @Option(name: .customLong("cookie-name"), help: "Session cookie name (env SESSION_COOKIE_NAME, default connect.sid).")
+    var cookieName: String?
+
+    @Option(name: .customLong("max-age"),
+            help: "Cookie max age in seconds (env SESSION_MAX_AGE; none = browser-session cookie, 86400 s TTL).")
+    var maxAge: String?
+
+    @Option(help: "Redis key prefix (env SESSION_PREFIX, default sess:).")
+    var prefix: String?
+
+    @Option(help: "Reset the cookie expiry on every response: true|false (env SESSION_ROLLING, default false).")
+    var rolling: String?
+
+    @Option(help: "Save unmodified sessions on every request: true|false (env SESSION_RESAVE, default false).")
+    var resave: String?
+
+    @Option(name: .customLong("save-uninitialized"),
+            help: "Save new sessions that were not modified: true|false (env SESSION_SAVE_UNINITIALIZED, default false).")
+    var saveUninitialized: String?
+
+    @Option(name: .customLong("cookie-secure"), help: "true|false|auto (env SESSION_COOKIE_SECURE, default false).")
+    var cookieSecure: String?
+
+    @Option(name: .customLong("cookie-samesite"), help: "lax|strict|none (env SESSION_COOKIE_SAMESITE, default lax).")
+    var cookieSameSite: String?
+
+    @Option(name: .customLong("trust-proxy"),
+            help: "Trust X-Forwarded-Proto/For from the peer: true|false (env TRUST_PROXY, default false).")
+    var trustProxy: String?
+
+    @Option(help: "Instance name sent as X-Instance (env INSTANCE_NAME, default the host name).")
+    var instance: String?
+
+    @Option(name: .customLong("max-body"), help: "Largest request body in bytes (env EVSERVER_MAX_BODY, default 65536).")
+    var maxBody: String?
+
+    @Option(name: .customLong("redis-timeout"), help: "Deadline per Redis command in ms (env REDIS_TIMEOUT_MS, default 1000).")
+    var redisTimeout: String?
+
+    /// Resolves flags, then `environment`, then defaults, validating every value.
+    /// - Throws: ``ConfigurationError`` naming the first bad value.
+    func resolve(environment: [String: String]) throws -> AppConfiguration {
+        var config = AppConfiguration()
+        func value(_ flag: String?, _ variable: String) -> (String, String)? {
+            if let flag { return (flag, "--" + Self.flagName(for: variable)) }
+            if let env = environment[variable], !env.isEmpty { return (env, variable) }
+            return nil
+        }
+        if let (v, _) = value(host, "EVSERVER_HOST") { config.host = v }
+        if let (v, name) = value(port, "PORT") { config.port = try Self.integer(v, name, in: 0...65535) }
+        if let (v, name) = value(threads, "EVSERVER_THREADS") { config.threads = try Self.integer(v, name, in: 1...256) }
+        if let (v, name) = value(store, "SESSION_STORE") {
+            guard let kind = StoreKind(rawValue: v.lowercased()) else {
+                throw ConfigurationError("\(name): unknown store '\(v)' (expected redis or memory)")
+            }
+            config.store = kind
+        }
+        if let (v, _) = value(redisURL, "REDIS_URL") { config.redisURL = v }
+        do {
+            config.redis = try RedisConfiguration(url: config.redisURL)
+        } catch {
+            throw ConfigurationError("redis url: \(error)")
+        }
+        if let (v, name) = value(redisTimeout, "REDIS_TIMEOUT_MS") {
+            config.redis.commandTimeout = .milliseconds(try Self.integer(v, name, in: 1...600_000))
+        }
+        if let (v, _) = value(secret, "SESSION_SECRET") {
+            config.secrets = v.split(separator: ",", omittingEmptySubsequences: true).map(String.init)
+        }
+        guard !config.secrets.isEmpty else {
+            throw ConfigurationError("no session secret: set --secret or SESSION_SECRET (comma-separated; the first signs)")
+        }
+        if let (v, name) = value(cookieName, "SESSION_COOKIE_NAME") {
+            guard Self.isCookieName(v) else { throw ConfigurationError("\(name): '\(v)' is not a valid cookie name") }
+            config.cookieName = v
+        }
+        if let (v, name) = value(maxAge, "SESSION_MAX_AGE") {
+            config.maxAge = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
+        }
+        if let (v, name) = value(prefix, "SESSION_PREFIX") {
+            guard !v.isEmpty, !v.contains(where: { $0 == "*" || $0 == "?" || $0 == "[" || $0.isWhitespace }) else {
+                throw ConfigurationError("\(name): '\(v)' is not a usable key prefix (no spaces or glob characters)")
+            }
+            config.prefix = v
+        }
+        if let (v, name) = value(rolling, "SESSION_ROLLING") { config.rolling = try Self.boolean(v, name) }
+        if let (v, name) = value(resave, "SESSION_RESAVE") { config.resave = try Self.boolean(v, name) }
+        if let (v, name) = value(saveUninitialized, "SESSION_SAVE_UNINITIALIZED") {
+            config.saveUninitialized = try Self.boolean(v, name)
+        }
+        if let (v, name) = value(cookieSecure, "SESSION_COOKIE_SECURE") {
+            switch v.lowercased() {
+            case "auto": config.cookieSecure = .auto
+            default: config.cookieSecure = try Self.boolean(v, name) ? .always : .never
+            }
+        }
+        if let (v, name) = value(cookieSameSite, "SESSION_COOKIE_SAMESITE") {
+            switch v.lowercased() {
+            case "lax": config.cookieSameSite = .lax
+            case "strict": config.cookieSameSite = .strict
+            case "none": config.cookieSameSite = .none
+            default: throw ConfigurationError("\(name): '\(v)' is not one of lax, strict, none")
+            }
+        }
+        if let (v, name) = value(trustProxy, "TRUST_PROXY") { config.trustProxy = try Self.boolean(v, name) }
+        config.instance = value(instance, "INSTANCE_NAME")?.0 ?? Self.hostName()
+        if let (v, name) = value(maxBody, "EVSERVER_MAX_BODY") {
+            config.maxBody = try Self.integer(v, name, in: 0...(64 << 20))
+        }
+        return config
+    }
+
+    static func flagName(for variable: String) -> String {
+        switch variable {
+        case "EVSERVER_HOST": "host"
+        case "PORT": "port"
+        case "EVSERVER_THREADS": "threads"
+        case "SESSION_STORE": "store"
+        case "REDIS_URL": "redis-url"
+        case "REDIS_TIMEOUT_MS": "redis-timeout"
+        case "SESSION_SECRET": "secret"
+        case "SESSION_COOKIE_NAME": "cookie-name"
+        case "SESSION_MAX_AGE": "max-age"
+        case "SESSION_PREFIX": "prefix"
+        case "SESSION_ROLLING": "rolling"
+        case "SESSION_RESAVE": "resave"
+        case "SESSION_SAVE_UNINITIALIZED": "save-uninitialized"
+        case "SESSION_COOKIE_SECURE": "cookie-secure"
+        case "SESSION_COOKIE_SAMESITE": "cookie-samesite"
+        case "TRUST_PROXY": "trust-proxy"
+        case "INSTANCE_NAME": "instance"
+        case "EVSERVER_MAX_BODY": "max-body"
+        default: variable.lowercased()
+        }
+    }
+
+    static func integer(_ text: String, _ name: String, in range: ClosedRange<Int>) throws -> Int {
+        guard let number = Int(text.trimmingSpaces), range.contains(number) else {
+            throw ConfigurationError("\(name): '\(text)' is not an integer in \(range.lowerBound)...\(range.upperBound)")
+        }
+        return number
+    }
+
+    static func boolean(_ text: String, _ name: String) throws -> Bool {
+        switch text.trimmingSpaces.lowercased() {
+        case "true", "1", "yes", "on": return true
+        case "false", "0", "no", "off": return false
+        default: throw ConfigurationError("\(name): '\(text)' is not true or false")
+        }
+    }
+
+    /// RFC 6265 token characters.
+    static func isCookieName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy { c in
+            c > 32 && c < 127 && !"()<>@,;:\\\"/[]?={}".utf8.contains(c)
+        }
+    }
+
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "evserver" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? "evserver" : name
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
+    }
+}

@@ -1,0 +1,213 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import EvServer
+import Logging
+import RedisSessionStore
+
+// The demo application: the express-session tutorial's routes plus the operational ones. The routes are a
+// contract that the scale, reliability and benchmark tests drive; change them only with those tests.
+
+/// Builds the demo's store, middleware and routes from a validated configuration.
+struct DemoApp: Sendable {
+    let configuration: AppConfiguration
+    let store: any SessionStore
+    let sessions: SessionMiddleware
+    let metrics: Metrics
+
+    init(configuration: AppConfiguration, metrics: Metrics = Metrics()) throws {
+        self.configuration = configuration
+        self.metrics = metrics
+        var redis = configuration.redis
+        redis.onCommand = { [metrics] name, duration, outcome in
+            let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+            metrics.recordRedis(command: name, seconds: seconds, error: outcome.errorLabel)
+        }
+        switch configuration.store {
+        case .memory:
+            store = MemorySessionStore()
+        case .redis:
+            store = RedisSessionStore(configuration: redis, prefix: configuration.prefix)
+        }
+        var options = SessionConfiguration(secrets: configuration.secrets)
+        options.name = configuration.cookieName
+        options.rolling = configuration.rolling
+        options.resave = configuration.resave
+        options.saveUninitialized = configuration.saveUninitialized
+        options.trustProxy = configuration.trustProxy
+        options.cookie.secure = configuration.cookieSecure
+        options.cookie.sameSite = configuration.cookieSameSite
+        options.cookie.maxAge = configuration.maxAge.map { Int64($0) * 1000 }
+        sessions = try SessionMiddleware(store: store, configuration: options)
+    }
+
+    /// The HTTP server configuration derived from the flags.
+    var serverConfiguration: HTTPServerConfiguration {
+        var server = HTTPServerConfiguration()
+        server.maxBodySize = configuration.maxBody
+        return server
+    }
+
+    /// An application with every demo route, ready to start.
+    func makeApplication() -> Application {
+        let app = Application(configuration: serverConfiguration)
+        app.use(ObservabilityMiddleware(instance: configuration.instance, metrics: metrics))
+        app.use(sessions)
+        addSessionRoutes(to: app)
+        addOperationalRoutes(to: app)
+        return app
+    }
+
+    // MARK: - Session routes
+
+    private func addSessionRoutes(to app: Application) {
+        let instance = configuration.instance
+
+        app.get("/") { request, response in
+            request.session["userName"] = "Aditya@123"
+            response.send("Thanks for visiting")
+        }
+
+        app.get("/login") { request, response in
+            response.send("Welcome \(request.session["userName"] ?? "guest")")
+        }
+
+        app.get("/views") { request, response in
+            let views = (request.session["views"]?.intValue ?? 0) + 1
+            request.session["views"] = .number(String(views))
+            response.send(json: ["views": .number(String(views)), "instance": .string(instance)])
+        }
+
+        let idleTTL = 86400
+        app.get("/session") { request, response in
+            let session = request.session
+            let body: JSONValue = [
+                "id": session.isNew ? .null : .string(session.id),
+                "data": .object(session.data),
+                "cookie": (try? JSONValue(parsing: SessionData(cookie: session.cookie).jsonBytes()))?["cookie"] ?? .null,
+                // Every request refreshes the store's expiry, so what is left is the cookie's remaining life, or the
+                // idle TTL when the cookie lasts for the browser session.
+                "ttl": session.isNew ? .null : .number(String(Self.remainingSeconds(session.cookie, idleTTL: idleTTL))),
+                "instance": .string(instance),
+            ]
+            response.send(json: body)
+        }
+
+        app.post("/session") { request, response in
+            let parsed: JSONValue
+            do {
+                parsed = try JSONValue(parsing: request.body)
+            } catch {
+                throw HTTPError(.badRequest, message: "body is not valid JSON: \(error)")
+            }
+            guard case .object(let object) = parsed else {
+                throw HTTPError(.badRequest, message: "body must be a JSON object")
+            }
+            for key in object.keys where key != "cookie" {
+                request.session[key] = object[key]
+            }
+            response.send(json: ["data": .object(request.session.data), "instance": .string(instance)])
+        }
+
+        app.post("/session/regenerate") { request, response in
+            try await request.session.regenerate()
+            response.send(json: ["id": .string(request.session.id)])
+        }
+
+        let cookieName = configuration.cookieName
+        let cookieSameSite = configuration.cookieSameSite
+        app.post("/logout") { request, response in
+            try await request.session.destroy()
+            // express-session leaves the cookie alone on destroy; the browser should forget it too.
+            response.setCookie(SetCookie(name: cookieName, value: "", path: "/", expires: Date(timeIntervalSince1970: 0),
+                                         sameSite: cookieSameSite))
+            response.send(json: #"{"loggedOut":true}"#)
+        }
+    }
+
+    static func remainingSeconds(_ cookie: SessionCookie, idleTTL: Int) -> Int {
+        guard let expires = cookie.expires else { return idleTTL }
+        return max(0, Int((expires.timeIntervalSinceNow).rounded(.up)))
+    }
+
+    // MARK: - Operational routes
+
+    private func addOperationalRoutes(to app: Application) {
+        let store = store
+        let metrics = metrics
+        let sessionMetrics = sessions.metrics
+
+        app.get("/hello") { _, response in
+            response.send("ok", status: .ok)
+            response.headers.replace("Content-Type", "text/plain; charset=utf-8")
+        }
+
+        app.get("/healthz") { _, response in
+            response.headers.replace("Content-Type", "text/plain; charset=utf-8")
+            response.send("ok")
+        }
+
+        app.get("/readyz") { _, response in
+            response.headers.replace("Content-Type", "text/plain; charset=utf-8")
+            do {
+                try await store.ping()
+                response.send("ready")
+            } catch {
+                response.send("store unavailable", status: .serviceUnavailable)
+                response.headers.replace("Retry-After", "1")
+            }
+        }
+
+        app.get("/metrics") { _, response in
+            response.headers.replace("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            response.send(metrics.render(extra: [
+                ("evserver_sessions_created_total", "Sessions created.", sessionMetrics.created),
+                ("evserver_sessions_saved_total", "Sessions written to the store.", sessionMetrics.saved),
+                ("evserver_sessions_touched_total", "Session expiries refreshed.", sessionMetrics.touched),
+                ("evserver_sessions_destroyed_total", "Sessions destroyed.", sessionMetrics.destroyed),
+                ("evserver_session_store_errors_total", "Session store failures (answered 503).", sessionMetrics.storeErrors),
+                ("evserver_secure_cookie_withheld_total", "Secure cookies not sent over plain HTTP.",
+                 sessionMetrics.secureCookieWithheld),
+            ]))
+        }
+    }
+}
+
+/// Sets `X-Instance` on every response and records each request's route, status and latency.
+struct ObservabilityMiddleware: Middleware {
+    let instance: String
+    let metrics: Metrics
+
+    func handle(_ request: Request, _ response: Response, next: Next) async throws {
+        response.headers.replace("X-Instance", instance)
+        let start = ContinuousClock.now
+        var status = 500
+        defer {
+            let elapsed = ContinuousClock.now - start
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            metrics.recordRequest(route: request.route ?? "unmatched", method: request.method.rawValue,
+                                  status: status, seconds: seconds)
+        }
+        do {
+            try await next()
+            status = response.status.code
+        } catch let error as HTTPError {
+            status = error.status.code
+            throw error
+        }
+    }
+}
+
+extension RedisCommandOutcome {
+    /// The metrics label of a failed command, nil on success.
+    var errorLabel: String? {
+        switch self {
+        case .success: nil
+        case .redisError: "redis_error"
+        case .timeout: "timeout"
+        case .connectionError: "connection"
+        }
+    }
+}

@@ -1,0 +1,60 @@
+import ArgumentParser
+import EvServer
+import Logging
+import RedisSessionStore
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+// Wiring only, in the order of libevent's sample/http-server.c main(): options -> configuration -> store and
+// routes -> bind -> run.
+
+@main
+struct EvServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "evserver",
+        abstract: "An HTTP server on libevent with express-session-compatible sessions in Redis.",
+        discussion: """
+            Every option also reads an environment variable (shown in its help); the flag wins.
+            Example: evserver --secret "$(openssl rand -hex 32)" --redis-url redis://127.0.0.1:6379/0
+            """,
+        subcommands: [Serve.self, SessionsCommand.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+/// `evserver [serve]`: runs the demo application.
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the demo server (the default).")
+
+    @OptionGroup var options: ServerOptions
+
+    func run() throws {
+        bootstrapLogging()
+        let logger = Logger(label: "evserver")
+        let config = try options.resolve(environment: ProcessInfo.processInfo.environment)
+        for secret in config.secrets where secret.utf8.count < 32 {
+            logger.warning("a session secret is shorter than 32 bytes; use at least 32 random bytes in production")
+            break
+        }
+        let demo = try DemoApp(configuration: config)
+        let app = demo.makeApplication()
+        logger.info("evserver starting", metadata: [
+            "instance": "\(config.instance)", "listen": "\(config.host):\(config.port)",
+            "store": "\(config.store.rawValue)", "threads": "\(config.threads)",
+        ])
+        try app.listen(host: config.host, port: config.port, threads: config.threads)
+    }
+}
+
+func bootstrapLogging() {
+    let level = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .info
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}

@@ -1,0 +1,112 @@
+import Synchronization
+
+// A small Prometheus text-format registry: counters and histograms with labels, shared by every loop of the
+// process behind one Mutex. Requests update it once each; /metrics renders it.
+
+/// Process-wide metrics for `/metrics`.
+final class Metrics: Sendable {
+    static let latencyBuckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+
+    private struct Histogram {
+        var buckets: [UInt64]
+        var sum = 0.0
+        var count: UInt64 = 0
+
+        init(bounds: Int) { buckets = Array(repeating: 0, count: bounds) }
+
+        mutating func observe(_ value: Double, bounds: [Double]) {
+            for (index, bound) in bounds.enumerated() where value <= bound { buckets[index] += 1 }
+            sum += value
+            count += 1
+        }
+    }
+
+    private struct State: ~Copyable {
+        var requests: [RequestKey: UInt64] = [:]
+        var requestLatency: [String: Histogram] = [:]
+        var redisLatency: [String: Histogram] = [:]
+        var redisErrors: [RedisErrorKey: UInt64] = [:]
+    }
+
+    struct RequestKey: Hashable {
+        let route: String
+        let method: String
+        let status: Int
+    }
+
+    struct RedisErrorKey: Hashable {
+        let command: String
+        let kind: String
+    }
+
+    private let state = Mutex(State())
+
+    func recordRequest(route: String, method: String, status: Int, seconds: Double) {
+        state.withLock { state in
+            state.requests[RequestKey(route: route, method: method, status: status), default: 0] += 1
+            state.requestLatency[route, default: Histogram(bounds: Self.latencyBuckets.count)]
+                .observe(seconds, bounds: Self.latencyBuckets)
+        }
+    }
+
+    func recordRedis(command: String, seconds: Double, error: String?) {
+        state.withLock { state in
+            state.redisLatency[command, default: Histogram(bounds: Self.latencyBuckets.count)]
+                .observe(seconds, bounds: Self.latencyBuckets)
+            if let error { state.redisErrors[RedisErrorKey(command: command, kind: error), default: 0] += 1 }
+        }
+    }
+
+    /// The Prometheus text exposition (version 0.0.4). `extra` are counters owned elsewhere (sessions).
+    func render(extra: [(name: String, help: String, value: Int)]) -> String {
+        var out = ""
+        state.withLock { state in
+            out += "# HELP evserver_http_requests_total HTTP requests by route, method and status.\n"
+            out += "# TYPE evserver_http_requests_total counter\n"
+            for (key, count) in state.requests.sorted(by: { ($0.key.route, $0.key.status) < ($1.key.route, $1.key.status) }) {
+                out += "evserver_http_requests_total{route=\"\(escape(key.route))\",method=\"\(key.method)\","
+                    + "status=\"\(key.status)\"} \(count)\n"
+            }
+            renderHistograms(&out, name: "evserver_http_request_duration_seconds",
+                             help: "HTTP request latency by route.", label: "route", state.requestLatency)
+            renderHistograms(&out, name: "evserver_redis_command_duration_seconds",
+                             help: "Redis command latency by command.", label: "command", state.redisLatency)
+            out += "# HELP evserver_redis_errors_total Redis command failures by command and kind.\n"
+            out += "# TYPE evserver_redis_errors_total counter\n"
+            for (key, count) in state.redisErrors.sorted(by: { ($0.key.command, $0.key.kind) < ($1.key.command, $1.key.kind) }) {
+                out += "evserver_redis_errors_total{command=\"\(escape(key.command))\",kind=\"\(key.kind)\"} \(count)\n"
+            }
+        }
+        for counter in extra {
+            out += "# HELP \(counter.name) \(counter.help)\n# TYPE \(counter.name) counter\n\(counter.name) \(counter.value)\n"
+        }
+        return out
+    }
+
+    private func renderHistograms(_ out: inout String, name: String, help: String, label: String,
+                                  _ histograms: [String: Histogram]) {
+        out += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
+        for (key, histogram) in histograms.sorted(by: { $0.key < $1.key }) {
+            let value = escape(key)
+            for (index, bound) in Self.latencyBuckets.enumerated() {
+                out += "\(name)_bucket{\(label)=\"\(value)\",le=\"\(bound)\"} \(histogram.buckets[index])\n"
+            }
+            out += "\(name)_bucket{\(label)=\"\(value)\",le=\"+Inf\"} \(histogram.count)\n"
+            out += "\(name)_sum{\(label)=\"\(value)\"} \(histogram.sum)\n"
+            out += "\(name)_count{\(label)=\"\(value)\"} \(histogram.count)\n"
+        }
+    }
+
+    private func escape(_ value: String) -> String {
+        var out = ""
+        for character in value {
+            switch character {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.append(character)
+            }
+        }
+        return out
+    }
+}

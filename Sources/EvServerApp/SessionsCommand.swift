@@ -1,0 +1,201 @@
+import ArgumentParser
+import EvServer
+import RedisSessionStore
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+// `evserver sessions ...`: look at and manage the sessions in Redis with the server's own configuration (URL, prefix).
+// Listing walks the keyspace with SCAN ... COUNT (never KEYS), so it is safe on a large production keyspace.
+
+/// Options shared by the `sessions` subcommands.
+struct SessionsOptions: ParsableArguments {
+    @Option(name: .customLong("redis-url"), help: "redis://[user:password@]host:port/db (env REDIS_URL).")
+    var redisURL: String?
+
+    @Option(help: "Redis key prefix (env SESSION_PREFIX, default sess:).")
+    var prefix: String?
+
+    @Option(name: .customLong("scan-count"), help: "COUNT hint for each SCAN step (default 1000).")
+    var scanCount: Int = 1000
+
+    @Flag(help: "Print JSON instead of text.")
+    var json = false
+
+    /// Resolves the URL and prefix like the server does: flag, then environment, then default.
+    func resolve() throws -> (redis: RedisConfiguration, prefix: String) {
+        let environment = ProcessInfo.processInfo.environment
+        let url = redisURL ?? environment["REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379/0"
+        let redis: RedisConfiguration
+        do { redis = try RedisConfiguration(url: url) } catch { throw ConfigurationError("redis url: \(error)") }
+        let prefix = self.prefix ?? environment["SESSION_PREFIX"].flatMap { $0.isEmpty ? nil : $0 } ?? "sess:"
+        guard scanCount > 0 else { throw ConfigurationError("--scan-count must be positive") }
+        return (redis, prefix)
+    }
+}
+
+/// A connection to Redis on a private loop, for the duration of one command.
+struct SessionInspector {
+    let client: RedisClient
+    let prefix: String
+    let scanCount: Int
+    private let thread: EventLoopThread
+
+    init(_ options: SessionsOptions) throws {
+        let (redis, prefix) = try options.resolve()
+        thread = try EventLoopThread(name: "sessions")
+        client = RedisClient(configuration: redis, loop: thread.loop)
+        self.prefix = prefix
+        self.scanCount = options.scanCount
+    }
+
+    func close() {
+        client.close()
+        thread.shutdown()
+    }
+
+    /// Calls `body` with each page of session ids (prefix removed), in SCAN order; duplicates SCAN may return
+    /// during a rehash are removed.
+    func forEachPage(_ body: ([String]) async throws -> Void) async throws {
+        var cursor = "0"
+        var seen = Set<String>()
+        repeat {
+            let page = try await client.scan(cursor: cursor, match: Self.globEscaped(prefix) + "*", count: scanCount)
+            let ids = page.keys.filter { seen.insert($0).inserted }.map { String($0.dropFirst(prefix.count)) }
+            if !ids.isEmpty { try await body(ids) }
+            cursor = page.cursor
+        } while cursor != "0"
+    }
+
+    func ttl(of id: String) async throws -> Int {
+        guard case .integer(let ttl) = try await client.send("TTL", prefix + id) else { return -2 }
+        return ttl
+    }
+
+    /// Escapes SCAN MATCH glob characters so a prefix is matched literally.
+    static func globEscaped(_ text: String) -> String {
+        var out = ""
+        for character in text {
+            if "*?[]\\".contains(character) { out.append("\\") }
+            out.append(character)
+        }
+        return out
+    }
+
+    /// Runs `body` with an inspector and always closes it; connection failures become one clear line.
+    static func with<T>(_ options: SessionsOptions, _ body: (SessionInspector) async throws -> T) async throws -> T {
+        let inspector = try SessionInspector(options)
+        defer { inspector.close() }
+        do {
+            return try await body(inspector)
+        } catch let error as RedisClientError {
+            throw ConfigurationError("redis: \(error)")
+        } catch let error as RedisError {
+            throw ConfigurationError("redis: \(error)")
+        }
+    }
+}
+
+/// `evserver sessions`: inspect sessions in Redis.
+struct SessionsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sessions",
+        abstract: "List, show, count, destroy or clear sessions in Redis (SCAN, never KEYS).",
+        subcommands: [List.self, Show.self, Count.self, Destroy.self, Clear.self]
+    )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List session ids with their TTL.")
+        @OptionGroup var options: SessionsOptions
+        @Option(help: "Stop after this many sessions (default: all).") var limit: Int?
+
+        func run() async throws {
+            try await SessionInspector.with(options) { inspector in
+                var listed = 0
+                var entries: [JSONValue] = []
+                if !options.json { print("ID\tTTL") }
+                try await inspector.forEachPage { ids in
+                    for id in ids {
+                        if let limit, listed >= limit { return }
+                        let ttl = try await inspector.ttl(of: id)
+                        guard ttl != -2 else { continue }   // expired between SCAN and TTL
+                        listed += 1
+                        if options.json {
+                            entries.append(["id": .string(id), "ttl": .number(String(ttl))])
+                        } else {
+                            print("\(id)\t\(ttl)")
+                        }
+                    }
+                }
+                if options.json { print(JSONValue.array(entries).description) }
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one session's JSON and TTL.")
+        @OptionGroup var options: SessionsOptions
+        @Argument(help: "The session id (without the prefix).") var id: String
+
+        func run() async throws {
+            try await SessionInspector.with(options) { inspector in
+                guard let bytes = try await inspector.client.get(inspector.prefix + id) else {
+                    throw ConfigurationError("no session \(id)")
+                }
+                let ttl = try await inspector.ttl(of: id)
+                let value = (try? JSONValue(parsing: bytes)) ?? .string(String(decoding: bytes, as: UTF8.self))
+                if options.json {
+                    print(JSONValue.object(["id": .string(id), "ttl": .number(String(ttl)), "session": value]).description)
+                } else {
+                    print("id:      \(id)\nkey:     \(inspector.prefix + id)\nttl:     \(ttl) s\nsession: \(JSONValue.array([value]).description.dropFirst().dropLast())")
+                }
+            }
+        }
+    }
+
+    struct Count: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Count sessions.")
+        @OptionGroup var options: SessionsOptions
+
+        func run() async throws {
+            let count = try await SessionInspector.with(options) { inspector in
+                var count = 0
+                try await inspector.forEachPage { count += $0.count }
+                return count
+            }
+            print(options.json ? #"{"count":\#(count)}"# : "\(count)")
+        }
+    }
+
+    struct Destroy: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Destroy one session (DEL).")
+        @OptionGroup var options: SessionsOptions
+        @Argument(help: "The session id (without the prefix).") var id: String
+
+        func run() async throws {
+            let removed = try await SessionInspector.with(options) { try await $0.client.delete([$0.prefix + id]) }
+            print(options.json ? #"{"destroyed":\#(removed)}"# : (removed == 1 ? "destroyed \(id)" : "no session \(id)"))
+        }
+    }
+
+    struct Clear: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Destroy every session under the prefix.")
+        @OptionGroup var options: SessionsOptions
+        @Flag(help: "Required: confirms that every session under the prefix is to be deleted.") var yes = false
+
+        func run() async throws {
+            guard yes else { throw ConfigurationError("clear deletes every session under the prefix: add --yes") }
+            let removed = try await SessionInspector.with(options) { inspector in
+                var removed = 0
+                try await inspector.forEachPage { ids in
+                    removed += try await inspector.client.delete(ids.map { inspector.prefix + $0 })
+                }
+                return removed
+            }
+            print(options.json ? #"{"cleared":\#(removed)}"# : "cleared \(removed) sessions")
+        }
+    }
+}

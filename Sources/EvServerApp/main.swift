@@ -1,2 +1,0 @@
-// SKELETON: the evserver demo app.
-print("evserver: not yet")

@@ -1,0 +1,91 @@
+import Crypto
+
+/// Why a ``CookieSigner`` could not be made.
+public struct CookieSignerError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Signs session ids for the session cookie as express-session does (through `cookie-signature`):
+/// `s:<id>.<base64(HMAC-SHA256(secret, id)) without '='>`.
+///
+/// The first secret signs; every secret verifies, so secrets can be rotated by putting the new one first and keeping
+/// the old ones until their cookies have expired.
+public struct CookieSigner: Sendable {
+    private let keys: [SymmetricKey]
+
+    /// - Parameter secrets: the first signs, all verify.
+    /// - Throws: ``CookieSignerError`` when the list or any secret is empty.
+    public init(secrets: [String]) throws {
+        guard !secrets.isEmpty else { throw CookieSignerError("at least one cookie secret is required") }
+        guard !secrets.contains(where: \.isEmpty) else { throw CookieSignerError("cookie secrets must not be empty") }
+        // Node's createHmac('sha256', secret) keys the HMAC with the secret's UTF-8 bytes; so do we.
+        keys = secrets.map { SymmetricKey(data: Array($0.utf8)) }
+    }
+
+    /// The signed value: `s:` + id + `.` + signature.
+    public func sign(_ id: String) -> String {
+        "s:" + id + "." + CookieSigner.signature(of: id, key: keys[0])
+    }
+
+    /// The id inside a signed value, or nil when the value is not `s:<id>.<signature>` with a signature made by one
+    /// of the secrets. The signature is compared in constant time.
+    ///
+    /// Unlike cookie-signature 1.0.x, trailing characters after a valid signature are rejected: that version
+    /// compares only the first `signature.length` bytes, so `s:id.sig` + anything also verified.
+    public func unsign(_ value: String) -> String? {
+        guard value.hasPrefix("s:") else { return nil }
+        let body = value.utf8.dropFirst(2)
+        guard let dot = body.lastIndex(of: UInt8(ascii: ".")) else { return nil }
+        let id = String(decoding: body[body.startIndex..<dot], as: UTF8.self)
+        let presented = body[body.index(after: dot)...]
+        for key in keys {
+            let expected = CookieSigner.signature(of: id, key: key).utf8
+            if CookieSigner.constantTimeEquals(expected, presented) { return id }
+        }
+        return nil
+    }
+
+    /// The cookie value for `id` as it goes on the wire: the signed value encoded as `encodeURIComponent` would
+    /// (`s:abc.d+e/f` -> `s%3Aabc.d%2Be%2Ff`), as the `cookie` package's `serialize` does.
+    public func cookieValue(for id: String) -> String {
+        CookieSigner.encodeURIComponent(sign(id))
+    }
+
+    /// `base64(HMAC-SHA256(key, value))` without `=` padding.
+    static func signature(of value: String, key: SymmetricKey) -> String {
+        let mac = HMAC<SHA256>.authenticationCode(for: Array(value.utf8), using: key)
+        return Base64.encode(Array(mac), alphabet: Base64.standardAlphabet)
+    }
+
+    /// Compares without an early exit, so the time taken says nothing about where the first difference is. The length
+    /// of a signature is public (43 characters), so a length mismatch may return at once.
+    static func constantTimeEquals<A: Collection<UInt8>, B: Collection<UInt8>>(_ a: A, _ b: B) -> Bool {
+        guard a.count == b.count else { return false }
+        var difference: UInt8 = 0
+        for (x, y) in zip(a, b) { difference |= x ^ y }
+        return difference == 0
+    }
+
+    /// JavaScript's `encodeURIComponent`: everything but `A-Z a-z 0-9 - _ . ! ~ * ' ( )` becomes `%XX` of its UTF-8
+    /// bytes, in upper-case hex.
+    public static func encodeURIComponent(_ text: String) -> String {
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(text.utf8.count + 8)
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "!"), UInt8(ascii: "~"),
+                 UInt8(ascii: "*"), UInt8(ascii: "'"), UInt8(ascii: "("), UInt8(ascii: ")"):
+                out.append(byte)
+            default:
+                out.append(UInt8(ascii: "%"))
+                out.append(hex[Int(byte >> 4)])
+                out.append(hex[Int(byte & 0x0F)])
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

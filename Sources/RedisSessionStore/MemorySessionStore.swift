@@ -1,0 +1,161 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Logging
+import Synchronization
+
+/// Sessions in this process's memory, for development, tests and single-instance deployments.
+///
+/// It behaves like a real store: it keeps each session as its serialized JSON (so what `get` returns is a copy,
+/// as from Redis), and it expires entries at their cookie's `expires`, or `defaultTTL` seconds after the last
+/// `set`/`touch` for a browser-session cookie. Expired entries are dropped when read and swept at most once a
+/// minute by writes, so memory does not grow with abandoned sessions.
+public final class MemorySessionStore: SessionStore {
+    private struct Entry {
+        var json: [UInt8]
+        var expiresAt: Date
+    }
+
+    private struct State {
+        var entries: [String: Entry] = [:]
+        var lastSweep: Date
+    }
+
+    private let state: Mutex<State>
+    /// The clock (injectable for tests).
+    public let now: @Sendable () -> Date
+    /// Lifetime in seconds of a session whose cookie has no `expires`.
+    public let defaultTTL: Int
+    private let logger: Logger
+    private static let sweepInterval: TimeInterval = 60
+
+    /// - Parameters:
+    ///   - defaultTTL: lifetime in seconds of a session whose cookie has no `expires` (connect-redis's `ttl`).
+    ///   - now: the clock.
+    public init(defaultTTL: Int = 86400, now: @escaping @Sendable () -> Date = { Date() },
+                logger: Logger = Logger(label: "evserver.session.memory")) {
+        self.defaultTTL = defaultTTL
+        self.now = now
+        self.logger = logger
+        self.state = Mutex(State(lastSweep: now()))
+    }
+
+    public func get(_ id: String) async throws -> SessionData? {
+        let now = self.now()
+        let json: [UInt8]? = state.withLock { state in
+            guard let entry = state.entries[id] else { return nil }
+            guard entry.expiresAt > now else {
+                state.entries[id] = nil
+                return nil
+            }
+            return entry.json
+        }
+        guard let json else { return nil }
+        do {
+            return try SessionData(json: json)
+        } catch {
+            logger.warning("undecodable session value; treating it as no session", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    public func set(_ id: String, _ session: SessionData) async throws {
+        let json = session.jsonBytes()
+        let now = self.now()
+        let expiresAt = expiry(of: session, now: now)
+        state.withLock { state in
+            sweepIfDue(&state, now: now)
+            if expiresAt > now {
+                state.entries[id] = Entry(json: json, expiresAt: expiresAt)
+            } else {
+                state.entries[id] = nil
+            }
+        }
+    }
+
+    public func destroy(_ id: String) async throws {
+        _ = state.withLock { $0.entries.removeValue(forKey: id) }
+    }
+
+    /// As express's MemoryStore: when the session is still there, its stored cookie is replaced by `session`'s and
+    /// its expiry moves; its values are left as stored.
+    public func touch(_ id: String, _ session: SessionData) async throws {
+        let now = self.now()
+        let stored: [UInt8]? = state.withLock { state in
+            guard let entry = state.entries[id], entry.expiresAt > now else { return nil }
+            return entry.json
+        }
+        guard let stored, var current = try? SessionData(json: stored) else { return }
+        current.cookie = session.cookie
+        let json = current.jsonBytes()
+        let expiresAt = expiry(of: session, now: now)
+        state.withLock { state in
+            // Only if it was not destroyed meanwhile.
+            guard state.entries[id] != nil else { return }
+            if expiresAt > now {
+                state.entries[id] = Entry(json: json, expiresAt: expiresAt)
+            } else {
+                state.entries[id] = nil
+            }
+        }
+    }
+
+    public func all() async throws -> [String: SessionData] {
+        let now = self.now()
+        let live: [(String, [UInt8])] = state.withLock { state in
+            sweep(&state, now: now)
+            return state.entries.map { ($0.key, $0.value.json) }
+        }
+        var result: [String: SessionData] = [:]
+        for (id, json) in live {
+            if let data = try? SessionData(json: json) { result[id] = data }
+        }
+        return result
+    }
+
+    public func length() async throws -> Int {
+        let now = self.now()
+        return state.withLock { state in
+            sweep(&state, now: now)
+            return state.entries.count
+        }
+    }
+
+    public func clear() async throws {
+        state.withLock { $0.entries.removeAll() }
+    }
+
+    public func ping() async throws {}
+
+    // MARK: - Expiry
+
+    private func expiry(of session: SessionData, now: Date) -> Date {
+        session.cookie.expires ?? now.addingTimeInterval(TimeInterval(defaultTTL))
+    }
+
+    private func sweepIfDue(_ state: inout State, now: Date) {
+        guard now.timeIntervalSince(state.lastSweep) >= MemorySessionStore.sweepInterval else { return }
+        sweep(&state, now: now)
+    }
+
+    private func sweep(_ state: inout State, now: Date) {
+        state.entries = state.entries.filter { $0.value.expiresAt > now }
+        state.lastSweep = now
+    }
+
+    // MARK: - Test support
+
+    /// Stores raw bytes under `id`, bypassing encoding (to test how undecodable values are handled).
+    func storeRaw(_ id: String, _ bytes: [UInt8], expiresAt: Date? = nil) {
+        let expiresAt = expiresAt ?? now().addingTimeInterval(TimeInterval(defaultTTL))
+        state.withLock { $0.entries[id] = Entry(json: bytes, expiresAt: expiresAt) }
+    }
+
+    /// When the entry for `id` expires, if it is held (expired or not).
+    func expiry(of id: String) -> Date? { state.withLock { $0.entries[id]?.expiresAt } }
+
+    /// How many entries are held, expired or not (to test sweeping).
+    var storedCount: Int { state.withLock { $0.entries.count } }
+}

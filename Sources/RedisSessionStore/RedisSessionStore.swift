@@ -1,0 +1,254 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Dispatch
+import EvServer
+import Logging
+import Synchronization
+
+/// Sessions in Redis, as connect-redis 7 keeps them, so Node and this server can share them: the value of
+/// `<prefix><id>` is express-session's JSON, and Redis owns expiry.
+///
+/// - `get`: `GET`; a missing key is nil; a value that is not a session is nil and a logged warning (never the id).
+/// - `set`: `SET key json EX ttl`, where ttl is the seconds until the cookie's `expires` (rounded up), or the
+///   default `ttl` for a browser-session cookie; a ttl of zero or less deletes the key instead.
+/// - `touch`: `EXPIRE key ttl` (nothing with `disableTouch`).
+/// - `destroy`: `DEL`. `all`, `length`, `clear`: `SCAN MATCH <prefix>* COUNT <scanCount>`, never `KEYS`.
+///
+/// Errors from Redis (connection lost, timeout, `-ERR`) are thrown; the middleware answers them with 503.
+public final class RedisSessionStore: SessionStore {
+    /// Key prefix (connect-redis's default `sess:`).
+    public let prefix: String
+    /// Seconds a session lives when its cookie has no `expires`.
+    public let ttl: Int
+    /// Whether `touch` does nothing (connect-redis's `disableTouch`).
+    public let disableTouch: Bool
+    /// The `COUNT` hint for `SCAN`, and the batch size for `MGET` and `DEL` in `all` and `clear`.
+    public let scanCount: Int
+    private let clients: ClientSource
+    private let logger: Logger
+
+    /// A store on one client, used from whatever loop calls it.
+    /// - Parameters:
+    ///   - client: the Redis connection.
+    ///   - prefix: key prefix.
+    ///   - ttl: seconds a session lives when its cookie has no `expires`.
+    ///   - disableTouch: make `touch` a no-op (sessions then expire `ttl` after their last save).
+    ///   - scanCount: the `SCAN` `COUNT` hint.
+    public init(client: RedisClient, prefix: String = "sess:", ttl: Int = 86400, disableTouch: Bool = false,
+                scanCount: Int = 100, logger: Logger = Logger(label: "evserver.session.redis")) {
+        self.clients = .single(client)
+        self.prefix = prefix
+        self.ttl = ttl
+        self.disableTouch = disableTouch
+        self.scanCount = max(1, scanCount)
+        self.logger = logger
+    }
+
+    /// A store that connects to `url` (`redis://[user:password@]host:port/db`) with one client per ``EventLoop``,
+    /// made on first use from that loop, so every command runs on the loop of the request that sent it. Calls
+    /// from outside any loop use a loop thread the store starts for itself.
+    /// - Throws: the URL's parse error.
+    public convenience init(url: String, prefix: String = "sess:", ttl: Int = 86400, disableTouch: Bool = false,
+                            scanCount: Int = 100, logger: Logger = Logger(label: "evserver.session.redis")) throws {
+        self.init(configuration: try RedisConfiguration(url: url), prefix: prefix, ttl: ttl, disableTouch: disableTouch,
+                  scanCount: scanCount, logger: logger)
+    }
+
+    /// A store with one client per ``EventLoop`` (as ``init(url:prefix:ttl:disableTouch:scanCount:logger:)``), for a
+    /// configuration built in code: a command timeout, a metrics hook.
+    public init(configuration: RedisConfiguration, prefix: String = "sess:", ttl: Int = 86400,
+                disableTouch: Bool = false, scanCount: Int = 100,
+                logger: Logger = Logger(label: "evserver.session.redis")) {
+        self.clients = .perLoop(PerLoopClients(configuration: configuration))
+        self.prefix = prefix
+        self.ttl = ttl
+        self.disableTouch = disableTouch
+        self.scanCount = max(1, scanCount)
+        self.logger = logger
+    }
+
+    /// The Redis key of a session.
+    public func key(for id: String) -> String { prefix + id }
+
+    // MARK: - SessionStore
+
+    public func get(_ id: String) async throws -> SessionData? {
+        guard let bytes = try await client().get(key(for: id)) else { return nil }
+        do {
+            return try SessionData(json: bytes)
+        } catch {
+            logger.warning("undecodable session value in Redis; treating it as no session",
+                           metadata: ["prefix": "\(prefix)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    public func set(_ id: String, _ session: SessionData) async throws {
+        let seconds = ttl(for: session)
+        if seconds > 0 {
+            try await client().set(key(for: id), to: session.jsonBytes(), expiresIn: seconds)
+        } else {
+            try await client().delete([key(for: id)])
+        }
+    }
+
+    public func touch(_ id: String, _ session: SessionData) async throws {
+        guard !disableTouch else { return }
+        // A ttl <= 0 makes Redis delete the key, which is right for an expired session (connect-redis does the same).
+        try await client().expire(key(for: id), after: ttl(for: session))
+    }
+
+    public func destroy(_ id: String) async throws {
+        try await client().delete([key(for: id)])
+    }
+
+    public func all() async throws -> [String: SessionData] {
+        let client = try client()
+        let keys = try await allKeys(client)
+        var result: [String: SessionData] = [:]
+        var start = 0
+        while start < keys.count {
+            let batch = Array(keys[start..<min(start + scanCount, keys.count)])
+            start += batch.count
+            let reply = try await client.send([Array("MGET".utf8)] + batch.map { Array($0.utf8) })
+            guard case .array(let values) = reply, values.count == batch.count else {
+                throw RedisSessionStoreError("unexpected MGET reply")
+            }
+            for (key, value) in zip(batch, values) {
+                guard case .bulkString(let bytes) = value else { continue }   // expired between SCAN and MGET
+                do {
+                    result[String(key.dropFirst(prefix.count))] = try SessionData(json: bytes)
+                } catch {
+                    logger.warning("undecodable session value in Redis; skipped",
+                                   metadata: ["prefix": "\(prefix)", "error": "\(error)"])
+                }
+            }
+        }
+        return result
+    }
+
+    public func length() async throws -> Int {
+        try await allKeys(client()).count
+    }
+
+    /// Deletes every key under the prefix, one `DEL` per `SCAN` page (deleting while scanning is safe: SCAN still
+    /// returns every key that exists throughout).
+    public func clear() async throws {
+        let client = try client()
+        var cursor = "0"
+        repeat {
+            let page = try await client.scan(cursor: cursor, match: matchPattern, count: scanCount)
+            cursor = page.cursor
+            if !page.keys.isEmpty { try await client.delete(page.keys) }
+        } while cursor != "0"
+    }
+
+    public func ping() async throws {
+        try await client().ping()
+    }
+
+    // MARK: - Helpers
+
+    /// connect-redis's `_getTTL`: `Math.ceil((expires - Date.now()) / 1000)`, else the default ttl.
+    func ttl(for session: SessionData, now: Date = Date()) -> Int {
+        RedisSessionStore.ttl(for: session, defaultTTL: ttl, now: now)
+    }
+
+    static func ttl(for session: SessionData, defaultTTL: Int, now: Date) -> Int {
+        guard let expires = session.cookie.expires else { return defaultTTL }
+        let ms = expires.javaScriptMilliseconds - now.javaScriptMilliseconds
+        let seconds = ms >= 0 ? (ms + 999) / 1000 : -((-ms) / 1000)   // ceil, also for negatives
+        return Int(clamping: seconds)
+    }
+
+    /// `<prefix>*`, with the prefix's glob characters escaped (connect-redis does not, so a prefix like `s[1]:`
+    /// would match other keys there).
+    var matchPattern: String {
+        var pattern = ""
+        for character in prefix {
+            if "*?[]\\".contains(character) { pattern.append("\\") }
+            pattern.append(character)
+        }
+        return pattern + "*"
+    }
+
+    private func allKeys(_ client: RedisClient) async throws -> [String] {
+        var cursor = "0"
+        var seen = Set<String>()
+        var keys: [String] = []
+        repeat {
+            let page = try await client.scan(cursor: cursor, match: matchPattern, count: scanCount)
+            cursor = page.cursor
+            // SCAN may return a key more than once.
+            for key in page.keys where seen.insert(key).inserted { keys.append(key) }
+        } while cursor != "0"
+        return keys
+    }
+
+    private func client() throws -> RedisClient {
+        switch clients {
+        case .single(let client): client
+        case .perLoop(let perLoop): try perLoop.client()
+        }
+    }
+}
+
+/// An unexpected reply while listing sessions.
+public struct RedisSessionStoreError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+private enum ClientSource: Sendable {
+    case single(RedisClient)
+    case perLoop(PerLoopClients)
+}
+
+/// One client per event loop, made lazily. hiredis connections belong to one loop thread, so each loop that
+/// serves requests gets its own connection rather than hopping to a shared one.
+private final class PerLoopClients: Sendable {
+    let configuration: RedisConfiguration
+    // Keyed by the loop's identity; each client holds its loop strongly, so an identifier is never reused while
+    // its entry exists.
+    private let clients = Mutex<[ObjectIdentifier: RedisClient]>([:])
+    private let ownThread = Mutex<EventLoopThread?>(nil)
+
+    init(configuration: RedisConfiguration) {
+        self.configuration = configuration
+    }
+
+    func client() throws -> RedisClient {
+        let loop = try EventLoop.current ?? fallbackLoop()
+        return clients.withLock { clients in
+            if let client = clients[ObjectIdentifier(loop)] { return client }
+            let client = RedisClient(configuration: configuration, loop: loop)
+            clients[ObjectIdentifier(loop)] = client
+            return client
+        }
+    }
+
+    /// The loop of a thread this store starts for callers outside any loop (tests, scripts, startup checks).
+    private func fallbackLoop() throws -> EventLoop {
+        try ownThread.withLock { thread in
+            if let thread { return thread.loop }
+            let started = try EventLoopThread(name: "redis-session-store")
+            thread = started
+            return started.loop
+        }
+    }
+
+    deinit {
+        for client in clients.withLock({ Array($0.values) }) { client.close() }
+        guard let thread = ownThread.withLock({ $0.take() }) else { return }
+        // Joining the thread from itself would trap; when the last reference goes on that very thread, join from
+        // elsewhere.
+        if thread.loop.inLoop {
+            DispatchQueue.global().async { thread.shutdown() }
+        } else {
+            thread.shutdown()
+        }
+    }
+}

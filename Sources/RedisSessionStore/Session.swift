@@ -1,0 +1,291 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import EvServer
+import Logging
+
+/// A store call failed inside a session operation. ``SessionMiddleware`` answers it with 503 and `Retry-After`.
+public struct SessionStoreError: Error, CustomStringConvertible {
+    /// The store operation: `get`, `set`, `touch` or `destroy`.
+    public let operation: String
+    /// What the store threw.
+    public let underlying: any Error
+
+    public var description: String { "session store \(operation) failed: \(underlying)" }
+}
+
+/// `reload()` found no session under the id any more (it expired or was destroyed elsewhere).
+public struct SessionNotFoundError: Error, CustomStringConvertible {
+    public var description: String { "failed to load session" }   // express-session's message
+}
+
+/// The session of one request: `request.session`, once ``SessionMiddleware`` has run.
+///
+/// Values are JSON (``JSONValue``); read and write them with the subscript, or with ``value(_:as:)`` and
+/// ``set(_:_:)`` for `Codable` types. The middleware saves the session after the handler returns when it was
+/// modified (as express-session decides: see ``SessionMiddleware``), so handlers rarely call ``save()``.
+///
+/// A session belongs to its request's task: use it from the handler only (it is not `Sendable`).
+public final class Session {
+    /// What happened to a session during the request (scs's `Status`).
+    public enum Status: Sendable, Equatable {
+        /// Values are as loaded (or, for a new session, still empty).
+        case unmodified
+        /// Values differ from what was loaded, or the id changed (``regenerate()``).
+        case modified
+        /// ``destroy()`` or ``unset()`` was called: the request has no session any more.
+        case destroyed
+    }
+
+    enum State { case active, destroyed, unset }
+
+    /// The session id (the cookie carries it, signed). Changes on ``regenerate()``.
+    ///
+    /// A new session's id is made the first time something needs it (a save, the cookie, this property), so a
+    /// request that never stores anything costs no random bytes.
+    public var id: String {
+        if let currentId { return currentId }
+        let generated = engine.configuration.genid()
+        currentId = generated
+        return generated
+    }
+    /// The cookie's lifetime and attributes. `cookie.maxAge = 60_000` moves the expiry, as in express.
+    public var cookie: SessionCookie
+    /// Whether the session was created during this request (no valid cookie, nothing in the store, or regenerated).
+    public private(set) var isNew: Bool
+
+    /// The values, in order. Prefer the subscript; `"cookie"` is reserved and never stored.
+    public var data: JSONObject {
+        get { values }
+        set {
+            guard state == .active else { return ignoredWrite() }
+            values = newValue
+            changedSinceLoad = true
+            changedSinceSave = true
+        }
+    }
+
+    private var values: JSONObject
+    private var currentId: String?
+    let engine: SessionEngine
+    /// Whether the request came over HTTPS (for `secure: .auto`), decided once when the request arrived.
+    let requestIsSecure: Bool
+    /// A session outside the cookie's path: it works in memory but is never loaded, saved or sent.
+    let isDetached: Bool
+
+    // express-session's bookkeeping: `originalId`/`originalHash` as loaded or generated, `savedHash` after a save
+    // (or at load when resave is off). Instead of hashing, the values themselves are kept (copy-on-write makes that
+    // free) and compared by their serialized form only when something was written. The id only ever changes through
+    // regenerate(), so `originalId !== sess.id` is that flag.
+    private var regenerated = false
+    private let originalValues: JSONObject
+    private(set) var savedValues: JSONObject?
+    private var changedSinceLoad = false
+    private var changedSinceSave = false
+    private(set) var state: State = .active
+    /// Whether the store knows this id (loaded from it or saved to it), for `metrics.created`.
+    private var inStore: Bool
+
+    /// A session loaded from the store.
+    init(id: String, stored: SessionData, engine: SessionEngine, requestIsSecure: Bool) {
+        self.currentId = id
+        self.cookie = stored.cookie
+        self.values = stored.values
+        self.engine = engine
+        self.requestIsSecure = requestIsSecure
+        self.isDetached = false
+        self.isNew = false
+        self.originalValues = stored.values
+        self.inStore = true
+        if !engine.configuration.resave { savedValues = stored.values }
+    }
+
+    /// A new session (express's `store.generate`).
+    init(newWith engine: SessionEngine, requestIsSecure: Bool, now: Date, detached: Bool = false) {
+        self.currentId = nil
+        self.cookie = engine.newCookie(now: now, requestIsSecure: requestIsSecure)
+        self.values = JSONObject()
+        self.engine = engine
+        self.requestIsSecure = requestIsSecure
+        self.isDetached = detached
+        self.isNew = true
+        self.originalValues = JSONObject()
+        self.inStore = false
+    }
+
+    // MARK: - Values
+
+    /// The value for `key`; setting nil removes it. Writes after ``destroy()`` or ``unset()`` are ignored, and
+    /// `"cookie"` is reserved (express keeps the cookie under that name), so writing it is ignored too.
+    public subscript(key: String) -> JSONValue? {
+        get { values[key] }
+        set {
+            guard state == .active else { return ignoredWrite() }
+            guard key != "cookie" else {
+                engine.logger.warning("session key \"cookie\" is reserved; the write was ignored")
+                return
+            }
+            values[key] = newValue
+            changedSinceLoad = true
+            changedSinceSave = true
+        }
+    }
+
+    /// Decodes the value for `key` as `T` (with `JSONDecoder`).
+    /// - Returns: nil when the key is absent or null.
+    /// - Throws: the decoder's error when the value does not have `T`'s shape.
+    public func value<T: Decodable>(_ key: String, as type: T.Type = T.self) throws -> T? {
+        guard let value = values[key], !value.isNull else { return nil }
+        return try value.decode(as: T.self)
+    }
+
+    /// Encodes `value` (with `JSONEncoder`, object keys sorted so equal values always encode alike) and stores it
+    /// under `key`.
+    /// - Throws: the encoder's error.
+    public func set<T: Encodable>(_ key: String, _ value: T) throws {
+        self[key] = try JSONValue(encoding: value)
+    }
+
+    /// Whether the values (or the id) differ from what the request started with; `.destroyed` after ``destroy()``
+    /// or ``unset()``.
+    public var status: Status {
+        guard state == .active else { return .destroyed }
+        return isModified ? .modified : .unmodified
+    }
+
+    private func ignoredWrite() {
+        engine.logger.warning("write to a destroyed session ignored; call regenerate() to start a new one")
+    }
+
+    // MARK: - Operations (express's req.session methods)
+
+    /// Replaces this session with a new one: destroys the old id in the store, then takes a new id, empty values
+    /// and a fresh cookie. Call it on login and logout against session fixation.
+    ///
+    /// Unlike express (which generates the new session even when the destroy failed), a store failure leaves the
+    /// session as it was, so a login cannot go on under the old id.
+    /// - Throws: ``SessionStoreError`` when the store fails.
+    public func regenerate() async throws {
+        // An id never made was never stored: nothing to destroy.
+        if !isDetached, let currentId {
+            try await engine.destroy(currentId)
+        }
+        currentId = nil
+        regenerated = true
+        values = JSONObject()
+        changedSinceLoad = true
+        changedSinceSave = true
+        cookie = engine.newCookie(now: engine.configuration.now(), requestIsSecure: requestIsSecure)
+        isNew = true
+        inStore = false
+        state = .active
+    }
+
+    /// Destroys the session in the store and drops it from the request: no cookie is set and nothing is saved.
+    /// (Like express, the browser keeps its cookie; the next request finds no session and starts a new one.)
+    /// - Throws: ``SessionStoreError`` when the store fails (the session is dropped from the request anyway).
+    public func destroy() async throws {
+        state = .destroyed
+        values = JSONObject()
+        guard !isDetached, let currentId else { return }
+        try await engine.destroy(currentId)
+        inStore = false
+    }
+
+    /// Drops the session from the request without a store call, as `req.session = null` does in express: with
+    /// `unset: .destroy` the store entry is destroyed when the request ends, with `.keep` it stays.
+    public func unset() {
+        guard state == .active else { return }
+        state = .unset
+        values = JSONObject()
+    }
+
+    /// Reloads values and cookie from the store (express's `session.reload`).
+    /// - Throws: ``SessionNotFoundError`` when the store has no such session; ``SessionStoreError`` when it fails.
+    public func reload() async throws {
+        guard !isDetached, state == .active else { return }
+        guard let stored = try await engine.get(id) else { throw SessionNotFoundError() }
+        values = stored.values
+        cookie = stored.cookie
+        changedSinceLoad = true
+        changedSinceSave = true
+    }
+
+    /// Saves the session to the store now. The middleware saves modified sessions anyway; call this before a
+    /// redirect that another server may answer first, or to save on a long-running request.
+    /// - Throws: ``SessionStoreError`` when the store fails.
+    public func save() async throws {
+        guard !isDetached, state == .active else { return }
+        savedValues = values
+        changedSinceSave = false
+        try await engine.set(id, SessionData(cookie: cookie, values: values), isNew: !inStore)
+        inStore = true
+    }
+
+    /// Restarts the cookie's lifetime from now (express's `session.touch()`, `cookie.resetMaxAge()`). The middleware
+    /// does this on every request it saves or touches, so handlers need not.
+    public func touch() {
+        cookie.resetMaxAge(now: engine.configuration.now())
+    }
+
+    // MARK: - Middleware predicates
+
+    /// express's `isModified`: another id, or other values than at load.
+    var isModified: Bool {
+        if regenerated { return true }
+        if !changedSinceLoad { return false }
+        return !Session.sameJSON(values, originalValues)
+    }
+
+    /// express's `isSaved`: same id, and the values last saved (or loaded, with resave off) are the current ones.
+    var isSaved: Bool {
+        guard !regenerated, let savedValues else { return false }
+        if !changedSinceSave { return true }
+        return Session.sameJSON(values, savedValues)
+    }
+
+    /// Compares what JSON.stringify would write: express compares hashes of that text.
+    private static func sameJSON(_ a: JSONObject, _ b: JSONObject) -> Bool {
+        var left: [UInt8] = [], right: [UInt8] = []
+        a.serialize(into: &left)
+        b.serialize(into: &right)
+        return left == right
+    }
+
+    /// Whether the session's id is `cookieId` (express's `cookieId === req.sessionID`), without making an id.
+    func hasId(_ cookieId: String?) -> Bool {
+        guard let cookieId, let currentId else { return false }
+        return currentId == cookieId
+    }
+
+    /// The id, if one was made or loaded.
+    var existingId: String? { currentId }
+
+    /// The data to store.
+    var storedData: SessionData { SessionData(cookie: cookie, values: values) }
+}
+
+// MARK: - Request.session
+
+enum SessionStorageKey: RequestStorageKey {
+    typealias Value = Session
+}
+
+extension Request {
+    /// The request's session. ``SessionMiddleware`` must run before anything reads it; reading it without the
+    /// middleware is a programming error and traps.
+    ///
+    /// For a path outside the session cookie's `path` the middleware attaches a detached session, which works in
+    /// memory but is never loaded, saved or sent (express leaves `req.session` undefined there).
+    public var session: Session {
+        guard let session = storage[SessionStorageKey.self] else {
+            preconditionFailure("request.session read before SessionMiddleware ran; add the middleware first")
+        }
+        return session
+    }
+
+    /// The session, or nil when ``SessionMiddleware`` has not run for this request.
+    public var sessionIfPresent: Session? { storage[SessionStorageKey.self] }
+}

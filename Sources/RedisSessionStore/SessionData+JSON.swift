@@ -1,0 +1,287 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import EvServer
+
+// express-session's stored shape, byte for byte: `JSON.stringify(req.session)`, where the cookie serializes through
+// `Cookie.prototype.toJSON` -> `data`:
+//   { originalMaxAge, partitioned, priority, expires, secure, httpOnly, domain, path, sameSite }
+// JSON.stringify drops `undefined` members, so with express's defaults `partitioned`, `priority`, `secure`, `domain`
+// and `sameSite` vanish unless set, while `originalMaxAge` and `expires` are always there (`null` without maxAge)
+// and `path`/`httpOnly` always have values. `cookie` is the session's first own property, so it leads, except that
+// JavaScript enumerates array-index keys ("0", "7") before every other key.
+
+/// Why a stored value could not be read as a session. Stores treat it as "no session" and log a warning.
+public struct SessionDecodingError: Error, Sendable, CustomStringConvertible {
+    private enum Kind: Sendable {
+        case notJSON(JSONParseError)
+        case notAnObject
+        case cookieNotAnObject
+    }
+    private let kind: Kind
+
+    static func notJSON(_ error: JSONParseError) -> SessionDecodingError { SessionDecodingError(kind: .notJSON(error)) }
+    static let notAnObject = SessionDecodingError(kind: .notAnObject)
+    static let cookieNotAnObject = SessionDecodingError(kind: .cookieNotAnObject)
+
+    // Never includes the value: it holds session data.
+    public var description: String {
+        switch kind {
+        case .notJSON(let error): "session value is not JSON (\(error))"
+        case .notAnObject: "session value is not a JSON object"
+        case .cookieNotAnObject: "session value has no \"cookie\" object"
+        }
+    }
+}
+
+extension SessionData {
+    /// The session as express-session stores it (`JSON.stringify(req.session)`), as UTF-8 bytes.
+    public func jsonBytes() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(160)
+        // A "cookie" key among the values would shadow the real cookie (in express it would replace it): skip it.
+        var values = self.values
+        if values["cookie"] != nil { values["cookie"] = nil }
+        values.serialize(into: &out, leadingMember: "cookie") { cookie.serialize(into: &$0) }
+        return out
+    }
+
+    /// The session as express-session stores it, as text.
+    public var jsonString: String { String(decoding: jsonBytes(), as: UTF8.self) }
+
+    /// Reads a stored session, tolerantly: what express-session (any 1.x) or this module wrote loads; unknown cookie
+    /// fields are ignored; `expires` may have milliseconds or not, or be unreadable (then the cookie has no expiry).
+    /// - Throws: ``SessionDecodingError`` when the value is not JSON, not an object, or has no object `cookie`.
+    public init(json bytes: [UInt8]) throws(SessionDecodingError) {
+        let value: JSONValue
+        do {
+            value = try JSONValue(parsing: bytes)
+        } catch {
+            throw .notJSON(error)
+        }
+        guard case .object(var object) = value else { throw .notAnObject }
+        guard case .object(let cookieObject)? = object.removeValue(forKey: "cookie") else {
+            throw .cookieNotAnObject
+        }
+        self.init(cookie: SessionCookie(json: cookieObject), values: object)
+    }
+
+    /// Reads a stored session from text (see ``init(json:)-([UInt8])``).
+    public init(json text: String) throws(SessionDecodingError) {
+        try self.init(json: Array(text.utf8))
+    }
+}
+
+extension SessionCookie {
+    /// Reads express's cookie data the way `new Cookie(sess.cookie)` does: `path` defaults to "/", `httpOnly` to
+    /// true, `originalMaxAge` is kept as stored.
+    init(json object: JSONObject) {
+        self.init(originalMaxAge: nil, expires: nil, secure: nil, httpOnly: true, path: "/", domain: nil, sameSite: nil)
+        if let ms = object["originalMaxAge"]?.doubleValue, ms.isFinite, abs(ms) < 9e15 {
+            originalMaxAge = Int64(ms.rounded(.towardZero))
+        }
+        if let text = object["expires"]?.stringValue, let ms = ISO8601Milliseconds.parse(text) {
+            expires = Date(javaScriptMilliseconds: ms)
+        }
+        secure = object["secure"]?.boolValue
+        if let httpOnly = object["httpOnly"]?.boolValue { self.httpOnly = httpOnly }
+        if let path = object["path"]?.stringValue { self.path = path }
+        domain = object["domain"]?.stringValue
+        switch object["sameSite"] {
+        case .bool(true)?: sameSite = .strict   // the `cookie` package reads `true` as Strict
+        case .string(let text)?:
+            switch text.lowercased() {
+            case "lax": sameSite = .lax
+            case "strict": sameSite = .strict
+            case "none": sameSite = SetCookie.SameSite.none
+            default: sameSite = nil
+            }
+        default: sameSite = nil
+        }
+    }
+
+    /// Appends express's `cookie.data` as JSON, in its field order, leaving out what JavaScript would leave undefined.
+    func serialize(into out: inout [UInt8]) {
+        out.append(contentsOf: #"{"originalMaxAge":"#.utf8)
+        if let originalMaxAge { out.append(contentsOf: String(originalMaxAge).utf8) } else { out.append(contentsOf: "null".utf8) }
+        out.append(contentsOf: #","expires":"#.utf8)
+        if let expires {
+            out.append(UInt8(ascii: "\""))
+            ISO8601Milliseconds.format(expires.javaScriptMilliseconds, into: &out)
+            out.append(UInt8(ascii: "\""))
+        } else {
+            out.append(contentsOf: "null".utf8)
+        }
+        if let secure { out.append(contentsOf: (secure ? #","secure":true"# : #","secure":false"#).utf8) }
+        out.append(contentsOf: (httpOnly ? #","httpOnly":true"# : #","httpOnly":false"#).utf8)
+        if let domain {
+            out.append(contentsOf: #","domain":"#.utf8)
+            JSONValue.serializeString(domain, into: &out)
+        }
+        out.append(contentsOf: #","path":"#.utf8)
+        JSONValue.serializeString(path, into: &out)
+        if let sameSite {
+            // express users configure the lower-case names ('lax'), which is what express stores.
+            let name: String = switch sameSite {
+            case .lax: "lax"
+            case .strict: "strict"
+            case .none: "none"
+            }
+            out.append(contentsOf: #","sameSite":""#.utf8)
+            out.append(contentsOf: name.utf8)
+            out.append(UInt8(ascii: "\""))
+        }
+        out.append(UInt8(ascii: "}"))
+    }
+}
+
+// MARK: - ISO 8601, as Date.prototype.toISOString writes it and `new Date(string)` reads it
+
+enum ISO8601Milliseconds {
+    /// `2026-12-01T10:00:00.000Z`; years outside 0...9999 as `+275760` / `-000001` (toISOString's expanded years).
+    static func format(_ milliseconds: Int64, into out: inout [UInt8]) {
+        let msOfDay = ((milliseconds % 86_400_000) + 86_400_000) % 86_400_000
+        let days = (milliseconds - msOfDay) / 86_400_000
+        let (year, month, day) = civil(fromDays: days)
+        func append(_ value: Int64, width: Int) {
+            var digits = [UInt8](repeating: UInt8(ascii: "0"), count: width)
+            var rest = value
+            var index = width - 1
+            while rest > 0 && index >= 0 {
+                digits[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+                index -= 1
+            }
+            out.append(contentsOf: digits)
+        }
+        if year >= 0 && year <= 9999 {
+            append(year, width: 4)
+        } else {
+            out.append(year < 0 ? UInt8(ascii: "-") : UInt8(ascii: "+"))
+            append(abs(year), width: 6)
+        }
+        out.append(UInt8(ascii: "-"))
+        append(month, width: 2)
+        out.append(UInt8(ascii: "-"))
+        append(day, width: 2)
+        out.append(UInt8(ascii: "T"))
+        append(msOfDay / 3_600_000, width: 2)
+        out.append(UInt8(ascii: ":"))
+        append(msOfDay / 60_000 % 60, width: 2)
+        out.append(UInt8(ascii: ":"))
+        append(msOfDay / 1000 % 60, width: 2)
+        out.append(UInt8(ascii: "."))
+        append(msOfDay % 1000, width: 3)
+        out.append(UInt8(ascii: "Z"))
+    }
+
+    static func format(_ milliseconds: Int64) -> String {
+        var out: [UInt8] = []
+        format(milliseconds, into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Reads the ECMAScript date-time string format: `YYYY-MM-DD` or `YYYY-MM-DDTHH:mm[:ss[.sss]]` followed by `Z`
+    /// or `±HH:mm` (a date-time without a zone is read as UTC here; JavaScript would use local time). Years may be
+    /// expanded (`+YYYYYY`). Extra fraction digits are truncated to milliseconds. Nil when malformed.
+    static func parse(_ text: String) -> Int64? {
+        let bytes = Array(text.utf8)
+        var index = 0
+        func digits(_ count: Int) -> Int64? {
+            guard index + count <= bytes.count else { return nil }
+            var value: Int64 = 0
+            for _ in 0..<count {
+                let byte = bytes[index]
+                guard byte >= 0x30, byte <= 0x39 else { return nil }
+                value = value * 10 + Int64(byte - 0x30)
+                index += 1
+            }
+            return value
+        }
+        func consume(_ byte: Character) -> Bool {
+            guard index < bytes.count, bytes[index] == byte.asciiValue! else { return false }
+            index += 1
+            return true
+        }
+        var year: Int64
+        if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+            let negative = bytes[index] == UInt8(ascii: "-")
+            index += 1
+            guard let y = digits(6) else { return nil }
+            year = negative ? -y : y
+        } else {
+            guard let y = digits(4) else { return nil }
+            year = y
+        }
+        guard consume("-"), let month = digits(2), consume("-"), let day = digits(2),
+              (1...12).contains(month), day >= 1, day <= daysInMonth(year: year, month: month) else { return nil }
+        var msOfDay: Int64 = 0
+        var offsetMinutes: Int64 = 0
+        if index < bytes.count {
+            guard consume("T"), let hour = digits(2), consume(":"), let minute = digits(2),
+                  hour <= 24, minute <= 59 else { return nil }
+            var second: Int64 = 0, millisecond: Int64 = 0
+            if consume(":") {
+                guard let s = digits(2), s <= 59 else { return nil }
+                second = s
+                if consume(".") {
+                    var fractionDigits = 0
+                    while index < bytes.count, bytes[index] >= 0x30, bytes[index] <= 0x39 {
+                        if fractionDigits < 3 { millisecond = millisecond * 10 + Int64(bytes[index] - 0x30) }
+                        fractionDigits += 1
+                        index += 1
+                    }
+                    guard fractionDigits > 0 else { return nil }
+                    for _ in min(fractionDigits, 3)..<3 { millisecond *= 10 }
+                }
+            }
+            guard hour < 24 || (minute == 0 && second == 0 && millisecond == 0) else { return nil }
+            msOfDay = ((hour * 60 + minute) * 60 + second) * 1000 + millisecond
+            if consume("Z") {
+                offsetMinutes = 0
+            } else if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+                let negative = bytes[index] == UInt8(ascii: "-")
+                index += 1
+                guard let offsetHour = digits(2), consume(":"), let offsetMinute = digits(2),
+                      offsetHour <= 23, offsetMinute <= 59 else { return nil }
+                offsetMinutes = (offsetHour * 60 + offsetMinute) * (negative ? -1 : 1)
+            }
+            guard index == bytes.count else { return nil }
+        }
+        return days(fromYear: year, month: month, day: day) * 86_400_000 + msOfDay - offsetMinutes * 60_000
+    }
+
+    private static func isLeap(_ year: Int64) -> Bool { year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) }
+
+    private static func daysInMonth(year: Int64, month: Int64) -> Int64 {
+        switch month {
+        case 2: isLeap(year) ? 29 : 28
+        case 4, 6, 9, 11: 30
+        default: 31
+        }
+    }
+
+    // Howard Hinnant's days_from_civil / civil_from_days (proleptic Gregorian, day 0 = 1970-01-01).
+    private static func days(fromYear year: Int64, month: Int64, day: Int64) -> Int64 {
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yearOfEra = y - era * 400
+        let dayOfYear = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
+        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
+        return era * 146_097 + dayOfEra - 719_468
+    }
+
+    private static func civil(fromDays days: Int64) -> (year: Int64, month: Int64, day: Int64) {
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        return (yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day)
+    }
+}

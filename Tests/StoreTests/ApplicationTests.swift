@@ -1,0 +1,171 @@
+import Synchronization
+import Testing
+@testable import EvServer
+
+// Application.respond(to:) without a socket: the middleware chain, error rendering, configuration.
+
+/// A middleware that records when it runs, to check the order of the chain.
+private struct Recorder: Middleware {
+    let name: String
+    let log: Log
+    func handle(_ request: Request, _ response: Response, next: Next) async throws {
+        log.append("\(name) before")
+        try await next()
+        log.append("\(name) after")
+    }
+}
+
+private final class Log: Sendable {
+    private let entries = Mutex<[String]>([])
+    func append(_ entry: String) { entries.withLock { $0.append(entry) } }
+    var all: [String] { entries.withLock { $0 } }
+}
+
+private struct SessionKey: RequestStorageKey { typealias Value = String }
+
+@Suite("Application")
+struct ApplicationTests {
+    @Test func middlewareRunsInOrderAroundTheHandler() async {
+        let app = Application()
+        let log = Log()
+        app.use(Recorder(name: "outer", log: log))
+        app.use(Recorder(name: "inner", log: log))
+        app.get("/") { _, response in
+            log.append("handler")
+            response.send("ok")
+        }
+        let response = await app.respond(to: Request(method: .get, uri: "/"))
+        #expect(response.bodyText == "ok")
+        #expect(log.all == ["outer before", "inner before", "handler", "inner after", "outer after"])
+    }
+
+    @Test func middlewareCanAnswerWithoutCallingNext() async {
+        let app = Application()
+        let log = Log()
+        app.use { request, response, next in
+            guard request.headers["Authorization"] != nil else {
+                response.send("login first", status: .unauthorized)
+                return
+            }
+            try await next()
+        }
+        app.get("/secret") { _, response in
+            log.append("handler")
+            response.send("secret")
+        }
+        let denied = await app.respond(to: Request(method: .get, uri: "/secret"))
+        #expect(denied.status == .unauthorized)
+        #expect(log.all.isEmpty)
+        let allowed = await app.respond(to: Request(method: .get, uri: "/secret", headers: ["Authorization": "x"]))
+        #expect(allowed.bodyText == "secret")
+    }
+
+    @Test func middlewarePassesValuesToTheHandlerThroughStorage() async {
+        let app = Application()
+        app.use { request, _, next in
+            request.storage[SessionKey.self] = "session-1"
+            try await next()
+        }
+        app.get("/") { request, response in response.send(request.storage[SessionKey.self] ?? "none") }
+        #expect(await app.respond(to: Request(method: .get, uri: "/")).bodyText == "session-1")
+    }
+
+    @Test func httpErrorKeepsHeadersSetEarlierAndAddsItsOwn() async {
+        let app = Application()
+        app.use { _, response, next in
+            response.headers.replace("X-Instance", "a")
+            response.headers.add("Set-Cookie", "connect.sid=s%3Aabc.def; Path=/; HttpOnly; SameSite=Lax")
+            response.headers.replace("Retry-After", "1")
+            try await next()
+        }
+        app.get("/") { _, response in
+            response.send("partial")   // replaced by the error body
+            throw HTTPError(.serviceUnavailable, message: "store down",
+                            headers: ["Retry-After": "5", "Set-Cookie": "b=2"])
+        }
+        let response = await app.respond(to: Request(method: .get, uri: "/"))
+        #expect(response.status == .serviceUnavailable)
+        #expect(response.bodyText == #"{"error":"store down"}"#)
+        #expect(response.headers["Content-Type"] == "application/json; charset=utf-8")
+        #expect(response.headers.values("Content-Type").count == 1)
+        #expect(response.headers["X-Instance"] == "a")
+        #expect(response.headers.values("Retry-After") == ["5"])
+        #expect(response.headers.values("Set-Cookie")
+            == ["connect.sid=s%3Aabc.def; Path=/; HttpOnly; SameSite=Lax", "b=2"])
+    }
+
+    @Test func errorMessageIsEscapedAsJSON() async {
+        let app = Application()
+        app.get("/") { _, _ in throw HTTPError(.badRequest, message: "bad \"name\"\n\\ \u{1}") }
+        let response = await app.respond(to: Request(method: .get, uri: "/"))
+        #expect(response.status == .badRequest)
+        #expect(response.bodyText == #"{"error":"bad \"name\"\n\\ \u0001"}"#)
+    }
+
+    @Test func otherErrorsBecome500WithoutDetails() async {
+        let app = Application()
+        app.use { _, response, next in
+            response.headers.replace("X-Instance", "b")
+            try await next()
+        }
+        app.get("/") { _, _ in throw Boom() }
+        let response = await app.respond(to: Request(method: .get, uri: "/"))
+        #expect(response.status == .internalServerError)
+        #expect(response.bodyText == #"{"error":"Internal Server Error"}"#)
+        #expect(response.headers["X-Instance"] == "b")
+    }
+
+    @Test func errorThrownByMiddlewareIsRendered() async {
+        let app = Application()
+        app.use { _, _, _ in throw HTTPError(.tooManyRequests) }
+        app.get("/") { _, response in response.send("never") }
+        let response = await app.respond(to: Request(method: .get, uri: "/"))
+        #expect(response.status.code == 429)
+        #expect(response.bodyText == #"{"error":"Too Many Requests"}"#)
+    }
+
+    @Test func middlewareSeesTheErrorOfTheChainBelow() async {
+        let app = Application()
+        let log = Log()
+        app.use { _, _, next in
+            do { try await next() } catch { log.append("saw \(error)"); throw error }
+        }
+        app.get("/") { _, _ in throw HTTPError(.notFound, message: "gone") }
+        let response = await app.respond(to: Request(method: .get, uri: "/"))
+        #expect(response.status == .notFound)
+        #expect(log.all == ["saw 404 Not Found: gone"])
+    }
+
+    @Test func defaultResponseIsAnEmpty200() async {
+        let app = Application()
+        app.get("/") { _, _ in }
+        let response = await app.respond(to: Request(method: .get, uri: "/"))
+        #expect(response.status == .ok)
+        #expect(response.body.isEmpty)
+        #expect(response.headers.count == 0)
+    }
+
+    @Test func routesAddedAfterARespondAreSeen() async {
+        let app = Application()
+        #expect(await app.respond(to: Request(method: .get, uri: "/late")).status == .notFound)
+        app.get("/late") { _, response in response.send("here") }
+        #expect(await app.respond(to: Request(method: .get, uri: "/late")).bodyText == "here")
+    }
+
+    @Test func requestExposesDecodedPathQueryAndCookies() async {
+        let request = Request(method: .get, uri: "/a%20b/c?x=1+2&y=%3D&x=3",
+                              headers: ["Cookie": "a=1; b=%22q%22", "cookie": "a=ignored; c=3"])
+        #expect(request.path == "/a b/c")
+        #expect(request.query == "x=1+2&y=%3D&x=3")
+        #expect(request.queryItems == ["x": "1 2", "y": "="])
+        #expect(request.cookies == ["a": "1", "b": "\"q\"", "c": "3"])
+    }
+
+    @Test func statusHelpersAndJSONQuoting() {
+        #expect(jsonQuoted("plain") == #""plain""#)
+        #expect(jsonQuoted("tab\there") == #""tab\there""#)
+        #expect(jsonQuoted("é ✓") == "\"é ✓\"")
+        #expect(HTTPStatus(code: 418).reason == "Status 418")
+        #expect(HTTPStatus(code: 503).description == "503 Service Unavailable")
+    }
+}

@@ -1,0 +1,298 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import EvServer
+import RedisSessionStore
+import Testing
+@testable import EvServerApp
+
+/// The `evserver` demo, served on port 0 against the test redis-server and driven over real sockets.
+/// Each test gets its own key prefix, so suites run in parallel on one Redis.
+final class DemoServer {
+    let server: RunningServer
+    let demo: DemoApp
+    let prefix: String
+    let redis: RedisClient
+
+    init(_ arguments: [String] = [], environment: [String: String] = [:]) throws {
+        prefix = "test:\(UUID().uuidString.prefix(8)):sess:"
+        let options = try ServerOptions.parse([
+            "--port", "0", "--redis-url", "redis://\(TestRedis.host):\(TestRedis.port)/0", "--secret", "test secret",
+            "--prefix", prefix, "--instance", "test-instance",
+        ] + arguments)
+        let config = try options.resolve(environment: environment)
+        demo = try DemoApp(configuration: config)
+        server = try demo.makeApplication().start(host: "127.0.0.1", port: 0, threads: config.threads)
+        redis = TestRedis.client
+    }
+
+    func client() throws -> TestHTTPClient { try TestHTTPClient(port: server.port) }
+
+    func stop() async { await server.shutdown(timeout: .seconds(2)) }
+
+    /// The session id inside a `connect.sid` cookie value (`s%3A<id>.<sig>`).
+    static func sessionID(fromCookie value: String) -> String? {
+        guard let decoded = percentDecode(value), decoded.hasPrefix("s:"), let dot = decoded.lastIndex(of: ".") else {
+            return nil
+        }
+        return String(decoded[decoded.index(decoded.startIndex, offsetBy: 2)..<dot])
+    }
+
+    func stored(_ id: String) async throws -> String? {
+        try await redis.get(prefix + id).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    func ttl(_ id: String) async throws -> Int {
+        guard case .integer(let ttl) = try await redis.send("TTL", prefix + id) else { return -99 }
+        return ttl
+    }
+
+    func keys() async throws -> [String] {
+        var cursor = "0", keys: [String] = []
+        repeat {
+            let page = try await redis.scan(cursor: cursor, match: prefix + "*", count: 100)
+            keys += page.keys
+            cursor = page.cursor
+        } while cursor != "0"
+        return keys
+    }
+}
+
+/// Runs `body` with a demo server and always shuts it down.
+func withDemo(_ arguments: [String] = [], _ body: (DemoServer) async throws -> Void) async throws {
+    let app = try DemoServer(arguments)
+    do {
+        try await body(app)
+    } catch {
+        await app.stop()
+        throw error
+    }
+    await app.stop()
+}
+
+@Suite struct EvServerAppTests {
+    @Test func visitThenLoginWelcomesTheUserAndStoresExpressJSON() async throws {
+        try await withDemo() { app in
+            let client = try app.client()
+
+            let visit = try client.request("GET", "/")
+            #expect(visit.status == 200)
+            #expect(visit.text == "Thanks for visiting")
+            #expect(visit.headers["X-Instance"] == "test-instance")
+            let setCookie = try #require(visit.setCookies.first)
+            #expect(setCookie.hasPrefix("connect.sid=s%3A"))
+            #expect(setCookie.hasSuffix("; Path=/; HttpOnly; SameSite=Lax"))
+            let cookieValue = try #require(visit.cookies["connect.sid"])
+            let id = try #require(DemoServer.sessionID(fromCookie: cookieValue))
+            #expect(id.count == 32)
+
+            let login = try client.request("GET", "/login")
+            #expect(login.text == "Welcome Aditya@123")
+
+            let json = try #require(try await app.stored(id))
+            #expect(json == #"{"cookie":{"originalMaxAge":null,"expires":null,"httpOnly":true,"path":"/","sameSite":"lax"},"userName":"Aditya@123"}"#)
+            let ttl = try await app.ttl(id)
+            #expect((86390...86400).contains(ttl))
+        }
+    }
+
+    @Test func loginWithoutCookieIsGuestAndCostsNoWrite() async throws {
+        try await withDemo() { app in
+            let client = try app.client()
+            let login = try client.request("GET", "/login")
+            #expect(login.text == "Welcome guest")
+            #expect(login.setCookies.isEmpty)
+            #expect(try await app.keys().isEmpty)
+        }
+    }
+
+    @Test func viewsCountsPerSession() async throws {
+        try await withDemo() { app in
+            let client = try app.client()
+            for expected in 1...3 {
+                let response = try client.request("GET", "/views")
+                #expect(response.headers["Content-Type"]?.hasPrefix("application/json") == true)
+                #expect(response.text == #"{"views":\#(expected),"instance":"test-instance"}"#)
+            }
+            let other = try app.client()
+            #expect(try other.request("GET", "/views").text == #"{"views":1,"instance":"test-instance"}"#)
+        }
+    }
+
+    @Test func sessionRouteShowsIdDataAndCookie() async throws {
+        try await withDemo() { app in
+            let client = try app.client()
+            let fresh = try JSONValue(parsing: Array(try client.request("GET", "/session").body))
+            #expect(fresh.objectValue?["id"] == .null)
+            #expect(fresh.objectValue?["data"] == .object(JSONObject()))
+            #expect(fresh.objectValue?["instance"] == "test-instance")
+
+            _ = try client.request("GET", "/")
+            let id = DemoServer.sessionID(fromCookie: client.cookieJar["connect.sid"] ?? "")
+            let shown = try JSONValue(parsing: Array(try client.request("GET", "/session").body))
+            #expect(shown.objectValue?["id"]?.stringValue == id)
+            #expect(shown.objectValue?["data"]?.objectValue?["userName"] == "Aditya@123")
+            #expect(shown.objectValue?["cookie"]?.objectValue?["httpOnly"] == true)
+            #expect(shown.objectValue?["cookie"]?.objectValue?["path"] == "/")
+        }
+    }
+
+    @Test func postSessionMergesObjectsAndRejectsEverythingElse() async throws {
+        try await withDemo(["--max-body", "1000"]) { app in
+            let client = try app.client()
+            let json = ["Content-Type": "application/json"] as KeyValuePairs
+            #expect(try client.request("POST", "/session", headers: json, body: #"{"a":1,"big":12345678901234567890}"#).status == 200)
+            #expect(try client.request("POST", "/session", headers: json, body: #"{"b":[true,null,"x"]}"#).status == 200)
+            let data = try JSONValue(parsing: Array(try client.request("GET", "/session").body)).objectValue?["data"]
+            #expect(data?.description == #"{"a":1,"big":12345678901234567890,"b":[true,null,"x"]}"#)
+
+            for bad in ["{", "[1,2]", "\"text\"", "", "{\"a\":1}x"] {
+                let response = try client.request("POST", "/session", headers: json, body: bad)
+                #expect(response.status == 400, "\(bad)")
+                #expect(response.text.hasPrefix("{\"error\":"), "\(bad)")
+            }
+            let big = try client.request("POST", "/session", headers: json, body: "{\"k\":\"" + String(repeating: "x", count: 2000) + "\"}")
+            #expect(big.status == 413)
+            let after = try JSONValue(parsing: Array(try app.client().request("GET", "/session").body))
+            #expect(after.objectValue?["instance"] == "test-instance")
+        }
+    }
+
+    @Test func regenerateIssuesNewIdAndKillsTheOld() async throws {
+        try await withDemo() { app in
+            let client = try app.client()
+            _ = try client.request("GET", "/")
+            let oldID = try #require(DemoServer.sessionID(fromCookie: client.cookieJar["connect.sid"] ?? ""))
+            let oldCookie = try #require(client.cookieJar["connect.sid"])
+            let response = try client.request("POST", "/session/regenerate")
+            #expect(response.status == 200)
+            let newID = try JSONValue(parsing: response.body).objectValue?["id"]?.stringValue
+            #expect(newID != nil && newID != oldID)
+            #expect(DemoServer.sessionID(fromCookie: client.cookieJar["connect.sid"] ?? "") == newID)
+            #expect(try await app.stored(oldID) == nil)
+            #expect(try client.request("GET", "/login").text == "Welcome guest")
+            // The old cookie no longer opens anything.
+            let stale = try app.client()
+            stale.cookieJar["connect.sid"] = oldCookie
+            #expect(try stale.request("GET", "/login").text == "Welcome guest")
+        }
+    }
+
+    @Test func logoutDestroysTheSessionAndExpiresTheCookie() async throws {
+        try await withDemo() { app in
+            let client = try app.client()
+            _ = try client.request("GET", "/")
+            let id = try #require(DemoServer.sessionID(fromCookie: client.cookieJar["connect.sid"] ?? ""))
+            let cookie = try #require(client.cookieJar["connect.sid"])
+            let logout = try client.request("POST", "/logout")
+            #expect(logout.status == 200)
+            #expect(logout.setCookies.contains { $0.hasPrefix("connect.sid=;") && $0.contains("Expires=Thu, 01 Jan 1970 00:00:00 GMT") })
+            #expect(try await app.stored(id) == nil)
+            let again = try app.client()
+            again.cookieJar["connect.sid"] = cookie
+            #expect(try again.request("GET", "/login").text == "Welcome guest")
+        }
+    }
+
+    @Test func tamperedUnsignedAndGarbageCookiesGetAFreshSession() async throws {
+        try await withDemo() { app in
+            let client = try app.client()
+            _ = try client.request("GET", "/")
+            let good = try #require(client.cookieJar["connect.sid"])
+            let id = try #require(DemoServer.sessionID(fromCookie: good))
+            let forged = "s%3A" + id + ".AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+            for value in [forged, id, "s%3A" + id, "garbage", "%", "s%3A.", String(repeating: "A", count: 4000), "\"s%3Ax.y\""] {
+                let probe = try app.client()
+                let response = try probe.request("GET", "/login", headers: ["Cookie": "connect.sid=\(value)"])
+                #expect(response.status == 200, "\(value)")
+                #expect(response.text == "Welcome guest", "\(value)")
+            }
+        }
+    }
+
+    @Test func operationalRoutes() async throws {
+        try await withDemo() { app in
+            let client = try app.client()
+            #expect(try client.request("GET", "/healthz").text == "ok")
+            #expect(try client.request("GET", "/readyz").status == 200)
+            #expect(try client.request("GET", "/hello").text == "ok")
+            _ = try client.request("GET", "/")
+            let missing = try client.request("GET", "/nope")
+            #expect(missing.status == 404)
+            #expect(missing.headers["X-Instance"] == "test-instance")
+            let wrongMethod = try client.request("DELETE", "/login")
+            #expect(wrongMethod.status == 405)
+            #expect(wrongMethod.headers["Allow"]?.contains("GET") == true)
+            let metrics = try client.request("GET", "/metrics").text
+            #expect(metrics.contains(#"evserver_http_requests_total{route="/",method="GET",status="200"} 1"#))
+            #expect(metrics.contains(#"evserver_http_requests_total{route="unmatched",method="GET",status="404"} 1"#))
+            #expect(metrics.contains("evserver_sessions_created_total 1"))
+            #expect(metrics.contains("evserver_sessions_saved_total 1"))
+            #expect(metrics.contains("evserver_redis_command_duration_seconds_count"))
+            #expect(metrics.contains("evserver_http_request_duration_seconds_bucket"))
+        }
+    }
+
+    @Test func readyzIs503WhenRedisIsUnreachable() async throws {
+        let deadPort = try TestRedis.unusedPort()
+        let options = try ServerOptions.parse(["--port", "0", "--redis-url", "redis://127.0.0.1:\(deadPort)/0",
+                                               "--secret", "s", "--redis-timeout", "200"])
+        let demo = try DemoApp(configuration: try options.resolve(environment: [:]))
+        let server = try demo.makeApplication().start(host: "127.0.0.1", port: 0)
+        let client = try TestHTTPClient(port: server.port)
+        #expect(try client.request("GET", "/healthz").status == 200)
+        let ready = try client.request("GET", "/readyz")
+        #expect(ready.status == 503)
+        // A session route with a cookie needs the store: 503 with Retry-After, never a 500.
+        let signer = try CookieSigner(secrets: ["s"])
+        let cookie = signer.cookieValue(for: SessionID.generate())
+        let session = try client.request("GET", "/login", headers: ["Cookie": "connect.sid=\(cookie)"])
+        #expect(session.status == 503)
+        #expect(session.headers["Retry-After"] == "1")
+        await server.shutdown(timeout: .seconds(1))
+    }
+
+    @Test func maxAgeSetsExpiresAndTTL() async throws {
+        try await withDemo(["--max-age", "600"]) { app in
+            let client = try app.client()
+            let visit = try client.request("GET", "/")
+            let setCookie = try #require(visit.setCookies.first)
+            #expect(setCookie.contains("; Expires="))
+            #expect(!setCookie.contains("Max-Age"))
+            let id = try #require(DemoServer.sessionID(fromCookie: client.cookieJar["connect.sid"] ?? ""))
+            #expect((590...600).contains(try await app.ttl(id)))
+            let json = try #require(try await app.stored(id))
+            #expect(json.contains(#""originalMaxAge":600000,"expires":""#))
+        }
+    }
+
+    @Test func cookieNameSameSiteAndSecureFlags() async throws {
+        try await withDemo(["--cookie-name", "sid", "--cookie-samesite", "strict"]) { app in
+            let visit = try app.client().request("GET", "/")
+            #expect(visit.setCookies.first?.hasPrefix("sid=s%3A") == true)
+            #expect(visit.setCookies.first?.hasSuffix("SameSite=Strict") == true)
+
+        }
+    }
+
+    @Test func secureCookiesAreNeverSentOverPlainHTTP() async throws {
+        // Behind a trusted proxy that says https, they are.
+        try await withDemo(["--cookie-secure", "true", "--trust-proxy", "true"]) { secure in
+            #expect(try secure.client().request("GET", "/").setCookies.isEmpty)
+            let viaProxy = try secure.client().request("GET", "/", headers: ["X-Forwarded-Proto": "https"])
+            #expect(viaProxy.setCookies.first?.contains("; Secure") == true)
+        }
+    }
+
+    @Test func memoryStoreServesTheSameRoutes() async throws {
+        try await withDemo(["--store", "memory"]) { app in
+            let client = try app.client()
+            _ = try client.request("GET", "/")
+            #expect(try client.request("GET", "/login").text == "Welcome Aditya@123")
+            #expect(try client.request("GET", "/views").text == #"{"views":1,"instance":"test-instance"}"#)
+            #expect(try await app.keys().isEmpty)
+        }
+    }
+}
