@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -104,6 +105,23 @@ def read_proc(pid):
     rss = int(re.search(r"^VmRSS:\s+(\d+)", status, re.M).group(1))
     hwm = int(re.search(r"^VmHWM:\s+(\d+)", status, re.M).group(1))
     return cpu, rss, hwm
+
+
+def cpu_busy():
+    """Busy seconds of each CPU since boot, from /proc/stat (everything but idle and iowait)."""
+    busy = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        m = re.match(r"cpu(\d+) (.*)", line)
+        if m:
+            t = [int(x) for x in m.group(2).split()]
+            busy[int(m.group(1))] = (sum(t[:8]) - t[3] - t[4]) / CLK_TCK
+    return busy
+
+
+def children_cpu():
+    """CPU seconds of the children this process has waited for (wrk, once it has ended)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def free_port():
@@ -294,10 +312,14 @@ def run_scenario(opts, redis, label, binary, scenario):
         keys_before = redis("DBSIZE")
         calls_before = redis.command_calls()
         cpu_before, _, _ = read_proc(server.proc.pid)
+        redis_before, _, _ = read_proc(opts.redis_pid)
+        wrk_before, busy_before = children_cpu(), cpu_busy()
         t0 = time.monotonic()
         result = wrk(opts, server.port, path, opts.duration, cookie, cookie_file)
         wall = time.monotonic() - t0
         cpu_after, rss, hwm = read_proc(server.proc.pid)
+        redis_after, _, _ = read_proc(opts.redis_pid)
+        wrk_cpu, busy_after = children_cpu() - wrk_before, cpu_busy()
         calls_after = redis.command_calls()
         requests = max(result["requests"], 1)
 
@@ -318,7 +340,13 @@ def run_scenario(opts, redis, label, binary, scenario):
             "cpu_us_per_req": (cpu_after - cpu_before) * 1e6 / requests,
             "cpu_percent": (cpu_after - cpu_before) * 100 / wall,
             "rss_kb": rss, "peak_rss_kb": hwm, "headers": headers,
+            # Who used the CPUs during the run: with everything pinned, the busy time of the machine minus
+            # the server, wrk and Redis is someone else's load, which skews the numbers.
+            "wrk_cpu_percent": wrk_cpu * 100 / wall, "redis_cpu_percent": (redis_after - redis_before) * 100 / wall,
+            "cpu_busy_percent": {n: (busy_after[n] - busy_before[n]) * 100 / wall for n in busy_after},
         }
+        ours = row["cpu_percent"] + row["wrk_cpu_percent"] + row["redis_cpu_percent"]
+        row["foreign_cpu_percent"] = max(0.0, sum(row["cpu_busy_percent"].values()) - ours)
         if scenario == "write":
             row["views_added"] = sum_views(redis, ids) - views_before
         if scenario == "create":
@@ -367,6 +395,13 @@ def scenarios_report(opts, rows):
         parts = [f"{k} {v:.2f}{'*' if k in ('get', 'set') and scripts else ''}"
                  for k, v in sorted(r["redis_calls_per_req"].items())]
         out.append(f"- {r['scenario']} / {r['server']}: {', '.join(parts) or 'none'}")
+    out += ["", "CPU use during each run (100% = one core; `other` = the machine's busy time not used by the "
+            "server, wrk or redis-server, i.e. someone else's load, which makes that run less trustworthy):", ""]
+    for r in rows:
+        cpus = ", ".join(f"CPU {n} {v:.0f}%" for n, v in sorted(r["cpu_busy_percent"].items()))
+        flag = " **(noisy)**" if r["foreign_cpu_percent"] > 10 else ""
+        out.append(f"- {r['scenario']} / {r['server']}: server {r['cpu_percent']:.0f}%, wrk {r['wrk_cpu_percent']:.0f}%, "
+                   f"redis {r['redis_cpu_percent']:.0f}%, other {r['foreign_cpu_percent']:.0f}%{flag} ({cpus})")
     out += ["", "Checks:", ""]
     for r in rows:
         if "views_added" in r:
@@ -535,6 +570,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     redis = Redis(opts.redis_port)
+    opts.redis_pid = int(re.search(r"process_id:(\d+)", redis("INFO", "server").decode()).group(1))
     report, raw = "", {}
     try:
         if opts.mode == "scenarios":
