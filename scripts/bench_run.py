@@ -569,6 +569,12 @@ def main():
     # bench.sh's trap sends SIGTERM: unwind through the finally blocks that stop the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
+    before = cpu_busy()
+    time.sleep(1)
+    idle_load = sum(cpu_busy().values()) - sum(before.values())
+    if idle_load > 0.2:
+        log(f"warning: before starting, the machine was already busy ({idle_load * 100:.0f}% of a core): "
+            "other processes will skew the numbers (runs they disturb are flagged in the report)")
     redis = Redis(opts.redis_port)
     opts.redis_pid = int(re.search(r"process_id:(\d+)", redis("INFO", "server").decode()).group(1))
     report, raw = "", {}
