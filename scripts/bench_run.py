@@ -292,8 +292,20 @@ def sum_views(redis, ids):
     return total
 
 
+def wait_quiet(limit):
+    """Waits (at most `limit` seconds) until the machine is idle: 3 s in a row below 10% of a core."""
+    deadline, calm = time.monotonic() + limit, 0
+    while time.monotonic() < deadline and calm < 3:
+        before = cpu_busy()
+        time.sleep(1)
+        calm = calm + 1 if sum(cpu_busy().values()) - sum(before.values()) < 0.1 else 0
+    if calm < 3 and limit > 0:
+        log(f"warning: the machine did not go quiet within {limit:.0f} s; measuring anyway")
+
+
 def run_scenario(opts, redis, label, binary, scenario):
     path, needs, _ = SCENARIOS[scenario]
+    wait_quiet(opts.wait_quiet)
     redis("FLUSHALL")  # every run starts from the same, empty store
     with Server(label, binary, opts) as server:
         cookie, cookie_file, ids, cookies = None, None, [], []
@@ -548,6 +560,8 @@ def main():
     p.add_argument("--client-cpus", default="", help="taskset CPU list for wrk and the idle client")
     p.add_argument("--checkpoints", default="200000,2000000", help="growth mode: request counts")
     p.add_argument("--idle-connections", type=int, default=10_000)
+    p.add_argument("--wait-quiet", type=float, default=0,
+                   help="before each run, wait up to this many seconds for other processes to leave the CPUs idle")
     opts = p.parse_args()
     opts.scenarios = [s for s in opts.scenarios.split(",") if s]
     for s in opts.scenarios:
@@ -572,7 +586,7 @@ def main():
     before = cpu_busy()
     time.sleep(1)
     idle_load = sum(cpu_busy().values()) - sum(before.values())
-    if idle_load > 0.2:
+    if idle_load > 0.2 and not opts.wait_quiet:
         log(f"warning: before starting, the machine was already busy ({idle_load * 100:.0f}% of a core): "
             "other processes will skew the numbers (runs they disturb are flagged in the report)")
     redis = Redis(opts.redis_port)
