@@ -12,7 +12,8 @@
 # Environment: BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_CONNECTIONS (64), BENCH_PIN (1: server on CPU 0, wrk
 #          and redis-server on CPU 1; 0: no taskset), BENCH_OUT (report path), BENCH_IDLE_CONNECTIONS (10000),
 #          BENCH_CHECKPOINTS (200000,2000000), BENCH_WAIT_QUIET (0: seconds to wait, before each run, for other
-#          processes to leave the CPUs idle; for shared machines).
+#          processes to leave the CPUs idle; for shared machines), BENCH_RETRY_NOISY (0: times to repeat a run
+#          that other processes disturbed, keeping the calmest).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -126,7 +127,7 @@ run() {
         --duration "$duration" --warmup "$warmup" --connections "${BENCH_CONNECTIONS:-64}" \
         --server-cpus "$server_cpus" --client-cpus "$client_cpus" \
         --checkpoints "${BENCH_CHECKPOINTS:-200000,2000000}" --idle-connections "${BENCH_IDLE_CONNECTIONS:-10000}" \
-        --wait-quiet "${BENCH_WAIT_QUIET:-0}" \
+        --wait-quiet "${BENCH_WAIT_QUIET:-0}" --retry-noisy "${BENCH_RETRY_NOISY:-0}" \
         "${server_flags[@]}" "$@" &
     child=$!
     wait "$child"

@@ -560,6 +560,8 @@ def main():
     p.add_argument("--client-cpus", default="", help="taskset CPU list for wrk and the idle client")
     p.add_argument("--checkpoints", default="200000,2000000", help="growth mode: request counts")
     p.add_argument("--idle-connections", type=int, default=10_000)
+    p.add_argument("--retry-noisy", type=int, default=0,
+                   help="repeat a run disturbed by other processes up to this many times, keeping the calmest")
     p.add_argument("--wait-quiet", type=float, default=0,
                    help="before each run, wait up to this many seconds for other processes to leave the CPUs idle")
     opts = p.parse_args()
@@ -598,8 +600,15 @@ def main():
             for scenario in opts.scenarios:
                 for label, binary in servers:
                     log(f"{scenario} / {label}")
-                    rows.append(run_scenario(opts, redis, label, binary, scenario))
-                    r = rows[-1]
+                    r = run_scenario(opts, redis, label, binary, scenario)
+                    for attempt in range(opts.retry_noisy):
+                        if r["foreign_cpu_percent"] <= 10:
+                            break
+                        log(f"  noisy (other processes used {r['foreign_cpu_percent']:.0f}% of a core): "
+                            f"again ({attempt + 1}/{opts.retry_noisy})")
+                        again = run_scenario(opts, redis, label, binary, scenario)
+                        r = min(r, again, key=lambda x: x["foreign_cpu_percent"])
+                    rows.append(r)
                     log(f"  {r['rps']:,.0f} req/s, p99 {fmt_latency(r['p99_us'])}, "
                         f"{r['cpu_us_per_req']:.1f} µs CPU/req, {r['redis_sent_per_req']:.2f} Redis cmds/req")
             report, raw = scenarios_report(opts, rows), {"rows": rows}
