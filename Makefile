@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help build release run test cluster chaos fuzz fuzz-smoke
+.PHONY: help build release run test cluster chaos fuzz fuzz-smoke bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,3 +30,9 @@ fuzz: ## libFuzzer over cookies, signatures, percent-decoding, JSON, sessions (F
 
 fuzz-smoke: ## Replay the fuzz corpus plus 300k new inputs (about 15 s after the build)
 	@scripts/fuzz.sh -runs=300000 -seed=1
+
+bench: ## Benchmark evserver (release) against the C reference server -> bench-results/latest.md
+	@scripts/bench.sh
+
+bench-smoke: ## Check the benchmark harness quickly (1 s per scenario, small memory checks)
+	@scripts/bench.sh --smoke
