@@ -57,6 +57,7 @@ struct DemoApp: Sendable {
         app.use(sessions)
         addSessionRoutes(to: app)
         addOperationalRoutes(to: app)
+        DemoPage.register(on: app)
         return app
     }
 
