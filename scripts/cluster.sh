@@ -3,91 +3,160 @@
 # evserver instances (app1..app3) on their own ports, and haproxy round-robin on :8080, health-checked on /readyz.
 # Prints what runs where; Ctrl-C stops everything it started.
 #   LB_PORT (8080)  APP_PORT_BASE (3001: app1=3001, app2=3002, app3=3003)  REDIS_PORT (a free port)
-#   SESSION_SECRET (a development secret)  CLUSTER_DETACH=1: start, print, and exit leaving it running (for tests;
-#   stop it with scripts/cluster.sh stop <dir>)
+#   SESSION_SECRET (a development secret)  EVSERVER_THREADS (1 per instance)
+#   CLUSTER_BUILD=release|debug (release)  EVSERVER_BIN=path: use that binary instead of building
+#   CLUSTER_DETACH=1: start, print, and exit leaving it running (for tests); the last line is CLUSTER_DIR=<dir>;
+#   stop it with `scripts/cluster.sh stop <dir>`.
+#
+#   scripts/cluster.sh haproxy-config LB_PORT PORT1 PORT2 PORT3
+#       prints the balancer configuration for loopback, without starting anything (the tests use it).
+#
+# The balancer configuration is deploy/haproxy.cfg itself (the one docker compose mounts), with only the addresses
+# rewritten for loopback, so the two cannot drift apart.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-if [ "${1:-}" = "stop" ]; then
-    dir="${2:?usage: cluster.sh stop DIR}"
-    for pidfile in "$dir"/*.pid; do [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true; done
-    exit 0
-fi
+# haproxy_config LB_PORT PORT...: deploy/haproxy.cfg with `bind :8080` -> `bind 127.0.0.1:LB_PORT` and
+# `server appN appN:3000` -> `server appN 127.0.0.1:<the Nth PORT>`. Fails if the template lost its shape.
+haproxy_config() {
+    local lb="$1"; shift
+    awk -v lb="$lb" -v ports="$*" '
+        BEGIN { count = split(ports, port, " ") }
+        $1 == "bind" && $2 ~ /:8080$/ { sub(/[^ \t]*:8080/, "127.0.0.1:" lb); binds++ }
+        $1 == "server" && $2 ~ /^app[0-9]+$/ {
+            n = substr($2, 4) + 0
+            if (n >= 1 && n <= count) { sub(/app[0-9]+:3000/, "127.0.0.1:" port[n]); servers++ } else { unmatched++ }
+        }
+        { out[NR] = $0 }
+        END {
+            if (binds != 1 || servers != count || unmatched) {
+                printf "deploy/haproxy.cfg: expected one bind on :8080 and servers app1..app%d, found %d bind(s), " \
+                    "%d server(s) with a port and %d without\n", count, binds, servers, unmatched > "/dev/stderr"
+                exit 2
+            }
+            for (i = 1; i <= NR; i++) print out[i]
+        }' deploy/haproxy.cfg
+}
+
+stop_dir() {
+    local dir="$1" pid
+    for pidfile in "$dir"/*.pid; do
+        [ -f "$pidfile" ] || continue
+        pid="$(cat "$pidfile")"
+        kill "$pid" 2>/dev/null || true
+    done
+    # Wait (up to 15 s: an evserver drains for at most 10 s) so that the ports are free when this returns.
+    for _ in $(seq 1 150); do
+        local alive=0
+        for pidfile in "$dir"/*.pid; do
+            [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+}
+
+case "${1:-}" in
+    stop)
+        dir="${2:?usage: cluster.sh stop DIR}"
+        [ -d "$dir" ] || die "no cluster directory $dir"
+        stop_dir "$dir"
+        rm -rf "$dir"
+        exit 0
+        ;;
+    haproxy-config)
+        [ $# -ge 3 ] || die "usage: cluster.sh haproxy-config LB_PORT PORT1 [PORT2 ...]"
+        shift
+        haproxy_config "$@"
+        exit 0
+        ;;
+    "") ;;
+    *) die "unknown command '$1' (expected: stop DIR, haproxy-config LB_PORT PORT...)" ;;
+esac
 
 ensure_build_deps
 ensure_packages haproxy curl
-swift build -c release --product evserver >&2
-BIN="$(swift build -c release --product evserver --show-bin-path)/evserver"
+if [ -n "${EVSERVER_BIN:-}" ]; then
+    BIN="$EVSERVER_BIN"
+else
+    mode="${CLUSTER_BUILD:-release}"
+    case "$mode" in release|debug) ;; *) die "CLUSTER_BUILD must be release or debug, not '$mode'" ;; esac
+    log "building evserver ($mode)"
+    swift build -c "$mode" --product evserver >&2
+    BIN="$(swift build -c "$mode" --product evserver --show-bin-path)/evserver"
+fi
+[ -x "$BIN" ] || die "no evserver binary at $BIN"
 
 LB_PORT="${LB_PORT:-8080}"
 APP_PORT_BASE="${APP_PORT_BASE:-3001}"
+APP_PORTS=("$APP_PORT_BASE" "$((APP_PORT_BASE + 1))" "$((APP_PORT_BASE + 2))")
 REDIS_PORT="${REDIS_PORT:-$(free_port)}"
 export SESSION_SECRET="${SESSION_SECRET:-development-secret-change-me-0123456789abcdef}"
+export EVSERVER_THREADS="${EVSERVER_THREADS:-1}"
+
+# A port already taken would make one process fail after the others started: say so before starting anything.
+port_taken() {
+    python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try: s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError: sys.exit(0)
+sys.exit(1)' "$1"
+}
+for port in "$LB_PORT" "${APP_PORTS[@]}" "$REDIS_PORT"; do
+    port_taken "$port" && die "port $port is already in use (set LB_PORT, APP_PORT_BASE or REDIS_PORT)"
+done
+
 WORK="${CLUSTER_DIR:-$(mktemp -d -t evserver-cluster.XXXXXX)}"
 mkdir -p "$WORK"
 
-stop_all() {
-    for pidfile in "$WORK"/*.pid; do [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
 if [ "${CLUSTER_DETACH:-0}" != "1" ]; then
-    trap 'echo; log "stopping"; stop_all; rm -rf "$WORK"' EXIT
+    trap 'echo; log "stopping"; stop_dir "$WORK"; rm -rf "$WORK"' EXIT
     trap 'exit 0' INT TERM
+else
+    # Detached: on a failure before the end, stop what was started; on success, leave it running.
+    trap 'rc=$?; if [ $rc -ne 0 ]; then stop_dir "$WORK"; fi' EXIT
 fi
 
 start_redis "$REDIS_PORT" "$WORK" --appendonly yes
 
 for i in 1 2 3; do
-    port=$((APP_PORT_BASE + i - 1))
-    INSTANCE_NAME="app$i" PORT="$port" EVSERVER_HOST=127.0.0.1 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
-        "$BIN" >"$WORK/app$i.log" 2>&1 &
+    INSTANCE_NAME="app$i" PORT="${APP_PORTS[$((i - 1))]}" EVSERVER_HOST=127.0.0.1 \
+        REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" "$BIN" >"$WORK/app$i.log" 2>&1 &
     echo $! >"$WORK/app$i.pid"
 done
 
-cat >"$WORK/haproxy.cfg" <<CFG
-global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    option http-server-close
-frontend www
-    bind 127.0.0.1:$LB_PORT
-    default_backend evserver
-backend evserver
-    balance roundrobin
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server inter 1s fall 2 rise 1
-    server app1 127.0.0.1:$APP_PORT_BASE check
-    server app2 127.0.0.1:$((APP_PORT_BASE + 1)) check
-    server app3 127.0.0.1:$((APP_PORT_BASE + 2)) check
-CFG
+haproxy_config "$LB_PORT" "${APP_PORTS[@]}" >"$WORK/haproxy.cfg"
+haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejects $WORK/haproxy.cfg"
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 echo $! >"$WORK/haproxy.pid"
 
 # Ready when every instance answers /readyz and the balancer forwards.
-for _ in $(seq 1 100); do
+ready=0
+for _ in $(seq 1 150); do
     ok=0
-    for i in 1 2 3; do
-        curl -fsS "http://127.0.0.1:$((APP_PORT_BASE + i - 1))/readyz" >/dev/null 2>&1 && ok=$((ok + 1))
+    for port in "${APP_PORTS[@]}"; do
+        curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && ok=$((ok + 1))
     done
-    [ "$ok" = 3 ] && curl -fsS "http://127.0.0.1:$LB_PORT/healthz" >/dev/null 2>&1 && break
+    if [ "$ok" = 3 ] && curl -fsS "http://127.0.0.1:$LB_PORT/healthz" >/dev/null 2>&1; then
+        ready=1
+        break
+    fi
     sleep 0.1
 done
-[ "$ok" = 3 ] || { tail -n 20 "$WORK"/*.log >&2; die "the instances did not become ready"; }
+if [ "$ready" != 1 ]; then
+    tail -n 20 "$WORK"/*.log >&2
+    die "the cluster did not become ready (logs in $WORK)"
+fi
 
 cat <<INFO
 evserver cluster on loopback (logs and pids in $WORK)
   redis-server  127.0.0.1:$REDIS_PORT  (appendonly)   redis-cli -p $REDIS_PORT --scan --pattern 'sess:*'
-  app1          http://127.0.0.1:$APP_PORT_BASE
-  app2          http://127.0.0.1:$((APP_PORT_BASE + 1))
-  app3          http://127.0.0.1:$((APP_PORT_BASE + 2))
+  app1          http://127.0.0.1:${APP_PORTS[0]}
+  app2          http://127.0.0.1:${APP_PORTS[1]}
+  app3          http://127.0.0.1:${APP_PORTS[2]}
   haproxy       http://127.0.0.1:$LB_PORT  (round robin over app1..app3)
 Try: curl -s -c jar -b jar -i localhost:$LB_PORT/views   (X-Instance changes, the count goes on)
+     open http://127.0.0.1:$LB_PORT/demo in a browser
 INFO
 
 if [ "${CLUSTER_DETACH:-0}" = "1" ]; then

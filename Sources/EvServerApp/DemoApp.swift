@@ -58,6 +58,7 @@ struct DemoApp: Sendable {
         app.use(sessions)
         addSessionRoutes(to: app)
         addOperationalRoutes(to: app)
+        DemoPage.register(on: app)
         return app
     }
 
