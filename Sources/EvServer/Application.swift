@@ -44,6 +44,8 @@ public final class Application: Sendable {
     }
 
     private let state = Mutex(State())
+    /// The servers started so far, for ``isShuttingDown`` (only ever locked briefly, never while waiting).
+    private let startedServers = Mutex<[RunningServer]>([])
 
     /// Creates an application.
     /// - Parameter configuration: server limits and timeouts.
@@ -136,6 +138,7 @@ public final class Application: Sendable {
                                            pipeline: pipeline)
             state.started = true
             state.servers.append(server)
+            startedServers.withLock { $0.append(server) }
             return server
         }
     }
@@ -147,9 +150,28 @@ public final class Application: Sendable {
     /// - Throws: ``HTTPServerError`` when the server cannot start.
     public func listen(host: String = "127.0.0.1", port: Int = 3000, threads: Int = 1) throws {
         let server = try start(host: host, port: port, threads: threads)
+        let signals = announceAndHandleSignals(server, host: host, threads: threads)
+        server.wait()
+        stopHandlingSignals(signals)
+    }
+
+    /// Serves on `host:port` until the server is shut down, like ``listen(host:port:threads:)``, but suspends
+    /// instead of blocking the calling thread: use it from async code (an `AsyncParsableCommand`'s `run`), where
+    /// a blocked thread would be one fewer for the concurrency pool, which the shutdown itself needs.
+    /// - Throws: ``HTTPServerError`` when the server cannot start.
+    public func listen(host: String = "127.0.0.1", port: Int = 3000, threads: Int = 1) async throws {
+        let server = try start(host: host, port: port, threads: threads)
+        let signals = announceAndHandleSignals(server, host: host, threads: threads)
+        await server.waitUntilStopped()
+        stopHandlingSignals(signals)
+    }
+
+    private func announceAndHandleSignals(_ server: RunningServer, host: String, threads: Int)
+        -> [any DispatchSourceSignal]
+    {
         let shownHost = host.contains(":") ? "[\(host)]" : host
         logger.info("listening on http://\(shownHost):\(server.port) with \(threads) loop(s)")
-        let signals = [SIGINT, SIGTERM].map { number in
+        return [SIGINT, SIGTERM].map { number in
             // Dispatch delivers the signal on a queue; the default action (exit at once) must be off first.
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
@@ -160,9 +182,19 @@ public final class Application: Sendable {
             source.resume()
             return source
         }
-        server.wait()
+    }
+
+    private func stopHandlingSignals(_ signals: [any DispatchSourceSignal]) {
         for source in signals { source.cancel() }
         for number in [SIGINT, SIGTERM] { signal(number, SIG_DFL) }
+    }
+
+    /// Whether a server this application started is shutting down (for a readiness check that must fail as soon
+    /// as draining begins, so load balancers stop sending new requests).
+    public var isShuttingDown: Bool {
+        // Not `state`: start() holds that lock while its loops already serve requests, and a readiness handler
+        // asking this from a loop would wait for start() while start() waits for the loop.
+        startedServers.withLock { $0.contains { $0.isShuttingDown } }
     }
 
     /// Shuts down every server this application started (see ``RunningServer/shutdown(timeout:)``).
@@ -271,6 +303,8 @@ public final class RunningServer: Sendable {
 
     private let phase = Mutex(Phase.running)
     private let stopped = DispatchSemaphore(value: 0)
+    /// Tasks awaiting the end of the shutdown (``waitUntilStopped()``); nil once stopped.
+    private let stopWaiters = Mutex<[CheckedContinuation<Void, Never>]?>([])
 
     init(host: String, port: Int, threads count: Int, configuration: HTTPServerConfiguration,
          pipeline: RequestPipeline) throws(HTTPServerError) {
@@ -384,6 +418,20 @@ public final class RunningServer: Sendable {
         }
         for waiter in waiters { waiter.resume() }
         stopped.signal()
+        let stopWaiting = stopWaiters.withLock { waiters in defer { waiters = nil }; return waiters ?? [] }
+        for waiter in stopWaiting { waiter.resume() }
+    }
+
+    /// Suspends (without holding a thread) until the server has shut down.
+    public func waitUntilStopped() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let alreadyStopped = stopWaiters.withLock { waiters -> Bool in
+                guard waiters != nil else { return true }
+                waiters?.append(continuation)
+                return false
+            }
+            if alreadyStopped { continuation.resume() }
+        }
     }
 
     /// Blocks the calling thread until the server has shut down. Must not be called on one of its loops.

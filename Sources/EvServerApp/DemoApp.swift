@@ -151,8 +151,13 @@ struct DemoApp: Sendable {
             response.send("ok")
         }
 
-        app.get("/readyz") { _, response in
+        app.get("/readyz") { [weak app] _, response in
             response.headers.replace("Content-Type", "text/plain; charset=utf-8")
+            // Draining: not ready, at once, so the balancer stops sending new requests here.
+            if app?.isShuttingDown == true {
+                response.send("shutting down", status: .serviceUnavailable)
+                return
+            }
             do {
                 try await store.ping()
                 response.send("ready")

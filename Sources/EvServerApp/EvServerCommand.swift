@@ -41,8 +41,8 @@ struct EvServerCommand: AsyncParsableCommand {
             "instance": "\(config.instance)", "listen": "\(config.host):\(config.port)",
             "store": "\(config.store.rawValue)", "threads": "\(config.threads)",
         ])
-        // listen() blocks this thread until shutdown; handlers run on the server's own loop threads.
-        try app.listen(host: config.host, port: config.port, threads: config.threads)
+        // Suspends until shutdown (SIGINT/SIGTERM drain gracefully); handlers run on the server's own loop threads.
+        try await app.listen(host: config.host, port: config.port, threads: config.threads)
     }
 }
 

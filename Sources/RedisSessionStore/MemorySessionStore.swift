@@ -151,8 +151,9 @@ public final class MemorySessionStore: SessionStore {
         let json = current.jsonBytes()
         let expiresAt = expiry(of: session, now: now)
         state.withLock { state in
-            // Only if it was not destroyed meanwhile.
-            guard state.entries[id] != nil else { return }
+            // Only if nobody wrote or destroyed it meanwhile: a concurrent save carries its own cookie and expiry,
+            // and writing back the copy read above would undo it.
+            guard state.entries[id]?.json == stored else { return }
             if expiresAt > now {
                 state.entries[id] = Entry(json: json, expiresAt: expiresAt)
             } else {
