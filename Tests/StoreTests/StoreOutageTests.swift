@@ -168,10 +168,11 @@ func withOutageServer(_ body: (OutageServer) async throws -> Void) async throws 
             let (first, _) = try app.request("GET", "/views")
             let cookie = try #require(first.cookies["connect.sid"])
 
-            // CLIENT PAUSE: Redis accepts commands and answers nothing for 2 s.
+            // CLIENT PAUSE: Redis accepts commands and answers nothing for 6 s (long enough that the probes below
+            // all fall inside it even on a loaded machine).
             let admin = app.redis.client()
             defer { admin.close() }
-            _ = try await admin.send("CLIENT", "PAUSE", "2000")
+            _ = try await admin.send("CLIENT", "PAUSE", "6000")
             let pausedAt = ContinuousClock.now
             for attempt in 1...3 {
                 let (views, viewsTime) = try app.request("GET", "/views", cookie: cookie)
@@ -183,7 +184,7 @@ func withOutageServer(_ body: (OutageServer) async throws -> Void) async throws 
             #expect(healthTime < .milliseconds(200), "/healthz must not wait for Redis: \(healthTime)")
 
             // After the pause (and the client's reconnect), everything answers again and the session is intact.
-            let ready = try app.waitUntilReady(timeout: .seconds(5))
+            let ready = try app.waitUntilReady(timeout: .seconds(15))
             #expect(ready != nil, "/readyz never came back after the pause")
             let (response, _) = try app.request("GET", "/views", cookie: cookie)
             #expect(response.status == 200)
