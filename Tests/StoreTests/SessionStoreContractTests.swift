@@ -469,12 +469,12 @@ func sampleSession(expiringIn seconds: Int64?, now: Date, values: JSONObject? = 
 
         let first = try await run(cookie: nil, write: true)
         let cookie = try #require(first.setCookie.map { String($0.prefix { $0 != ";" }) })
-        #expect((115...120).contains(try await connection.client.send("TTL", prefix + first.id).integer ?? -1))
+        #expect((110...120).contains(try await connection.client.send("TTL", prefix + first.id).integer ?? -1))
         try await Task.sleep(for: .milliseconds(1100))
-        #expect((114...119).contains(try await connection.client.send("TTL", prefix + first.id).integer ?? -1))
+        #expect((108...119).contains(try await connection.client.send("TTL", prefix + first.id).integer ?? -1))
         let second = try await run(cookie: cookie, write: false)   // unmodified: EXPIRE only
         #expect(second.id == first.id && second.setCookie == nil)
-        #expect((115...120).contains(try await connection.client.send("TTL", prefix + first.id).integer ?? -1))
+        #expect((110...120).contains(try await connection.client.send("TTL", prefix + first.id).integer ?? -1))
         let third = try await run(cookie: cookie, write: true)
         #expect(third.setCookie != nil)   // modified, with an expiry: a fresh cookie
         let stored = try await connection.client.get(prefix + first.id).map { String(decoding: $0, as: UTF8.self) }
