@@ -106,6 +106,66 @@ import Glibc
             #expect(try await cluster.stored(id) == nil, "a request with the old cookie re-created the session")
         }
     }
+
+    /// GET /demo (the page the browser test drives): self-contained HTML under a nonce CSP, from every instance,
+    /// and it never creates a session, not even with `--save-uninitialized true`.
+    @Test func demoPageIsSelfContainedAndCreatesNoSession() async throws {
+        try await withCluster { cluster in
+            var instances = Set<String>()
+            var nonces = Set<String>()
+            for _ in 1...3 {
+                let client = try cluster.balancer.client()
+                let page = try client.request("GET", "/demo")
+                #expect(page.status == 200)
+                #expect(page.headers["Content-Type"] == "text/html; charset=utf-8")
+                #expect(page.setCookies.isEmpty, "GET /demo set a cookie")
+                instances.insert(page.headers["X-Instance"] ?? "?")
+                let policy = try #require(page.headers["Content-Security-Policy"])
+                let nonce = try #require(Self.nonce(in: policy), "no nonce in \(policy)")
+                nonces.insert(nonce)
+                #expect(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"))
+                #expect(!policy.contains("unsafe-inline") && !policy.contains("unsafe-eval"))
+                let html = page.text
+                #expect(html.contains("<script nonce=\"\(nonce)\">") && html.contains("<style nonce=\"\(nonce)\">"))
+                #expect(html.components(separatedBy: "<script").count == 2, "one inline script, nothing else")
+                for external in ["http://", "https://", " src=", "@import", "url("] {
+                    #expect(!html.contains(external), "the page refers to something outside itself: \(external)")
+                }
+                for route in ["\"/\"", "\"/views\"", "\"/session/regenerate\"", "\"/logout\"", "\"/session\""] {
+                    #expect(html.contains(route), "the page does not call \(route)")
+                }
+                #expect(html.contains("credentials: \"same-origin\""))
+                #expect(!html.contains("innerHTML"), "session data must reach the DOM as text")
+            }
+            #expect(instances == ["app1", "app2", "app3"])
+            #expect(nonces.count == 3, "a nonce must not repeat")
+            #expect(try await redisKeyCount(cluster) == 0, "GET /demo stored a session")
+
+            // Even where every new session is stored, the page itself stores none.
+            let eager = try EvServerProcess(instance: "eager", redisPort: cluster.redis.port, prefix: "eager:",
+                                            arguments: ["--save-uninitialized", "true"])
+            let eagerClient = try eager.client()
+            // (Its readiness probes went through the session middleware too, and each stored a session.)
+            let before = try await redisKeyCount(cluster)
+            #expect(try eagerClient.request("GET", "/demo").setCookies.isEmpty)
+            #expect(try await redisKeyCount(cluster) == before, "GET /demo stored a session with --save-uninitialized")
+            #expect(try eagerClient.request("GET", "/login").setCookies.count == 1, "--save-uninitialized is on")
+            #expect(try await redisKeyCount(cluster) == before + 1)
+        }
+    }
+
+    /// The `'nonce-…'` value of a Content-Security-Policy.
+    static func nonce(in policy: String) -> String? {
+        guard let start = policy.range(of: "'nonce-") else { return nil }
+        return String(policy[start.upperBound...].prefix { $0 != "'" })
+    }
+}
+
+/// How many keys the cluster's Redis holds (DBSIZE).
+private func redisKeyCount(_ cluster: TestCluster) async throws -> Int {
+    let client = cluster.redis.client()
+    defer { client.close() }
+    return try await client.send("DBSIZE").integer ?? -1
 }
 
 // MARK: - A cluster of processes
