@@ -104,27 +104,40 @@ import EvServer
 
     // MARK: - Helpers
 
-    /// docker-compose.yml as JSON, through python3 + PyYAML.
+    /// docker-compose.yml as JSON, through python3 + PyYAML: the python3 on PATH (pip's PyYAML), else Debian's
+    /// /usr/bin/python3 (python3-yaml).
     static func compose() throws -> JSONValue {
-        guard let python = ChildProcess.find("python3") else {
-            throw HarnessFailure("python3 is not installed; ComposeFileTests need it (with PyYAML) to read docker-compose.yml")
-        }
         let script = """
             import json, sys
             try:
                 import yaml
             except ImportError:
-                sys.stderr.write("PyYAML is missing: pip install pyyaml (or apt-get install python3-yaml)\\n")
                 sys.exit(3)
             with open(sys.argv[1]) as f:
                 json.dump(yaml.safe_load(f), sys.stdout)
             """
-        let result = try ChildProcess.run(python, ["-c", script, ClusterScript.packageRoot + "/docker-compose.yml"],
-                                          timeout: .seconds(30))
-        guard result.status == .exited(0) else {
-            throw HarnessFailure("reading docker-compose.yml failed (\(result.status)): \(result.error)")
+        var interpreters: [String] = []
+        for candidate in [ChildProcess.find("python3"), "/usr/bin/python3"].compactMap({ $0 })
+        where FileManager.default.isExecutableFile(atPath: candidate) && !interpreters.contains(candidate) {
+            interpreters.append(candidate)
         }
-        return try JSONValue(parsing: result.output)
+        var tried: [String] = []
+        for python in interpreters {
+            let result = try ChildProcess.run(python, ["-c", script, ClusterScript.packageRoot + "/docker-compose.yml"],
+                                              timeout: .seconds(30))
+            if result.status == .exited(3) {
+                tried.append(python)
+                continue
+            }
+            guard result.status == .exited(0) else {
+                throw HarnessFailure("\(python) could not read docker-compose.yml (\(result.status)): \(result.error)")
+            }
+            return try JSONValue(parsing: result.output)
+        }
+        throw HarnessFailure(tried.isEmpty
+            ? "python3 is not installed; ComposeFileTests need it with PyYAML to read docker-compose.yml"
+            : "PyYAML is missing for \(tried.joined(separator: " and ")): pip install pyyaml, or apt-get install "
+                + "python3-yaml (scripts/test.sh could add python3-yaml to ensure_packages)")
     }
 
     /// A compose command or test (a list, or a string split on spaces).
