@@ -67,7 +67,8 @@ import Glibc
                 instances.append(instance)
             }
             print("ClusterTests: GET /views x30 through haproxy: views \(views.map(String.init).joined(separator: ","))")
-            print("ClusterTests: answered by \(instances.joined(separator: ",")) (\(client.connectionsOpened) client connection(s))")
+            print("ClusterTests: answered by \(instances.joined(separator: ",")) "
+                + "(\(client.connectionsOpened) client connection(s))")
             #expect(views == Array(1...30), "a gap or a repeat: \(views)")
             #expect(Set(instances) == ["app1", "app2", "app3"], "instances seen: \(Set(instances).sorted())")
             // Round robin: no instance answers twice in a row.
@@ -505,7 +506,8 @@ final class HAProxyProcess: Sendable {
         var seen = Set<String>()
         while !instances.isSubset(of: seen) {
             if let status = process.exitStatus {
-                throw HarnessFailure("haproxy ended (\(status)): \(process.output.suffix(2000))\(process.errorOutput.suffix(2000))")
+                throw HarnessFailure("haproxy ended (\(status)): "
+                    + "\(process.output.suffix(2000))\(process.errorOutput.suffix(2000))")
             }
             // A fresh connection each time; /healthz touches no session.
             if let response = try? TestHTTPClient(port: port, timeout: .seconds(2)).request("GET", "/healthz"),

@@ -28,8 +28,9 @@ import RedisSessionStore
             // A small SCAN COUNT walks the keyspace in many more steps and must still count each key once.
             let stepwise = try Self.sessions(["count", "--scan-count", "7"], prefix: prefix)
             #expect(stepwise.output == "\(total)\n")
+            let said = count.output.trimmingCharacters(in: .whitespacesAndNewlines)
             print("SessionsCommandTests: \(total) sessions created (pipelined SET) in \(created); SCAN counts "
-                + "\(scanned), `evserver sessions count` says \(count.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+                + "\(scanned), `evserver sessions count` says \(said)")
         } catch {
             _ = try? Self.sessions(["clear", "--yes"], prefix: prefix)
             throw error
@@ -150,7 +151,8 @@ import RedisSessionStore
         -> [String]
     {
         let ids = (0..<count).map { _ in SessionID.generate() }
-        let value = Array(#"{"cookie":{"originalMaxAge":null,"expires":null,"httpOnly":true,"path":"/","sameSite":"lax"},"userName":"Aditya@123"}"#.utf8)
+        let value = Array((#"{"cookie":{"originalMaxAge":null,"expires":null,"httpOnly":true,"path":"/","#
+            + #""sameSite":"lax"},"userName":"Aditya@123"}"#).utf8)
         for batch in stride(from: 0, to: count, by: 1000) {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for id in ids[batch..<min(batch + 1000, count)] {
