@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help build release run test cluster
+.PHONY: help build release run test cluster chaos fuzz fuzz-smoke bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,3 +21,18 @@ test: ## Start a private redis-server on a free port and run the whole test suit
 
 cluster: ## Redis + three evserver instances + haproxy on :8080, on loopback (Ctrl-C stops all)
 	@scripts/cluster.sh
+
+chaos: ## Redis kill -9 / CLIENT PAUSE / CLIENT KILL under load against one evserver; per-phase table
+	@scripts/chaos.sh
+
+fuzz: ## libFuzzer over cookies, signatures, percent-decoding, JSON, sessions (FUZZ_TIME=60 s, or RUNS=N)
+	@scripts/fuzz.sh $(if $(RUNS),-runs=$(RUNS),$(or $(FUZZ_TIME),60))
+
+fuzz-smoke: ## Replay the fuzz corpus plus 300k new inputs (about 15 s after the build)
+	@scripts/fuzz.sh -runs=300000 -seed=1
+
+bench: ## Benchmark evserver (release) against the C reference server -> bench-results/latest.md
+	@scripts/bench.sh
+
+bench-smoke: ## Check the benchmark harness quickly (1 s per scenario, small memory checks)
+	@scripts/bench.sh --smoke

@@ -44,6 +44,8 @@ public final class Application: Sendable {
     }
 
     private let state = Mutex(State())
+    /// The servers started so far, for ``isShuttingDown`` (only ever locked briefly, never while waiting).
+    private let startedServers = Mutex<[RunningServer]>([])
 
     /// Creates an application.
     /// - Parameter configuration: server limits and timeouts.
@@ -127,13 +129,18 @@ public final class Application: Sendable {
     @discardableResult
     public func start(host: String = "127.0.0.1", port: Int = 3000, threads: Int = 1) throws -> RunningServer {
         let pipeline = pipeline()
-        let server = try RunningServer(host: host, port: port, threads: threads, configuration: configuration,
-                                       pipeline: pipeline)
-        state.withLock { state in
+        let configuration = self.configuration
+        // Created under the lock: the server answers requests as soon as its loops run, and a shutdown() called
+        // from then on must find it in `servers` (it waits for the lock), or it would return with the server left
+        // running.
+        return try state.withLock { state throws(HTTPServerError) -> RunningServer in
+            let server = try RunningServer(host: host, port: port, threads: threads, configuration: configuration,
+                                           pipeline: pipeline)
             state.started = true
             state.servers.append(server)
+            startedServers.withLock { $0.append(server) }
+            return server
         }
-        return server
     }
 
     /// Serves on `host:port` until the server is shut down, like express's `app.listen`.
@@ -143,9 +150,28 @@ public final class Application: Sendable {
     /// - Throws: ``HTTPServerError`` when the server cannot start.
     public func listen(host: String = "127.0.0.1", port: Int = 3000, threads: Int = 1) throws {
         let server = try start(host: host, port: port, threads: threads)
+        let signals = announceAndHandleSignals(server, host: host, threads: threads)
+        server.wait()
+        stopHandlingSignals(signals)
+    }
+
+    /// Serves on `host:port` until the server is shut down, like ``listen(host:port:threads:)``, but suspends
+    /// instead of blocking the calling thread: use it from async code (an `AsyncParsableCommand`'s `run`), where
+    /// a blocked thread would be one fewer for the concurrency pool, which the shutdown itself needs.
+    /// - Throws: ``HTTPServerError`` when the server cannot start.
+    public func listen(host: String = "127.0.0.1", port: Int = 3000, threads: Int = 1) async throws {
+        let server = try start(host: host, port: port, threads: threads)
+        let signals = announceAndHandleSignals(server, host: host, threads: threads)
+        await server.waitUntilStopped()
+        stopHandlingSignals(signals)
+    }
+
+    private func announceAndHandleSignals(_ server: RunningServer, host: String, threads: Int)
+        -> [any DispatchSourceSignal]
+    {
         let shownHost = host.contains(":") ? "[\(host)]" : host
         logger.info("listening on http://\(shownHost):\(server.port) with \(threads) loop(s)")
-        let signals = [SIGINT, SIGTERM].map { number in
+        return [SIGINT, SIGTERM].map { number in
             // Dispatch delivers the signal on a queue; the default action (exit at once) must be off first.
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
@@ -156,9 +182,19 @@ public final class Application: Sendable {
             source.resume()
             return source
         }
-        server.wait()
+    }
+
+    private func stopHandlingSignals(_ signals: [any DispatchSourceSignal]) {
         for source in signals { source.cancel() }
         for number in [SIGINT, SIGTERM] { signal(number, SIG_DFL) }
+    }
+
+    /// Whether a server this application started is shutting down (for a readiness check that must fail as soon
+    /// as draining begins, so load balancers stop sending new requests).
+    public var isShuttingDown: Bool {
+        // Not `state`: start() holds that lock while its loops already serve requests, and a readiness handler
+        // asking this from a loop would wait for start() while start() waits for the loop.
+        startedServers.withLock { $0.contains { $0.isShuttingDown } }
     }
 
     /// Shuts down every server this application started (see ``RunningServer/shutdown(timeout:)``).
@@ -267,6 +303,8 @@ public final class RunningServer: Sendable {
 
     private let phase = Mutex(Phase.running)
     private let stopped = DispatchSemaphore(value: 0)
+    /// Tasks awaiting the end of the shutdown (``waitUntilStopped()``); nil once stopped.
+    private let stopWaiters = Mutex<[CheckedContinuation<Void, Never>]?>([])
 
     init(host: String, port: Int, threads count: Int, configuration: HTTPServerConfiguration,
          pipeline: RequestPipeline) throws(HTTPServerError) {
@@ -380,6 +418,20 @@ public final class RunningServer: Sendable {
         }
         for waiter in waiters { waiter.resume() }
         stopped.signal()
+        let stopWaiting = stopWaiters.withLock { waiters in defer { waiters = nil }; return waiters ?? [] }
+        for waiter in stopWaiting { waiter.resume() }
+    }
+
+    /// Suspends (without holding a thread) until the server has shut down.
+    public func waitUntilStopped() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let alreadyStopped = stopWaiters.withLock { waiters -> Bool in
+                guard waiters != nil else { return true }
+                waiters?.append(continuation)
+                return false
+            }
+            if alreadyStopped { continuation.resume() }
+        }
     }
 
     /// Blocks the calling thread until the server has shut down. Must not be called on one of its loops.
@@ -393,6 +445,13 @@ public final class RunningServer: Sendable {
     func pendingCount() async -> Int {
         var total = 0
         for server in servers { total += await server.loop.perform { server.pendingCount } }
+        return total
+    }
+
+    /// Open client connections, over all loops (for tests).
+    func connectionCount() async -> Int {
+        var total = 0
+        for server in servers { total += await server.loop.perform { server.connectionCount } }
         return total
     }
 }

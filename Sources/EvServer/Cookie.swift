@@ -105,21 +105,12 @@ extension Date {
         let days = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
         let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
         let seconds = Int(timeIntervalSince1970.rounded(.down))
-        var dayNumber = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
+        let dayNumber = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
         let secondOfDay = seconds - dayNumber * 86400
         let weekday = days[((dayNumber % 7) + 7) % 7]
-        // Civil-from-days (Howard Hinnant).
-        dayNumber += 719468
-        let era = (dayNumber >= 0 ? dayNumber : dayNumber - 146096) / 146097
-        let doe = dayNumber - era * 146097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = doy - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
+        let (year, month, day) = CivilDate.civil(fromDays: Int64(dayNumber))
         func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        return "\(weekday), \(two(day)) \(months[month - 1]) \(year) \(two(secondOfDay / 3600)):"
+        return "\(weekday), \(two(Int(day))) \(months[Int(month) - 1]) \(year) \(two(secondOfDay / 3600)):"
             + "\(two(secondOfDay % 3600 / 60)):\(two(secondOfDay % 60)) GMT"
     }
 }

@@ -28,30 +28,58 @@ import Darwin
 //   A second write after the peer's reset would raise SIGPIPE (evbuffer uses writev, not MSG_NOSIGNAL), so the
 //   server ignores SIGPIPE, as libevent's sample http-server.c does.
 // - The one place libevent frees a request we have not answered is evhttp_free (each connection takes its queued
-//   requests with it). Shutdown therefore waits for the in-flight requests first; when it gives up waiting, it
-//   forgets them (their tasks' late replies become no-ops), frees the detached ones itself (no connection will), and
-//   only then calls evhttp_free. A handler still awaiting work on the stopped loop then never resumes; what its
-//   task holds stays allocated: the price of "stop anyway" after the timeout.
+//   requests with it), or evhttp_connection_free on its connection. We call the latter ourselves (idle and refused
+//   connections, see "Connections" below) only on a connection with no request in flight. Shutdown waits for the
+//   in-flight requests first; when it gives up waiting, it forgets them (their tasks' late replies become no-ops),
+//   frees the detached ones itself (no connection will), and only then calls evhttp_free. A handler still awaiting
+//   work on the stopped loop then never resumes; what its task holds stays allocated: the price of "stop anyway"
+//   after the timeout.
 // - We never take ownership (evhttp_request_own): libevent's own rules above already free every request once.
 //   We never touch a request after evhttp_send_reply: it may be freed inside the call.
 // - For graceful shutdown we also want the replies on the wire, not just queued: evhttp_request_set_on_complete_cb
 //   fires once the output is flushed; if the connection dies first, the connection's close callback fires instead.
-//   A connection carries one request at a time, so "connections with a reply being written" is a set of connections.
+//   A connection carries one request at a time, so "a reply is being written" is a flag of the connection.
+//
+// Before evhttp parses anything, each connection's bytes go through an `HTTPLimits.Scanner` (HTTPLimits.swift),
+// which enforces the limits and refuses ambiguous framing; see "Connections" below for how the bytes get there.
 
 private let logger = Logger(label: "evserver.http")
 
 // MARK: - Configuration
 
 /// Limits and timeouts of the HTTP server. The defaults suit an API that takes small JSON bodies.
+///
+/// A request over a limit never reaches the application: the server answers it with a short JSON body
+/// (`{"error":"…"}`) and `Connection: close`, then closes the connection, so that no byte after the refused
+/// request is ever read as a request. Malformed or ambiguous framing (the shapes of request smuggling: two
+/// `Content-Length` fields, `Content-Length` with `Transfer-Encoding`, a `Transfer-Encoding` other than `chunked`,
+/// folded header lines, bare LF line ends, a non-numeric `Content-Length`) is answered `400 Bad Request` the same way.
 public struct HTTPServerConfiguration: Sendable, Equatable {
-    /// The largest request line plus header block, in bytes. Larger requests are answered `400 Bad Request` by
-    /// libevent, without reaching the application.
+    /// The largest request line plus header fields, in bytes, line ends included (trailer fields of a chunked body
+    /// count too). Larger requests are answered `431 Request Header Fields Too Large`.
     public var maxHeaderSize: Int
-    /// The largest request body, in bytes. Larger bodies are answered `413` by libevent, without reaching the
-    /// application; the body is read and discarded first so the client sees the answer (lingering close).
+    /// The largest request body, in bytes. Larger bodies are answered `413 Payload Too Large` as soon as the
+    /// `Content-Length` (or the chunk that crosses the limit) is seen; the rest of the body is read and dropped for a
+    /// moment so the client sees the answer.
     public var maxBodySize: Int
-    /// Read and write timeout of a connection; also how long an idle keep-alive connection stays open.
+    /// The longest request target (path and query) of the request line, in bytes. Longer ones are answered
+    /// `414 URI Too Long`.
+    public var maxURILength: Int
+    /// The most header fields a request may have (trailer fields included). More are answered
+    /// `431 Request Header Fields Too Large`.
+    public var maxHeaderCount: Int
+    /// Read and write timeout of a connection while a request body is read or a response written: a client that
+    /// sends nothing (or reads nothing) for this long is disconnected.
     public var timeout: Duration
+    /// How long an idle keep-alive connection stays open between requests (at most ``timeout``).
+    public var idleTimeout: Duration
+    /// How long a client has to send a whole request line and header block, counted from the connection's start for
+    /// its first request and from the first byte for later ones. A slower client (slowloris) is answered
+    /// `408 Request Timeout` and disconnected; one that sent nothing at all is just disconnected.
+    public var headerTimeout: Duration
+    /// The most connections each event loop keeps open. Past it, a new connection is answered
+    /// `503 Service Unavailable` (with `Retry-After: 1`) without reading its request, and closed at once.
+    public var maxConnections: Int
     /// The `listen(2)` backlog of each listening socket.
     public var backlog: Int
 
@@ -59,14 +87,31 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     /// - Parameters:
     ///   - maxHeaderSize: request line plus headers, in bytes (default 16 KiB).
     ///   - maxBodySize: request body, in bytes (default 64 KiB).
-    ///   - timeout: read, write and keep-alive idle timeout (default 30 s).
+    ///   - maxURILength: request target, in bytes (default 8 KiB).
+    ///   - maxHeaderCount: header fields per request (default 100).
+    ///   - timeout: read and write timeout while a request or response is in transit (default 30 s).
+    ///   - idleTimeout: keep-alive idle timeout between requests (default 15 s).
+    ///   - headerTimeout: time allowed for a whole header block (default 10 s).
+    ///   - maxConnections: open connections per event loop (default 10,000).
     ///   - backlog: the listen backlog (default 1024).
-    public init(maxHeaderSize: Int = 16384, maxBodySize: Int = 65536, timeout: Duration = .seconds(30),
-                backlog: Int = 1024) {
+    public init(maxHeaderSize: Int = 16384, maxBodySize: Int = 65536, maxURILength: Int = 8192,
+                maxHeaderCount: Int = 100, timeout: Duration = .seconds(30), idleTimeout: Duration = .seconds(15),
+                headerTimeout: Duration = .seconds(10), maxConnections: Int = 10_000, backlog: Int = 1024) {
         self.maxHeaderSize = maxHeaderSize
         self.maxBodySize = maxBodySize
+        self.maxURILength = maxURILength
+        self.maxHeaderCount = maxHeaderCount
         self.timeout = timeout
+        self.idleTimeout = idleTimeout
+        self.headerTimeout = headerTimeout
+        self.maxConnections = maxConnections
         self.backlog = backlog
+    }
+
+    /// The size limits, as the request scanner uses them.
+    var limits: HTTPLimits {
+        HTTPLimits(maxHeaderSize: maxHeaderSize, maxURILength: maxURILength, maxHeaderCount: maxHeaderCount,
+                   maxBodySize: maxBodySize)
     }
 }
 
@@ -236,27 +281,47 @@ let ignoreBrokenPipe: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
 
 /// One evhttp on one event loop. Created, used and closed on the loop thread.
 final class HTTPServer: @unchecked Sendable {
-    // @unchecked Sendable: the lets never change, and every var is read and written only on `loop`'s thread: the
-    // initializer and `stopAccepting`/`whenDrained`/`close` run there (they check), and the C callbacks and the
-    // request tasks (executor preference `loop`) run there too.
+    // @unchecked Sendable: the lets never change, and every var (the connections' state included) is read and written
+    // only on `loop`'s thread: the initializer and `stopAccepting`/`whenDrained`/`close` run there (they check), and
+    // the C callbacks and the request tasks (executor preference `loop`) run there too.
 
     typealias RequestPointer = UnsafeMutablePointer<evhttp_request>
 
     let loop: EventLoop
     private let pipeline: RequestPipeline
+    fileprivate let limits: HTTPLimits
+    private let maxConnections: Int
     private var http: OpaquePointer?
     private var listener: OpaquePointer?
 
-    /// Requests handed to the application and not answered yet, by id. The ids keep a late reply from a task whose
-    /// request `close()` already gave up on from touching freed memory.
-    private var inFlight: [UInt: RequestPointer] = [:]
+    /// Requests handed to the application and not answered yet, by id, with their connection. The ids keep a late
+    /// reply from a task whose request `close()` already gave up on from touching freed memory.
+    private var inFlight: [UInt: (request: RequestPointer, connection: ClientConnection?)] = [:]
     private var nextID: UInt = 1
     /// Connections whose reply is queued but not yet written.
-    private var flushing: Set<OpaquePointer> = []
+    private var flushingCount = 0
     /// Set once shutdown begins: replies then carry `Connection: close`.
     private var closing = false
     private var drainWaiter: ((Bool) -> Void)?
     private var drainTimer: ScheduledTimer?
+
+    /// Open connections, by their evhttp_connection.
+    private var connections: [OpaquePointer: ClientConnection] = [:]
+    /// Connections whose bufferevent evhttp has just taken; `registerNewConnections` learns their evhttp_connection.
+    private var unregistered: [ClientConnection] = []
+    private var registerEvent: OpaquePointer?
+    private var sweepEvent: OpaquePointer?
+    /// The clock of the connection timeouts: sweeps since the server started. Coarse on purpose: reading it costs
+    /// nothing on the request path.
+    fileprivate private(set) var tick = 0
+    private let idleTicks: Int
+    private let headerTicks: Int
+    private let lingerTicks: Int
+    private var lastCapacityWarning = -1
+
+    /// How long a refused connection keeps reading (and dropping) what the client still sends before it is closed:
+    /// closing a socket with unread input sends a reset, which can destroy the answer before the client reads it.
+    static let lingerTime: Duration = .seconds(2)
 
     /// Creates the evhttp and starts accepting on `descriptor`. Must be called on the loop thread.
     /// - Parameter descriptor: a listening socket; the server owns it from now on, also when this throws.
@@ -264,6 +329,18 @@ final class HTTPServer: @unchecked Sendable {
          descriptor: Int32) throws(HTTPServerError) {
         self.loop = loop
         self.pipeline = pipeline
+        self.limits = configuration.limits
+        self.maxConnections = max(1, configuration.maxConnections)
+        // Sweep often enough that a timeout fires at most a quarter late (and at most 1 s late).
+        let shortest = min(configuration.headerTimeout, configuration.idleTimeout, Self.lingerTime)
+        let interval = max(.milliseconds(10), min(.seconds(1), shortest / 4))
+        func ticks(_ timeout: Duration) -> Int {
+            // One tick more than the timeout spans: a deadline stamped just before a tick never fires early.
+            Int((max(.zero, timeout) / interval).rounded(.up)) + 1
+        }
+        idleTicks = ticks(configuration.idleTimeout)
+        headerTicks = ticks(configuration.headerTimeout)
+        lingerTicks = ticks(Self.lingerTime)
         loop.preconditionInLoop()
         guard let http = loop.withUnsafeEventBase({ evhttp_new($0) }) else {
             ListeningSockets.close(descriptor)
@@ -275,18 +352,40 @@ final class HTTPServer: @unchecked Sendable {
             | EVHTTP_REQ_PUT.rawValue | EVHTTP_REQ_DELETE.rawValue | EVHTTP_REQ_OPTIONS.rawValue
             | EVHTTP_REQ_PATCH.rawValue
         evhttp_set_allowed_methods(http, UInt16(methods))
-        evhttp_set_max_headers_size(http, max(0, configuration.maxHeaderSize))
-        evhttp_set_max_body_size(http, max(0, configuration.maxBodySize))
+        // The scanner enforces the limits first, with the right status; evhttp's own checks stay as a backstop. Its
+        // header count excludes line ends, so twice our limit never fires before ours.
+        let maxHeaderSize = limits.maxHeaderSize
+        evhttp_set_max_headers_size(http, maxHeaderSize > Int.max / 4 ? -1 : maxHeaderSize * 2 + 1024)
+        evhttp_set_max_body_size(http, limits.maxBodySize)
         var timeout = timeval(configuration.timeout)
         evhttp_set_timeout_tv(http, &timeout)
         // No `Content-Type: text/html; charset=ISO-8859-1` on responses that did not set one.
         evhttp_set_default_content_type(http, nil)
-        // Read and discard an oversized body before answering 413, so the client is not reset mid-upload.
+        // Should evhttp's 413 ever fire, it reads and discards the body first, so the client sees the answer.
         _ = evhttp_set_flags(http, EVHTTP_SERVER_LINGERING_CLOSE)
-        // passUnretained: the server outlives its evhttp (close() frees it, and deinit checks that it did), so the
-        // callbacks never see a dead server.
-        evhttp_set_gencb(http, onRequest, Unmanaged.passUnretained(self).toOpaque())
+        // passUnretained: the server outlives its evhttp and its events (close() frees them, and deinit checks that
+        // it did), so the callbacks never see a dead server.
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        evhttp_set_gencb(http, onRequest, context)
+        evhttp_set_bevcb(http, onNewConnection, context)
+        let events = loop.withUnsafeEventBase { base in
+            (event_new(base, -1, 0, onRegister, context), event_new(base, -1, Int16(EV_PERSIST), onSweep, context))
+        }
+        var period = timeval(interval)
+        guard let registerEvent = events.0, let sweepEvent = events.1, event_add(sweepEvent, &period) == 0 else {
+            if let event = events.0 { event_free(event) }
+            if let event = events.1 { event_free(event) }
+            evhttp_free(http)
+            ListeningSockets.close(descriptor)
+            throw HTTPServerError(.systemFailure, "event_new for the connection timers failed")
+        }
+        self.registerEvent = registerEvent
+        self.sweepEvent = sweepEvent
         guard let bound = evhttp_accept_socket_with_handle(http, descriptor) else {
+            event_free(registerEvent)
+            event_free(sweepEvent)
+            self.registerEvent = nil
+            self.sweepEvent = nil
             evhttp_free(http)
             ListeningSockets.close(descriptor)
             throw HTTPServerError(.systemFailure, "evhttp_accept_socket_with_handle failed")
@@ -306,9 +405,17 @@ final class HTTPServer: @unchecked Sendable {
     fileprivate func handle(_ req: RequestPointer) {
         let id = nextID
         nextID = nextID == .max ? 1 : nextID + 1
-        inFlight[id] = req
         let connection = evhttp_request_get_connection(req)
-        if let connection { evhttp_connection_set_closecb(connection, onConnectionClose, context) }
+        var client: ClientConnection?
+        if let connection {
+            client = connections[connection]
+            if client == nil && !unregistered.isEmpty {
+                registerNewConnections()
+                client = connections[connection]
+            }
+        }
+        inFlight[id] = (req, client)
+        client?.inFlight += 1
         let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
         let request = makeRequest(req, connection: connection)
         let pipeline = self.pipeline
@@ -371,7 +478,8 @@ final class HTTPServer: @unchecked Sendable {
 
     /// Writes `response` as the one reply to request `id`; does nothing if `close()` has given up on it.
     private func reply(_ id: UInt, _ response: Response, head: Bool) {
-        guard let req = inFlight.removeValue(forKey: id) else { return }
+        guard let (req, client) = inFlight.removeValue(forKey: id) else { return }
+        client?.inFlight -= 1
         var code = response.status.code
         var reason = response.status.reason
         if !(100...999).contains(code) {
@@ -410,29 +518,289 @@ final class HTTPServer: @unchecked Sendable {
             response.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
         }
 
-        if let connection = evhttp_request_get_connection(req) {
-            flushing.insert(connection)
-            evhttp_request_set_on_complete_cb(req, onResponseWritten, context)
+        if evhttp_request_get_connection(req) != nil, let client, client.connection != nil {
+            client.flushing = true
+            flushingCount += 1
+            // passUnretained: `connections` holds the client until evhttp closes the connection, and evhttp calls
+            // this (from evhttp_send_done) before it closes it.
+            evhttp_request_set_on_complete_cb(req, onResponseWritten, Unmanaged.passUnretained(client).toOpaque())
         }
         // A detached request (its client went away while we worked) is freed inside this call.
         evhttp_send_reply(req, Int32(code), reason, nil)
         checkDrained()
     }
 
-    fileprivate func responseWritten(_ req: RequestPointer) {
-        if let connection = evhttp_request_get_connection(req) { flushing.remove(connection) }
+    fileprivate func responseWritten(_ client: ClientConnection) {
+        if client.flushing {
+            client.flushing = false
+            flushingCount -= 1
+        }
+        client.answered += 1
+        if client.isWaitingForRequest {
+            // The server is waiting for the client again: idle and header timeouts count from now.
+            client.since = tick
+            if client.scanner.position == .head { client.stampedRequest = client.scanner.completedRequests }
+            // A refused request pipelined behind the one just answered: its turn has come. evhttp is about to parse
+            // it (evhttp_send_done reads on right after this callback), so drop it first.
+            if let failure = client.pendingFailure {
+                client.pendingFailure = nil
+                refuse(client, failure.rejection(limits))
+            }
+        }
         checkDrained()
     }
 
+    // MARK: Connections
+
+    // Some explanation is required here too: how each connection's bytes reach the scanner before evhttp.
+    //
+    // - evhttp_set_bevcb lets us create each connection's bufferevent. evhttp owns its callbacks (it resets them
+    //   with bufferevent_setcb), but not the callbacks of its input evbuffer: evbuffer_add_cb adds ours. The
+    //   bufferevent's read handler calls evbuffer_read, which runs the evbuffer callbacks as soon as it has added
+    //   the bytes; only then does it call evhttp's read callback. So every byte is scanned before evhttp parses it,
+    //   with no copy (evbuffer_peek) and no extra system call. The callback also runs for every drain (evhttp
+    //   consumes the head line by line); those calls return at once.
+    // - The bevcb runs before evhttp has created its evhttp_connection, so the connection is registered a moment
+    //   later, from an event activated in the bevcb: in the same loop iteration, before any byte can be read.
+    //   bufferevent_getcb then yields the evhttp_connection (evhttp's callback argument), and we set its close
+    //   callback, which fires when evhttp frees it (also from evhttp_free). A reference we hold on the bufferevent
+    //   until then keeps it valid should evhttp free it first (its callbacks are cleared then: we check).
+    // - A refused request is answered by writing straight to the socket, not through the bufferevent: at that point
+    //   the previous response has been flushed (evhttp reads a request only after the previous one is written), so
+    //   nothing can interleave, and evhttp's write callback (which would run evhttp_send_done for a request nobody
+    //   answered) is never triggered. Then we drain the input, so evhttp parses nothing more, shut down our sending
+    //   side (the client sees the end of the answer), and drop whatever the client still sends until it closes, or
+    //   until `lingerTime` passes and we free the connection.
+    // - A request can be refused only once evhttp has answered everything before it (`answered` catches up with the
+    //   scanner's `completedRequests`); until then the refusal waits (`pendingFailure`), and so do the timeouts.
+    // - Timeouts are checked by a periodic sweep over the connections, so the request path only stores a tick.
+    //   evhttp's own read/write timeout (`timeout`) still covers bodies and responses in transit.
+
+    /// The bufferevent for a connection evhttp is accepting (evhttp_set_bevcb).
+    fileprivate func newBufferevent(_ base: OpaquePointer) -> OpaquePointer? {
+        // Without one evhttp makes its own bufferevent; that connection then goes unchecked, but only when
+        // memory has run out.
+        guard let bufferevent = bufferevent_socket_new(base, -1, 0), let input = bufferevent_get_input(bufferevent)
+        else { return nil }
+        let overCapacity = connections.count + unregistered.count >= maxConnections
+        let client = ClientConnection(server: self, bufferevent: bufferevent, input: input, limits: limits,
+                                      since: tick, overCapacity: overCapacity)
+        bufferevent_incref(bufferevent)   // dropped in registerNewConnections
+        if !overCapacity {
+            // passUnretained: the client is in `unregistered`, then `connections`, until `detach` removes this
+            // callback.
+            client.callbackEntry = evbuffer_add_cb(input, onInput, Unmanaged.passUnretained(client).toOpaque())
+        }
+        unregistered.append(client)
+        if unregistered.count == 1, let registerEvent { event_active(registerEvent, 0, 0) }
+        return bufferevent
+    }
+
+    /// Learns the evhttp_connection of each new bufferevent, and refuses the connections over the limit.
+    fileprivate func registerNewConnections() {
+        guard !unregistered.isEmpty else { return }
+        let batch = unregistered
+        unregistered.removeAll(keepingCapacity: true)
+        for client in batch {
+            var argument: UnsafeMutableRawPointer?
+            bufferevent_getcb(client.bufferevent, nil, nil, nil, &argument)
+            if let argument {
+                let connection = OpaquePointer(argument)
+                if client.overCapacity {
+                    refuseOverCapacity(client, connection)
+                } else {
+                    client.connection = connection
+                    connections[connection] = client
+                    evhttp_connection_set_closecb(connection, onConnectionClose, context)
+                }
+            } else {
+                detach(client)   // evhttp has already freed it
+            }
+            bufferevent_decref(client.bufferevent)
+        }
+    }
+
     fileprivate func connectionClosed(_ connection: OpaquePointer) {
+        guard let client = connections.removeValue(forKey: connection) else { return }
+        client.connection = nil
+        detach(client)
         // A reply still queued on a closing connection will never be written: stop waiting for it.
-        if flushing.remove(connection) != nil { checkDrained() }
+        if client.flushing {
+            client.flushing = false
+            flushingCount -= 1
+            checkDrained()
+        }
+    }
+
+    private func detach(_ client: ClientConnection) {
+        if let entry = client.callbackEntry {
+            evbuffer_remove_cb_entry(client.input, entry)
+            client.callbackEntry = nil
+        }
+    }
+
+    /// Open connections, including those not registered yet (for tests).
+    var connectionCount: Int { connections.count + unregistered.count }
+
+    // MARK: Checking the bytes
+
+    /// `added` bytes have just arrived at the end of `client`'s input buffer; evhttp has not seen them yet.
+    fileprivate func input(_ client: ClientConnection, added: Int) {
+        if client.lingering {
+            evbuffer_drain(client.input, evbuffer_get_length(client.input))
+            return
+        }
+        // After a refusal that waits for earlier requests, the bytes wait too (they are dropped with it).
+        guard !client.scanner.isDead else { return }
+        let buffer = client.input
+        let length = evbuffer_get_length(buffer)
+        guard added <= length else { return }
+        var position = evbuffer_ptr()
+        guard evbuffer_ptr_set(buffer, &position, length - added, EVBUFFER_PTR_SET) == 0 else { return }
+        var left = added
+        var extent = iovec()
+        var failure: HTTPLimits.Scanner.Failure?
+        while left > 0 && failure == nil {
+            guard evbuffer_peek(buffer, left, &position, &extent, 1) > 0, let base = extent.iov_base else { break }
+            let count = min(extent.iov_len, left)
+            let bytes = UnsafeBufferPointer(start: base.assumingMemoryBound(to: UInt8.self), count: count)
+            failure = client.scanner.scan(bytes.span)
+            left -= count
+            if left > 0 && evbuffer_ptr_set(buffer, &position, count, EVBUFFER_PTR_ADD) != 0 { break }
+        }
+        if client.scanner.position == .head && client.stampedRequest != client.scanner.completedRequests {
+            // The first byte of a head: the header timeout counts from here.
+            client.stampedRequest = client.scanner.completedRequests
+            client.since = tick
+        }
+        if let failure {
+            if client.isWaitingForRequest {
+                refuse(client, failure.rejection(limits))
+            } else {
+                client.pendingFailure = failure
+            }
+        }
+    }
+
+    /// Answers the request in progress on `client` with `rejection` ourselves and ends the connection; evhttp never
+    /// sees another byte of it. See "how each connection's bytes reach the scanner" above.
+    private func refuse(_ client: ClientConnection, _ rejection: HTTPRejection) {
+        logger.debug("refusing a request: \(rejection)")
+        client.lingering = true
+        client.since = tick
+        evbuffer_drain(client.input, evbuffer_get_length(client.input))
+        let fd = bufferevent_getfd(client.bufferevent)
+        guard fd >= 0 else { return }
+        let body = #"{"error":\#(jsonQuoted(rejection.message))}"#
+        Self.writeBestEffort(fd, Self.errorResponse(rejection.status, body: body))
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+    }
+
+    /// Answers a connection over `maxConnections` with a 503 and closes it, without reading its request.
+    private func refuseOverCapacity(_ client: ClientConnection, _ connection: OpaquePointer) {
+        if tick != lastCapacityWarning {
+            lastCapacityWarning = tick
+            logger.warning("\(maxConnections) connections open on loop \(loop.name): refusing new ones")
+        }
+        detach(client)
+        let fd = bufferevent_getfd(client.bufferevent)
+        if fd >= 0 {
+            Self.writeBestEffort(fd, Self.overCapacityResponse)
+            // Read what the client has already sent: closing with unread input would send a reset instead of
+            // the answer's end.
+            var scratch = [UInt8](repeating: 0, count: 16384)
+            for _ in 0..<4 {
+                let count = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if count <= 0 { break }
+            }
+        }
+        evhttp_connection_free(connection)   // no close callback is set yet: nothing else to update
+    }
+
+    // MARK: Timeouts
+
+    private enum Expiry { case close, requestTimeout }
+
+    /// Runs every tick: closes idle connections, answers slow headers 408, ends lingering refused connections.
+    fileprivate func sweep() {
+        tick += 1
+        var expired: [(ClientConnection, Expiry)] = []
+        for client in connections.values {
+            // While evhttp or the application works on a request, its own timeouts apply. (Freeing the connection
+            // then would also free the request the application holds.)
+            guard client.isWaitingForRequest else { continue }
+            let elapsed = tick - client.since
+            if client.lingering {
+                if elapsed >= lingerTicks { expired.append((client, .close)) }
+                continue
+            }
+            guard client.pendingFailure == nil else { continue }
+            switch client.scanner.position {
+            case .betweenRequests:
+                // A new connection that sends nothing gets the header timeout, a keep-alive one the idle timeout.
+                if elapsed >= (client.answered == 0 ? headerTicks : idleTicks) { expired.append((client, .close)) }
+            case .head:
+                if elapsed >= headerTicks { expired.append((client, .requestTimeout)) }
+            case .body:
+                break
+            }
+        }
+        for (client, expiry) in expired {
+            guard let connection = client.connection else { continue }
+            switch expiry {
+            case .close:
+                evhttp_connection_free(connection)   // connectionClosed runs inside
+            case .requestTimeout:
+                refuse(client, HTTPRejection(status: .requestTimeout, message: "request header not received in time"))
+            }
+        }
+    }
+
+    // MARK: Raw answers
+
+    /// A complete response with `Connection: close`.
+    private static func errorResponse(_ status: HTTPStatus, body: String, extraHeaders: String = "") -> [UInt8] {
+        let head = "HTTP/1.1 \(status.code) \(status.reason)\r\nDate: \(httpDate())\r\n"
+            + "Content-Type: application/json; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n"
+            + extraHeaders + "Connection: close\r\n\r\n"
+        return Array((head + body).utf8)
+    }
+
+    private static let overCapacityResponse = errorResponse(
+        .serviceUnavailable, body: #"{"error":"too many connections"}"#, extraHeaders: "Retry-After: 1\r\n")
+
+    /// Sends what the socket takes now. The answers are small and the socket's send buffer is empty when they are
+    /// sent (see above), so this writes them whole unless the client is gone.
+    private static func writeBestEffort(_ fd: Int32, _ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = bytes[offset...].withUnsafeBytes {
+                send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            }
+            if sent > 0 {
+                offset += sent
+            } else if sent < 0 && errno == EINTR {
+                continue
+            } else {
+                return
+            }
+        }
+    }
+
+    /// The current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+    private static func httpDate() -> String {
+        var now = time(nil)
+        var parts = tm()
+        gmtime_r(&now, &parts)
+        var text = [CChar](repeating: 0, count: 64)
+        let count = strftime(&text, text.count, "%a, %d %b %Y %H:%M:%S GMT", &parts)
+        return String(decoding: text[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     // MARK: Shutdown
 
     /// Requests answered and replies being written.
-    var pendingCount: Int { inFlight.count + flushing.count }
+    var pendingCount: Int { inFlight.count + flushingCount }
 
     /// Stops accepting connections; requests on open connections are still served, with `Connection: close`.
     func stopAccepting() {
@@ -471,16 +839,73 @@ final class HTTPServer: @unchecked Sendable {
     func close() {
         stopAccepting()
         guard let http else { return }
+        // Every connection gets its close callback (or is refused) before evhttp_free closes them all.
+        registerNewConnections()
         // Requests libevent detached from their dead connection belong to nobody but us now; the others go with
         // their connection in evhttp_free.
-        let detached = inFlight.values.filter { evhttp_request_get_connection($0) == nil }
+        let detached = inFlight.values.map(\.request).filter { evhttp_request_get_connection($0) == nil }
         if !inFlight.isEmpty { logger.warning("closing with \(inFlight.count) request(s) unanswered") }
         inFlight.removeAll()
-        flushing.removeAll()
+        for client in connections.values { client.flushing = false }
+        flushingCount = 0
         for req in detached { evhttp_request_free(req) }
+        if let registerEvent { event_free(registerEvent) }
+        if let sweepEvent { event_free(sweepEvent) }
+        registerEvent = nil
+        sweepEvent = nil
         self.http = nil
-        evhttp_free(http)
+        evhttp_free(http)   // connectionClosed runs for each connection
+        connections.removeAll()
         finishDrain(false)
+    }
+}
+
+/// What the server knows about one client connection: from the moment evhttp asks for its bufferevent until evhttp
+/// frees it (or the server refuses it).
+fileprivate final class ClientConnection {
+    // unowned(unsafe): the server frees every connection (evhttp_free in close(), which its deinit checks) before
+    // it goes, so a connection never outlives it; no reference counting on the per-request path.
+    unowned(unsafe) let server: HTTPServer
+    let bufferevent: OpaquePointer
+    /// The bufferevent's input buffer, where evhttp parses requests from.
+    let input: OpaquePointer
+    /// evhttp's connection object, once registered; nil again once evhttp has freed it.
+    var connection: OpaquePointer?
+    var callbackEntry: OpaquePointer?
+    var scanner: HTTPLimits.Scanner
+    /// Requests whose response has been written (the scanner counts the ones received).
+    var answered = 0
+    /// Requests handed to the application and not answered yet.
+    var inFlight = 0
+    /// The tick the current timeout counts from: the connection's start, the end of the last response, or the first
+    /// byte of the current head.
+    var since: Int
+    /// The request (by the scanner's count) whose first head byte `since` marks.
+    var stampedRequest = 0
+    /// A refusal waiting for the requests pipelined before it to be answered.
+    var pendingFailure: HTTPLimits.Scanner.Failure?
+    /// Refused: the answer is sent and incoming bytes are dropped until the connection closes.
+    var lingering = false
+    /// A response is queued and not yet written.
+    var flushing = false
+    /// Accepted past `maxConnections`: refused as soon as it is registered.
+    let overCapacity: Bool
+
+    /// Whether evhttp is reading the next request: every earlier one is answered and written. Only then may the
+    /// server answer on its own (or time the client out): nothing else is being written, and no request the
+    /// application holds goes with the connection.
+    var isWaitingForRequest: Bool {
+        inFlight == 0 && !flushing && answered >= scanner.completedRequests
+    }
+
+    init(server: HTTPServer, bufferevent: OpaquePointer, input: OpaquePointer, limits: HTTPLimits, since: Int,
+         overCapacity: Bool) {
+        self.server = server
+        self.bufferevent = bufferevent
+        self.input = input
+        self.scanner = HTTPLimits.Scanner(limits: limits)
+        self.since = since
+        self.overCapacity = overCapacity
     }
 }
 
@@ -499,13 +924,37 @@ private func onRequest(_ req: UnsafeMutablePointer<evhttp_request>?, _ context: 
 }
 
 private func onResponseWritten(_ req: UnsafeMutablePointer<evhttp_request>?, _ context: UnsafeMutableRawPointer?) {
-    guard let req, let context else { return }
-    Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().responseWritten(req)
+    guard let context else { return }
+    let client = Unmanaged<ClientConnection>.fromOpaque(context).takeUnretainedValue()
+    client.server.responseWritten(client)
 }
 
 private func onConnectionClose(_ connection: OpaquePointer?, _ context: UnsafeMutableRawPointer?) {
     guard let connection, let context else { return }
     Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().connectionClosed(connection)
+}
+
+private func onNewConnection(_ base: OpaquePointer?, _ context: UnsafeMutableRawPointer?) -> OpaquePointer? {
+    guard let base, let context else { return nil }
+    return Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().newBufferevent(base)
+}
+
+private func onInput(_ buffer: OpaquePointer?, _ info: UnsafePointer<evbuffer_cb_info>?,
+                     _ context: UnsafeMutableRawPointer?) {
+    // Drains (evhttp consuming what it parsed, or our own) need nothing.
+    guard let info, info.pointee.n_added > 0, let context else { return }
+    let client = Unmanaged<ClientConnection>.fromOpaque(context).takeUnretainedValue()
+    client.server.input(client, added: info.pointee.n_added)
+}
+
+private func onRegister(_ fd: Int32, _ what: Int16, _ context: UnsafeMutableRawPointer?) {
+    guard let context else { return }
+    Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().registerNewConnections()
+}
+
+private func onSweep(_ fd: Int32, _ what: Int16, _ context: UnsafeMutableRawPointer?) {
+    guard let context else { return }
+    Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().sweep()
 }
 
 // MARK: - Helpers

@@ -884,10 +884,21 @@ extension JSONValue {
 
 extension JSONValue {
     /// Encodes `value` with Foundation's `JSONEncoder` and parses the result.
+    ///
+    /// The default encoder sorts object keys: JSONEncoder's own order is not even stable from one process to the
+    /// next on Linux, and a session value whose bytes change without its content changing would be saved again on
+    /// every request (and differ between instances).
+    /// - Parameter encoder: the encoder to use; nil for one with `.sortedKeys`.
     /// - Throws: the encoder's error.
-    public init<T: Encodable>(encoding value: T, encoder: JSONEncoder = JSONEncoder()) throws {
-        let data = try encoder.encode(value)
+    public init<T: Encodable>(encoding value: T, encoder: JSONEncoder? = nil) throws {
+        let data = try (encoder ?? JSONValue.makeEncoder()).encode(value)
         try self.init(parsing: Array(data))
+    }
+
+    private static func makeEncoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
     }
 
     /// Decodes this value as `T` with Foundation's `JSONDecoder`.

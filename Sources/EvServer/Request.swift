@@ -64,6 +64,18 @@ public final class Request {
     /// (as the `cookie` npm package does). Malformed pairs are skipped, never an error.
     public lazy var cookies: [String: String] = CookieParser.parse(headers.values("Cookie"))
 
+    /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in
+    /// `X-Forwarded-For` that is not itself a trusted proxy (express's `req.ip`).
+    public func clientAddress(trusting proxies: TrustedProxies) -> String {
+        guard proxies.trusts(remoteAddress) else { return remoteAddress }
+        let chain = headers.values("X-Forwarded-For")
+            .flatMap { $0.split(separator: ",") }
+            .map { String($0.filter { $0 != " " }) }
+            .filter { !$0.isEmpty }
+        for address in chain.reversed() where !proxies.trusts(address) { return address }
+        return chain.first ?? remoteAddress
+    }
+
     /// The body as UTF-8 text (invalid sequences repaired).
     public var bodyText: String { String(decoding: body, as: UTF8.self) }
 }

@@ -32,9 +32,13 @@ struct AppConfiguration: Sendable {
     var saveUninitialized = false
     var cookieSecure: SessionCookieOptions.Secure = .never
     var cookieSameSite: SetCookie.SameSite = .lax
-    var trustProxy = false
+    var trustProxy = TrustedProxies.none
     var instance = "evserver"
     var maxBody = 65536
+    /// Seconds of inactivity after which a session expires (the store's sliding TTL).
+    var idleTimeout = 86400
+    /// Seconds after creation after which a session dies whatever its activity; nil = no limit.
+    var absoluteTimeout: Int?
 }
 
 extension AppConfiguration {
@@ -96,7 +100,7 @@ struct ServerOptions: ParsableArguments {
     var cookieSameSite: String?
 
     @Option(name: .customLong("trust-proxy"),
-            help: "Trust X-Forwarded-Proto/For from the peer: true|false (env TRUST_PROXY, default false).")
+            help: "Proxies whose X-Forwarded-Proto/For are believed: true (any), false, or a list of addresses/CIDRs (env TRUST_PROXY, default false).")
     var trustProxy: String?
 
     @Option(help: "Instance name sent as X-Instance (env INSTANCE_NAME, default the host name).")
@@ -104,6 +108,14 @@ struct ServerOptions: ParsableArguments {
 
     @Option(name: .customLong("max-body"), help: "Largest request body in bytes (env EVSERVER_MAX_BODY, default 65536).")
     var maxBody: String?
+
+    @Option(name: .customLong("idle-timeout"),
+            help: "Seconds without a request before a session expires: the sliding Redis TTL (env SESSION_IDLE_TIMEOUT, default 86400).")
+    var idleTimeout: String?
+
+    @Option(name: .customLong("absolute-timeout"),
+            help: "Seconds after creation a session dies, however active (env SESSION_ABSOLUTE_TIMEOUT, default none).")
+    var absoluteTimeout: String?
 
     @Option(name: .customLong("redis-timeout"), help: "Deadline per Redis command in ms (env REDIS_TIMEOUT_MS, default 1000).")
     var redisTimeout: String?
@@ -173,10 +185,20 @@ struct ServerOptions: ParsableArguments {
             default: throw ConfigurationError("\(name): '\(v)' is not one of lax, strict, none")
             }
         }
-        if let (v, name) = value(trustProxy, "TRUST_PROXY") { config.trustProxy = try Self.boolean(v, name) }
+        if let (v, name) = value(trustProxy, "TRUST_PROXY") {
+            do { config.trustProxy = try TrustedProxies(parsing: v) } catch {
+                throw ConfigurationError("\(name): \(error)")
+            }
+        }
         config.instance = value(instance, "INSTANCE_NAME")?.0 ?? Self.hostName()
         if let (v, name) = value(maxBody, "EVSERVER_MAX_BODY") {
             config.maxBody = try Self.integer(v, name, in: 0...(64 << 20))
+        }
+        if let (v, name) = value(idleTimeout, "SESSION_IDLE_TIMEOUT") {
+            config.idleTimeout = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
+        }
+        if let (v, name) = value(absoluteTimeout, "SESSION_ABSOLUTE_TIMEOUT") {
+            config.absoluteTimeout = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
         }
         return config
     }
@@ -201,6 +223,8 @@ struct ServerOptions: ParsableArguments {
         case "TRUST_PROXY": "trust-proxy"
         case "INSTANCE_NAME": "instance"
         case "EVSERVER_MAX_BODY": "max-body"
+        case "SESSION_IDLE_TIMEOUT": "idle-timeout"
+        case "SESSION_ABSOLUTE_TIMEOUT": "absolute-timeout"
         default: variable.lowercased()
         }
     }

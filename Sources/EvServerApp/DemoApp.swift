@@ -27,16 +27,17 @@ struct DemoApp: Sendable {
         }
         switch configuration.store {
         case .memory:
-            store = MemorySessionStore()
+            store = MemorySessionStore(defaultTTL: configuration.idleTimeout)
         case .redis:
-            store = try RedisSessionStore(url: configuration.redisURL, prefix: configuration.prefix)  // TODO configuration
+            store = RedisSessionStore(configuration: redis, prefix: configuration.prefix, ttl: configuration.idleTimeout)
         }
         var options = SessionConfiguration(secrets: configuration.secrets)
         options.name = configuration.cookieName
         options.rolling = configuration.rolling
         options.resave = configuration.resave
         options.saveUninitialized = configuration.saveUninitialized
-        options.trustProxy = configuration.trustProxy
+        options.trustedProxies = configuration.trustProxy
+        options.absoluteTimeout = configuration.absoluteTimeout.map { .seconds($0) }
         options.cookie.secure = configuration.cookieSecure
         options.cookie.sameSite = configuration.cookieSameSite
         options.cookie.maxAge = configuration.maxAge.map { Int64($0) * 1000 }
@@ -81,7 +82,7 @@ struct DemoApp: Sendable {
             response.send(json: ["views": .number(String(views)), "instance": .string(instance)])
         }
 
-        let idleTTL = 86400
+        let idleTTL = configuration.idleTimeout
         app.get("/session") { request, response in
             let session = request.session
             let body: JSONValue = [
@@ -150,8 +151,13 @@ struct DemoApp: Sendable {
             response.send("ok")
         }
 
-        app.get("/readyz") { _, response in
+        app.get("/readyz") { [weak app] _, response in
             response.headers.replace("Content-Type", "text/plain; charset=utf-8")
+            // Draining: not ready, at once, so the balancer stops sending new requests here.
+            if app?.isShuttingDown == true {
+                response.send("shutting down", status: .serviceUnavailable)
+                return
+            }
             do {
                 try await store.ping()
                 response.send("ready")

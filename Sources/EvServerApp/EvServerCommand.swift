@@ -20,25 +20,20 @@ struct EvServerCommand: AsyncParsableCommand {
         discussion: """
             Every option also reads an environment variable (shown in its help); the flag wins.
             Example: evserver --secret "$(openssl rand -hex 32)" --redis-url redis://127.0.0.1:6379/0
+            Inspect sessions: evserver sessions list|show ID|count|destroy ID|clear --yes
             """,
-        subcommands: [Serve.self, SessionsCommand.self],
-        defaultSubcommand: Serve.self
+        subcommands: [SessionsCommand.self]
     )
-}
-
-/// `evserver [serve]`: runs the demo application.
-struct Serve: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run the demo server (the default).")
 
     @OptionGroup var options: ServerOptions
 
-    func run() throws {
+    /// Runs the demo server until SIGINT or SIGTERM (then shuts down gracefully).
+    func run() async throws {
         bootstrapLogging()
         let logger = Logger(label: "evserver")
         let config = try options.resolve(environment: ProcessInfo.processInfo.environment)
-        for secret in config.secrets where secret.utf8.count < 32 {
+        if config.secrets.contains(where: { $0.utf8.count < 32 }) {
             logger.warning("a session secret is shorter than 32 bytes; use at least 32 random bytes in production")
-            break
         }
         let demo = try DemoApp(configuration: config)
         let app = demo.makeApplication()
@@ -46,12 +41,15 @@ struct Serve: ParsableCommand {
             "instance": "\(config.instance)", "listen": "\(config.host):\(config.port)",
             "store": "\(config.store.rawValue)", "threads": "\(config.threads)",
         ])
-        try app.listen(host: config.host, port: config.port, threads: config.threads)
+        // Suspends until shutdown (SIGINT/SIGTERM drain gracefully); handlers run on the server's own loop threads.
+        try await app.listen(host: config.host, port: config.port, threads: config.threads)
     }
 }
 
-func bootstrapLogging() {
-    let level = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .info
+/// Logs to stderr at LOG_LEVEL (trace, debug, info, notice, warning, error, critical), else `defaultLevel`.
+func bootstrapLogging(defaultLevel: Logger.Level = .info) {
+    let configured = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) }
+    let level = configured ?? defaultLevel
     LoggingSystem.bootstrap { label in
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = level

@@ -13,11 +13,8 @@ import Foundation
 
 /// Options shared by the `sessions` subcommands.
 struct SessionsOptions: ParsableArguments {
-    @Option(name: .customLong("redis-url"), help: "redis://[user:password@]host:port/db (env REDIS_URL).")
-    var redisURL: String?
-
-    @Option(help: "Redis key prefix (env SESSION_PREFIX, default sess:).")
-    var prefix: String?
+    /// The server's flags (`--redis-url`, `--prefix`, ...): given before or after `sessions`, they mean the same.
+    @OptionGroup var server: ServerOptions
 
     @Option(name: .customLong("scan-count"), help: "COUNT hint for each SCAN step (default 1000).")
     var scanCount: Int = 1000
@@ -28,10 +25,10 @@ struct SessionsOptions: ParsableArguments {
     /// Resolves the URL and prefix like the server does: flag, then environment, then default.
     func resolve() throws -> (redis: RedisConfiguration, prefix: String) {
         let environment = ProcessInfo.processInfo.environment
-        let url = redisURL ?? environment["REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379/0"
+        let url = server.redisURL ?? environment["REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379/0"
         let redis: RedisConfiguration
         do { redis = try RedisConfiguration(url: url) } catch { throw ConfigurationError("redis url: \(error)") }
-        let prefix = self.prefix ?? environment["SESSION_PREFIX"].flatMap { $0.isEmpty ? nil : $0 } ?? "sess:"
+        let prefix = server.prefix ?? environment["SESSION_PREFIX"].flatMap { $0.isEmpty ? nil : $0 } ?? "sess:"
         guard scanCount > 0 else { throw ConfigurationError("--scan-count must be positive") }
         return (redis, prefix)
     }
@@ -87,6 +84,7 @@ struct SessionInspector {
 
     /// Runs `body` with an inspector and always closes it; connection failures become one clear line.
     static func with<T>(_ options: SessionsOptions, _ body: (SessionInspector) async throws -> T) async throws -> T {
+        bootstrapLogging(defaultLevel: .warning)   // the command's output is the answer; connection chatter is not
         let inspector = try SessionInspector(options)
         defer { inspector.close() }
         do {

@@ -34,7 +34,8 @@ public struct CookieSigner: Sendable {
     /// Unlike cookie-signature 1.0.x, trailing characters after a valid signature are rejected: that version
     /// compares only the first `signature.length` bytes, so `s:id.sig` + anything also verified.
     public func unsign(_ value: String) -> String? {
-        guard value.hasPrefix("s:") else { return nil }
+        // Bytes, not Characters: "s:\u{301}..." is "s" + ":\u{301}" as Characters and would not match "s:".
+        guard value.utf8.starts(with: "s:".utf8) else { return nil }
         let body = value.utf8.dropFirst(2)
         guard let dot = body.lastIndex(of: UInt8(ascii: ".")) else { return nil }
         let id = String(decoding: body[body.startIndex..<dot], as: UTF8.self)

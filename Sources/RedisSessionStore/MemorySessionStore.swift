@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import EvServer
 import Logging
 import Synchronization
 
@@ -61,6 +62,64 @@ public final class MemorySessionStore: SessionStore {
         }
     }
 
+    /// Reads and, with a cookie, refreshes the expiry as `touch` would, under one lock.
+    public func load(_ id: String, touchingWith cookie: SessionCookie?) async throws -> StoredSession? {
+        let now = self.now()
+        let refreshed = cookie.map { expiry(of: SessionData(cookie: $0), now: now) }
+        let json: [UInt8]? = state.withLock { state in
+            guard let entry = state.entries[id] else { return nil }
+            guard entry.expiresAt > now else {
+                state.entries[id] = nil
+                return nil
+            }
+            if let refreshed, refreshed > now { state.entries[id]?.expiresAt = refreshed }
+            return entry.json
+        }
+        guard let json else { return nil }
+        do {
+            return StoredSession(data: try SessionData(json: json), version: json, expiryRefreshed: refreshed != nil)
+        } catch {
+            logger.warning("undecodable session value; treating it as no session", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// Compare-and-set on the stored bytes under the lock; on a conflict the changes are re-applied onto the newer
+    /// value; a loaded session that is gone is not re-created.
+    public func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
+        enum Outcome { case written, gone, changed([UInt8]) }
+        var base = write.base
+        while true {
+            let data = write.data(onto: base?.data.values ?? JSONObject())
+            let json = data.jsonBytes()
+            let now = self.now()
+            let expiresAt = expiry(of: data, now: now)
+            let expected = base.map { $0.version ?? $0.data.jsonBytes() }
+            let outcome: Outcome = state.withLock { state in
+                sweepIfDue(&state, now: now)
+                let current = state.entries[id].flatMap { $0.expiresAt > now ? $0.json : nil }
+                switch (current, expected) {
+                case (nil, .some): return .gone
+                case (.some(let current), let expected) where current != expected: return .changed(current)
+                default:
+                    guard expiresAt > now else {
+                        state.entries[id] = nil
+                        return .gone
+                    }
+                    state.entries[id] = Entry(json: json, expiresAt: expiresAt)
+                    return .written
+                }
+            }
+            switch outcome {
+            case .written: return .saved(StoredSession(data: data, version: json, expiryRefreshed: true))
+            case .gone: return .gone
+            case .changed(let current):
+                guard let decoded = try? SessionData(json: current) else { return .gone }
+                base = StoredSession(data: decoded, version: current, expiryRefreshed: false)
+            }
+        }
+    }
+
     public func set(_ id: String, _ session: SessionData) async throws {
         let json = session.jsonBytes()
         let now = self.now()
@@ -92,8 +151,9 @@ public final class MemorySessionStore: SessionStore {
         let json = current.jsonBytes()
         let expiresAt = expiry(of: session, now: now)
         state.withLock { state in
-            // Only if it was not destroyed meanwhile.
-            guard state.entries[id] != nil else { return }
+            // Only if nobody wrote or destroyed it meanwhile: a concurrent save carries its own cookie and expiry,
+            // and writing back the copy read above would undo it.
+            guard state.entries[id]?.json == stored else { return }
             if expiresAt > now {
                 state.entries[id] = Entry(json: json, expiresAt: expiresAt)
             } else {

@@ -7,6 +7,7 @@ import Dispatch
 import EvServer
 import Logging
 import Synchronization
+import Crypto
 
 /// Sessions in Redis, as connect-redis 7 keeps them, so Node and this server can share them: the value of
 /// `<prefix><id>` is express-session's JSON, and Redis owns expiry.
@@ -51,9 +52,18 @@ public final class RedisSessionStore: SessionStore {
     /// made on first use from that loop, so every command runs on the loop of the request that sent it. Calls
     /// from outside any loop use a loop thread the store starts for itself.
     /// - Throws: the URL's parse error.
-    public init(url: String, prefix: String = "sess:", ttl: Int = 86400, disableTouch: Bool = false,
-                scanCount: Int = 100, logger: Logger = Logger(label: "evserver.session.redis")) throws {
-        self.clients = .perLoop(PerLoopClients(configuration: try RedisConfiguration(url: url)))
+    public convenience init(url: String, prefix: String = "sess:", ttl: Int = 86400, disableTouch: Bool = false,
+                            scanCount: Int = 100, logger: Logger = Logger(label: "evserver.session.redis")) throws {
+        self.init(configuration: try RedisConfiguration(url: url), prefix: prefix, ttl: ttl, disableTouch: disableTouch,
+                  scanCount: scanCount, logger: logger)
+    }
+
+    /// A store with one client per ``EventLoop`` (as ``init(url:prefix:ttl:disableTouch:scanCount:logger:)``), for a
+    /// configuration built in code: a command timeout, a metrics hook.
+    public init(configuration: RedisConfiguration, prefix: String = "sess:", ttl: Int = 86400,
+                disableTouch: Bool = false, scanCount: Int = 100,
+                logger: Logger = Logger(label: "evserver.session.redis")) {
+        self.clients = .perLoop(PerLoopClients(configuration: configuration))
         self.prefix = prefix
         self.ttl = ttl
         self.disableTouch = disableTouch
@@ -67,12 +77,104 @@ public final class RedisSessionStore: SessionStore {
     // MARK: - SessionStore
 
     public func get(_ id: String) async throws -> SessionData? {
-        guard let bytes = try await client().get(key(for: id)) else { return nil }
+        try await load(id, touchingWith: nil)?.data
+    }
+
+    /// `GETEX key EX ttl` (one round trip: the read refreshes the expiry as `touch` would), or `GET` with a nil
+    /// cookie or `disableTouch`. A value that is not a session (not JSON, or another Redis type at the key) is nil
+    /// and a logged warning.
+    public func load(_ id: String, touchingWith cookie: SessionCookie?) async throws -> StoredSession? {
+        let client = try client()
+        let refresh = disableTouch ? nil : cookie.map { ttl(for: SessionData(cookie: $0)) }
+        let bytes: [UInt8]?
+        do {
+            if let refresh, refresh > 0 {
+                bytes = try await client.get(key(for: id), refreshingExpiry: refresh)
+            } else {
+                bytes = try await client.get(key(for: id))
+            }
+        } catch let error as RedisError where error.code == "WRONGTYPE" {
+            logger.warning("a non-string Redis value sits at a session key; treating it as no session",
+                           metadata: ["prefix": "\(prefix)"])
+            return nil
+        }
+        guard let bytes else { return nil }
+        guard let data = decode(bytes) else { return nil }
+        return StoredSession(data: data, version: bytes, expiryRefreshed: refresh.map { $0 > 0 } ?? false)
+    }
+
+    /// Compare-and-set through ``RedisSessionStore/compareAndSet`` (one `EVALSHA`): written only if the stored
+    /// value is still the loaded one; else the changes are applied onto the newer value and tried again; a missing
+    /// key (destroyed or expired meanwhile) is never re-created for a session that was loaded.
+    public func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
+        let client = try client()
+        let key = key(for: id)
+        var base = write.base
+        for _ in 0..<RedisSessionStore.maximumCommitAttempts {
+            let data = write.data(onto: base?.data.values ?? JSONObject())
+            let seconds = ttl(for: data)
+            guard seconds > 0 else {
+                // An expired cookie: connect-redis deletes instead of writing.
+                try await client.delete([key])
+                return .gone
+            }
+            let json = data.jsonBytes()
+            let expected = base.map { RedisSessionStore.digest($0.version ?? $0.data.jsonBytes()) } ?? []
+            let reply = try await client.eval(RedisSessionStore.compareAndSet, keys: [key],
+                                              arguments: [expected, json, Array(String(seconds).utf8)])
+            switch reply {
+            case .integer(1):
+                return .saved(StoredSession(data: data, version: json, expiryRefreshed: true))
+            case .null:
+                return .gone
+            case .bulkString(let current):
+                // Another request wrote first: merge onto what it left. A value that is no session any more
+                // counts as gone (never overwrite what we cannot read).
+                guard let decoded = decode(current) else { return .gone }
+                base = StoredSession(data: decoded, version: current, expiryRefreshed: false)
+            default:
+                throw RedisSessionStoreError("unexpected reply to the session compare-and-set script: \(reply)")
+            }
+        }
+        throw RedisSessionStoreError("session \(RedisSessionStore.maximumCommitAttempts) times changed by other "
+            + "requests while saving; giving up")
+    }
+
+    /// How often a commit re-applies its changes before giving up (each retry follows another request's write).
+    static let maximumCommitAttempts = 64
+
+    /// KEYS[1]: the session key. ARGV[1]: SHA-1 hex of the value the writer loaded ('' for a new session),
+    /// ARGV[2]: the new JSON, ARGV[3]: the TTL in seconds. Returns 1 when written, false when a loaded session is
+    /// gone (destroyed: never resurrect it), or the current value when another writer changed it. One key, so it
+    /// runs on Redis Cluster too.
+    static let compareAndSet = RedisScript("""
+        local current = redis.call('GET', KEYS[1])
+        if current == false then
+          if ARGV[1] ~= '' then return false end
+        elseif redis.sha1hex(current) ~= ARGV[1] then
+          return current
+        end
+        redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+        return 1
+        """)
+
+    static func digest(_ bytes: [UInt8]) -> [UInt8] {
+        let hex: [UInt8] = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(40)
+        for byte in Insecure.SHA1.hash(data: bytes) {
+            out.append(hex[Int(byte >> 4)])
+            out.append(hex[Int(byte & 0x0f)])
+        }
+        return out
+    }
+
+    private func decode(_ bytes: [UInt8]) -> SessionData? {
         do {
             return try SessionData(json: bytes)
         } catch {
             logger.warning("undecodable session value in Redis; treating it as no session",
-                           metadata: ["prefix": "\(prefix)", "error": "\(error)"])
+                           metadata: ["prefix": "\(prefix)", "error": "\(error)", "bytes": "\(bytes.count)"])
             return nil
         }
     }

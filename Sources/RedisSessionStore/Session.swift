@@ -42,7 +42,15 @@ public final class Session {
     enum State { case active, destroyed, unset }
 
     /// The session id (the cookie carries it, signed). Changes on ``regenerate()``.
-    public private(set) var id: String
+    ///
+    /// A new session's id is made the first time something needs it (a save, the cookie, this property), so a
+    /// request that never stores anything costs no random bytes.
+    public var id: String {
+        if let currentId { return currentId }
+        let generated = engine.configuration.genid()
+        currentId = generated
+        return generated
+    }
     /// The cookie's lifetime and attributes. `cookie.maxAge = 60_000` moves the expiry, as in express.
     public var cookie: SessionCookie
     /// Whether the session was created during this request (no valid cookie, nothing in the store, or regenerated).
@@ -54,12 +62,14 @@ public final class Session {
         set {
             guard state == .active else { return ignoredWrite() }
             values = newValue
+            replacedAll = true
             changedSinceLoad = true
             changedSinceSave = true
         }
     }
 
     private var values: JSONObject
+    private var currentId: String?
     let engine: SessionEngine
     /// Whether the request came over HTTPS (for `secure: .auto`), decided once when the request arrived.
     let requestIsSecure: Bool
@@ -68,8 +78,9 @@ public final class Session {
 
     // express-session's bookkeeping: `originalId`/`originalHash` as loaded or generated, `savedHash` after a save
     // (or at load when resave is off). Instead of hashing, the values themselves are kept (copy-on-write makes that
-    // free) and compared by their serialized form only when something was written.
-    let originalId: String
+    // free) and compared by their serialized form only when something was written. The id only ever changes through
+    // regenerate(), so `originalId !== sess.id` is that flag.
+    private var regenerated = false
     private let originalValues: JSONObject
     private(set) var savedValues: JSONObject?
     private var changedSinceLoad = false
@@ -78,16 +89,31 @@ public final class Session {
     /// Whether the store knows this id (loaded from it or saved to it), for `metrics.created`.
     private var inStore: Bool
 
+    // What this request wrote since the last commit, so a commit merges just that onto what other requests stored
+    // meanwhile (see SessionStore+Concurrency.swift): the keys written, in order, and whether all values were
+    // replaced at once. `base` is the stored version the request last loaded or wrote.
+    private var writtenKeys: [String] = []
+    private var writtenKeySet: Set<String> = []
+    private var replacedAll = false
+    private var base: StoredSession?
+
     /// A session loaded from the store.
-    init(id: String, stored: SessionData, engine: SessionEngine, requestIsSecure: Bool) {
-        self.id = id
+    convenience init(id: String, stored: SessionData, engine: SessionEngine, requestIsSecure: Bool) {
+        self.init(id: id, loaded: StoredSession(data: stored, version: nil, expiryRefreshed: false), engine: engine,
+                  requestIsSecure: requestIsSecure)
+    }
+
+    /// A session loaded from the store with its version.
+    init(id: String, loaded: StoredSession, engine: SessionEngine, requestIsSecure: Bool) {
+        let stored = loaded.data
+        self.base = loaded
+        self.currentId = id
         self.cookie = stored.cookie
         self.values = stored.values
         self.engine = engine
         self.requestIsSecure = requestIsSecure
         self.isDetached = false
         self.isNew = false
-        self.originalId = id
         self.originalValues = stored.values
         self.inStore = true
         if !engine.configuration.resave { savedValues = stored.values }
@@ -95,14 +121,13 @@ public final class Session {
 
     /// A new session (express's `store.generate`).
     init(newWith engine: SessionEngine, requestIsSecure: Bool, now: Date, detached: Bool = false) {
-        self.id = engine.configuration.genid()
+        self.currentId = nil
         self.cookie = engine.newCookie(now: now, requestIsSecure: requestIsSecure)
         self.values = JSONObject()
         self.engine = engine
         self.requestIsSecure = requestIsSecure
         self.isDetached = detached
         self.isNew = true
-        self.originalId = id
         self.originalValues = JSONObject()
         self.inStore = false
     }
@@ -120,6 +145,7 @@ public final class Session {
                 return
             }
             values[key] = newValue
+            if writtenKeySet.insert(key).inserted { writtenKeys.append(key) }
             changedSinceLoad = true
             changedSinceSave = true
         }
@@ -133,7 +159,8 @@ public final class Session {
         return try value.decode(as: T.self)
     }
 
-    /// Encodes `value` (with `JSONEncoder`) and stores it under `key`.
+    /// Encodes `value` (with `JSONEncoder`, object keys sorted so equal values always encode alike) and stores it
+    /// under `key`.
     /// - Throws: the encoder's error.
     public func set<T: Encodable>(_ key: String, _ value: T) throws {
         self[key] = try JSONValue(encoding: value)
@@ -159,10 +186,14 @@ public final class Session {
     /// session as it was, so a login cannot go on under the old id.
     /// - Throws: ``SessionStoreError`` when the store fails.
     public func regenerate() async throws {
-        if !isDetached {
-            try await engine.destroy(id)
+        // An id never made was never stored: nothing to destroy.
+        if !isDetached, let currentId {
+            try await engine.destroy(currentId)
         }
-        id = engine.configuration.genid()
+        currentId = nil
+        regenerated = true
+        base = nil
+        replacedAll = true
         values = JSONObject()
         changedSinceLoad = true
         changedSinceSave = true
@@ -178,8 +209,9 @@ public final class Session {
     public func destroy() async throws {
         state = .destroyed
         values = JSONObject()
-        guard !isDetached else { return }
-        try await engine.destroy(id)
+        base = nil
+        guard !isDetached, let currentId else { return }
+        try await engine.destroy(currentId)
         inStore = false
     }
 
@@ -195,9 +227,12 @@ public final class Session {
     /// - Throws: ``SessionNotFoundError`` when the store has no such session; ``SessionStoreError`` when it fails.
     public func reload() async throws {
         guard !isDetached, state == .active else { return }
-        guard let stored = try await engine.get(id) else { throw SessionNotFoundError() }
-        values = stored.values
-        cookie = stored.cookie
+        guard let loaded = try await engine.load(id, now: engine.configuration.now(), requestIsSecure: requestIsSecure)
+        else { throw SessionNotFoundError() }
+        base = loaded
+        values = loaded.data.values
+        cookie = loaded.data.cookie
+        clearWrites()
         changedSinceLoad = true
         changedSinceSave = true
     }
@@ -207,10 +242,56 @@ public final class Session {
     /// - Throws: ``SessionStoreError`` when the store fails.
     public func save() async throws {
         guard !isDetached, state == .active else { return }
-        savedValues = values
-        changedSinceSave = false
-        try await engine.set(id, SessionData(cookie: cookie, values: values), isNew: !inStore)
-        inStore = true
+        if !inStore, engine.configuration.absoluteTimeout != nil, values[Session.createdAtKey] == nil {
+            // The creation time travels in the session JSON as an ordinary top-level key, so express-session
+            // instances sharing the store keep it intact (they drop unknown fields of "cookie", not of the session).
+            let created = JSONValue.number(String(engine.configuration.now().javaScriptMilliseconds))
+            values[Session.createdAtKey] = created
+            if writtenKeySet.insert(Session.createdAtKey).inserted { writtenKeys.append(Session.createdAtKey) }
+        }
+        let changes = SessionChanges(updates: writtenKeys.map { ($0, values[$0]) }, replacesAll: replacedAll)
+        let write = SessionWrite(cookie: cookie, changes: changes, values: values, base: base)
+        switch try await engine.commit(id, write, isNew: !inStore) {
+        case .saved(let stored):
+            // The stored values may hold other requests' writes too: this request now sees them.
+            base = stored
+            values = stored.data.values
+            savedValues = values
+            changedSinceSave = false
+            clearWrites()
+            inStore = true
+        case .gone:
+            // Destroyed (logout, regenerate elsewhere) or expired while this request ran: it stays gone.
+            engine.logger.info("session destroyed by another request while this one ran; its changes were dropped")
+            state = .destroyed
+            values = JSONObject()
+            base = nil
+            inStore = false
+        }
+    }
+
+    /// The key holding the creation time (JavaScript milliseconds) when an absolute timeout is configured.
+    public static let createdAtKey = "evserverCreatedAt"
+
+    /// Whether a loaded session outlived the absolute timeout (counted from its stored creation time).
+    static func isPastAbsoluteTimeout(_ data: SessionData, configuration: SessionConfiguration) -> Bool {
+        guard let limit = configuration.absoluteTimeout,
+              let created = data.values[createdAtKey]?.doubleValue else { return false }
+        let age = Double(configuration.now().javaScriptMilliseconds) - created
+        return age >= Double(limit.components.seconds) * 1000
+    }
+
+    private func clearWrites() {
+        writtenKeys.removeAll()
+        writtenKeySet.removeAll()
+        replacedAll = false
+    }
+
+    /// Whether loading already refreshed the store's expiry exactly as the end-of-request touch would: the load
+    /// used the configured cookie, so it matches when the stored cookie has the configured max age.
+    func expiryRefreshedAtLoad(configuredMaxAge: Int64?) -> Bool {
+        guard let base, base.expiryRefreshed, !regenerated else { return false }
+        return cookie.originalMaxAge == configuredMaxAge
     }
 
     /// Restarts the cookie's lifetime from now (express's `session.touch()`, `cookie.resetMaxAge()`). The middleware
@@ -223,14 +304,14 @@ public final class Session {
 
     /// express's `isModified`: another id, or other values than at load.
     var isModified: Bool {
-        if originalId != id { return true }
+        if regenerated { return true }
         if !changedSinceLoad { return false }
         return !Session.sameJSON(values, originalValues)
     }
 
     /// express's `isSaved`: same id, and the values last saved (or loaded, with resave off) are the current ones.
     var isSaved: Bool {
-        guard originalId == id, let savedValues else { return false }
+        guard !regenerated, let savedValues else { return false }
         if !changedSinceSave { return true }
         return Session.sameJSON(values, savedValues)
     }
@@ -242,6 +323,15 @@ public final class Session {
         b.serialize(into: &right)
         return left == right
     }
+
+    /// Whether the session's id is `cookieId` (express's `cookieId === req.sessionID`), without making an id.
+    func hasId(_ cookieId: String?) -> Bool {
+        guard let cookieId, let currentId else { return false }
+        return currentId == cookieId
+    }
+
+    /// The id, if one was made or loaded.
+    var existingId: String? { currentId }
 
     /// The data to store.
     var storedData: SessionData { SessionData(cookie: cookie, values: values) }

@@ -144,7 +144,7 @@ enum ISO8601Milliseconds {
     static func format(_ milliseconds: Int64, into out: inout [UInt8]) {
         let msOfDay = ((milliseconds % 86_400_000) + 86_400_000) % 86_400_000
         let days = (milliseconds - msOfDay) / 86_400_000
-        let (year, month, day) = civil(fromDays: days)
+        let (year, month, day) = CivilDate.civil(fromDays: days)
         func append(_ value: Int64, width: Int) {
             var digits = [UInt8](repeating: UInt8(ascii: "0"), count: width)
             var rest = value
@@ -250,7 +250,9 @@ enum ISO8601Milliseconds {
             }
             guard index == bytes.count else { return nil }
         }
-        return days(fromYear: year, month: month, day: day) * 86_400_000 + msOfDay - offsetMinutes * 60_000
+        let ms = CivilDate.days(fromYear: year, month: month, day: day) * 86_400_000 + msOfDay - offsetMinutes * 60_000
+        // JavaScript dates end at +/-8.64e15 ms: beyond, Node reads an Invalid Date (and stores null), so do we.
+        return abs(ms) <= 8_640_000_000_000_000 ? ms : nil
     }
 
     private static func isLeap(_ year: Int64) -> Bool { year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) }
@@ -261,27 +263,5 @@ enum ISO8601Milliseconds {
         case 4, 6, 9, 11: 30
         default: 31
         }
-    }
-
-    // Howard Hinnant's days_from_civil / civil_from_days (proleptic Gregorian, day 0 = 1970-01-01).
-    private static func days(fromYear year: Int64, month: Int64, day: Int64) -> Int64 {
-        let y = month <= 2 ? year - 1 : year
-        let era = (y >= 0 ? y : y - 399) / 400
-        let yearOfEra = y - era * 400
-        let dayOfYear = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
-        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
-        return era * 146_097 + dayOfEra - 719_468
-    }
-
-    private static func civil(fromDays days: Int64) -> (year: Int64, month: Int64, day: Int64) {
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let dayOfEra = z - era * 146_097
-        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36524 - dayOfEra / 146_096) / 365
-        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
-        let mp = (5 * dayOfYear + 2) / 153
-        let day = dayOfYear - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        return (yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day)
     }
 }

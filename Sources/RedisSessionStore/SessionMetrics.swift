@@ -30,6 +30,9 @@ public final class SessionMetrics: Sendable {
     func recordSaved() { savedCount.add(1, ordering: .relaxed) }
     func recordTouched() { touchedCount.add(1, ordering: .relaxed) }
     func recordDestroyed() { destroyedCount.add(1, ordering: .relaxed) }
-    func recordStoreError() { storeErrorCount.add(1, ordering: .relaxed) }
-    func recordSecureCookieWithheld() { secureCookieWithheldCount.add(1, ordering: .relaxed) }
+    @discardableResult
+    func recordStoreError() -> Int { storeErrorCount.add(1, ordering: .relaxed).newValue }
+    /// - Returns: the new count.
+    @discardableResult
+    func recordSecureCookieWithheld() -> Int { secureCookieWithheldCount.add(1, ordering: .relaxed).newValue }
 }

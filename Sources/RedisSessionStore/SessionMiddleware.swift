@@ -5,6 +5,7 @@ import Foundation
 #endif
 import EvServer
 import Logging
+import Synchronization
 
 // MARK: - Configuration
 
@@ -64,9 +65,17 @@ public struct SessionConfiguration: Sendable {
     /// Save (and send the cookie for) new sessions even when nothing was stored in them (`saveUninitialized`).
     public var saveUninitialized: Bool
     public var unset: Unset
-    /// Trust `X-Forwarded-Proto` to tell HTTPS requests (for `secure: .auto` and for withholding secure cookies).
-    /// Only turn it on behind a proxy that sets the header.
-    public var trustProxy: Bool
+    /// The proxies whose `X-Forwarded-Proto` tells HTTPS requests (for `secure: .auto` and for withholding secure
+    /// cookies); from any other peer the header is ignored.
+    public var trustedProxies: TrustedProxies
+    /// `true` trusts every peer (``TrustedProxies/all``), `false` none: express's boolean `trust proxy`.
+    public var trustProxy: Bool {
+        get { trustedProxies.isEnabled }
+        set { trustedProxies = newValue ? .all : .none }
+    }
+    /// A session dies this long after it was created, however often it is used or `rolling` renews it (nil: no
+    /// limit). The creation time is stored in the session as ``Session/createdAtKey``.
+    public var absoluteTimeout: Duration?
     public var logger: Logger
     /// The clock, for tests.
     public var now: @Sendable () -> Date
@@ -74,7 +83,9 @@ public struct SessionConfiguration: Sendable {
     public init(secrets: [String], name: String = "connect.sid", cookie: SessionCookieOptions = SessionCookieOptions(),
                 genid: @escaping @Sendable () -> String = SessionID.generate, rolling: Bool = false,
                 resave: Bool = false, saveUninitialized: Bool = false, unset: Unset = .keep, trustProxy: Bool = false,
+                absoluteTimeout: Duration? = nil,
                 logger: Logger = Logger(label: "evserver.session"), now: @escaping @Sendable () -> Date = { Date() }) {
+        self.absoluteTimeout = absoluteTimeout
         self.secrets = secrets
         self.name = name
         self.cookie = cookie
@@ -83,7 +94,7 @@ public struct SessionConfiguration: Sendable {
         self.resave = resave
         self.saveUninitialized = saveUninitialized
         self.unset = unset
-        self.trustProxy = trustProxy
+        self.trustedProxies = trustProxy ? .all : .none
         self.logger = logger
         self.now = now
     }
@@ -99,6 +110,7 @@ final class SessionEngine: Sendable {
     let signer: CookieSigner
     let metrics: SessionMetrics
     var logger: Logger { configuration.logger }
+    private let lastErrorLog = Mutex<(at: ContinuousClock.Instant, failures: Int)?>(nil)
 
     init(store: any SessionStore, configuration: SessionConfiguration, metrics: SessionMetrics) throws {
         self.store = store
@@ -121,14 +133,20 @@ final class SessionEngine: Sendable {
         return cookie
     }
 
-    func get(_ id: String) async throws -> SessionData? {
-        try await perform("get") { try await store.get(id) }
+    /// Loads with the version and, in the same round trip where the store can, refreshes the expiry as a touch with
+    /// a cookie of the configured options would.
+    func load(_ id: String, now: Date, requestIsSecure: Bool) async throws -> StoredSession? {
+        let touching = newCookie(now: now, requestIsSecure: requestIsSecure)
+        return try await perform("get") { try await store.load(id, touchingWith: touching) }
     }
 
-    func set(_ id: String, _ data: SessionData, isNew: Bool) async throws {
-        try await perform("set") { try await store.set(id, data) }
-        metrics.recordSaved()
-        if isNew { metrics.recordCreated() }
+    func commit(_ id: String, _ write: SessionWrite, isNew: Bool) async throws -> SessionCommitResult {
+        let result = try await perform("set") { try await store.commit(id, write) }
+        if case .saved = result {
+            metrics.recordSaved()
+            if isNew { metrics.recordCreated() }
+        }
+        return result
     }
 
     func touch(_ id: String, _ data: SessionData) async throws {
@@ -145,9 +163,17 @@ final class SessionEngine: Sendable {
         do {
             return try await body()
         } catch {
-            metrics.recordStoreError()
-            // The error, never the session id: ids are credentials.
-            logger.error("session store \(operation) failed", metadata: ["error": "\(error)"])
+            let failures = metrics.recordStoreError()
+            // The error, never the session id: ids are credentials. During an outage every request fails alike:
+            // one error line a second (with the count since the last), the rest at debug level; /metrics counts all.
+            let now = ContinuousClock.now
+            let loud = lastErrorLog.withLock { last -> Bool in
+                guard last.map({ now - $0.at >= .seconds(1) }) ?? true else { return false }
+                last = (now, failures)
+                return true
+            }
+            logger.log(level: loud ? .error : .debug, "session store \(operation) failed",
+                       metadata: ["error": "\(error)", "failures": "\(failures)"])
             throw SessionStoreError(operation: operation, underlying: error)
         }
     }
@@ -201,7 +227,7 @@ public struct SessionMiddleware: Middleware {
         let requestIsSecure = isSecure(request)
 
         // express skips requests outside the cookie's path: their browser would not send the cookie.
-        guard SessionMiddleware.rawPath(of: request.uri).hasPrefix(configuration.cookie.path) else {
+        guard SessionMiddleware.rawPath(of: request.uri).utf8.starts(with: configuration.cookie.path.utf8) else {
             request.storage[SessionStorageKey.self] = Session(newWith: engine, requestIsSecure: requestIsSecure,
                                                               now: now, detached: true)
             return try await next()
@@ -210,14 +236,18 @@ public struct SessionMiddleware: Middleware {
         let cookieId = sessionId(from: request)
         let session: Session
         if let cookieId {
-            let stored: SessionData?
+            let stored: StoredSession?
             do {
-                stored = try await engine.get(cookieId)
+                stored = try await engine.load(cookieId, now: now, requestIsSecure: requestIsSecure)
             } catch {
                 throw SessionMiddleware.unavailable
             }
-            if let stored {
-                session = Session(id: cookieId, stored: stored, engine: engine, requestIsSecure: requestIsSecure)
+            if let stored, Session.isPastAbsoluteTimeout(stored.data, configuration: configuration) {
+                // Past its absolute lifetime: gone for good, whatever its TTL says.
+                do { try await engine.destroy(cookieId) } catch { throw SessionMiddleware.unavailable }
+                session = Session(newWith: engine, requestIsSecure: requestIsSecure, now: now)
+            } else if let stored {
+                session = Session(id: cookieId, loaded: stored, engine: engine, requestIsSecure: requestIsSecure)
             } else {
                 session = Session(newWith: engine, requestIsSecure: requestIsSecure, now: now)
             }
@@ -270,7 +300,7 @@ public struct SessionMiddleware: Middleware {
         switch session.state {
         case .unset:
             // shouldDestroy: `req.sessionID && unsetDestroy && req.session == null`.
-            if configuration.unset == .destroy { try await engine.destroy(session.id) }
+            if configuration.unset == .destroy, let id = session.existingId { try await engine.destroy(id) }
             return nil
         case .destroyed:
             // destroy() already removed it from the store (express would send a second destroy with
@@ -285,16 +315,23 @@ public struct SessionMiddleware: Middleware {
 
         if shouldSave(session, cookieId: cookieId) {
             try await session.save()
+            // Destroyed by another request meanwhile: it stays destroyed, and this response sets no cookie.
+            if session.state != .active { return nil }
         } else if shouldTouch(session, cookieId: cookieId) {
-            try await engine.touch(session.id, session.storedData)
+            if session.expiryRefreshedAtLoad(configuredMaxAge: configuration.cookie.maxAge) {
+                metrics.recordTouched()   // the load (GETEX) already did it: no second round trip
+            } else {
+                try await engine.touch(session.id, session.storedData)
+            }
         }
 
         guard shouldSetCookie(session, cookieId: cookieId) else { return nil }
         if session.cookie.secure == true && !session.requestIsSecure {
             // express: "only send secure cookies via https". The session is saved; the browser just never gets it.
-            metrics.recordSecureCookieWithheld()
-            configuration.logger.warning("secure session cookie withheld on a plain HTTP request",
-                                         metadata: ["hint": "serve over HTTPS, or set trustProxy behind a TLS proxy"])
+            // A misconfiguration repeats on every request: warn once, then count (metrics) and debug-log.
+            let level: Logger.Level = metrics.recordSecureCookieWithheld() == 1 ? .warning : .debug
+            configuration.logger.log(level: level, "secure session cookie withheld on a plain HTTP request",
+                                     metadata: ["hint": "serve over HTTPS, or set trustProxy behind a TLS proxy"])
             return nil
         }
         let cookie = session.cookie
@@ -306,7 +343,7 @@ public struct SessionMiddleware: Middleware {
 
     /// express: `!saveUninitialized && !savedHash && cookieId !== req.sessionID ? isModified : !isSaved`.
     func shouldSave(_ session: Session, cookieId: String?) -> Bool {
-        if !configuration.saveUninitialized && session.savedValues == nil && cookieId != session.id {
+        if !configuration.saveUninitialized && session.savedValues == nil && !session.hasId(cookieId) {
             return session.isModified
         }
         return !session.isSaved
@@ -314,13 +351,13 @@ public struct SessionMiddleware: Middleware {
 
     /// express: `cookieId === req.sessionID && !shouldSave(req)` (asked only when not saving).
     func shouldTouch(_ session: Session, cookieId: String?) -> Bool {
-        cookieId == session.id
+        session.hasId(cookieId)
     }
 
     /// express: `cookieId !== req.sessionID ? saveUninitialized || isModified
     ///                                      : rolling || cookie.expires != null && isModified`.
     func shouldSetCookie(_ session: Session, cookieId: String?) -> Bool {
-        if cookieId != session.id {
+        if !session.hasId(cookieId) {
             return configuration.saveUninitialized || session.isModified
         }
         return configuration.rolling || (session.cookie.expires != nil && session.isModified)
@@ -332,7 +369,7 @@ public struct SessionMiddleware: Middleware {
     /// all mean "new session", never an error).
     private func sessionId(from request: Request) -> String? {
         guard let raw = request.cookies[configuration.name], !raw.isEmpty else { return nil }
-        guard raw.hasPrefix("s:") else {
+        guard raw.utf8.starts(with: "s:".utf8) else {
             configuration.logger.debug("session cookie unsigned")
             return nil
         }
@@ -346,7 +383,8 @@ public struct SessionMiddleware: Middleware {
     /// express's `issecure`: there is no TLS in this server, so a request is HTTPS only per a trusted proxy's
     /// `X-Forwarded-Proto` (its first value, case-insensitively).
     private func isSecure(_ request: Request) -> Bool {
-        guard configuration.trustProxy, let header = request.headers["X-Forwarded-Proto"] else { return false }
+        guard let header = request.headers["X-Forwarded-Proto"],
+              configuration.trustedProxies.trusts(request.remoteAddress) else { return false }
         let first = header.split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         return first.trimmingSpaces().lowercased() == "https"
     }

@@ -78,7 +78,9 @@ public struct SessionData: Sendable, Equatable {
 /// The contract, for every store:
 /// - `get` returns nil for a missing, expired or malformed id, and throws only on a system failure;
 /// - `set` overwrites; `destroy` of a missing id is a no-op; `touch` only refreshes the expiry;
-/// - listing never blocks the store (Redis: SCAN, never KEYS).
+/// - listing never blocks the store (Redis: SCAN, never KEYS);
+/// - `load` and `commit` are what ``SessionMiddleware`` uses: a store that implements them with compare-and-set
+///   loses no update between concurrent requests of one session (both built-in stores do).
 public protocol SessionStore: Sendable {
     func get(_ id: String) async throws -> SessionData?
     func set(_ id: String, _ session: SessionData) async throws
@@ -89,6 +91,16 @@ public protocol SessionStore: Sendable {
     func clear() async throws
     /// Checks that the store answers (for `/readyz`).
     func ping() async throws
+
+    /// Loads a session with its version, refreshing its expiry as a touch with `cookie` would, in one step where
+    /// the store can (Redis: `GETEX`). nil `cookie`: no refresh. Same nil rules as `get`. A default implementation
+    /// calls `get` (see `SessionStore+Concurrency.swift`).
+    func load(_ id: String, touchingWith cookie: SessionCookie?) async throws -> StoredSession?
+
+    /// Writes a request's changes onto the stored session atomically (compare-and-set on the version, re-applying
+    /// the changes onto a newer value written meanwhile), never re-creating a session that was destroyed while the
+    /// request ran. A default implementation calls `set` (last writer wins).
+    func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult
 }
 
 // MARK: - JavaScript time

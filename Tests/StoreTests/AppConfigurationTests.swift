@@ -19,7 +19,7 @@ import Testing
         #expect(config.prefix == "sess:")
         #expect(!config.rolling && !config.resave && !config.saveUninitialized)
         #expect(config.cookieSameSite == .lax)
-        #expect(!config.trustProxy)
+        #expect(config.trustProxy == .none)
         #expect(config.maxBody == 65536)
         #expect(config.redis.commandTimeout == .milliseconds(1000))
     }
@@ -31,6 +31,7 @@ import Testing
             "SESSION_MAX_AGE": "60", "SESSION_PREFIX": "app:", "SESSION_ROLLING": "true", "SESSION_RESAVE": "1",
             "SESSION_SAVE_UNINITIALIZED": "yes", "SESSION_COOKIE_SECURE": "auto", "SESSION_COOKIE_SAMESITE": "strict",
             "TRUST_PROXY": "on", "INSTANCE_NAME": "app7", "EVSERVER_MAX_BODY": "1024", "REDIS_TIMEOUT_MS": "250",
+            "SESSION_IDLE_TIMEOUT": "600", "SESSION_ABSOLUTE_TIMEOUT": "3600",
         ]
         let config = try resolve([], environment)
         #expect(config.host == "0.0.0.0")
@@ -45,10 +46,12 @@ import Testing
         #expect(config.rolling && config.resave && config.saveUninitialized)
         #expect(config.cookieSecure == .auto)
         #expect(config.cookieSameSite == .strict)
-        #expect(config.trustProxy)
+        #expect(config.trustProxy == .all)
         #expect(config.instance == "app7")
         #expect(config.maxBody == 1024)
         #expect(config.redis.commandTimeout == .milliseconds(250))
+        #expect(config.idleTimeout == 600)
+        #expect(config.absoluteTimeout == 3600)
 
         let flagged = try resolve(["--port", "5000", "--instance", "flag", "--rolling", "false"], environment)
         #expect(flagged.port == 5000)
@@ -69,6 +72,9 @@ import Testing
         (["--cookie-name", "a b"], "--cookie-name"),
         (["--prefix", "sess*"], "--prefix"),
         (["--max-body=-1"], "--max-body"),
+        (["--idle-timeout", "0"], "--idle-timeout"),
+        (["--trust-proxy", "10.0.0.0/33"], "--trust-proxy"),
+        (["--absolute-timeout", "soon"], "--absolute-timeout"),
     ])
     func badValuesFailWithOneClearLine(arguments: [String], mentions: String) throws {
         let error = #expect(throws: ConfigurationError.self) { try resolve(arguments + ["--secret", "s"]) }

@@ -16,16 +16,21 @@ final class DemoServer {
     let prefix: String
     let redis: RedisClient
 
-    init(_ arguments: [String] = [], environment: [String: String] = [:]) throws {
-        prefix = "test:\(UUID().uuidString.prefix(8)):sess:"
+    /// - Parameters:
+    ///   - redisPort: a private redis-server's port (default: the shared test server).
+    ///   - prefix: the key prefix (default: a fresh one, so tests do not see each other's sessions).
+    init(_ arguments: [String] = [], environment: [String: String] = [:], redisPort: Int? = nil,
+         prefix: String? = nil, instance: String = "test-instance") throws {
+        self.prefix = prefix ?? "test:\(UUID().uuidString.prefix(8)):sess:"
+        let port = redisPort ?? TestRedis.port
         let options = try ServerOptions.parse([
-            "--port", "0", "--redis-url", "redis://\(TestRedis.host):\(TestRedis.port)/0", "--secret", "test secret",
-            "--prefix", prefix, "--instance", "test-instance",
+            "--port", "0", "--redis-url", "redis://\(TestRedis.host):\(port)/0", "--secret", "test secret",
+            "--prefix", self.prefix, "--instance", instance,
         ] + arguments)
         let config = try options.resolve(environment: environment)
         demo = try DemoApp(configuration: config)
         server = try demo.makeApplication().start(host: "127.0.0.1", port: 0, threads: config.threads)
-        redis = TestRedis.client
+        redis = redisPort.map { PrivateRedis.client(port: $0) } ?? TestRedis.client
     }
 
     func client() throws -> TestHTTPClient { try TestHTTPClient(port: server.port) }
@@ -293,6 +298,52 @@ func withDemo(_ arguments: [String] = [], _ body: (DemoServer) async throws -> V
             #expect(try client.request("GET", "/login").text == "Welcome Aditya@123")
             #expect(try client.request("GET", "/views").text == #"{"views":1,"instance":"test-instance"}"#)
             #expect(try await app.keys().isEmpty)
+        }
+    }
+
+    @Test func idleTimeoutIsTheSlidingTTL() async throws {
+        try await withDemo(["--idle-timeout", "120"]) { app in
+            let client = try app.client()
+            _ = try client.request("GET", "/")
+            let id = try #require(DemoServer.sessionID(fromCookie: client.cookieJar["connect.sid"] ?? ""))
+            #expect((110...120).contains(try await app.ttl(id)))
+            _ = try await app.redis.send("EXPIRE", app.prefix + id, "30")
+            _ = try client.request("GET", "/login")   // any use slides it back
+            #expect((110...120).contains(try await app.ttl(id)))
+        }
+    }
+
+    @Test func absoluteTimeoutEndsAnActiveSession() async throws {
+        try await withDemo(["--absolute-timeout", "3", "--rolling", "true"]) { app in
+            let client = try app.client()
+            _ = try client.request("GET", "/")
+            let created = ContinuousClock.now   // the server stamped the session before answering
+            let id = try #require(DemoServer.sessionID(fromCookie: client.cookieJar["connect.sid"] ?? ""))
+            let stored = try #require(try await app.stored(id))
+            #expect(stored.contains("\"evserverCreatedAt\":"))
+            // Used (and, with rolling, renewed) while young: still there. Only asserted when the machine was quick
+            // enough for "young" to be true.
+            try await Task.sleep(for: .milliseconds(500))
+            let young = try client.request("GET", "/login").text
+            if ContinuousClock.now - created < .milliseconds(2500) { #expect(young == "Welcome Aditya@123") }
+            // Three seconds after creation it is gone, however recently it was used.
+            try await Task.sleep(until: created + .milliseconds(3300))
+            #expect(try client.request("GET", "/login").text == "Welcome guest")
+            #expect(try await app.stored(id) == nil)
+        }
+    }
+
+    @Test func forwardedProtoCountsOnlyFromTrustedProxies() async throws {
+        // The test client connects from 127.0.0.1: trusted in the first server, not in the second.
+        try await withDemo(["--cookie-secure", "true", "--trust-proxy", "127.0.0.0/8"]) { app in
+            let response = try app.client().request("GET", "/", headers: ["X-Forwarded-Proto": "https"])
+            #expect(response.setCookies.first?.contains("; Secure") == true)
+        }
+        try await withDemo(["--cookie-secure", "true", "--trust-proxy", "10.0.0.0/8"]) { app in
+            let response = try app.client().request("GET", "/", headers: ["X-Forwarded-Proto": "https"])
+            #expect(response.setCookies.isEmpty, "a direct client claimed HTTPS and got a Secure cookie")
+            let metrics = try app.client().request("GET", "/metrics").text
+            #expect(metrics.contains("evserver_secure_cookie_withheld_total 1"))
         }
     }
 }

@@ -311,4 +311,11 @@ private func reason(ofBytes bytes: [UInt8]) -> JSONParseError? {
         #expect(try JSONValue(encoding: "just a string") == "just a string")
         #expect(throws: (any Error).self) { try JSONValue.string("x").decode(as: User.self) }
     }
+
+    @Test func encodedObjectsHaveAStableKeyOrder() throws {
+        // JSONEncoder's own order changes from process to process; the bridge sorts, so equal values encode equally.
+        let value = try JSONValue(encoding: User(name: "n", age: 1, tags: [], score: nil))
+        #expect(value.objectValue?.keys == ["age", "name", "tags"])
+        #expect(value.jsonString == #"{"age":1,"name":"n","tags":[]}"#)
+    }
 }

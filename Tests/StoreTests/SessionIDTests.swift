@@ -35,3 +35,50 @@ import Testing
         #expect(Base64.encode([0xFB, 0xFF], alphabet: Base64.urlAlphabet) == "-_8")
     }
 }
+
+/// The reliability issue's randomness check: 1,000,000 ids, no duplicate, and each of the 192 bit positions set in
+/// 0.5 +/- 0.003 of them (the standard deviation at n = 1e6 is 0.0005, so a healthy CSPRNG fails this with a
+/// probability far below 1e-9, while a stuck or biased bit fails it at once).
+@Suite struct SessionIDStatisticsTests {
+    static func decode(_ id: String) -> [UInt8] {
+        var values: [UInt8] = []
+        for c in id.utf8 {
+            switch c {
+            case 65...90: values.append(c - 65)
+            case 97...122: values.append(c - 71)
+            case 48...57: values.append(c + 4)
+            case 45: values.append(62)
+            default: values.append(63)   // "_"
+            }
+        }
+        var bytes: [UInt8] = []
+        var index = 0
+        while index + 3 < values.count {
+            bytes.append(values[index] << 2 | values[index + 1] >> 4)
+            bytes.append(values[index + 1] << 4 | values[index + 2] >> 2)
+            bytes.append(values[index + 2] << 6 | values[index + 3])
+            index += 4
+        }
+        return bytes
+    }
+
+    @Test func aMillionIdsAreDistinctAndEveryBitIsFair() {
+        let count = 1_000_000
+        var seen = Set<String>(minimumCapacity: count)
+        var ones = [Int](repeating: 0, count: SessionID.byteCount * 8)
+        for _ in 0..<count {
+            let id = SessionID.generate()
+            #expect(seen.insert(id).inserted, "duplicate id")
+            let bytes = Self.decode(id)
+            for (byteIndex, byte) in bytes.enumerated() where byte != 0 {
+                for bit in 0..<8 where byte & (1 << bit) != 0 { ones[byteIndex * 8 + bit] += 1 }
+            }
+        }
+        #expect(seen.count == count)
+        #expect(Self.decode("AAECAwQFBgcICQoLDA0ODxAREhMUFRYX") == Array(0..<24))
+        for (position, setCount) in ones.enumerated() {
+            let frequency = Double(setCount) / Double(count)
+            #expect(abs(frequency - 0.5) <= 0.003, "bit \(position) set in \(frequency) of the ids")
+        }
+    }
+}

@@ -154,6 +154,24 @@ func encodedCookie(id: String, secret: String = "keyboard cat") throws -> String
         #expect(try await harness.memory.get("custom-id-1") != nil)
     }
 
+    @Test func untouchedNewSessionsMakeNoId() async throws {
+        final class Counter: Sendable {
+            let count = Mutex(0)
+        }
+        let made = Counter()
+        let harness = try Harness {
+            $0.genid = {
+                made.count.withLock { $0 += 1 }
+                return SessionID.generate()
+            }
+        }
+        try await harness.send { request, _ in _ = request.session["anything"] }
+        #expect(made.count.withLock { $0 } == 0)   // no random bytes for a request that stores nothing
+        let outcome = try await harness.send { request, _ in request.session["a"] = 1 }
+        #expect(made.count.withLock { $0 } == 1)
+        #expect(outcome.cookieHeader == (try encodedCookie(id: outcome.session.id)))
+    }
+
     @Test func saveUninitializedSavesEmptyNewSessions() async throws {
         let harness = try Harness { $0.saveUninitialized = true }
         let first = try await harness.send()

@@ -24,137 +24,139 @@ import Glibc
 // intermittent known issue here; any other failure (a timeout, a status other than 200, a failure before SIGTERM,
 // a lost write) fails the test.
 
-@Suite(.serialized) struct ShutdownTests {
-    @Test func sigtermDuringWriteLoadAnswersEveryRequestAndKeepsEveryAcknowledgedWrite() async throws {
-        let redis = try PrivateRedis()
-        let prefix = "shutdown:\(UUID().uuidString.prefix(8)):"
-        let server = try EvServerProcess(instance: "drain", redisPort: redis.port, prefix: prefix, threads: 2)
-        let port = server.port
-        let progress = LoadProgress()
-        let workers = 8
-        let started = ContinuousClock.now
-        let deadline = started + .milliseconds(2500)
-
-        // Eight keep-alive clients, each writing its own session: POST /session {"w<n>": n}, n = 1, 2, ...
-        async let reports = onThreads(workers) { _ in
-            shutdownWorker(port: port, deadline: deadline, progress: progress)
-        }
-
-        // SIGTERM once the load runs (about 1 s in, with writes acknowledged).
-        while ContinuousClock.now < started + .seconds(1) || progress.acknowledged.load(ordering: .relaxed) < 50 {
-            guard ContinuousClock.now < started + .seconds(20) else { break }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        let acknowledgedBeforeSignal = progress.acknowledged.load(ordering: .relaxed)
-        let signalled = ContinuousClock.now
-        progress.signalled.store(true, ordering: .releasing)
-        server.process.send(SIGTERM)
-        let exit = server.process.waitForExit(timeout: .seconds(15))
-        let exitTime = ContinuousClock.now - signalled
-        let results = await reports
-
-        let acknowledged = results.reduce(0) { $0 + $1.acknowledged.count }
-        let afterSignal = results.reduce(0) { $0 + $1.answeredAfterSignal }
-        let closing = results.reduce(0) { $0 + $1.answeredWithClose }
-        let refused = results.reduce(0) { $0 + $1.refused }
-        let failures = results.flatMap(\.failures)
-        let unanswered = results.flatMap(\.unanswered)
-        print("ShutdownTests: \(workers) clients, \(acknowledged) writes answered 200 (\(acknowledgedBeforeSignal) "
-            + "before SIGTERM, \(afterSignal) after it, \(closing) of them with Connection: close), \(refused) "
-            + "connections refused after the listener closed, \(unanswered.count) closed without an answer, "
-            + "\(failures.count) other failures; \(exit.map { "\($0)" } ?? "no exit") \(exitTime) after SIGTERM")
-
-        let exitText = exit.map { "\($0)" } ?? "still running"
-        let log = String(server.process.errorOutput.suffix(1500))
-        #expect(exit == .exited(0), "evserver did not exit 0 after SIGTERM: \(exitText); \(log)")
-        #expect(exitTime < .seconds(5), "the drain took \(exitTime); the limit is 10 s")
-        #expect(failures.isEmpty, "failed requests: \(failures.prefix(10))")
-        withKnownIssue("shutdown frees connections a request is racing on (RunningServer.shutdown)",
-                       isIntermittent: true) {
-            #expect(unanswered.isEmpty, "requests closed without an answer: \(unanswered.prefix(10))")
-        }
-        #expect(acknowledgedBeforeSignal >= 50, "the load never got going")
-        #expect(refused <= workers, "each client stops at its first refused connection")
-        #expect(server.process.errorOutput.contains("signal 15: shutting down"))
-
-        // Every acknowledged write is in Redis.
-        let client = redis.client()
-        defer { client.close() }
-        var missing: [String] = []
-        var checked = 0
-        for (index, report) in results.enumerated() where !report.acknowledged.isEmpty {
-            let cookie = try #require(report.cookie, "client \(index) was answered without a session cookie")
-            let id = try #require(DemoServer.sessionID(fromCookie: cookie))
-            let stored = try await client.get(prefix + id).map { try JSONValue(parsing: $0) }
-            guard let data = stored?.objectValue else {
-                missing.append("client \(index): the whole session")
-                continue
+extension ScaleSuites {
+    @Suite struct ShutdownTests {
+        @Test func sigtermDuringWriteLoadAnswersEveryRequestAndKeepsEveryAcknowledgedWrite() async throws {
+            let redis = try PrivateRedis()
+            let prefix = "shutdown:\(UUID().uuidString.prefix(8)):"
+            let server = try await onThread {
+                try EvServerProcess(instance: "drain", redisPort: redis.port, prefix: prefix, threads: 2)
             }
-            for n in report.acknowledged {
-                checked += 1
-                if data["w\(n)"]?.intValue != n { missing.append("client \(index): w\(n)") }
+            let port = server.port
+            let progress = LoadProgress()
+            let workers = 8
+            let started = ContinuousClock.now
+            let deadline = started + .milliseconds(2500)
+
+            // Eight keep-alive clients, each writing its own session: POST /session {"w<n>": n}, n = 1, 2, ...
+            let load = BlockingWorkers(workers) { _ in
+                shutdownWorker(port: port, deadline: deadline, progress: progress)
             }
-        }
-        print("ShutdownTests: \(checked) acknowledged writes checked in Redis, \(missing.count) missing")
-        #expect(checked == acknowledged)
-        #expect(missing.isEmpty, "acknowledged writes missing from Redis: \(missing.prefix(10))")
-    }
 
-    /// `/readyz` should say 503 as soon as a shutdown starts, so a balancer that checks over a kept-alive
-    /// connection stops sending new work. The demo's /readyz only pings the store (DemoApp has no access to the
-    /// RunningServer that `listen` creates), so it still says 200 while draining: a known issue until DemoApp's
-    /// /readyz looks at the server's shutdown state (see the scale report). New connections are refused at once.
-    @Test func readyzDuringShutdown() async throws {
-        let options = try ServerOptions.parse(["--port", "0", "--store", "memory", "--secret", EvServerProcess.secret,
-                                               "--instance", "draining", "--threads", "1"])
-        let demo = try DemoApp(configuration: try options.resolve(environment: [:]))
-        let app = demo.makeApplication()
-        let gate = Gate()
-        // Test-only route: holds one request in flight so the drain lasts until the test has looked.
-        app.get("/test/hold") { _, response in
-            while !gate.isOpen { try await Task.sleep(for: .milliseconds(5)) }
-            response.send("released")
-        }
-        let server = try app.start(host: "127.0.0.1", port: 0, threads: 1)
-        let port = server.port
-        let probe = try TestHTTPClient(port: port)
-        #expect(try probe.request("GET", "/readyz").status == 200)
-
-        async let held = onThreads(1) { _ -> String in
-            do {
-                let response = try TestHTTPClient(port: port).request("GET", "/test/hold")
-                return "\(response.status) \(response.text)"
-            } catch {
-                return "failed: \(error)"
+            // SIGTERM once the load runs (about 1 s in, with writes acknowledged).
+            while ContinuousClock.now < started + .seconds(1) || progress.acknowledged.load(ordering: .relaxed) < 50 {
+                guard ContinuousClock.now < started + .seconds(20) else { break }
+                try await Task.sleep(for: .milliseconds(10))
             }
-        }
-        while await server.pendingCount() == 0 { try await Task.sleep(for: .milliseconds(5)) }
+            let acknowledgedBeforeSignal = progress.acknowledged.load(ordering: .relaxed)
+            let signalled = ContinuousClock.now
+            progress.signalled.store(true, ordering: .releasing)
+            server.process.send(SIGTERM)
+            let process = server.process
+            let exit = try await onThread { process.waitForExit(timeout: .seconds(15)) }
+            let exitTime = ContinuousClock.now - signalled
+            let results = await load.results()
 
-        let shutdown = Task { await server.shutdown(timeout: .seconds(5)) }
-        while !server.isShuttingDown { try await Task.sleep(for: .milliseconds(1)) }
-        // The listener closes at once: a new connection is refused (haproxy's next check fails at L4).
-        var refusedCode: Int32 = 0
-        for _ in 0..<200 {
-            do {
-                _ = try TestHTTPClient(port: port, timeout: .seconds(1))
-                try await Task.sleep(for: .milliseconds(5))
-            } catch TestHTTPClientError.connectFailed(let code) {
-                refusedCode = code
-                break
+            let acknowledged = results.reduce(0) { $0 + $1.acknowledged.count }
+            let afterSignal = results.reduce(0) { $0 + $1.answeredAfterSignal }
+            let closing = results.reduce(0) { $0 + $1.answeredWithClose }
+            let refused = results.reduce(0) { $0 + $1.refused }
+            let failures = results.flatMap(\.failures)
+            let unanswered = results.flatMap(\.unanswered)
+            print("ShutdownTests: \(workers) clients, \(acknowledged) writes answered 200 (\(acknowledgedBeforeSignal) "
+                + "before SIGTERM, \(afterSignal) after it, \(closing) of them with Connection: close), \(refused) "
+                + "connections refused after the listener closed, \(unanswered.count) closed without an answer, "
+                + "\(failures.count) other failures; \(exit.map { "\($0)" } ?? "no exit") \(exitTime) after SIGTERM")
+
+            let exitText = exit.map { "\($0)" } ?? "still running"
+            let log = String(server.process.errorOutput.suffix(1500))
+            #expect(exit == .exited(0), "evserver did not exit 0 after SIGTERM: \(exitText); \(log)")
+            #expect(exitTime < .seconds(5), "the drain took \(exitTime); the limit is 10 s")
+            #expect(failures.isEmpty, "failed requests: \(failures.prefix(10))")
+            withKnownIssue("shutdown frees connections a request is racing on (RunningServer.shutdown)",
+                           isIntermittent: true) {
+                #expect(unanswered.isEmpty, "requests closed without an answer: \(unanswered.prefix(10))")
             }
-        }
-        #expect(refusedCode == ECONNREFUSED, "new connections were not refused during the drain")
+            #expect(acknowledgedBeforeSignal >= 50, "the load never got going")
+            #expect(refused <= workers, "each client stops at its first refused connection")
+            #expect(server.process.errorOutput.contains("signal 15: shutting down"))
 
-        // On the kept-alive probe connection the server still answers (with Connection: close).
-        let ready = try probe.request("GET", "/readyz")
-        #expect(ready.closesConnection)
-        withKnownIssue("/readyz answers 200 while draining: DemoApp does not look at RunningServer.isShuttingDown") {
-            #expect(ready.status == 503)
+            // Every acknowledged write is in Redis.
+            let client = redis.client()
+            defer { client.close() }
+            var missing: [String] = []
+            var checked = 0
+            for (index, report) in results.enumerated() where !report.acknowledged.isEmpty {
+                let cookie = try #require(report.cookie, "client \(index) was answered without a session cookie")
+                let id = try #require(DemoServer.sessionID(fromCookie: cookie))
+                let stored = try await client.get(prefix + id).map { try JSONValue(parsing: $0) }
+                guard let data = stored?.objectValue else {
+                    missing.append("client \(index): the whole session")
+                    continue
+                }
+                for n in report.acknowledged {
+                    checked += 1
+                    if data["w\(n)"]?.intValue != n { missing.append("client \(index): w\(n)") }
+                }
+            }
+            print("ShutdownTests: \(checked) acknowledged writes checked in Redis, \(missing.count) missing")
+            #expect(checked == acknowledged)
+            #expect(missing.isEmpty, "acknowledged writes missing from Redis: \(missing.prefix(10))")
         }
 
-        gate.open()
-        #expect(await held == ["200 released"], "the request in flight when the shutdown began was not answered")
-        await shutdown.value
+        /// `/readyz` says 503 as soon as a shutdown starts, so a balancer that checks over a kept-alive connection
+        /// stops sending new work; new connections are refused at once; the request in flight is still answered.
+        @Test func readyzTurns503AsSoonAsTheDrainBegins() async throws {
+            let options = try ServerOptions.parse(["--port", "0", "--store", "memory", "--secret", EvServerProcess.secret,
+                                                   "--instance", "draining", "--threads", "1"])
+            let demo = try DemoApp(configuration: try options.resolve(environment: [:]))
+            let app = demo.makeApplication()
+            let gate = Gate()
+            // Test-only route: holds one request in flight so the drain lasts until the test has looked.
+            app.get("/test/hold") { _, response in
+                while !gate.isOpen { try await Task.sleep(for: .milliseconds(5)) }
+                response.send("released")
+            }
+            let server = try app.start(host: "127.0.0.1", port: 0, threads: 1)
+            let port = server.port
+            let probe = try TestHTTPClient(port: port)
+            #expect(try probe.request("GET", "/readyz").status == 200)
+
+            let held = BlockingWorkers(1) { _ -> String in
+                do {
+                    let response = try TestHTTPClient(port: port).request("GET", "/test/hold")
+                    return "\(response.status) \(response.text)"
+                } catch {
+                    return "failed: \(error)"
+                }
+            }
+            while await server.pendingCount() == 0 { try await Task.sleep(for: .milliseconds(5)) }
+
+            let shutdown = Task { await server.shutdown(timeout: .seconds(5)) }
+            while !server.isShuttingDown { try await Task.sleep(for: .milliseconds(1)) }
+            // The listener closes at once: a new connection is refused (haproxy's next check fails at L4).
+            var refusedCode: Int32 = 0
+            for _ in 0..<200 {
+                do {
+                    _ = try TestHTTPClient(port: port, timeout: .seconds(1))
+                    try await Task.sleep(for: .milliseconds(5))
+                } catch TestHTTPClientError.connectFailed(let code) {
+                    refusedCode = code
+                    break
+                }
+            }
+            #expect(refusedCode == ECONNREFUSED, "new connections were not refused during the drain")
+
+            // On the kept-alive probe connection the server still answers (with Connection: close).
+            let ready = try probe.request("GET", "/readyz")
+            #expect(ready.closesConnection)
+            #expect(ready.status == 503, "/readyz answered \(ready.status) \(ready.text) while draining")
+
+            gate.open()
+            #expect(await held.results() == ["200 released"],
+                    "the request in flight when the shutdown began was not answered")
+            await shutdown.value
+        }
     }
 }
 
@@ -237,40 +239,38 @@ private func isClosedWithoutAnswer(_ error: any Error) -> Bool {
     switch error as? TestHTTPClientError {
     case .closedByPeer: true
     case .sendFailed(let code): code == EPIPE || code == ECONNRESET
+    // Accepted into a listener's queue, then reset when that listener closed.
+    case .connectFailed(let code): code == ECONNRESET
     default: false
     }
 }
 
-// MARK: - Blocking clients on threads of their own
+/// Blocking work started at once on threads of its own, one per index, its results awaited later. Starting the
+/// threads needs no concurrency-pool thread (an `async let` would: under the full suite the pool's two threads can
+/// be busy with other tests' blocking calls for seconds), and waiting for them holds none.
+final class BlockingWorkers<T: Sendable>: Sendable {
+    private let count: Int
+    private let finished = DispatchGroup()
+    private let values = Mutex<[Int: T]>([:])
 
-/// Runs `body(index)` for `index` in `0..<count`, each on a thread of its own, and returns the results in index
-/// order. The blocking socket clients must not sit on the concurrency pool, which has one thread per core.
-func onThreads<T: Sendable>(_ count: Int, _ body: @escaping @Sendable (Int) -> T) async -> [T] {
-    let collected = Collected<T>(count: count)
-    return await withCheckedContinuation { continuation in
+    init(_ count: Int, _ body: @escaping @Sendable (Int) -> T) {
+        self.count = count
         for index in 0..<count {
-            let thread = Thread {
+            finished.enter()
+            Thread.detachNewThread { [self] in
                 let value = body(index)
-                if let all = collected.store(value, at: index) { continuation.resume(returning: all) }
+                values.withLock { $0[index] = value }
+                finished.leave()
             }
-            thread.start()
         }
     }
-}
 
-/// The results of ``onThreads(_:_:)``, filled from several threads.
-private final class Collected<T: Sendable>: Sendable {
-    private let state: Mutex<(values: [Int: T], count: Int)>
-
-    init(count: Int) { state = Mutex(([:], count)) }
-
-    /// Stores one result; returns them all once the last one is in.
-    func store(_ value: T, at index: Int) -> [T]? {
-        state.withLock { state in
-            state.values[index] = value
-            guard state.values.count == state.count else { return nil }
-            return (0..<state.count).map { state.values[$0]! }
+    /// The results in index order, once every thread is done.
+    func results() async -> [T] {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            finished.notify(queue: .global()) { continuation.resume() }
         }
+        return values.withLock { values in (0..<count).map { values[$0]! } }
     }
 }
 

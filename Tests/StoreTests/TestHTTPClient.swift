@@ -222,6 +222,18 @@ final class TestHTTPClient {
         return recv(fd, &byte, 1, Int32(MSG_PEEK)) <= 0
     }
 
+    /// Reads until the server closes the connection and returns the bytes not consumed by an earlier
+    /// ``readResponse(method:)`` (none, when the server sent nothing more). Throws `timedOut` if the connection stays
+    /// open longer than the client's timeout.
+    func readUntilClosed() throws -> [UInt8] {
+        guard fd >= 0 else { return buffer }
+        while true {
+            do { try fill() } catch TestHTTPClientError.closedByPeer { break }
+        }
+        defer { close() }
+        return buffer
+    }
+
     // MARK: Reading
 
     private func fill() throws {

@@ -158,7 +158,9 @@ extension PrivateRedis {
     }
 
     /// A client for this server on the shared test loop; close it when done.
-    func client() -> RedisClient {
+    func client() -> RedisClient { Self.client(port: port) }
+
+    static func client(port: Int) -> RedisClient {
         RedisClient(configuration: RedisConfiguration(host: "127.0.0.1", port: port), loop: SharedTestClient.thread.loop)
     }
 
@@ -170,7 +172,9 @@ extension PrivateRedis {
         var counts: [String: Int] = [:]
         for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
             let name = line.dropFirst("cmdstat_".count).prefix { $0 != ":" }
-            if let calls = line.split(separator: "calls=").last?.prefix(while: \.isNumber), let value = Int(calls) {
+            // cmdstat_get:calls=1,usec=2,...,rejected_calls=0,failed_calls=0: the first field is the one.
+            let fields = line.drop { $0 != ":" }.dropFirst().split(separator: ",")
+            if let calls = fields.first?.split(separator: "=").last, let value = Int(calls) {
                 counts[String(name)] = value
             }
         }
