@@ -14,14 +14,14 @@ extension ScaleSuites {
     @Suite struct ComposeFileTests {
         static let apps = ["app1", "app2", "app3"]
 
-        @Test func composeDefinesRedisThreeAppsAndABalancer() throws {
-            let compose = try Self.compose()
+        @Test func composeDefinesRedisThreeAppsAndABalancer() async throws {
+            let compose = try await Self.compose()
             let services = try #require(compose["services"]?.objectValue, "docker-compose.yml has no services")
             #expect(Set(services.keys) == Set(["redis", "lb"] + Self.apps))
         }
 
-        @Test func redisPersistsAndHasAHealthCheck() throws {
-            let redis = try #require(try Self.compose()["services"]?["redis"])
+        @Test func redisPersistsAndHasAHealthCheck() async throws {
+            let redis = try #require(try await Self.compose()["services"]?["redis"])
             let command = Self.words(redis["command"])
             #expect(command.first == "redis-server")
             let appendonly = command.firstIndex(of: "--appendonly").map { command.index(after: $0) }
@@ -33,8 +33,8 @@ extension ScaleSuites {
             #expect(test.contains("redis-cli") && test.contains("ping"), "redis health check: \(test)")
         }
 
-        @Test func everyAppHasItsNameTheSharedSecretAHealthCheckAndWaitsForRedis() throws {
-            let services = try #require(try Self.compose()["services"])
+        @Test func everyAppHasItsNameTheSharedSecretAHealthCheckAndWaitsForRedis() async throws {
+            let services = try #require(try await Self.compose()["services"])
             var names: [String] = []
             for name in Self.apps {
                 let app = try #require(services[name], "no service \(name)")
@@ -58,8 +58,8 @@ extension ScaleSuites {
             #expect(Set(names).count == Self.apps.count, "instance names must differ: \(names)")
         }
 
-        @Test func balancerIsPublishedOn8080AndWaitsForHealthyApps() throws {
-            let lb = try #require(try Self.compose()["services"]?["lb"])
+        @Test func balancerIsPublishedOn8080AndWaitsForHealthyApps() async throws {
+            let lb = try #require(try await Self.compose()["services"]?["lb"])
             #expect(lb["image"]?.stringValue?.hasPrefix("haproxy:") == true)
             let ports = (lb["ports"]?.arrayValue ?? []).compactMap(\.stringValue)
             #expect(ports.contains { $0 == "8080:8080" || $0.hasSuffix(":8080:8080") }, "lb ports: \(ports)")
@@ -71,7 +71,7 @@ extension ScaleSuites {
                     "lb must mount deploy/haproxy.cfg: \(volumes)")
         }
 
-        @Test func haproxyRoundRobinsOverTheAppsWithReadyzChecks() throws {
+        @Test func haproxyRoundRobinsOverTheAppsWithReadyzChecks() async throws {
             let config = try String(contentsOfFile: ClusterScript.packageRoot + "/deploy/haproxy.cfg", encoding: .utf8)
             let shape = HAProxyShape(config)
             #expect(shape.binds == [":8080"])
@@ -83,11 +83,12 @@ extension ScaleSuites {
             #expect(shape.servers.allSatisfy { $0.options.contains("check") }, "every server must be health-checked")
         }
 
-        @Test func clusterScriptRunsTheSameBalancerOnLoopback() throws {
+        @Test func clusterScriptRunsTheSameBalancerOnLoopback() async throws {
             let deployed = HAProxyShape(try String(contentsOfFile: ClusterScript.packageRoot + "/deploy/haproxy.cfg",
                                                    encoding: .utf8))
-            let generated = HAProxyShape(try ClusterScript.haproxyConfiguration(listenPort: 18080,
-                                                                                backends: [13001, 13002, 13003]))
+            let generated = HAProxyShape(try await onThread {
+                try ClusterScript.haproxyConfiguration(listenPort: 18080, backends: [13001, 13002, 13003])
+            })
             #expect(generated.binds == ["127.0.0.1:18080"], "cluster.sh must listen on loopback only")
             #expect(generated.backend == deployed.backend, "the backends differ apart from addresses")
             #expect(generated.defaults == deployed.defaults)
@@ -96,18 +97,26 @@ extension ScaleSuites {
             #expect(generated.servers.map(\.address) == ["127.0.0.1:13001", "127.0.0.1:13002", "127.0.0.1:13003"])
         }
 
-        @Test func clusterScriptRejectsATemplateWithoutItsShape() throws {
+        @Test func clusterScriptRejectsATemplateWithoutItsShape() async throws {
             // Fewer ports than servers: the generator must fail, not produce a half-rewritten configuration.
-            #expect(throws: HarnessFailure.self) {
-                _ = try ClusterScript.haproxyConfiguration(listenPort: 18080, backends: [13001, 13002])
+            let failure = await #expect(throws: HarnessFailure.self) {
+                _ = try await onThread {
+                    try ClusterScript.haproxyConfiguration(listenPort: 18080, backends: [13001, 13002])
+                }
             }
+            #expect(failure?.description.contains("expected one bind on :8080 and servers app1..app2") == true)
         }
 
         // MARK: - Helpers
 
         /// docker-compose.yml as JSON, through python3 + PyYAML: the python3 on PATH (pip's PyYAML), else Debian's
         /// /usr/bin/python3 (python3-yaml).
-        static func compose() throws -> JSONValue {
+        static func compose() async throws -> JSONValue {
+            try await onThread { try composeBlocking() }
+        }
+
+        /// ``compose()``, blocking the calling thread while python runs.
+        static func composeBlocking() throws -> JSONValue {
             let script = """
                 import json, sys
                 try:
