@@ -19,8 +19,8 @@ import Glibc
 // moment, and with several loops a client told `Connection: close` by one loop can reconnect to another loop's
 // listener that is about to close. Such a request gets no answer ("the server closed the connection"): 1-8 of
 // ~2,000 requests in about two runs out of three with 2 loops. A prototype fix (close every loop's listener first,
-// then keep answering with `Connection: close` for a 200 ms grace before freeing connections) removed it in 37 of
-// 37 runs (27 of this test, 10 with a Python client). Until a fix lands, those unanswered requests are an
+// then keep answering with `Connection: close` for a 200 ms grace before freeing connections) removed it in 47 of
+// 47 runs (37 of this test, 10 with a Python client; without it, 6 of 10 runs lost 1-3 requests). Until a fix lands, those unanswered requests are an
 // intermittent known issue here; any other failure (a timeout, a status other than 200, a failure before SIGTERM,
 // a lost write) fails the test.
 
