@@ -115,6 +115,8 @@ enum DemoPage {
         dl { display: grid; grid-template-columns: auto 1fr; gap: 4px 12px; margin: 0; }
         dt { color: var(--muted); }
         dd { margin: 0; font-variant-numeric: tabular-nums; }
+        .nowrap { white-space: nowrap; }
+        #hops { white-space: pre-line; }
         code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.9rem; }
         pre { margin: 0; white-space: pre-wrap; word-break: break-word; max-height: 260px; overflow: auto; }
         .actions { display: flex; flex-wrap: wrap; gap: 10px; margin: 8px 0 16px; }
@@ -127,7 +129,7 @@ enum DemoPage {
         button:focus-visible { outline: 3px solid var(--chip-on); outline-offset: 2px; }
         .route { font-weight: 400; opacity: 0.8; font-size: 0.8rem; margin-left: 6px; }
         ol { list-style: none; margin: 0; padding: 0; }
-        li { display: grid; grid-template-columns: 5.5em 1fr auto; gap: 8px; padding: 5px 0; border-top: 1px solid var(--line); }
+        li { display: grid; grid-template-columns: 3.2em 1fr auto; gap: 8px; padding: 5px 0; border-top: 1px solid var(--line); }
         li:first-child { border-top: 0; }
         .status-ok { color: var(--ok); font-weight: 600; }
         .status-bad { color: var(--bad); font-weight: 600; }
@@ -147,6 +149,7 @@ enum DemoPage {
             <section class="card" aria-labelledby="h-instance">
               <h2 id="h-instance">Answered by</h2>
               <p class="big" id="instance">…</p>
+              <p class="muted" id="hops">the instance that sent the last answer</p>
               <p class="muted">instances seen on this page:</p>
               <div class="chips" id="seen"></div>
             </section>
@@ -160,7 +163,7 @@ enum DemoPage {
               <dl>
                 <dt>state</dt><dd id="state">…</dd>
                 <dt>fingerprint</dt><dd><code id="fingerprint">—</code></dd>
-                <dt>expires in</dt><dd id="ttl">—</dd>
+                <dt>expires in</dt><dd id="ttl" class="nowrap">—</dd>
                 <dt>cookie</dt><dd id="cookie">—</dd>
               </dl>
             </section>
@@ -216,8 +219,8 @@ enum DemoPage {
             if (seconds === null || seconds === undefined) return "—";
             const s = Math.max(0, Math.floor(seconds));
             const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
-            if (h > 0) return `${h} h ${String(m).padStart(2, "0")} min ${String(r).padStart(2, "0")} s`;
-            if (m > 0) return `${m} min ${String(r).padStart(2, "0")} s`;
+            if (h > 0) return `${h} h ${String(m).padStart(2, "0")} m ${String(r).padStart(2, "0")} s`;
+            if (m > 0) return `${m} m ${String(r).padStart(2, "0")} s`;
             return `${r} s`;
           }
 
@@ -268,7 +271,7 @@ enum DemoPage {
           }
 
           async function redraw() {
-            const { response } = await request("GET", "/session");
+            const { response, instance } = await request("GET", "/session");
             const session = await response.json();
             showInstance(session.instance);
             const data = session.data || {};
@@ -287,6 +290,7 @@ enum DemoPage {
               ttlLeft = null;
             }
             $("ttl").textContent = duration(ttlLeft);
+            return instance || session.instance;
           }
 
           async function act(button) {
@@ -297,7 +301,9 @@ enum DemoPage {
             try {
               const { instance } = await request(button.dataset.method, button.dataset.path);
               showInstance(instance);
-              await redraw();
+              const redrawnBy = await redraw();
+              $("hops").textContent = `${button.dataset.method} ${button.dataset.path} → ${instance || "?"}\n` +
+                `GET /session → ${redrawnBy || "?"}`;
             } catch (error) {
               $("error").textContent = error.message;
             } finally {
@@ -313,6 +319,7 @@ enum DemoPage {
             if (ttlLeft === null) return;
             ttlLeft = Math.max(0, ttlLeft - 1);
             $("ttl").textContent = duration(ttlLeft);
+            return instance || session.instance;
           }, 1000);
           document.body.dataset.busy = "1";
           redraw()

@@ -16,96 +16,167 @@ import Glibc
 // The process helpers below (the evserver executable, child processes, the balancer) also serve ShutdownTests,
 // ComposeFileTests and SessionsCommandTests.
 
-@Suite(.serialized) struct ClusterTests {
-    @Test func sessionCreatedThroughOneInstanceIsReadThroughTheOthers() async throws {
-        try await withCluster { cluster in
-            let first = try cluster.apps[0].client()
-            let visit = try first.request("GET", "/")
-            #expect(visit.status == 200)
-            #expect(visit.headers["X-Instance"] == "app1")
-            let cookie = try #require(first.cookieJar["connect.sid"], "app1 set no session cookie")
-            let id = try #require(DemoServer.sessionID(fromCookie: cookie))
+/// The scale suites (ClusterTests, ShutdownTests, MultiLoopTests, SessionsCommandTests, ComposeFileTests) start
+/// processes, run loads and many threads: they run one test at a time, so that together they do not starve the
+/// rest of the parallel suite (or each other) on a small machine.
+@Suite(.serialized) enum ScaleSuites {}
 
-            // A write through app2 is seen by app3, and app1's value by both.
-            let second = try cluster.apps[1].client()
-            second.cookieJar["connect.sid"] = cookie
-            let write = try second.request("POST", "/session", headers: ["Content-Type": "application/json"],
-                                           body: #"{"color":"blue"}"#)
-            #expect(write.status == 200)
-            #expect(write.headers["X-Instance"] == "app2")
+extension ScaleSuites {
+    @Suite struct ClusterTests {
+        @Test func sessionCreatedThroughOneInstanceIsReadThroughTheOthers() async throws {
+            try await withCluster { cluster in
+                let first = try cluster.apps[0].client()
+                let visit = try first.request("GET", "/")
+                #expect(visit.status == 200)
+                #expect(visit.headers["X-Instance"] == "app1")
+                let cookie = try #require(first.cookieJar["connect.sid"], "app1 set no session cookie")
+                let id = try #require(DemoServer.sessionID(fromCookie: cookie))
 
-            for app in cluster.apps {
-                let client = try app.client()
-                client.cookieJar["connect.sid"] = cookie
-                let login = try client.request("GET", "/login")
-                #expect(login.text == "Welcome Aditya@123", "\(app.instance)")
-                #expect(login.headers["X-Instance"] == app.instance)
-                let shown = try JSONValue(parsing: try client.request("GET", "/session").body)
-                #expect(shown["id"]?.stringValue == id, "\(app.instance)")
-                #expect(shown["instance"]?.stringValue == app.instance)
-                #expect(shown["data"]?["userName"] == "Aditya@123", "\(app.instance)")
-                #expect(shown["data"]?["color"] == "blue", "\(app.instance)")
+                // A write through app2 is seen by app3, and app1's value by both.
+                let second = try cluster.apps[1].client()
+                second.cookieJar["connect.sid"] = cookie
+                let write = try second.request("POST", "/session", headers: ["Content-Type": "application/json"],
+                                               body: #"{"color":"blue"}"#)
+                #expect(write.status == 200)
+                #expect(write.headers["X-Instance"] == "app2")
+
+                for app in cluster.apps {
+                    let client = try app.client()
+                    client.cookieJar["connect.sid"] = cookie
+                    let login = try client.request("GET", "/login")
+                    #expect(login.text == "Welcome Aditya@123", "\(app.instance)")
+                    #expect(login.headers["X-Instance"] == app.instance)
+                    let shown = try JSONValue(parsing: try client.request("GET", "/session").body)
+                    #expect(shown["id"]?.stringValue == id, "\(app.instance)")
+                    #expect(shown["instance"]?.stringValue == app.instance)
+                    #expect(shown["data"]?["userName"] == "Aditya@123", "\(app.instance)")
+                    #expect(shown["data"]?["color"] == "blue", "\(app.instance)")
+                }
+                let stored = try await cluster.stored(id)
+                #expect(stored?["userName"] == "Aditya@123")
+                #expect(stored?["color"] == "blue")
             }
-            let stored = try await cluster.stored(id)
-            #expect(stored?["userName"] == "Aditya@123")
-            #expect(stored?["color"] == "blue")
+        }
+
+        @Test func viewsThroughTheBalancerCountWithoutGapOrRepeatAcrossAllInstances() async throws {
+            try await withCluster { cluster in
+                let client = try cluster.balancer.client()
+                var views: [Int] = []
+                var instances: [String] = []
+                for _ in 1...30 {
+                    let response = try client.request("GET", "/views")
+                    #expect(response.status == 200)
+                    let body = try JSONValue(parsing: response.body)
+                    views.append(body["views"]?.intValue ?? -1)
+                    let instance = response.headers["X-Instance"] ?? "?"
+                    #expect(body["instance"]?.stringValue == instance)
+                    instances.append(instance)
+                }
+                print("ClusterTests: GET /views x30 through haproxy: views \(views.map(String.init).joined(separator: ","))")
+                print("ClusterTests: answered by \(instances.joined(separator: ",")) "
+                    + "(\(client.connectionsOpened) client connection(s))")
+                #expect(views == Array(1...30), "a gap or a repeat: \(views)")
+                #expect(Set(instances) == ["app1", "app2", "app3"], "instances seen: \(Set(instances).sorted())")
+                // Round robin: no instance answers twice in a row.
+                #expect(zip(instances, instances.dropFirst()).allSatisfy { $0 != $1 }, "\(instances)")
+            }
+        }
+
+        @Test func logoutOnOneInstanceLogsTheSessionOutOnAll() async throws {
+            try await withCluster { cluster in
+                let client = try cluster.balancer.client()
+                _ = try client.request("GET", "/")
+                for _ in 1...3 { _ = try client.request("GET", "/views") }
+                let cookie = try #require(client.cookieJar["connect.sid"])
+                let id = try #require(DemoServer.sessionID(fromCookie: cookie))
+                #expect(try await cluster.stored(id)?["views"]?.intValue == 3)
+
+                let app2 = try cluster.apps[1].client()
+                app2.cookieJar["connect.sid"] = cookie
+                let logout = try app2.request("POST", "/logout")
+                #expect(logout.status == 200)
+                #expect(logout.headers["X-Instance"] == "app2")
+                #expect(try await cluster.stored(id) == nil, "the session key is still in Redis after the logout")
+
+                // The old cookie opens nothing anywhere, directly or through the balancer.
+                for app in cluster.apps {
+                    let probe = try app.client()
+                    probe.cookieJar["connect.sid"] = cookie
+                    #expect(try probe.request("GET", "/login").text == "Welcome guest", "\(app.instance)")
+                    #expect(try JSONValue(parsing: try probe.request("GET", "/session").body)["id"] == .null)
+                }
+                let viaBalancer = try cluster.balancer.client()
+                viaBalancer.cookieJar["connect.sid"] = cookie
+                for _ in 1...3 {
+                    #expect(try viaBalancer.request("GET", "/login").text == "Welcome guest")
+                }
+                #expect(try await cluster.stored(id) == nil, "a request with the old cookie re-created the session")
+            }
+        }
+
+        /// GET /demo (the page the browser test drives): self-contained HTML under a nonce CSP, from every instance,
+        /// and it never creates a session, not even with `--save-uninitialized true`.
+        @Test func demoPageIsSelfContainedAndCreatesNoSession() async throws {
+            try await withCluster { cluster in
+                var instances = Set<String>()
+                var nonces = Set<String>()
+                for _ in 1...3 {
+                    let client = try cluster.balancer.client()
+                    let page = try client.request("GET", "/demo")
+                    #expect(page.status == 200)
+                    #expect(page.headers["Content-Type"] == "text/html; charset=utf-8")
+                    #expect(page.setCookies.isEmpty, "GET /demo set a cookie")
+                    instances.insert(page.headers["X-Instance"] ?? "?")
+                    let policy = try #require(page.headers["Content-Security-Policy"])
+                    let nonce = try #require(Self.nonce(in: policy), "no nonce in \(policy)")
+                    nonces.insert(nonce)
+                    #expect(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"))
+                    #expect(!policy.contains("unsafe-inline") && !policy.contains("unsafe-eval"))
+                    let html = page.text
+                    #expect(html.contains("<script nonce=\"\(nonce)\">") && html.contains("<style nonce=\"\(nonce)\">"))
+                    #expect(html.components(separatedBy: "<script").count == 2, "one inline script, nothing else")
+                    for external in ["http://", "https://", " src=", "@import", "url("] {
+                        #expect(!html.contains(external), "the page refers to something outside itself: \(external)")
+                    }
+                    for route in ["\"/\"", "\"/views\"", "\"/session/regenerate\"", "\"/logout\"", "\"/session\""] {
+                        #expect(html.contains(route), "the page does not call \(route)")
+                    }
+                    #expect(html.contains("credentials: \"same-origin\""))
+                    #expect(!html.contains("innerHTML"), "session data must reach the DOM as text")
+                }
+                #expect(instances == ["app1", "app2", "app3"])
+                #expect(nonces.count == 3, "a nonce must not repeat")
+                #expect(try await redisKeyCount(cluster) == 0, "GET /demo stored a session")
+
+                // Even where every new session is stored, the page itself stores none.
+                let redisPort = cluster.redis.port
+                let eager = try await onThread {
+                    try EvServerProcess(instance: "eager", redisPort: redisPort, prefix: "eager:",
+                                        arguments: ["--save-uninitialized", "true"])
+                }
+                let eagerClient = try eager.client()
+                // (Its readiness probes went through the session middleware too, and each stored a session.)
+                let before = try await redisKeyCount(cluster)
+                #expect(try eagerClient.request("GET", "/demo").setCookies.isEmpty)
+                #expect(try await redisKeyCount(cluster) == before, "GET /demo stored a session with --save-uninitialized")
+                #expect(try eagerClient.request("GET", "/login").setCookies.count == 1, "--save-uninitialized is on")
+                #expect(try await redisKeyCount(cluster) == before + 1)
+            }
+        }
+
+        /// The `'nonce-…'` value of a Content-Security-Policy.
+        static func nonce(in policy: String) -> String? {
+            guard let start = policy.range(of: "'nonce-") else { return nil }
+            return String(policy[start.upperBound...].prefix { $0 != "'" })
         }
     }
+}
 
-    @Test func viewsThroughTheBalancerCountWithoutGapOrRepeatAcrossAllInstances() async throws {
-        try await withCluster { cluster in
-            let client = try cluster.balancer.client()
-            var views: [Int] = []
-            var instances: [String] = []
-            for _ in 1...30 {
-                let response = try client.request("GET", "/views")
-                #expect(response.status == 200)
-                let body = try JSONValue(parsing: response.body)
-                views.append(body["views"]?.intValue ?? -1)
-                let instance = response.headers["X-Instance"] ?? "?"
-                #expect(body["instance"]?.stringValue == instance)
-                instances.append(instance)
-            }
-            print("ClusterTests: GET /views x30 through haproxy: views \(views.map(String.init).joined(separator: ","))")
-            print("ClusterTests: answered by \(instances.joined(separator: ",")) (\(client.connectionsOpened) client connection(s))")
-            #expect(views == Array(1...30), "a gap or a repeat: \(views)")
-            #expect(Set(instances) == ["app1", "app2", "app3"], "instances seen: \(Set(instances).sorted())")
-            // Round robin: no instance answers twice in a row.
-            #expect(zip(instances, instances.dropFirst()).allSatisfy { $0 != $1 }, "\(instances)")
-        }
-    }
-
-    @Test func logoutOnOneInstanceLogsTheSessionOutOnAll() async throws {
-        try await withCluster { cluster in
-            let client = try cluster.balancer.client()
-            _ = try client.request("GET", "/")
-            for _ in 1...3 { _ = try client.request("GET", "/views") }
-            let cookie = try #require(client.cookieJar["connect.sid"])
-            let id = try #require(DemoServer.sessionID(fromCookie: cookie))
-            #expect(try await cluster.stored(id)?["views"]?.intValue == 3)
-
-            let app2 = try cluster.apps[1].client()
-            app2.cookieJar["connect.sid"] = cookie
-            let logout = try app2.request("POST", "/logout")
-            #expect(logout.status == 200)
-            #expect(logout.headers["X-Instance"] == "app2")
-            #expect(try await cluster.stored(id) == nil, "the session key is still in Redis after the logout")
-
-            // The old cookie opens nothing anywhere, directly or through the balancer.
-            for app in cluster.apps {
-                let probe = try app.client()
-                probe.cookieJar["connect.sid"] = cookie
-                #expect(try probe.request("GET", "/login").text == "Welcome guest", "\(app.instance)")
-                #expect(try JSONValue(parsing: try probe.request("GET", "/session").body)["id"] == .null)
-            }
-            let viaBalancer = try cluster.balancer.client()
-            viaBalancer.cookieJar["connect.sid"] = cookie
-            for _ in 1...3 {
-                #expect(try viaBalancer.request("GET", "/login").text == "Welcome guest")
-            }
-            #expect(try await cluster.stored(id) == nil, "a request with the old cookie re-created the session")
-        }
-    }
+/// How many keys the cluster's Redis holds (DBSIZE).
+private func redisKeyCount(_ cluster: TestCluster) async throws -> Int {
+    let client = cluster.redis.client()
+    defer { client.close() }
+    return try await client.send("DBSIZE").integer ?? -1
 }
 
 // MARK: - A cluster of processes
@@ -141,9 +212,10 @@ final class TestCluster: Sendable {
     }
 }
 
-/// Runs `body` with a fresh cluster and stops every process afterwards, whether `body` succeeds or not.
+/// Runs `body` with a fresh cluster and stops every process afterwards, whether `body` succeeds or not. The
+/// cluster starts on a thread of its own: waiting for its processes must not hold a concurrency-pool thread.
 func withCluster(_ body: (TestCluster) async throws -> Void) async throws {
-    let cluster = try TestCluster()
+    let cluster = try await onThread { try TestCluster() }
     defer { cluster.stop() }
     try await body(cluster)
 }
@@ -445,7 +517,8 @@ final class HAProxyProcess: Sendable {
         var seen = Set<String>()
         while !instances.isSubset(of: seen) {
             if let status = process.exitStatus {
-                throw HarnessFailure("haproxy ended (\(status)): \(process.output.suffix(2000))\(process.errorOutput.suffix(2000))")
+                throw HarnessFailure("haproxy ended (\(status)): "
+                    + "\(process.output.suffix(2000))\(process.errorOutput.suffix(2000))")
             }
             // A fresh connection each time; /healthz touches no session.
             if let response = try? TestHTTPClient(port: port, timeout: .seconds(2)).request("GET", "/healthz"),

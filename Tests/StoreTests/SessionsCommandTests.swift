@@ -1,0 +1,206 @@
+import Foundation
+import Testing
+import EvServer
+import RedisSessionStore
+
+// `evserver sessions ...` run as a process against the test redis-server, each test under a prefix of its own:
+// `count` agrees with a SCAN of 10,000 sessions, and `list --json`, `show`, `destroy` and `clear --yes` do what
+// they say to the sessions under their prefix, and nothing to the others.
+
+extension ScaleSuites {
+    @Suite struct SessionsCommandTests {
+        @Test func countAgreesWithAScanOfTenThousandSessions() async throws {
+            let redis = try await TestRedis.connect()
+            defer { redis.close() }
+            let prefix = Self.uniquePrefix()
+            let total = 10_000
+            let started = ContinuousClock.now
+            try await Self.createSessions(total, prefix: prefix, client: redis.client)
+            let created = ContinuousClock.now - started
+            do {
+                let scanned = try await Self.scanCount(prefix: prefix, client: redis.client)
+                #expect(scanned == total)
+
+                let count = try await Self.sessions(["count"], prefix: prefix)
+                #expect(count.status == .exited(0), "\(count.error)")
+                #expect(count.output == "\(total)\n")
+                let json = try await Self.sessions(["count", "--json"], prefix: prefix)
+                #expect(try JSONValue(parsing: json.output)["count"]?.intValue == total)
+                // A small SCAN COUNT walks the keyspace in many more steps and must still count each key once.
+                let stepwise = try await Self.sessions(["count", "--scan-count", "7"], prefix: prefix)
+                #expect(stepwise.output == "\(total)\n")
+                let said = count.output.trimmingCharacters(in: .whitespacesAndNewlines)
+                print("SessionsCommandTests: \(total) sessions created (pipelined SET) in \(created); SCAN counts "
+                    + "\(scanned), `evserver sessions count` says \(said)")
+            } catch {
+                _ = try? await Self.sessions(["clear", "--yes"], prefix: prefix)
+                throw error
+            }
+            let clear = try await Self.sessions(["clear", "--yes"], prefix: prefix)
+            #expect(clear.output == "cleared \(total) sessions\n")
+            #expect(try await Self.scanCount(prefix: prefix, client: redis.client) == 0)
+        }
+
+        @Test func listJSONShowsEveryIdWithItsTTL() async throws {
+            let redis = try await TestRedis.connect()
+            defer { redis.close() }
+            try await Self.withPrefix(redis.client) { prefix in
+                let ids = try await Self.createSessions(3, prefix: prefix, client: redis.client, ttl: 600)
+                let list = try await Self.sessions(["list", "--json"], prefix: prefix)
+                #expect(list.status == .exited(0), "\(list.error)")
+                let entries = try #require(try JSONValue(parsing: list.output).arrayValue)
+                #expect(Set(entries.compactMap { $0["id"]?.stringValue }) == Set(ids))
+                for entry in entries {
+                    #expect((590...600).contains(entry["ttl"]?.intValue ?? -1), "\(entry)")
+                }
+                let limited = try await Self.sessions(["list", "--json", "--limit", "2"], prefix: prefix)
+                #expect(try JSONValue(parsing: limited.output).arrayValue?.count == 2)
+                let text = try await Self.sessions(["list"], prefix: prefix).output.split(separator: "\n")
+                #expect(text.first == "ID\tTTL")
+                #expect(text.count == 4)
+            }
+        }
+
+        @Test func showPrintsTheStoredJSONAndTTL() async throws {
+            let redis = try await TestRedis.connect()
+            defer { redis.close() }
+            try await Self.withPrefix(redis.client) { prefix in
+                let id = try #require(try await Self.createSessions(1, prefix: prefix, client: redis.client, ttl: 600).first)
+                let json = try JSONValue(parsing: try await Self.sessions(["show", id, "--json"], prefix: prefix).output)
+                #expect(json["id"]?.stringValue == id)
+                #expect((590...600).contains(json["ttl"]?.intValue ?? -1))
+                #expect(json["session"]?["userName"] == "Aditya@123")
+                #expect(json["session"]?["cookie"]?["path"] == "/")
+
+                let text = try await Self.sessions(["show", id], prefix: prefix)
+                #expect(text.output.contains("key:     \(prefix)\(id)"))
+                #expect(text.output.contains(#""userName":"Aditya@123""#))
+
+                let missing = try await Self.sessions(["show", "no-such-session"], prefix: prefix)
+                #expect(missing.status != .exited(0))
+                #expect(missing.error.contains("no session no-such-session"))
+            }
+        }
+
+        @Test func destroyDeletesOneSession() async throws {
+            let redis = try await TestRedis.connect()
+            defer { redis.close() }
+            try await Self.withPrefix(redis.client) { prefix in
+                let ids = try await Self.createSessions(2, prefix: prefix, client: redis.client)
+                let destroyed = try await Self.sessions(["destroy", ids[0]], prefix: prefix)
+                #expect(destroyed.status == .exited(0))
+                #expect(destroyed.output == "destroyed \(ids[0])\n")
+                #expect(try await redis.client.get(prefix + ids[0]) == nil)
+                #expect(try await redis.client.get(prefix + ids[1]) != nil)
+                #expect(try await Self.sessions(["destroy", ids[0]], prefix: prefix).output == "no session \(ids[0])\n")
+                let json = try await Self.sessions(["destroy", ids[1], "--json"], prefix: prefix)
+                #expect(try JSONValue(parsing: json.output)["destroyed"]?.intValue == 1)
+            }
+        }
+
+        @Test func clearNeedsYesAndClearsOnlyItsPrefix() async throws {
+            let redis = try await TestRedis.connect()
+            defer { redis.close() }
+            try await Self.withPrefix(redis.client) { other in
+                let bystanders = try await Self.createSessions(3, prefix: other, client: redis.client)
+                try await Self.withPrefix(redis.client) { prefix in
+                    try await Self.createSessions(25, prefix: prefix, client: redis.client)
+                    let refused = try await Self.sessions(["clear"], prefix: prefix)
+                    #expect(refused.status != .exited(0))
+                    #expect(refused.error.contains("--yes"))
+                    #expect(try await Self.scanCount(prefix: prefix, client: redis.client) == 25)
+
+                    let cleared = try await Self.sessions(["clear", "--yes"], prefix: prefix)
+                    #expect(cleared.status == .exited(0))
+                    #expect(cleared.output == "cleared 25 sessions\n")
+                    #expect(try await Self.scanCount(prefix: prefix, client: redis.client) == 0)
+                }
+                for id in bystanders { #expect(try await redis.client.get(other + id) != nil) }
+            }
+        }
+
+        @Test func unreachableRedisFailsWithAClearError() async throws {
+            let port = try TestRedis.unusedPort()
+            let executable = try EvServerExecutable.path()
+            let result = try await onThread {
+                try ChildProcess.run(executable, ["sessions", "count", "--redis-url", "redis://127.0.0.1:\(port)/0"],
+                                     environment: ChildProcess.environmentWithoutEvServerSettings, timeout: .seconds(30))
+            }
+            #expect(result.status != .exited(0))
+            // (could not connect, or a deadline missed on a loaded machine: either way one line naming Redis)
+            #expect(result.error.contains("Error: redis: "), "\(result.error)")
+            #expect(result.output.isEmpty)
+        }
+
+        // MARK: - Helpers
+
+        static func uniquePrefix() -> String { "test:\(UUID().uuidString.prefix(8)):sess:" }
+
+        /// Runs `evserver sessions <arguments> --redis-url <test redis> --prefix <prefix>` and waits for it on a thread
+        /// of its own (not on one of the concurrency pool's few threads).
+        static func sessions(_ arguments: [String], prefix: String) async throws
+            -> (status: ExitStatus, output: String, error: String)
+        {
+            let executable = try EvServerExecutable.path()
+            return try await onThread {
+                try ChildProcess.run(executable,
+                                     ["sessions"] + arguments + ["--redis-url", TestRedis.url, "--prefix", prefix],
+                                     environment: ChildProcess.environmentWithoutEvServerSettings, timeout: .seconds(60))
+            }
+        }
+
+        /// Runs `body` with a fresh prefix and deletes every key under it afterwards, also when `body` throws.
+        static func withPrefix(_ client: RedisClient, _ body: (String) async throws -> Void) async throws {
+            let prefix = uniquePrefix()
+            do {
+                try await body(prefix)
+            } catch {
+                try? await deleteAll(prefix: prefix, client: client)
+                throw error
+            }
+            try await deleteAll(prefix: prefix, client: client)
+        }
+
+        /// Deletes every key under `prefix` (SCAN + DEL).
+        static func deleteAll(prefix: String, client: RedisClient) async throws {
+            var cursor = "0"
+            repeat {
+                let page = try await client.scan(cursor: cursor, match: prefix + "*", count: 1000)
+                if !page.keys.isEmpty { _ = try await client.delete(page.keys) }
+                cursor = page.cursor
+            } while cursor != "0"
+        }
+
+        /// Stores `count` express-session values under `prefix`, pipelined: up to 1,000 SETs in flight on one
+        /// connection. Returns the ids.
+        @discardableResult
+        static func createSessions(_ count: Int, prefix: String, client: RedisClient, ttl: Int = 3600) async throws
+            -> [String]
+        {
+            let ids = (0..<count).map { _ in SessionID.generate() }
+            let value = Array((#"{"cookie":{"originalMaxAge":null,"expires":null,"httpOnly":true,"path":"/","#
+                + #""sameSite":"lax"},"userName":"Aditya@123"}"#).utf8)
+            for batch in stride(from: 0, to: count, by: 1000) {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for id in ids[batch..<min(batch + 1000, count)] {
+                        group.addTask { try await client.set(prefix + id, to: value, expiresIn: ttl) }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+            return ids
+        }
+
+        /// Keys under `prefix`, counted with SCAN.
+        static func scanCount(prefix: String, client: RedisClient) async throws -> Int {
+            var cursor = "0"
+            var keys = Set<String>()
+            repeat {
+                let page = try await client.scan(cursor: cursor, match: prefix + "*", count: 1000)
+                keys.formUnion(page.keys)
+                cursor = page.cursor
+            } while cursor != "0"
+            return keys.count
+        }
+    }
+}
