@@ -468,7 +468,7 @@ struct HTTPServerTests {
         let port = server.port
         let answer = Task {
             try await onThread { () -> Bool in
-                let client = try TestHTTPClient(port: port)
+                let client = try TestHTTPClient(port: port, timeout: .seconds(60))
                 do {
                     _ = try client.request("GET", "/stuck")
                     return false
@@ -477,7 +477,7 @@ struct HTTPServerTests {
                 }
             }
         }
-        #expect(await eventually { await server.pendingCount() == 1 })
+        #expect(await eventually(timeout: .seconds(20)) { await server.pendingCount() == 1 })
         let start = ContinuousClock.now
         await server.shutdown(timeout: .milliseconds(200))
         #expect(ContinuousClock.now - start < .seconds(5))
