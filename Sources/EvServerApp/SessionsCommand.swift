@@ -34,52 +34,22 @@ struct SessionsOptions: ParsableArguments {
     }
 }
 
-/// A connection to Redis on a private loop, for the duration of one command.
+/// The session store on a private loop, for the duration of one command.
 struct SessionInspector {
     let client: RedisClient
-    let prefix: String
-    let scanCount: Int
+    let store: RedisSessionStore
     private let thread: EventLoopThread
 
     init(_ options: SessionsOptions) throws {
         let (redis, prefix) = try options.resolve()
         thread = try EventLoopThread(name: "sessions")
         client = RedisClient(configuration: redis, loop: thread.loop)
-        self.prefix = prefix
-        self.scanCount = options.scanCount
+        store = RedisSessionStore(client: client, prefix: prefix, scanCount: options.scanCount)
     }
 
     func close() {
         client.close()
         thread.shutdown()
-    }
-
-    /// Calls `body` with each page of session ids (prefix removed), in SCAN order; duplicates SCAN may return
-    /// during a rehash are removed.
-    func forEachPage(_ body: ([String]) async throws -> Void) async throws {
-        var cursor = "0"
-        var seen = Set<String>()
-        repeat {
-            let page = try await client.scan(cursor: cursor, match: Self.globEscaped(prefix) + "*", count: scanCount)
-            let ids = page.keys.filter { seen.insert($0).inserted }.map { String($0.dropFirst(prefix.count)) }
-            if !ids.isEmpty { try await body(ids) }
-            cursor = page.cursor
-        } while cursor != "0"
-    }
-
-    func ttl(of id: String) async throws -> Int {
-        guard case .integer(let ttl) = try await client.send("TTL", prefix + id) else { return -2 }
-        return ttl
-    }
-
-    /// Escapes SCAN MATCH glob characters so a prefix is matched literally.
-    static func globEscaped(_ text: String) -> String {
-        var out = ""
-        for character in text {
-            if "*?[]\\".contains(character) { out.append("\\") }
-            out.append(character)
-        }
-        return out
     }
 
     /// Runs `body` with an inspector and always closes it; connection failures become one clear line.
@@ -115,11 +85,11 @@ struct SessionsCommand: AsyncParsableCommand {
                 var listed = 0
                 var entries: [JSONValue] = []
                 if !options.json { print("ID\tTTL") }
-                try await inspector.forEachPage { ids in
+                try await inspector.store.forEachIDPage { ids in
                     for id in ids {
                         if let limit, listed >= limit { return }
-                        let ttl = try await inspector.ttl(of: id)
-                        guard ttl != -2 else { continue }   // expired between SCAN and TTL
+                        // nil: expired between SCAN and TTL.
+                        guard let ttl = try await inspector.store.timeToLive(id) else { continue }
                         listed += 1
                         if options.json {
                             entries.append(["id": .string(id), "ttl": .number(String(ttl))])
@@ -128,7 +98,7 @@ struct SessionsCommand: AsyncParsableCommand {
                         }
                     }
                 }
-                if options.json { print(JSONValue.array(entries).description) }
+                if options.json { print(JSONValue.array(entries).jsonString) }
             }
         }
     }
@@ -140,15 +110,17 @@ struct SessionsCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await SessionInspector.with(options) { inspector in
-                guard let bytes = try await inspector.client.get(inspector.prefix + id) else {
+                // The raw value, not a decoded session: garbage at a session key is worth seeing as it is.
+                let key = inspector.store.key(for: id)
+                guard let bytes = try await inspector.client.get(key),
+                      let ttl = try await inspector.store.timeToLive(id) else {
                     throw ConfigurationError("no session \(id)")
                 }
-                let ttl = try await inspector.ttl(of: id)
                 let value = (try? JSONValue(parsing: bytes)) ?? .string(String(decoding: bytes, as: UTF8.self))
                 if options.json {
-                    print(JSONValue.object(["id": .string(id), "ttl": .number(String(ttl)), "session": value]).description)
+                    print(JSONValue.object(["id": .string(id), "ttl": .number(String(ttl)), "session": value]).jsonString)
                 } else {
-                    print("id:      \(id)\nkey:     \(inspector.prefix + id)\nttl:     \(ttl) s\nsession: \(JSONValue.array([value]).description.dropFirst().dropLast())")
+                    print("id:      \(id)\nkey:     \(key)\nttl:     \(ttl) s\nsession: \(value.jsonString)")
                 }
             }
         }
@@ -159,11 +131,7 @@ struct SessionsCommand: AsyncParsableCommand {
         @OptionGroup var options: SessionsOptions
 
         func run() async throws {
-            let count = try await SessionInspector.with(options) { inspector in
-                var count = 0
-                try await inspector.forEachPage { count += $0.count }
-                return count
-            }
+            let count = try await SessionInspector.with(options) { try await $0.store.length() }
             print(options.json ? #"{"count":\#(count)}"# : "\(count)")
         }
     }
@@ -174,7 +142,7 @@ struct SessionsCommand: AsyncParsableCommand {
         @Argument(help: "The session id (without the prefix).") var id: String
 
         func run() async throws {
-            let removed = try await SessionInspector.with(options) { try await $0.client.delete([$0.prefix + id]) }
+            let removed = try await SessionInspector.with(options) { try await $0.client.delete([$0.store.key(for: id)]) }
             print(options.json ? #"{"destroyed":\#(removed)}"# : (removed == 1 ? "destroyed \(id)" : "no session \(id)"))
         }
     }
@@ -186,13 +154,7 @@ struct SessionsCommand: AsyncParsableCommand {
 
         func run() async throws {
             guard yes else { throw ConfigurationError("clear deletes every session under the prefix: add --yes") }
-            let removed = try await SessionInspector.with(options) { inspector in
-                var removed = 0
-                try await inspector.forEachPage { ids in
-                    removed += try await inspector.client.delete(ids.map { inspector.prefix + $0 })
-                }
-                return removed
-            }
+            let removed = try await SessionInspector.with(options) { try await $0.store.removeAll() }
             print(options.json ? #"{"cleared":\#(removed)}"# : "cleared \(removed) sessions")
         }
     }

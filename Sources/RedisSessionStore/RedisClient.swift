@@ -235,15 +235,19 @@ public struct RedisScript: Sendable, Hashable {
     /// Prepares a script.
     public init(_ source: String) {
         self.source = source
-        let digest = Insecure.SHA1.hash(data: Array(source.utf8))
+        self.sha1 = String(decoding: RedisScript.sha1Hex(Array(source.utf8)), as: UTF8.self)
+    }
+
+    /// The lower-case hex SHA1 of `bytes`, as Lua's `redis.sha1hex` and `SCRIPT LOAD` write it.
+    static func sha1Hex(_ bytes: [UInt8]) -> [UInt8] {
         let hex: [UInt8] = Array("0123456789abcdef".utf8)
         var text: [UInt8] = []
         text.reserveCapacity(40)
-        for byte in digest {
+        for byte in Insecure.SHA1.hash(data: bytes) {
             text.append(hex[Int(byte >> 4)])
             text.append(hex[Int(byte & 0x0F)])
         }
-        self.sha1 = String(decoding: text, as: UTF8.self)
+        return text
     }
 }
 

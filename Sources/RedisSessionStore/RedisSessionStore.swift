@@ -7,7 +7,6 @@ import Dispatch
 import EvServer
 import Logging
 import Synchronization
-import Crypto
 
 /// Sessions in Redis, as connect-redis 7 keeps them, so Node and this server can share them: the value of
 /// `<prefix><id>` is express-session's JSON, and Redis owns expiry.
@@ -119,7 +118,7 @@ public final class RedisSessionStore: SessionStore {
                 return .gone
             }
             let json = data.jsonBytes()
-            let expected = base.map { RedisSessionStore.digest($0.version ?? $0.data.jsonBytes()) } ?? []
+            let expected = base.map { RedisScript.sha1Hex($0.version ?? $0.data.jsonBytes()) } ?? []
             let reply = try await client.eval(RedisSessionStore.compareAndSet, keys: [key],
                                               arguments: [expected, json, Array(String(seconds).utf8)])
             switch reply {
@@ -158,17 +157,6 @@ public final class RedisSessionStore: SessionStore {
         return 1
         """)
 
-    static func digest(_ bytes: [UInt8]) -> [UInt8] {
-        let hex: [UInt8] = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(40)
-        for byte in Insecure.SHA1.hash(data: bytes) {
-            out.append(hex[Int(byte >> 4)])
-            out.append(hex[Int(byte & 0x0f)])
-        }
-        return out
-    }
-
     private func decode(_ bytes: [UInt8]) -> SessionData? {
         do {
             return try SessionData(json: bytes)
@@ -200,7 +188,8 @@ public final class RedisSessionStore: SessionStore {
 
     public func all() async throws -> [String: SessionData] {
         let client = try client()
-        let keys = try await allKeys(client)
+        var keys: [String] = []
+        try await forEachIDPage { ids in keys += ids.map(key(for:)) }
         var result: [String: SessionData] = [:]
         var start = 0
         while start < keys.count {
@@ -224,19 +213,48 @@ public final class RedisSessionStore: SessionStore {
     }
 
     public func length() async throws -> Int {
-        try await allKeys(client()).count
+        var count = 0
+        try await forEachIDPage { count += $0.count }
+        return count
     }
 
-    /// Deletes every key under the prefix, one `DEL` per `SCAN` page (deleting while scanning is safe: SCAN still
-    /// returns every key that exists throughout).
     public func clear() async throws {
+        try await removeAll()
+    }
+
+    // MARK: - Inspection (beyond the SessionStore contract)
+
+    /// Calls `body` with each page of session ids (prefix removed) that `SCAN MATCH <prefix>* COUNT <scanCount>`
+    /// returns, without the duplicates SCAN may return while Redis rehashes. Never `KEYS`: safe on a large keyspace.
+    public func forEachIDPage(_ body: ([String]) async throws -> Void) async throws {
         let client = try client()
         var cursor = "0"
+        var seen = Set<String>()
         repeat {
             let page = try await client.scan(cursor: cursor, match: matchPattern, count: scanCount)
             cursor = page.cursor
-            if !page.keys.isEmpty { try await client.delete(page.keys) }
+            let ids = page.keys.filter { seen.insert($0).inserted }.map { String($0.dropFirst(prefix.count)) }
+            if !ids.isEmpty { try await body(ids) }
         } while cursor != "0"
+    }
+
+    /// Seconds until the session expires in Redis (`TTL`), or nil when there is no such session.
+    public func timeToLive(_ id: String) async throws -> Int? {
+        guard case .integer(let seconds) = try await client().send("TTL", key(for: id)), seconds != -2 else {
+            return nil
+        }
+        return seconds
+    }
+
+    /// Deletes every session under the prefix, one `DEL` per `SCAN` page (deleting while scanning is safe: SCAN
+    /// still returns every key that exists throughout).
+    /// - Returns: how many sessions were deleted.
+    @discardableResult
+    public func removeAll() async throws -> Int {
+        let client = try client()
+        var removed = 0
+        try await forEachIDPage { ids in removed += try await client.delete(ids.map(key(for:))) }
+        return removed
     }
 
     public func ping() async throws {
@@ -266,19 +284,6 @@ public final class RedisSessionStore: SessionStore {
             pattern.append(character)
         }
         return pattern + "*"
-    }
-
-    private func allKeys(_ client: RedisClient) async throws -> [String] {
-        var cursor = "0"
-        var seen = Set<String>()
-        var keys: [String] = []
-        repeat {
-            let page = try await client.scan(cursor: cursor, match: matchPattern, count: scanCount)
-            cursor = page.cursor
-            // SCAN may return a key more than once.
-            for key in page.keys where seen.insert(key).inserted { keys.append(key) }
-        } while cursor != "0"
-        return keys
     }
 
     private func client() throws -> RedisClient {
