@@ -1,10 +1,12 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import EvServer
 import RedisSessionStore
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 // Flags -> configuration. Every flag has an environment variable; the flag wins, then the variable, then the
 // default. Resolution is a pure function of the parsed flags and an environment dictionary, so tests can drive it.
@@ -43,7 +45,7 @@ struct AppConfiguration: Sendable {
 
 extension AppConfiguration {
     /// The cores this process may run on (the default number of event loops).
-    static var coreCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+    static var coreCount: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
 }
 
 /// A configuration problem, reported to the operator as one line before anything binds.
@@ -124,60 +126,61 @@ struct ServerOptions: ParsableArguments {
     /// - Throws: ``ConfigurationError`` naming the first bad value.
     func resolve(environment: [String: String]) throws -> AppConfiguration {
         var config = AppConfiguration()
-        func value(_ flag: String?, _ variable: String) -> (String, String)? {
-            if let flag { return (flag, "--" + Self.flagName(for: variable)) }
+        /// The value and the name to blame in an error: the flag if given, else the environment variable.
+        func value(_ flag: String?, _ flagName: String, _ variable: String) -> (String, String)? {
+            if let flag { return (flag, flagName) }
             if let env = environment[variable], !env.isEmpty { return (env, variable) }
             return nil
         }
-        if let (v, _) = value(host, "EVSERVER_HOST") { config.host = v }
-        if let (v, name) = value(port, "PORT") { config.port = try Self.integer(v, name, in: 0...65535) }
-        if let (v, name) = value(threads, "EVSERVER_THREADS") { config.threads = try Self.integer(v, name, in: 1...256) }
-        if let (v, name) = value(store, "SESSION_STORE") {
+        if let (v, _) = value(host, "--host", "EVSERVER_HOST") { config.host = v }
+        if let (v, name) = value(port, "--port", "PORT") { config.port = try Self.integer(v, name, in: 0...65535) }
+        if let (v, name) = value(threads, "--threads", "EVSERVER_THREADS") { config.threads = try Self.integer(v, name, in: 1...256) }
+        if let (v, name) = value(store, "--store", "SESSION_STORE") {
             guard let kind = StoreKind(rawValue: v.lowercased()) else {
                 throw ConfigurationError("\(name): unknown store '\(v)' (expected redis or memory)")
             }
             config.store = kind
         }
-        if let (v, _) = value(redisURL, "REDIS_URL") { config.redisURL = v }
+        if let (v, _) = value(redisURL, "--redis-url", "REDIS_URL") { config.redisURL = v }
         do {
             config.redis = try RedisConfiguration(url: config.redisURL)
         } catch {
             throw ConfigurationError("redis url: \(error)")
         }
-        if let (v, name) = value(redisTimeout, "REDIS_TIMEOUT_MS") {
+        if let (v, name) = value(redisTimeout, "--redis-timeout", "REDIS_TIMEOUT_MS") {
             config.redis.commandTimeout = .milliseconds(try Self.integer(v, name, in: 1...600_000))
         }
-        if let (v, _) = value(secret, "SESSION_SECRET") {
+        if let (v, _) = value(secret, "--secret", "SESSION_SECRET") {
             config.secrets = v.split(separator: ",", omittingEmptySubsequences: true).map(String.init)
         }
         guard !config.secrets.isEmpty else {
             throw ConfigurationError("no session secret: set --secret or SESSION_SECRET (comma-separated; the first signs)")
         }
-        if let (v, name) = value(cookieName, "SESSION_COOKIE_NAME") {
+        if let (v, name) = value(cookieName, "--cookie-name", "SESSION_COOKIE_NAME") {
             guard Self.isCookieName(v) else { throw ConfigurationError("\(name): '\(v)' is not a valid cookie name") }
             config.cookieName = v
         }
-        if let (v, name) = value(maxAge, "SESSION_MAX_AGE") {
+        if let (v, name) = value(maxAge, "--max-age", "SESSION_MAX_AGE") {
             config.maxAge = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
         }
-        if let (v, name) = value(prefix, "SESSION_PREFIX") {
+        if let (v, name) = value(prefix, "--prefix", "SESSION_PREFIX") {
             guard !v.isEmpty, !v.contains(where: { $0 == "*" || $0 == "?" || $0 == "[" || $0.isWhitespace }) else {
                 throw ConfigurationError("\(name): '\(v)' is not a usable key prefix (no spaces or glob characters)")
             }
             config.prefix = v
         }
-        if let (v, name) = value(rolling, "SESSION_ROLLING") { config.rolling = try Self.boolean(v, name) }
-        if let (v, name) = value(resave, "SESSION_RESAVE") { config.resave = try Self.boolean(v, name) }
-        if let (v, name) = value(saveUninitialized, "SESSION_SAVE_UNINITIALIZED") {
+        if let (v, name) = value(rolling, "--rolling", "SESSION_ROLLING") { config.rolling = try Self.boolean(v, name) }
+        if let (v, name) = value(resave, "--resave", "SESSION_RESAVE") { config.resave = try Self.boolean(v, name) }
+        if let (v, name) = value(saveUninitialized, "--save-uninitialized", "SESSION_SAVE_UNINITIALIZED") {
             config.saveUninitialized = try Self.boolean(v, name)
         }
-        if let (v, name) = value(cookieSecure, "SESSION_COOKIE_SECURE") {
+        if let (v, name) = value(cookieSecure, "--cookie-secure", "SESSION_COOKIE_SECURE") {
             switch v.lowercased() {
             case "auto": config.cookieSecure = .auto
             default: config.cookieSecure = try Self.boolean(v, name) ? .always : .never
             }
         }
-        if let (v, name) = value(cookieSameSite, "SESSION_COOKIE_SAMESITE") {
+        if let (v, name) = value(cookieSameSite, "--cookie-samesite", "SESSION_COOKIE_SAMESITE") {
             switch v.lowercased() {
             case "lax": config.cookieSameSite = .lax
             case "strict": config.cookieSameSite = .strict
@@ -185,48 +188,22 @@ struct ServerOptions: ParsableArguments {
             default: throw ConfigurationError("\(name): '\(v)' is not one of lax, strict, none")
             }
         }
-        if let (v, name) = value(trustProxy, "TRUST_PROXY") {
+        if let (v, name) = value(trustProxy, "--trust-proxy", "TRUST_PROXY") {
             do { config.trustProxy = try TrustedProxies(parsing: v) } catch {
                 throw ConfigurationError("\(name): \(error)")
             }
         }
-        config.instance = value(instance, "INSTANCE_NAME")?.0 ?? Self.hostName()
-        if let (v, name) = value(maxBody, "EVSERVER_MAX_BODY") {
+        config.instance = value(instance, "--instance", "INSTANCE_NAME")?.0 ?? Self.hostName()
+        if let (v, name) = value(maxBody, "--max-body", "EVSERVER_MAX_BODY") {
             config.maxBody = try Self.integer(v, name, in: 0...(64 << 20))
         }
-        if let (v, name) = value(idleTimeout, "SESSION_IDLE_TIMEOUT") {
+        if let (v, name) = value(idleTimeout, "--idle-timeout", "SESSION_IDLE_TIMEOUT") {
             config.idleTimeout = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
         }
-        if let (v, name) = value(absoluteTimeout, "SESSION_ABSOLUTE_TIMEOUT") {
+        if let (v, name) = value(absoluteTimeout, "--absolute-timeout", "SESSION_ABSOLUTE_TIMEOUT") {
             config.absoluteTimeout = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
         }
         return config
-    }
-
-    static func flagName(for variable: String) -> String {
-        switch variable {
-        case "EVSERVER_HOST": "host"
-        case "PORT": "port"
-        case "EVSERVER_THREADS": "threads"
-        case "SESSION_STORE": "store"
-        case "REDIS_URL": "redis-url"
-        case "REDIS_TIMEOUT_MS": "redis-timeout"
-        case "SESSION_SECRET": "secret"
-        case "SESSION_COOKIE_NAME": "cookie-name"
-        case "SESSION_MAX_AGE": "max-age"
-        case "SESSION_PREFIX": "prefix"
-        case "SESSION_ROLLING": "rolling"
-        case "SESSION_RESAVE": "resave"
-        case "SESSION_SAVE_UNINITIALIZED": "save-uninitialized"
-        case "SESSION_COOKIE_SECURE": "cookie-secure"
-        case "SESSION_COOKIE_SAMESITE": "cookie-samesite"
-        case "TRUST_PROXY": "trust-proxy"
-        case "INSTANCE_NAME": "instance"
-        case "EVSERVER_MAX_BODY": "max-body"
-        case "SESSION_IDLE_TIMEOUT": "idle-timeout"
-        case "SESSION_ABSOLUTE_TIMEOUT": "absolute-timeout"
-        default: variable.lowercased()
-        }
     }
 
     static func integer(_ text: String, _ name: String, in range: ClosedRange<Int>) throws -> Int {
@@ -252,9 +229,7 @@ struct ServerOptions: ParsableArguments {
     }
 
     static func hostName() -> String {
-        var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count) == 0 else { return "evserver" }
-        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let name = ProcessInfo.processInfo.hostName
         return name.isEmpty ? "evserver" : name
     }
 }

@@ -22,8 +22,7 @@ struct DemoApp: Sendable {
         self.metrics = metrics
         var redis = configuration.redis
         redis.onCommand = { [metrics] name, duration, outcome in
-            let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-            metrics.recordRedis(command: name, seconds: seconds, error: outcome.errorLabel)
+            metrics.recordRedis(command: name, duration: duration, error: outcome.errorLabel)
         }
         switch configuration.store {
         case .memory:
@@ -88,7 +87,7 @@ struct DemoApp: Sendable {
             let body: JSONValue = [
                 "id": session.isNew ? .null : .string(session.id),
                 "data": .object(session.data),
-                "cookie": (try? JSONValue(parsing: SessionData(cookie: session.cookie).jsonBytes()))?["cookie"] ?? .null,
+                "cookie": session.cookie.jsonValue,
                 // Every request refreshes the store's expiry, so what is left is the cookie's remaining life, or the
                 // idle TTL when the cookie lasts for the browser session.
                 "ttl": session.isNew ? .null : .number(String(Self.remainingSeconds(session.cookie, idleTTL: idleTTL))),
@@ -192,10 +191,8 @@ struct ObservabilityMiddleware: Middleware {
         let start = ContinuousClock.now
         var status = 500
         defer {
-            let elapsed = ContinuousClock.now - start
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             metrics.recordRequest(route: request.route ?? "unmatched", method: request.method.rawValue,
-                                  status: status, seconds: seconds)
+                                  status: status, duration: ContinuousClock.now - start)
         }
         do {
             try await next()

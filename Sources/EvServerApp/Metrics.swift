@@ -41,7 +41,8 @@ final class Metrics: Sendable {
 
     private let state = Mutex(State())
 
-    func recordRequest(route: String, method: String, status: Int, seconds: Double) {
+    func recordRequest(route: String, method: String, status: Int, duration: Duration) {
+        let seconds = Self.seconds(duration)
         state.withLock { state in
             state.requests[RequestKey(route: route, method: method, status: status), default: 0] += 1
             state.requestLatency[route, default: Histogram(bounds: Self.latencyBuckets.count)]
@@ -49,12 +50,17 @@ final class Metrics: Sendable {
         }
     }
 
-    func recordRedis(command: String, seconds: Double, error: String?) {
+    func recordRedis(command: String, duration: Duration, error: String?) {
+        let seconds = Self.seconds(duration)
         state.withLock { state in
             state.redisLatency[command, default: Histogram(bounds: Self.latencyBuckets.count)]
                 .observe(seconds, bounds: Self.latencyBuckets)
             if let error { state.redisErrors[RedisErrorKey(command: command, kind: error), default: 0] += 1 }
         }
+    }
+
+    private static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
     /// The Prometheus text exposition (version 0.0.4). `extra` are counters owned elsewhere (sessions).

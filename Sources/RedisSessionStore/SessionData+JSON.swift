@@ -102,6 +102,13 @@ extension SessionCookie {
         }
     }
 
+    /// express's `cookie.data` as a JSON value (for showing it, e.g. in an API), from the serializer the stores use.
+    public var jsonValue: JSONValue {
+        var out: [UInt8] = []
+        serialize(into: &out)
+        return (try? JSONValue(parsing: out)) ?? .null   // our own output always parses
+    }
+
     /// Appends express's `cookie.data` as JSON, in its field order, leaving out what JavaScript would leave undefined.
     func serialize(into out: inout [UInt8]) {
         out.append(contentsOf: #"{"originalMaxAge":"#.utf8)
