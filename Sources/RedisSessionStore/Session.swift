@@ -86,22 +86,15 @@ public final class Session {
     private var changedSinceLoad = false
     private var changedSinceSave = false
     private(set) var state: State = .active
-    /// Whether the store knows this id (loaded from it or saved to it), for `metrics.created`.
-    private var inStore: Bool
 
     // What this request wrote since the last commit, so a commit merges just that onto what other requests stored
     // meanwhile (see SessionStore+Concurrency.swift): the keys written, in order, and whether all values were
     // replaced at once. `base` is the stored version the request last loaded or wrote.
-    private var writtenKeys: [String] = []
-    private var writtenKeySet: Set<String> = []
+    private var writtenKeys: [String] = []   // a handful per request: a linear `contains` beats a Set
     private var replacedAll = false
     private var base: StoredSession?
-
-    /// A session loaded from the store.
-    convenience init(id: String, stored: SessionData, engine: SessionEngine, requestIsSecure: Bool) {
-        self.init(id: id, loaded: StoredSession(data: stored, version: nil, expiryRefreshed: false), engine: engine,
-                  requestIsSecure: requestIsSecure)
-    }
+    /// Whether the store knows this id (loaded from it or saved to it), for `metrics.created`.
+    private var inStore: Bool { base != nil }
 
     /// A session loaded from the store with its version.
     init(id: String, loaded: StoredSession, engine: SessionEngine, requestIsSecure: Bool) {
@@ -115,7 +108,6 @@ public final class Session {
         self.isDetached = false
         self.isNew = false
         self.originalValues = stored.values
-        self.inStore = true
         if !engine.configuration.resave { savedValues = stored.values }
     }
 
@@ -129,7 +121,6 @@ public final class Session {
         self.isDetached = detached
         self.isNew = true
         self.originalValues = JSONObject()
-        self.inStore = false
     }
 
     // MARK: - Values
@@ -145,7 +136,7 @@ public final class Session {
                 return
             }
             values[key] = newValue
-            if writtenKeySet.insert(key).inserted { writtenKeys.append(key) }
+            if !writtenKeys.contains(key) { writtenKeys.append(key) }
             changedSinceLoad = true
             changedSinceSave = true
         }
@@ -199,7 +190,6 @@ public final class Session {
         changedSinceSave = true
         cookie = engine.newCookie(now: engine.configuration.now(), requestIsSecure: requestIsSecure)
         isNew = true
-        inStore = false
         state = .active
     }
 
@@ -212,7 +202,6 @@ public final class Session {
         base = nil
         guard !isDetached, let currentId else { return }
         try await engine.destroy(currentId)
-        inStore = false
     }
 
     /// Drops the session from the request without a store call, as `req.session = null` does in express: with
@@ -247,7 +236,7 @@ public final class Session {
             // instances sharing the store keep it intact (they drop unknown fields of "cookie", not of the session).
             let created = JSONValue.number(String(engine.configuration.now().javaScriptMilliseconds))
             values[Session.createdAtKey] = created
-            if writtenKeySet.insert(Session.createdAtKey).inserted { writtenKeys.append(Session.createdAtKey) }
+            if !writtenKeys.contains(Session.createdAtKey) { writtenKeys.append(Session.createdAtKey) }
         }
         let changes = SessionChanges(updates: writtenKeys.map { ($0, values[$0]) }, replacesAll: replacedAll)
         let write = SessionWrite(cookie: cookie, changes: changes, values: values, base: base)
@@ -259,14 +248,12 @@ public final class Session {
             savedValues = values
             changedSinceSave = false
             clearWrites()
-            inStore = true
         case .gone:
             // Destroyed (logout, regenerate elsewhere) or expired while this request ran: it stays gone.
             engine.logger.info("session destroyed by another request while this one ran; its changes were dropped")
             state = .destroyed
             values = JSONObject()
             base = nil
-            inStore = false
         }
     }
 
@@ -283,7 +270,6 @@ public final class Session {
 
     private func clearWrites() {
         writtenKeys.removeAll()
-        writtenKeySet.removeAll()
         replacedAll = false
     }
 
