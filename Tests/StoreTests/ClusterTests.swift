@@ -298,9 +298,10 @@ enum ExitStatus: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-/// A child process started with posix_spawn (see `spawn` in TestRedis.swift for why not Foundation's Process: the
-/// child gets an empty signal mask and default dispositions, so SIGTERM reaches it), stdin from /dev/null, stdout
-/// and stderr in files of their own. Killed (SIGKILL) and reaped by ``terminate()`` or on deinit.
+/// A child process started with posix_spawn, stdin from /dev/null, stdout and stderr in files of their own. Not
+/// Foundation's Process: a child inherits the signal mask of the thread that spawns it, and the concurrency pool's
+/// threads block most signals, so a server spawned from a test task would ignore SIGTERM; here the child gets an
+/// empty mask and default dispositions. Killed (SIGKILL) and reaped by ``terminate()`` or on deinit.
 final class ChildProcess: Sendable {
     let name: String
     let pid: pid_t

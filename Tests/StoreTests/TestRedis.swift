@@ -43,13 +43,11 @@ private enum SharedTestClient {
 
 /// A redis-server of the test's own on a free port, killed at the end (`stop()`; also on deinit).
 ///
-/// Started with posix_spawn rather than Foundation's Process: a child inherits the signal mask of the thread that
-/// spawns it, and the concurrency pool's threads block most signals, so a redis-server spawned from a test task
-/// would ignore SIGTERM; here the child gets an empty mask and default dispositions.
+/// A ``ChildProcess`` (posix_spawn, not Foundation's Process: see there), so SIGTERM and SIGKILL reach it.
 final class PrivateRedis: Sendable {
     let port: Int
     private let arguments: [String]
-    private let pid = Mutex<pid_t?>(nil)
+    private let child = Mutex<ChildProcess?>(nil)
 
     init(arguments: [String] = []) throws {
         self.arguments = arguments
@@ -61,19 +59,19 @@ final class PrivateRedis: Sendable {
 
     /// Starts (or restarts) the server on `port` and waits until it answers.
     func start() throws {
-        guard let executable = findExecutable("redis-server") else {
+        guard let executable = ChildProcess.find("redis-server") else {
             throw PrivateRedis.Failure("redis-server is not installed (apt-get install redis-server)")
         }
-        let argv = [executable, "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--daemonize", "no", "--dir", "/tmp", "--loglevel", "warning"] + arguments
-        let child = try spawn(executable, argv)
-        pid.withLock { $0 = child }
+        let process = try ChildProcess(executable, ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "",
+                                                    "--appendonly", "no", "--daemonize", "no", "--dir", "/tmp",
+                                                    "--loglevel", "warning"] + arguments)
+        child.withLock { $0 = process }
         let deadline = ContinuousClock.now + .seconds(5)
         while !redisAnswers(port: port) {
-            var status: Int32 = 0
-            guard waitpid(child, &status, WNOHANG) == 0, ContinuousClock.now < deadline else {
+            guard process.exitStatus == nil, ContinuousClock.now < deadline else {
                 stop()
-                throw PrivateRedis.Failure("the private redis-server on port \(port) did not start")
+                throw PrivateRedis.Failure("the private redis-server on port \(port) did not start: "
+                                           + process.errorOutput.suffix(500))
             }
             usleep(10_000)
         }
@@ -81,45 +79,11 @@ final class PrivateRedis: Sendable {
 
     /// Kills the server (SIGKILL: an abrupt death, as a crash or an OOM kill would be) and reaps it. Idempotent.
     func stop() {
-        guard let child = pid.withLock({ pid in defer { pid = nil }; return pid }) else { return }
-        kill(child, SIGKILL)
-        var status: Int32 = 0
-        while waitpid(child, &status, 0) == -1, errno == EINTR {}
+        child.withLock { child in
+            child?.terminate()
+            child = nil
+        }
     }
-}
-
-func spawn(_ path: String, _ arguments: [String]) throws -> pid_t {
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var noSignals = sigset_t()
-    sigemptyset(&noSignals)
-    posix_spawnattr_setsigmask(&attributes, &noSignals)
-    var defaults = sigset_t()
-    sigemptyset(&defaults)
-    for signal in [SIGPIPE, SIGTERM, SIGINT] { sigaddset(&defaults, signal) }
-    posix_spawnattr_setsigdefault(&attributes, &defaults)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    let argv = arguments.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var child: pid_t = 0
-    let status = posix_spawn(&child, path, &actions, &attributes, argv, environ)
-    guard status == 0 else { throw PrivateRedis.Failure("posix_spawn \(path) failed: \(status)") }
-    return child
-}
-
-func findExecutable(_ name: String) -> String? {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-    for directory in path.split(separator: ":") + ["/usr/bin", "/usr/local/bin"] {
-        let candidate = "\(directory)/\(name)"
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-    }
-    return nil
 }
 
 /// Whether something on 127.0.0.1:`port` answers a PING with a RESP reply (`+PONG` or an error such as NOAUTH).
