@@ -483,17 +483,40 @@ private struct JSONParser {
         guard depth <= JSONValue.maximumDepth else { throw JSONParseError(.tooDeep, at: position) }
     }
 
+    /// After an opening `{`/`[`: consumes `close` (an empty container; leaves the nesting level) and says so.
+    mutating func closes(_ close: UInt8) throws(JSONParseError) -> Bool {
+        skipWhitespace()
+        guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
+        guard bytes[position] == close else { return false }
+        position += 1
+        depth -= 1
+        return true
+    }
+
+    /// After a member or element: consumes `,` (false: another follows) or `close` (true: the container ended,
+    /// leaving its nesting level); anything else is an error.
+    mutating func endsAfterMember(_ close: UInt8) throws(JSONParseError) -> Bool {
+        skipWhitespace()
+        guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
+        switch bytes[position] {
+        case ASCII.comma:
+            position += 1
+            skipWhitespace()
+            return false
+        case close:
+            position += 1
+            depth -= 1
+            return true
+        default:
+            throw JSONParseError(.unexpectedCharacter, at: position)
+        }
+    }
+
     mutating func parseObject() throws(JSONParseError) -> JSONObject {
         try enter()
         position += 1   // {
         var object = JSONObject()
-        skipWhitespace()
-        guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
-        if bytes[position] == ASCII.closeBrace {
-            position += 1
-            depth -= 1
-            return object
-        }
+        if try closes(ASCII.closeBrace) { return object }
         while true {
             guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
             guard bytes[position] == ASCII.quote else { throw JSONParseError(.unexpectedCharacter, at: position) }
@@ -505,19 +528,7 @@ private struct JSONParser {
             skipWhitespace()
             let value = try parseValue()
             object.updateValue(value, forKey: key)
-            skipWhitespace()
-            guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
-            switch bytes[position] {
-            case ASCII.comma:
-                position += 1
-                skipWhitespace()
-            case ASCII.closeBrace:
-                position += 1
-                depth -= 1
-                return object
-            default:
-                throw JSONParseError(.unexpectedCharacter, at: position)
-            }
+            if try endsAfterMember(ASCII.closeBrace) { return object }
         }
     }
 
@@ -525,28 +536,10 @@ private struct JSONParser {
         try enter()
         position += 1   // [
         var elements: [JSONValue] = []
-        skipWhitespace()
-        guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
-        if bytes[position] == ASCII.closeBracket {
-            position += 1
-            depth -= 1
-            return elements
-        }
+        if try closes(ASCII.closeBracket) { return elements }
         while true {
             elements.append(try parseValue())
-            skipWhitespace()
-            guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
-            switch bytes[position] {
-            case ASCII.comma:
-                position += 1
-                skipWhitespace()
-            case ASCII.closeBracket:
-                position += 1
-                depth -= 1
-                return elements
-            default:
-                throw JSONParseError(.unexpectedCharacter, at: position)
-            }
+            if try endsAfterMember(ASCII.closeBracket) { return elements }
         }
     }
 
