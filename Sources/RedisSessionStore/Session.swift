@@ -68,7 +68,9 @@ public final class Session {
         }
     }
 
-    private var values: JSONObject
+    private var values: JSONObject {
+        didSet { valuesJSON = nil }
+    }
     private var currentId: String?
     let engine: SessionEngine
     /// Whether the request came over HTTPS (for `secure: .auto`), decided once when the request arrived.
@@ -82,7 +84,14 @@ public final class Session {
     // regenerate(), so `originalId !== sess.id` is that flag.
     private var regenerated = false
     private let originalValues: JSONObject
-    private(set) var savedValues: JSONObject?
+    private(set) var savedValues: JSONObject? {
+        didSet { savedValuesJSON = nil }
+    }
+    // The serialized forms the comparisons below use, each made at most once per change: the middleware asks
+    // isSaved, then isModified, on the same values.
+    private var valuesJSON: [UInt8]?
+    private var savedValuesJSON: [UInt8]?
+    private lazy var originalValuesJSON: [UInt8] = Session.json(originalValues)
     private var changedSinceLoad = false
     private var changedSinceSave = false
     private(set) var state: State = .active
@@ -292,22 +301,29 @@ public final class Session {
     var isModified: Bool {
         if regenerated { return true }
         if !changedSinceLoad { return false }
-        return !Session.sameJSON(values, originalValues)
+        return currentJSON() != originalValuesJSON
     }
 
     /// express's `isSaved`: same id, and the values last saved (or loaded, with resave off) are the current ones.
     var isSaved: Bool {
         guard !regenerated, let savedValues else { return false }
         if !changedSinceSave { return true }
-        return Session.sameJSON(values, savedValues)
+        if savedValuesJSON == nil { savedValuesJSON = Session.json(savedValues) }
+        return currentJSON() == savedValuesJSON
     }
 
-    /// Compares what JSON.stringify would write: express compares hashes of that text.
-    private static func sameJSON(_ a: JSONObject, _ b: JSONObject) -> Bool {
-        var left: [UInt8] = [], right: [UInt8] = []
-        a.serialize(into: &left)
-        b.serialize(into: &right)
-        return left == right
+    // Values compare by what JSON.stringify would write: express compares hashes of that text.
+    private func currentJSON() -> [UInt8] {
+        if let valuesJSON { return valuesJSON }
+        let json = Session.json(values)
+        valuesJSON = json
+        return json
+    }
+
+    private static func json(_ values: JSONObject) -> [UInt8] {
+        var out: [UInt8] = []
+        values.serialize(into: &out)
+        return out
     }
 
     /// Whether the session's id is `cookieId` (express's `cookieId === req.sessionID`), without making an id.
