@@ -66,7 +66,9 @@ extension ScaleSuites {
             defer { redis.close() }
             try await Self.withPrefix(redis.client) { prefix in
                 let id = try #require(try await Self.createSessions(1, prefix: prefix, client: redis.client, ttl: 600).first)
-                let json = try JSONValue(parsing: try await Self.sessions(["show", id, "--json"], prefix: prefix).output)
+                let shown = try await Self.sessions(["show", id, "--json"], prefix: prefix)
+                #expect(shown.status == .exited(0), "\(shown.error)")
+                let json = try JSONValue(parsing: shown.output)
                 #expect(json["id"]?.stringValue == id)
                 #expect((590...600).contains(json["ttl"]?.intValue ?? -1))
                 #expect(json["session"]?["userName"] == "Aditya@123")
