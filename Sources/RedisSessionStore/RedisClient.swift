@@ -72,11 +72,14 @@ public final class RedisClient: Sendable {
             throw RedisClientError.unsupportedCommand.with(reason)
         }
         let connection = self.connection
+        let budget = RedisDeadline.current
         return try await withCheckedThrowingContinuation { continuation in
             if loop.inLoop {
-                connection.submit(name: name, arguments: arguments, continuation: continuation)
+                connection.submit(name: name, arguments: arguments, budget: budget, continuation: continuation)
             } else {
-                loop.execute { connection.submit(name: name, arguments: arguments, continuation: continuation) }
+                loop.execute {
+                    connection.submit(name: name, arguments: arguments, budget: budget, continuation: continuation)
+                }
             }
         }
     }
@@ -319,6 +322,8 @@ final class PendingCommand {
     let name: String
     let start: ContinuousClock.Instant
     let deadline: ContinuousClock.Instant
+    /// Fires at the caller's budget when that ends well before `deadline`; cancelled when the command completes.
+    var budgetTimer: ScheduledTimer?
 
     init(role: Role, name: String, start: ContinuousClock.Instant, deadline: ContinuousClock.Instant) {
         self.role = role
@@ -460,10 +465,17 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         connect()
     }
 
-    func submit(name: String, arguments: [[UInt8]], continuation: CheckedContinuation<RedisValue, any Error>) {
+    /// - Parameter budget: the caller's own deadline (``RedisDeadline/current``), when it has one.
+    func submit(name: String, arguments: [[UInt8]], budget: ContinuousClock.Instant?,
+                continuation: CheckedContinuation<RedisValue, any Error>) {
         loop.preconditionInLoop()
         if phase == .idle { start() }
         let now = ContinuousClock.now
+        if let budget, budget <= now {
+            reject(continuation, name: name, error: RedisClientError.timeout.with("the request's Redis time is spent"),
+                   outcome: .timeout)
+            return
+        }
         switch phase {
         case .idle, .backingOff:
             let detail = lastError.map { "reconnecting; last error: \($0)" } ?? "reconnecting"
@@ -495,6 +507,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             }
             link.append(command)
             armDeadlineTimer()
+            if let budget { armBudgetTimer(for: command, at: budget) }
         }
     }
 
@@ -651,6 +664,25 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         }
     }
 
+    // A caller's budget that ends well before the command's own deadline gets a timer of its own (rare: only a
+    // request whose earlier Redis calls were slow). The command stays in the queue, as a timed-out one does, so
+    // replies keep matching their commands; only its caller is answered early. Within `budgetSlack` of the
+    // deadline the shared deadline timer is close enough (the promise is "deadline + 100 ms").
+    private static let budgetSlack: Duration = .milliseconds(50)
+
+    private func armBudgetTimer(for command: PendingCommand, at budget: ContinuousClock.Instant) {
+        guard budget + RedisConnection.budgetSlack < command.deadline else { return }
+        command.budgetTimer = loop.schedule(after: budget - .now) { [self] in
+            command.budgetTimer = nil
+            guard case .caller(let continuation) = command.role else { return }
+            command.role = .done
+            record(command.name, since: command.start, outcome: .timeout)
+            let spent = milliseconds(ContinuousClock.now - command.start)
+            continuation.resume(throwing: RedisClientError.timeout.with(
+                "\(command.name) got no reply within the request's remaining Redis time (\(spent) ms)"))
+        }
+    }
+
     // A command that missed its deadline fails with `.timeout` at once; its reply, if it ever comes, is dropped
     // (its box stays with hiredis until then, so replies keep matching their commands).
     //
@@ -673,6 +705,8 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
                 return
             case .caller(let continuation):
                 head.role = .done
+                head.budgetTimer?.cancel()
+                head.budgetTimer = nil
                 link.expired += 1
                 if link.lastReply < head.start, silentSince == nil { silentSince = head.start }
                 record(head.name, since: head.start, outcome: .timeout)
@@ -745,6 +779,10 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
     private func complete(_ command: PendingCommand, reply: RedisValue?, link: Link?, reason: String?) {
         guard case .caller(let continuation) = command.role else { return }   // timed out earlier, or a handshake
         command.role = .done
+        if let timer = command.budgetTimer {
+            timer.cancel()
+            command.budgetTimer = nil
+        }
         switch reply {
         case nil:
             // Queued behind a handshake that never finished: the attempt failed. Otherwise the connection was
@@ -769,8 +807,8 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
     }
 
     private func reject(_ continuation: CheckedContinuation<RedisValue, any Error>, name: String,
-                        error: RedisClientError) {
-        configuration.onCommand?(name, .zero, .connectionError)
+                        error: RedisClientError, outcome: RedisCommandOutcome = .connectionError) {
+        configuration.onCommand?(name, .zero, outcome)
         continuation.resume(throwing: error)
     }
 

@@ -73,6 +73,16 @@ public final class RedisSessionStore: SessionStore {
     /// The Redis key of a session.
     public func key(for id: String) -> String { prefix + id }
 
+    /// The command timeout: a request's session calls share one timeout's worth of Redis time (see
+    /// ``RedisDeadline``), so a slow load leaves less time for the save and a request never waits on Redis longer
+    /// than the timeout in all.
+    public var requestTimeBudget: Duration? {
+        switch clients {
+        case .single(let client): client.configuration.commandTimeout
+        case .perLoop(let perLoop): perLoop.configuration.commandTimeout
+        }
+    }
+
     // MARK: - SessionStore
 
     public func get(_ id: String) async throws -> SessionData? {

@@ -96,6 +96,8 @@ public enum SessionCommitResult: Sendable {
 }
 
 extension SessionStore {
+    public var requestTimeBudget: Duration? { nil }
+
     /// Default for stores without compare-and-set: `get`, reporting that the expiry was not refreshed.
     public func load(_ id: String, touchingWith cookie: SessionCookie?) async throws -> StoredSession? {
         try await get(id).map { StoredSession(data: $0, version: nil, expiryRefreshed: false) }

@@ -101,6 +101,11 @@ public protocol SessionStore: Sendable {
     /// the changes onto a newer value written meanwhile), never re-creating a session that was destroyed while the
     /// request ran. A default implementation calls `set` (last writer wins).
     func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult
+
+    /// How long one request may wait on this store in all, across its calls (load, save, destroy...), when the
+    /// store honours ``RedisDeadline`` (nil: no shared budget; each call has only its own timeout). The default
+    /// implementation says nil.
+    var requestTimeBudget: Duration? { get }
 }
 
 // MARK: - JavaScript time

@@ -519,6 +519,49 @@ import Darwin
         }
     }
 
+    @Test func aCallersDeadlineEndsTheWaitBeforeTheCommandTimeout() async throws {
+        let server = try PrivateRedis()
+        defer { server.stop() }
+        let configuration = RedisConfiguration(port: server.port, commandTimeout: .seconds(2))
+        try await withClient(configuration) { client in
+            try await withClient(RedisConfiguration(port: server.port)) { admin in
+                _ = try await admin.send("CLIENT", "PAUSE", "1500")
+                let started = ContinuousClock.now
+                do {
+                    _ = try await RedisDeadline.$current.withValue(started + .milliseconds(300)) {
+                        try await client.get("paused")
+                    }
+                    Issue.record("GET during CLIENT PAUSE answered")
+                } catch let error as RedisClientError {
+                    #expect(error == .timeout, "\(error)")
+                }
+                let elapsed = ContinuousClock.now - started
+                // The caller's 300 ms, not the client's 2 s.
+                #expect(elapsed >= .milliseconds(250) && elapsed <= .milliseconds(1000), "timed out after \(elapsed)")
+                // The command stayed in the queue; its late reply is dropped and the connection keeps serving.
+                try await eventually(within: .seconds(5)) { try await client.ping() }
+                let key = testKey()
+                try await client.set(key, to: Array("after".utf8), expiresIn: 60)
+                #expect(try await client.get(key) == Array("after".utf8))
+            }
+        }
+    }
+
+    @Test func aSpentDeadlineFailsWithoutSending() async throws {
+        try await withClient { client in
+            let key = testKey()
+            do {
+                try await RedisDeadline.$current.withValue(.now - .milliseconds(1)) {
+                    try await client.set(key, to: Array("late".utf8), expiresIn: 60)
+                }
+                Issue.record("a command was sent after its caller's deadline")
+            } catch let error as RedisClientError {
+                #expect(error == .timeout, "\(error)")
+            }
+            #expect(try await client.get(key) == nil, "the command must not have reached Redis")
+        }
+    }
+
     @Test func closeCompletesPendingCommands() async throws {
         let configuration = { () -> RedisConfiguration in
             var configuration = sharedConfiguration()
