@@ -198,7 +198,7 @@ public final class Application: Sendable {
     }
 
     /// Shuts down every server this application started (see ``RunningServer/shutdown(timeout:)``).
-    public func shutdown(timeout: Duration = .seconds(10)) async {
+    public func shutdown(timeout: Duration? = nil) async {
         let servers = state.withLock { $0.servers }
         await withTaskGroup(of: Void.self) { group in
             for server in servers { group.addTask { await server.shutdown(timeout: timeout) } }
@@ -294,6 +294,11 @@ public final class RunningServer: Sendable {
 
     private let threads: [EventLoopThread]
     private let servers: [HTTPServer]
+    /// ``HTTPServerConfiguration/shutdownTimeout``.
+    private let shutdownTimeout: Duration
+    /// How long connections stay open once nothing is in flight: a client that sent its next request on a kept-alive
+    /// connection just as the last reply left gets it answered (with `Connection: close`), not cut off.
+    static let shutdownGrace = Duration.milliseconds(200)
 
     private enum Phase {
         case running
@@ -337,6 +342,7 @@ public final class RunningServer: Sendable {
             throw error as? HTTPServerError ?? HTTPServerError(.systemFailure, "\(error)")
         }
         self.port = sockets.port
+        self.shutdownTimeout = configuration.shutdownTimeout
         self.threads = threads
         self.servers = servers
         self.loops = threads.map(\.loop)
@@ -356,13 +362,17 @@ public final class RunningServer: Sendable {
         phase.withLock { if case .running = $0 { false } else { true } }
     }
 
-    /// Stops the server gracefully: stops accepting connections, lets in-flight requests finish and their responses
-    /// be written (with `Connection: close`), then closes every connection and stops the loops. Requests still
-    /// unanswered after `timeout` are dropped. Calling it again waits for the first call to finish.
+    /// Stops the server gracefully: closes every loop's listening socket (new connections are refused), lets
+    /// in-flight requests finish and their responses be written (with `Connection: close`), keeps the connections
+    /// open a moment longer (``shutdownGrace``) so that a request a client sent just as the last reply left is
+    /// answered too, then closes every connection and stops the loops. Requests still unanswered after `timeout`
+    /// (default: the configuration's ``HTTPServerConfiguration/shutdownTimeout``) are dropped. Calling it again
+    /// waits for the first call to finish.
     ///
     /// Called from a request handler (on one of the server's own loops), it only starts the shutdown and returns:
     /// waiting there would wait for the handler itself.
-    public func shutdown(timeout: Duration = .seconds(10)) async {
+    public func shutdown(timeout: Duration? = nil) async {
+        let timeout = timeout ?? shutdownTimeout
         if loops.contains(where: \.inLoop) {
             Task.detached { await self.shutdown(timeout: timeout) }
             return
@@ -394,15 +404,22 @@ public final class RunningServer: Sendable {
         }
 
         let deadline = ContinuousClock.now + timeout
+        // Every listener first: a client told `Connection: close` by one loop must not reconnect to another loop's
+        // socket that is about to close (a connection in a closing socket's accept queue is reset, request and all).
+        await withTaskGroup(of: Void.self) { group in
+            for server in servers {
+                group.addTask { await server.loop.perform { server.closeListener() } }
+            }
+        }
         await withTaskGroup(of: Void.self) { group in
             for server in servers {
                 group.addTask {
-                    let drained = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-                        server.loop.execute {
-                            server.stopAccepting()
-                            let remaining = max(.zero, deadline - ContinuousClock.now)
-                            server.whenDrained(within: remaining) { continuation.resume(returning: $0) }
-                        }
+                    await server.loop.perform { server.beginClosing() }
+                    var drained = await Self.drain(server, by: deadline)
+                    let open = await server.loop.perform { server.connectionCount }
+                    if drained, open > 0 {
+                        try? await Task.sleep(for: min(Self.shutdownGrace, max(.zero, deadline - .now)))
+                        drained = await Self.drain(server, by: deadline)
                     }
                     if !drained { logger.warning("shutdown timeout: dropping requests still in flight") }
                     await server.loop.perform { server.close() }
@@ -420,6 +437,15 @@ public final class RunningServer: Sendable {
         stopped.signal()
         let stopWaiting = stopWaiters.withLock { waiters in defer { waiters = nil }; return waiters ?? [] }
         for waiter in stopWaiting { waiter.resume() }
+    }
+
+    /// Waits until `server` has nothing in flight and every reply is written; false when `deadline` came first.
+    private static func drain(_ server: HTTPServer, by deadline: ContinuousClock.Instant) async -> Bool {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            server.loop.execute {
+                server.whenDrained(within: max(.zero, deadline - ContinuousClock.now)) { continuation.resume(returning: $0) }
+            }
+        }
     }
 
     /// Suspends (without holding a thread) until the server has shut down.

@@ -82,6 +82,9 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     public var maxConnections: Int
     /// The `listen(2)` backlog of each listening socket.
     public var backlog: Int
+    /// How long a graceful shutdown (SIGTERM, ``RunningServer/shutdown(timeout:)``) waits for requests in flight
+    /// before dropping them.
+    public var shutdownTimeout: Duration
 
     /// Creates a configuration.
     /// - Parameters:
@@ -94,9 +97,11 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     ///   - headerTimeout: time allowed for a whole header block (default 10 s).
     ///   - maxConnections: open connections per event loop (default 10,000).
     ///   - backlog: the listen backlog (default 1024).
+    ///   - shutdownTimeout: the longest graceful shutdown (default 10 s).
     public init(maxHeaderSize: Int = 16384, maxBodySize: Int = 65536, maxURILength: Int = 8192,
                 maxHeaderCount: Int = 100, timeout: Duration = .seconds(30), idleTimeout: Duration = .seconds(15),
-                headerTimeout: Duration = .seconds(10), maxConnections: Int = 10_000, backlog: Int = 1024) {
+                headerTimeout: Duration = .seconds(10), maxConnections: Int = 10_000, backlog: Int = 1024,
+                shutdownTimeout: Duration = .seconds(10)) {
         self.maxHeaderSize = maxHeaderSize
         self.maxBodySize = maxBodySize
         self.maxURILength = maxURILength
@@ -106,6 +111,7 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
         self.headerTimeout = headerTimeout
         self.maxConnections = maxConnections
         self.backlog = backlog
+        self.shutdownTimeout = shutdownTimeout
     }
 
     /// The size limits, as the request scanner uses them.
@@ -804,12 +810,24 @@ final class HTTPServer: @unchecked Sendable {
 
     /// Stops accepting connections; requests on open connections are still served, with `Connection: close`.
     func stopAccepting() {
+        closeListener()
+        beginClosing()
+    }
+
+    /// Closes the listening socket: new connections are refused (by the other loops' sockets too, once every loop
+    /// has closed its own). Open connections are served as before.
+    func closeListener() {
         loop.preconditionInLoop()
-        closing = true
         if let http, let listener {
             evhttp_del_accept_socket(http, listener)   // frees the listener, which closes the socket
             self.listener = nil
         }
+    }
+
+    /// From now on every reply carries `Connection: close`, so clients leave instead of sending more.
+    func beginClosing() {
+        loop.preconditionInLoop()
+        closing = true
     }
 
     /// Calls `done(true)` once no request is in flight and every reply is written, or `done(false)` after

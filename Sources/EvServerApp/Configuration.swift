@@ -37,6 +37,8 @@ struct AppConfiguration: Sendable {
     var trustProxy = TrustedProxies.none
     var instance = "evserver"
     var maxBody = 65536
+    /// Seconds a graceful shutdown (SIGTERM/SIGINT) waits for requests in flight.
+    var shutdownTimeout = 10
     /// Seconds of inactivity after which a session expires (the store's sliding TTL).
     var idleTimeout = 86400
     /// Seconds after creation after which a session dies whatever its activity; nil = no limit.
@@ -110,6 +112,10 @@ struct ServerOptions: ParsableArguments {
 
     @Option(name: .customLong("max-body"), help: "Largest request body in bytes (env EVSERVER_MAX_BODY, default 65536).")
     var maxBody: String?
+
+    @Option(name: .customLong("shutdown-timeout"),
+            help: "Seconds SIGTERM/SIGINT waits for requests in flight before exiting (env EVSERVER_SHUTDOWN_TIMEOUT, default 10).")
+    var shutdownTimeout: String?
 
     @Option(name: .customLong("idle-timeout"),
             help: "Seconds without a request before a session expires: the sliding Redis TTL (env SESSION_IDLE_TIMEOUT, default 86400).")
@@ -196,6 +202,9 @@ struct ServerOptions: ParsableArguments {
         config.instance = value(instance, "--instance", "INSTANCE_NAME")?.0 ?? Self.hostName()
         if let (v, name) = value(maxBody, "--max-body", "EVSERVER_MAX_BODY") {
             config.maxBody = try Self.integer(v, name, in: 0...(64 << 20))
+        }
+        if let (v, name) = value(shutdownTimeout, "--shutdown-timeout", "EVSERVER_SHUTDOWN_TIMEOUT") {
+            config.shutdownTimeout = try Self.integer(v, name, in: 0...3600)
         }
         if let (v, name) = value(idleTimeout, "--idle-timeout", "SESSION_IDLE_TIMEOUT") {
             config.idleTimeout = try Self.integer(v, name, in: 1...(10 * 365 * 86400))

@@ -47,6 +47,7 @@ struct DemoApp: Sendable {
     var serverConfiguration: HTTPServerConfiguration {
         var server = HTTPServerConfiguration()
         server.maxBodySize = configuration.maxBody
+        server.shutdownTimeout = .seconds(configuration.shutdownTimeout)
         return server
     }
 

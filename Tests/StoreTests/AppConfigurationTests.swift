@@ -22,6 +22,7 @@ import Testing
         #expect(config.trustProxy == .none)
         #expect(config.maxBody == 65536)
         #expect(config.redis.commandTimeout == .milliseconds(1000))
+        #expect(config.shutdownTimeout == 10)
     }
 
     @Test func environmentIsReadAndFlagsWin() throws {
@@ -31,7 +32,7 @@ import Testing
             "SESSION_MAX_AGE": "60", "SESSION_PREFIX": "app:", "SESSION_ROLLING": "true", "SESSION_RESAVE": "1",
             "SESSION_SAVE_UNINITIALIZED": "yes", "SESSION_COOKIE_SECURE": "auto", "SESSION_COOKIE_SAMESITE": "strict",
             "TRUST_PROXY": "on", "INSTANCE_NAME": "app7", "EVSERVER_MAX_BODY": "1024", "REDIS_TIMEOUT_MS": "250",
-            "SESSION_IDLE_TIMEOUT": "600", "SESSION_ABSOLUTE_TIMEOUT": "3600",
+            "SESSION_IDLE_TIMEOUT": "600", "SESSION_ABSOLUTE_TIMEOUT": "3600", "EVSERVER_SHUTDOWN_TIMEOUT": "30",
         ]
         let config = try resolve([], environment)
         #expect(config.host == "0.0.0.0")
@@ -52,6 +53,7 @@ import Testing
         #expect(config.redis.commandTimeout == .milliseconds(250))
         #expect(config.idleTimeout == 600)
         #expect(config.absoluteTimeout == 3600)
+        #expect(config.shutdownTimeout == 30)
 
         let flagged = try resolve(["--port", "5000", "--instance", "flag", "--rolling", "false"], environment)
         #expect(flagged.port == 5000)
@@ -75,6 +77,7 @@ import Testing
         (["--idle-timeout", "0"], "--idle-timeout"),
         (["--trust-proxy", "10.0.0.0/33"], "--trust-proxy"),
         (["--absolute-timeout", "soon"], "--absolute-timeout"),
+        (["--shutdown-timeout=-5"], "--shutdown-timeout"),
     ])
     func badValuesFailWithOneClearLine(arguments: [String], mentions: String) throws {
         let error = #expect(throws: ConfigurationError.self) { try resolve(arguments + ["--secret", "s"]) }
