@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$ROOT"
 
 ensure_build_deps
-ensure_packages node-cookie-signature nodejs haproxy
+ensure_packages node-cookie-signature nodejs haproxy python3-yaml
 
 WORK="$(mktemp -d -t evserver-test.XXXXXX)"
 PORT="$(free_port)"

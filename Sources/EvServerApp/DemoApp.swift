@@ -55,7 +55,9 @@ struct DemoApp: Sendable {
     func makeApplication() -> Application {
         let app = Application(configuration: serverConfiguration)
         app.use(ObservabilityMiddleware(instance: configuration.instance, metrics: metrics))
-        app.use(sessions)
+        // Probes and metrics run without a session: a balancer polling /readyz every second must not get (and,
+        // with --save-uninitialized, store) a new session each time.
+        app.use(SkippingPaths(DemoApp.sessionFreePaths, sessions))
         addSessionRoutes(to: app)
         addOperationalRoutes(to: app)
         DemoPage.register(on: app)
@@ -179,6 +181,27 @@ struct DemoApp: Sendable {
                  sessionMetrics.secureCookieWithheld),
             ]))
         }
+    }
+}
+
+extension DemoApp {
+    /// The routes that never touch a session.
+    static let sessionFreePaths: Set<String> = ["/hello", "/healthz", "/readyz", "/metrics"]
+}
+
+/// Runs `middleware` for every request except those to `paths` (exact paths).
+struct SkippingPaths<Wrapped: Middleware>: Middleware {
+    let paths: Set<String>
+    let middleware: Wrapped
+
+    init(_ paths: Set<String>, _ middleware: Wrapped) {
+        self.paths = paths
+        self.middleware = middleware
+    }
+
+    func handle(_ request: Request, _ response: Response, next: Next) async throws {
+        if paths.contains(request.path) { return try await next() }
+        try await middleware.handle(request, response, next: next)
     }
 }
 

@@ -240,6 +240,21 @@ func withDemo(_ arguments: [String] = [], _ body: (DemoServer) async throws -> V
         }
     }
 
+    @Test func probesAndMetricsNeverMakeASessionEvenWithSaveUninitialized() async throws {
+        try await withDemo(["--save-uninitialized", "true"]) { app in
+            let client = try app.client()
+            for path in ["/healthz", "/readyz", "/hello", "/metrics"] {
+                let response = try client.request("GET", path)
+                #expect(response.status == 200, "\(path)")
+                #expect(response.setCookies.isEmpty, "\(path) set \(response.setCookies)")
+            }
+            #expect(try await app.keys().isEmpty, "a probe stored a session")
+            // The session routes still do, as the flag says.
+            #expect(try client.request("GET", "/login").setCookies.count == 1)
+            #expect(try await app.keys().count == 1)
+        }
+    }
+
     @Test func readyzIs503WhenRedisIsUnreachable() async throws {
         let deadPort = try TestRedis.unusedPort()
         let options = try ServerOptions.parse(["--port", "0", "--redis-url", "redis://127.0.0.1:\(deadPort)/0",
