@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help build release run test cluster chaos fuzz fuzz-smoke bench bench-smoke
+.PHONY: help build release run test tsan cluster chaos chaos-latency fuzz fuzz-smoke bench bench-smoke browser-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,11 +19,17 @@ run: ## Run evserver on :3000 (starts a private redis-server if none answers; AR
 test: ## Start a private redis-server on a free port and run the whole test suite
 	@scripts/test.sh
 
+tsan: ## The multi-loop tests under ThreadSanitizer (separate build in .build-tsan; a race fails)
+	@scripts/tsan.sh
+
 cluster: ## Redis + three evserver instances + haproxy on :8080, on loopback (Ctrl-C stops all)
 	@scripts/cluster.sh
 
 chaos: ## Redis kill -9 / CLIENT PAUSE / CLIENT KILL under load against one evserver; per-phase table
 	@scripts/chaos.sh
+
+chaos-latency: ## Every Redis reply delayed 0-900 ms: session requests answered within deadline + 100 ms
+	@scripts/chaos.sh latency
 
 fuzz: ## libFuzzer over cookies, signatures, percent-decoding, JSON, sessions (FUZZ_TIME=60 s, or RUNS=N)
 	@scripts/fuzz.sh $(if $(RUNS),-runs=$(RUNS),$(or $(FUZZ_TIME),60))
@@ -36,3 +42,6 @@ bench: ## Benchmark evserver (release) against the C reference server -> bench-r
 
 bench-smoke: ## Check the benchmark harness quickly (1 s per scenario, small memory checks)
 	@scripts/bench.sh --smoke
+
+browser-test: ## Drive /demo through haproxy in headless Chromium (installs chromium + selenium); screenshots in out/
+	@scripts/browser-test.sh

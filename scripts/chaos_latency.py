@@ -5,7 +5,7 @@ deadline (+100 ms) when every Redis reply is slow but none misses the deadline?
 Runs a TCP proxy on --listen-port in front of Redis (--redis-port) that delays every Redis -> client byte by D ms
 (a slow network or an overloaded Redis; D < the deadline, so no single command times out). evserver must use
 redis://127.0.0.1:<listen-port>. For each D it measures, on a session made beforehand:
-    GET /views   (GET + SET)   GET /login (GET + EXPIRE)   GET /views without a cookie (SET)
+    GET /views   (GETEX + EVALSHA)   GET /login (GETEX)   GET /views without a cookie (EVALSHA)
 and prints status and latency. Exit 1 when a session route takes longer than deadline + 100 ms. Standard library only.
 """
 
@@ -124,9 +124,9 @@ def main():
         proxy.delay = delay / 1000
         time.sleep(0.2)
         for label, path, with_cookie, commands in [
-            ("GET /views (session)", "/views", True, "GET + SET"),
-            ("GET /login (session)", "/login", True, "GET + EXPIRE"),
-            ("GET /views (new session)", "/views", False, "SET"),
+            ("GET /views (session)", "/views", True, "GETEX + EVALSHA"),
+            ("GET /login (session)", "/login", True, "GETEX"),
+            ("GET /views (new session)", "/views", False, "EVALSHA"),
         ]:
             results = [request(args.port, path, cookie if with_cookie else None) for _ in range(args.repeat)]
             statuses = sorted({r[0] for r in results})
