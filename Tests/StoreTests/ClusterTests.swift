@@ -114,6 +114,51 @@ extension ScaleSuites {
             }
         }
 
+        /// A rolling restart: SIGTERM to one instance under a write load through haproxy. The draining instance
+        /// refuses new connections at once (haproxy retries those on another instance), finishes what it has, and
+        /// exits 0; no client sees an error and every acknowledged write is in Redis.
+        @Test func drainingOneInstanceBehindTheBalancerLosesNoRequestAndNoWrite() async throws {
+            try await withCluster { cluster in
+                let port = cluster.balancer.port
+                let progress = LoadProgress()
+                let started = ContinuousClock.now
+                let load = BlockingWorkers(6) { _ in
+                    shutdownWorker(port: port, deadline: started + .milliseconds(3000), progress: progress)
+                }
+                while progress.acknowledged.load(ordering: .relaxed) < 300 && ContinuousClock.now < started + .seconds(20) {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                let before = progress.acknowledged.load(ordering: .relaxed)
+                progress.signalled.store(true, ordering: .releasing)
+                let draining = cluster.apps[1].process
+                draining.send(SIGTERM)
+                let exit = try await onThread { draining.waitForExit(timeout: .seconds(15)) }
+                let results = await load.results()
+
+                let acknowledged = results.reduce(0) { $0 + $1.acknowledged.count }
+                let afterSignal = results.reduce(0) { $0 + $1.answeredAfterSignal }
+                let problems = results.flatMap { $0.failures + $0.unanswered }
+                print("ClusterTests: rolling restart of app2 under 6 clients through haproxy: \(acknowledged) writes "
+                    + "answered 200 (\(before) before SIGTERM, \(afterSignal) after), \(problems.count) failed; "
+                    + "app2 \(exit.map { "\($0)" } ?? "still running")")
+                #expect(exit == .exited(0), "app2 after SIGTERM: \(String(draining.errorOutput.suffix(1000)))")
+                #expect(before >= 300, "the load never got going")
+                #expect(afterSignal > 0, "nothing was served after SIGTERM: the test proves nothing")
+                #expect(problems.isEmpty, "requests that failed: \(problems.prefix(10))")
+                #expect(results.allSatisfy { $0.refused == 0 }, "the balancer let a refused connection through")
+
+                var missing: [String] = []
+                for (index, report) in results.enumerated() where !report.acknowledged.isEmpty {
+                    let cookie = try #require(report.cookie, "client \(index) has no session cookie")
+                    let data = try await cluster.stored(try #require(DemoServer.sessionID(fromCookie: cookie)))
+                    for n in report.acknowledged where data?["w\(n)"]?.intValue != n {
+                        missing.append("client \(index): w\(n)")
+                    }
+                }
+                #expect(missing.isEmpty, "acknowledged writes missing from Redis: \(missing.prefix(10))")
+            }
+        }
+
         /// GET /demo (the page the browser test drives): self-contained HTML under a nonce CSP, from every instance,
         /// and it never creates a session, not even with `--save-uninitialized true`.
         @Test func demoPageIsSelfContainedAndCreatesNoSession() async throws {

@@ -206,8 +206,8 @@ struct ShutdownWorkerReport: Sendable {
     var cookie: String?
 }
 
-/// One keep-alive client writing until `deadline`, or until a connection is refused.
-private func shutdownWorker(port: Int, deadline: ContinuousClock.Instant, progress: LoadProgress)
+/// One keep-alive client writing until `deadline`, or until a connection is refused (also ClusterTests' drain).
+func shutdownWorker(port: Int, deadline: ContinuousClock.Instant, progress: LoadProgress)
     -> ShutdownWorkerReport
 {
     var report = ShutdownWorkerReport()
