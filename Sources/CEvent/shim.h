@@ -8,6 +8,18 @@
 
 #ifdef __linux__
 #include <sys/eventfd.h>  // the loop's cross-thread wake-up
+#include <sys/socket.h>
+#include <linux/filter.h>
+
+/// Makes the kernel drop every packet that arrives for the listening socket `fd` (new SYNs: the client will retry
+/// and, once the socket is closed, be refused) while the connections already in its accept queue stay there to be
+/// accepted. Closing a listening socket resets those queued connections, requests and all; a graceful shutdown
+/// first stops new ones with this, accepts the queue, then closes. Returns setsockopt's result.
+static inline int evserver_drop_new_connections(int fd) {
+    static struct sock_filter drop_all[] = { { BPF_RET | BPF_K, 0, 0, 0 } };
+    struct sock_fprog program = { 1, drop_all };
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof program);
+}
 #endif
 
 #include <event2/event.h>

@@ -405,10 +405,15 @@ public final class RunningServer: Sendable {
 
         let deadline = ContinuousClock.now + timeout
         // Every listener first: a client told `Connection: close` by one loop must not reconnect to another loop's
-        // socket that is about to close (a connection in a closing socket's accept queue is reset, request and all).
+        // socket that is about to close. Each closes only after accepting what the kernel already queued on it: a
+        // connection left in a closing socket's queue is reset, with the request a balancer already sent on it.
         await withTaskGroup(of: Void.self) { group in
             for server in servers {
-                group.addTask { await server.loop.perform { server.closeListener() } }
+                group.addTask {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        server.loop.execute { server.closeListenerAfterAcceptingQueued { continuation.resume() } }
+                    }
+                }
             }
         }
         await withTaskGroup(of: Void.self) { group in

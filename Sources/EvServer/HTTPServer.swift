@@ -824,6 +824,38 @@ final class HTTPServer: @unchecked Sendable {
         }
     }
 
+    /// Closes the listening socket without losing the connections the kernel has already queued on it (closing
+    /// resets them, with the request a client or a balancer has already sent): new connections are stopped at the
+    /// kernel first (their SYNs are dropped, so clients retry and are refused once the socket is closed), the queue
+    /// is accepted by the listener as usual, then the socket closes; `done` runs then, on the loop thread.
+    func closeListenerAfterAcceptingQueued(_ done: @escaping () -> Void) {
+        loop.preconditionInLoop()
+        guard let listener else { return done() }
+        let descriptor = evhttp_bound_socket_get_fd(listener)
+        #if os(Linux)
+        guard evserver_drop_new_connections(descriptor) == 0 else {
+            closeListener()
+            return done()
+        }
+        #endif
+        var turns = 0
+        func closeOnceAccepted() {
+            // The listener accepts in the loop's next turns while the socket is readable; 100 ms at most.
+            guard turns < 100, Self.hasQueuedConnection(descriptor) else {
+                closeListener()
+                return done()
+            }
+            turns += 1
+            loop.schedule(after: .milliseconds(1)) { closeOnceAccepted() }
+        }
+        closeOnceAccepted()
+    }
+
+    private static func hasQueuedConnection(_ descriptor: Int32) -> Bool {
+        var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, 0) > 0 && entry.revents & Int16(POLLIN) != 0
+    }
+
     /// From now on every reply carries `Connection: close`, so clients leave instead of sending more.
     func beginClosing() {
         loop.preconditionInLoop()
