@@ -404,14 +404,17 @@ public final class RunningServer: Sendable {
         }
 
         let deadline = ContinuousClock.now + timeout
-        // Every listener first: a client told `Connection: close` by one loop must not reconnect to another loop's
-        // socket that is about to close. Each closes only after accepting what the kernel already queued on it: a
-        // connection left in a closing socket's queue is reset, with the request a balancer already sent on it.
+        // Replies say `Connection: close` from now on, and every listener closes before any loop starts draining,
+        // each only after accepting what the kernel already queued on it: a connection left in a closing socket's
+        // queue is reset, with the request a balancer (or a client told to reconnect) already sent on it.
         await withTaskGroup(of: Void.self) { group in
             for server in servers {
                 group.addTask {
                     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                        server.loop.execute { server.closeListenerAfterAcceptingQueued { continuation.resume() } }
+                        server.loop.execute {
+                            server.beginClosing()
+                            server.closeListenerAfterAcceptingQueued { continuation.resume() }
+                        }
                     }
                 }
             }
@@ -419,7 +422,6 @@ public final class RunningServer: Sendable {
         await withTaskGroup(of: Void.self) { group in
             for server in servers {
                 group.addTask {
-                    await server.loop.perform { server.beginClosing() }
                     var drained = await Self.drain(server, by: deadline)
                     let open = await server.loop.perform { server.connectionCount }
                     if drained, open > 0 {

@@ -72,13 +72,27 @@ public final class RedisClient: Sendable {
             throw RedisClientError.unsupportedCommand.with(reason)
         }
         let connection = self.connection
-        let budget = RedisDeadline.current
+        guard let budget = RedisTimeBudget.current else {
+            return try await withCheckedThrowingContinuation { continuation in
+                if loop.inLoop {
+                    connection.submit(name: name, arguments: arguments, budget: nil, continuation: continuation)
+                } else {
+                    loop.execute {
+                        connection.submit(name: name, arguments: arguments, budget: nil, continuation: continuation)
+                    }
+                }
+            }
+        }
+        // The wait counts against the caller's budget, whether it ends in a reply or an error.
+        let start = ContinuousClock.now
+        let deadline = start + budget.remaining
+        defer { budget.record(ContinuousClock.now - start) }
         return try await withCheckedThrowingContinuation { continuation in
             if loop.inLoop {
-                connection.submit(name: name, arguments: arguments, budget: budget, continuation: continuation)
+                connection.submit(name: name, arguments: arguments, budget: deadline, continuation: continuation)
             } else {
                 loop.execute {
-                    connection.submit(name: name, arguments: arguments, budget: budget, continuation: continuation)
+                    connection.submit(name: name, arguments: arguments, budget: deadline, continuation: continuation)
                 }
             }
         }
@@ -465,7 +479,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         connect()
     }
 
-    /// - Parameter budget: the caller's own deadline (``RedisDeadline/current``), when it has one.
+    /// - Parameter budget: the caller's own deadline (from ``RedisTimeBudget/current``), when it has one.
     func submit(name: String, arguments: [[UInt8]], budget: ContinuousClock.Instant?,
                 continuation: CheckedContinuation<RedisValue, any Error>) {
         loop.preconditionInLoop()

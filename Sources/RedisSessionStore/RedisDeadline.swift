@@ -1,12 +1,43 @@
-/// The instant by which the Redis work of the current task must be done, when something above the client (the
-/// session middleware, for one request) has a budget of its own.
+import Synchronization
+
+/// How long the current task may still wait on Redis in all, when something above the client has a budget of its
+/// own: the session middleware gives each request one command timeout's worth of Redis time, shared by all of its
+/// commands, so a request that sends two commands waits at most one timeout, not two.
 ///
-/// ``RedisClient`` gives every command its `commandTimeout`; a request that sends two commands could otherwise wait
-/// up to twice that. The middleware sets this task-local around each store call to "the request's budget minus what
-/// its earlier Redis calls took", and a command whose budget ends before its own timeout fails with
-/// ``RedisClientError/timeout`` when the budget ends (or at once, when nothing is left). Clients built on
-/// ``RedisClient`` (the cluster client's retries, say) stop retrying at this instant too.
+/// Only the time spent waiting for replies counts (from sending a command to its reply, as ``RedisClient``
+/// measures it), not the time the request spends elsewhere, decoding a large session or in its handler. A command
+/// whose budget ends before its own `commandTimeout` fails with ``RedisClientError/timeout`` when the budget ends,
+/// or at once when nothing is left. Set it with `RedisTimeBudget.$current.withValue(budget) { ... }`; child tasks
+/// share it.
+public final class RedisTimeBudget: Sendable {
+    /// The current task's budget; nil: only each command's own timeout applies.
+    @TaskLocal public static var current: RedisTimeBudget?
+
+    /// The whole budget.
+    public let limit: Duration
+    private let spentNanoseconds = Atomic<Int64>(0)
+
+    public init(limit: Duration) {
+        self.limit = limit
+    }
+
+    /// Redis time used so far.
+    public var spent: Duration { .nanoseconds(spentNanoseconds.load(ordering: .relaxed)) }
+
+    /// Redis time left (zero or less: spent).
+    public var remaining: Duration { limit - spent }
+
+    /// Adds the wait of one command.
+    public func record(_ wait: Duration) {
+        let (seconds, attoseconds) = wait.components
+        spentNanoseconds.add(seconds * 1_000_000_000 + attoseconds / 1_000_000_000, ordering: .relaxed)
+    }
+}
+
+/// The instant by which the current task's Redis work must be done, from ``RedisTimeBudget/current`` (nil without a
+/// budget). Clients built on ``RedisClient`` (the cluster client's retries, say) stop retrying at this instant.
 public enum RedisDeadline {
-    /// The current task's deadline for Redis work; nil: only each command's own timeout applies.
-    @TaskLocal public static var current: ContinuousClock.Instant?
+    public static var current: ContinuousClock.Instant? {
+        RedisTimeBudget.current.map { .now + $0.remaining }
+    }
 }

@@ -74,7 +74,7 @@ public final class RedisSessionStore: SessionStore {
     public func key(for id: String) -> String { prefix + id }
 
     /// The command timeout: a request's session calls share one timeout's worth of Redis time (see
-    /// ``RedisDeadline``), so a slow load leaves less time for the save and a request never waits on Redis longer
+    /// ``RedisTimeBudget``), so a slow load leaves less time for the save and a request never waits on Redis longer
     /// than the timeout in all.
     public var requestTimeBudget: Duration? {
         switch clients {

@@ -102,8 +102,6 @@ public final class Session {
     private var writtenKeys: [String] = []   // a handful per request: a linear `contains` beats a Set
     private var replacedAll = false
     private var base: StoredSession?
-    /// The request's share of store time (set by the middleware; nil for a session made elsewhere).
-    var storeBudget: StoreTimeBudget?
     /// Whether the store knows this id (loaded from it or saved to it), for `metrics.created`.
     private var inStore: Bool { base != nil }
 
@@ -190,7 +188,7 @@ public final class Session {
     public func regenerate() async throws {
         // An id never made was never stored: nothing to destroy.
         if !isDetached, let currentId {
-            try await engine.destroy(currentId, budget: storeBudget)
+            try await engine.destroy(currentId)
         }
         currentId = nil
         regenerated = true
@@ -212,7 +210,7 @@ public final class Session {
         values = JSONObject()
         base = nil
         guard !isDetached, let currentId else { return }
-        try await engine.destroy(currentId, budget: storeBudget)
+        try await engine.destroy(currentId)
     }
 
     /// Drops the session from the request without a store call, as `req.session = null` does in express: with
@@ -227,8 +225,7 @@ public final class Session {
     /// - Throws: ``SessionNotFoundError`` when the store has no such session; ``SessionStoreError`` when it fails.
     public func reload() async throws {
         guard !isDetached, state == .active else { return }
-        guard let loaded = try await engine.load(id, now: engine.configuration.now(),
-                                                 requestIsSecure: requestIsSecure, budget: storeBudget)
+        guard let loaded = try await engine.load(id, now: engine.configuration.now(), requestIsSecure: requestIsSecure)
         else { throw SessionNotFoundError() }
         base = loaded
         values = loaded.data.values
@@ -252,7 +249,7 @@ public final class Session {
         }
         let changes = SessionChanges(updates: writtenKeys.map { ($0, values[$0]) }, replacesAll: replacedAll)
         let write = SessionWrite(cookie: cookie, changes: changes, values: values, base: base)
-        switch try await engine.commit(id, write, isNew: !inStore, budget: storeBudget) {
+        switch try await engine.commit(id, write, isNew: !inStore) {
         case .saved(let stored):
             // The stored values may hold other requests' writes too: this request now sees them.
             base = stored

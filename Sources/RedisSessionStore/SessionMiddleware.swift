@@ -135,15 +135,13 @@ final class SessionEngine: Sendable {
 
     /// Loads with the version and, in the same round trip where the store can, refreshes the expiry as a touch with
     /// a cookie of the configured options would.
-    func load(_ id: String, now: Date, requestIsSecure: Bool, budget: StoreTimeBudget?) async throws
-        -> StoredSession? {
+    func load(_ id: String, now: Date, requestIsSecure: Bool) async throws -> StoredSession? {
         let touching = newCookie(now: now, requestIsSecure: requestIsSecure)
-        return try await perform("get", budget) { try await store.load(id, touchingWith: touching) }
+        return try await perform("get") { try await store.load(id, touchingWith: touching) }
     }
 
-    func commit(_ id: String, _ write: SessionWrite, isNew: Bool, budget: StoreTimeBudget?) async throws
-        -> SessionCommitResult {
-        let result = try await perform("set", budget) { try await store.commit(id, write) }
+    func commit(_ id: String, _ write: SessionWrite, isNew: Bool) async throws -> SessionCommitResult {
+        let result = try await perform("set") { try await store.commit(id, write) }
         if case .saved = result {
             metrics.recordSaved()
             if isNew { metrics.recordCreated() }
@@ -151,32 +149,19 @@ final class SessionEngine: Sendable {
         return result
     }
 
-    func touch(_ id: String, _ data: SessionData, budget: StoreTimeBudget?) async throws {
-        try await perform("touch", budget) { try await store.touch(id, data) }
+    func touch(_ id: String, _ data: SessionData) async throws {
+        try await perform("touch") { try await store.touch(id, data) }
         metrics.recordTouched()
     }
 
-    func destroy(_ id: String, budget: StoreTimeBudget?) async throws {
-        try await perform("destroy", budget) { try await store.destroy(id) }
+    func destroy(_ id: String) async throws {
+        try await perform("destroy") { try await store.destroy(id) }
         metrics.recordDestroyed()
     }
 
-    /// A budget for one request's store calls, when the store has a timeout to share out.
-    func newBudget() -> StoreTimeBudget? {
-        store.requestTimeBudget.map(StoreTimeBudget.init(limit:))
-    }
-
-    private func perform<T>(_ operation: String, _ budget: StoreTimeBudget?, _ body: () async throws -> T)
-        async throws -> T {
+    private func perform<T>(_ operation: String, _ body: () async throws -> T) async throws -> T {
         do {
-            guard let budget else { return try await body() }
-            // Every call of the request draws on one budget, so a request waits on the store for at most the
-            // store's timeout in all (not once per call): a slow load leaves less time for the save.
-            let start = ContinuousClock.now
-            defer { budget.spent += ContinuousClock.now - start }
-            return try await RedisDeadline.$current.withValue(start + (budget.limit - budget.spent)) {
-                try await body()
-            }
+            return try await body()
         } catch {
             let failures = metrics.recordStoreError()
             // The error, never the session id: ids are credentials. During an outage every request fails alike:
@@ -191,16 +176,6 @@ final class SessionEngine: Sendable {
                        metadata: ["error": "\(error)", "failures": "\(failures)"])
             throw SessionStoreError(operation: operation, underlying: error)
         }
-    }
-}
-
-/// How long one request has waited on the store so far, out of how long it may.
-final class StoreTimeBudget {
-    let limit: Duration
-    var spent: Duration = .zero
-
-    init(limit: Duration) {
-        self.limit = limit
     }
 }
 
@@ -248,6 +223,15 @@ public struct SessionMiddleware: Middleware {
     public func handle(_ request: Request, _ response: Response, next: Next) async throws {
         // Self-awareness, as express: a second session middleware leaves the first one's session alone.
         if request.sessionIfPresent != nil { return try await next() }
+        // One store timeout's worth of Redis time for the whole request (load, save, and the handler's own session
+        // calls), so a slow load leaves less time for the save and the request waits on Redis one timeout at most.
+        guard let limit = store.requestTimeBudget else { return try await handleSession(request, response, next: next) }
+        try await RedisTimeBudget.$current.withValue(RedisTimeBudget(limit: limit)) {
+            try await handleSession(request, response, next: next)
+        }
+    }
+
+    private func handleSession(_ request: Request, _ response: Response, next: Next) async throws {
         let now = configuration.now()
         let requestIsSecure = isSecure(request)
 
@@ -259,18 +243,17 @@ public struct SessionMiddleware: Middleware {
         }
 
         let cookieId = sessionId(from: request)
-        let budget = engine.newBudget()
         let session: Session
         if let cookieId {
             let stored: StoredSession?
             do {
-                stored = try await engine.load(cookieId, now: now, requestIsSecure: requestIsSecure, budget: budget)
+                stored = try await engine.load(cookieId, now: now, requestIsSecure: requestIsSecure)
             } catch {
                 throw SessionMiddleware.unavailable
             }
             if let stored, Session.isPastAbsoluteTimeout(stored.data, configuration: configuration) {
                 // Past its absolute lifetime: gone for good, whatever its TTL says.
-                do { try await engine.destroy(cookieId, budget: budget) } catch { throw SessionMiddleware.unavailable }
+                do { try await engine.destroy(cookieId) } catch { throw SessionMiddleware.unavailable }
                 session = Session(newWith: engine, requestIsSecure: requestIsSecure, now: now)
             } else if let stored {
                 session = Session(id: cookieId, loaded: stored, engine: engine, requestIsSecure: requestIsSecure)
@@ -280,7 +263,6 @@ public struct SessionMiddleware: Middleware {
         } else {
             session = Session(newWith: engine, requestIsSecure: requestIsSecure, now: now)
         }
-        session.storeBudget = budget
         request.storage[SessionStorageKey.self] = session
 
         // As in express, the session is committed even when the handler fails (its error page ends the response
@@ -327,9 +309,7 @@ public struct SessionMiddleware: Middleware {
         switch session.state {
         case .unset:
             // shouldDestroy: `req.sessionID && unsetDestroy && req.session == null`.
-            if configuration.unset == .destroy, let id = session.existingId {
-                try await engine.destroy(id, budget: session.storeBudget)
-            }
+            if configuration.unset == .destroy, let id = session.existingId { try await engine.destroy(id) }
             return nil
         case .destroyed:
             // destroy() already removed it from the store (express would send a second destroy with
@@ -350,7 +330,7 @@ public struct SessionMiddleware: Middleware {
             if session.expiryRefreshedAtLoad(configuredMaxAge: configuration.cookie.maxAge) {
                 metrics.recordTouched()   // the load (GETEX) already did it: no second round trip
             } else {
-                try await engine.touch(session.id, session.storedData, budget: session.storeBudget)
+                try await engine.touch(session.id, session.storedData)
             }
         }
 

@@ -103,7 +103,7 @@ public protocol SessionStore: Sendable {
     func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult
 
     /// How long one request may wait on this store in all, across its calls (load, save, destroy...), when the
-    /// store honours ``RedisDeadline`` (nil: no shared budget; each call has only its own timeout). The default
+    /// store honours ``RedisTimeBudget`` (nil: no shared budget; each call has only its own timeout). The default
     /// implementation says nil.
     var requestTimeBudget: Duration? { get }
 }

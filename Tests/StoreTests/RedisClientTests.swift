@@ -528,7 +528,7 @@ import Darwin
                 _ = try await admin.send("CLIENT", "PAUSE", "1500")
                 let started = ContinuousClock.now
                 do {
-                    _ = try await RedisDeadline.$current.withValue(started + .milliseconds(300)) {
+                    _ = try await RedisTimeBudget.$current.withValue(RedisTimeBudget(limit: .milliseconds(300))) {
                         try await client.get("paused")
                     }
                     Issue.record("GET during CLIENT PAUSE answered")
@@ -547,11 +547,25 @@ import Darwin
         }
     }
 
-    @Test func aSpentDeadlineFailsWithoutSending() async throws {
+    @Test func onlyTheWaitForRepliesCountsAgainstTheBudget() async throws {
+        try await withClient { client in
+            // Generous: on a loaded machine one round trip can take hundreds of milliseconds.
+            let budget = RedisTimeBudget(limit: .seconds(2))
+            try await RedisTimeBudget.$current.withValue(budget) {
+                try await client.ping()
+                // Time spent elsewhere (a handler, decoding) is not Redis time.
+                try await Task.sleep(for: .milliseconds(2500))
+                try await client.ping()
+            }
+            #expect(budget.spent > .zero && budget.spent < .seconds(2), "spent \(budget.spent)")
+        }
+    }
+
+    @Test func aSpentBudgetFailsWithoutSending() async throws {
         try await withClient { client in
             let key = testKey()
             do {
-                try await RedisDeadline.$current.withValue(.now - .milliseconds(1)) {
+                try await RedisTimeBudget.$current.withValue(RedisTimeBudget(limit: .zero)) {
                     try await client.set(key, to: Array("late".utf8), expiresIn: 60)
                 }
                 Issue.record("a command was sent after its caller's deadline")

@@ -8,7 +8,7 @@ import Testing
 // one full timeout per call. A private redis-server, because CLIENT PAUSE stops every client of the server.
 
 @Suite struct RequestBudgetTests {
-    static let timeout = Duration.milliseconds(1000)
+    static let timeout = Duration.milliseconds(2000)
 
     @Test func aSlowLoadLeavesOnlyTheRestOfTheTimeoutForTheSave() async throws {
         let redis = try PrivateRedis()
@@ -22,36 +22,49 @@ import Testing
         let admin = RedisClient(configuration: RedisConfiguration(port: redis.port), loop: adminThread.loop)
         defer { admin.close() }
 
-        // A stored session to come back with.
-        let first = Response()
-        let created = Request(method: .get, uri: "/", headers: HTTPHeaders())
-        try await middleware.handle(created, first, next: Next { created.session["n"] = 1 })
+        // A stored session to come back with (a few tries: the first connection, on a loaded machine, can take
+        // longer than the budget).
+        var first = Response()
+        for attempt in 1...5 {
+            first = Response()
+            let created = Request(method: .get, uri: "/", headers: HTTPHeaders())
+            do {
+                try await middleware.handle(created, first, next: Next { created.session["n"] = 1 })
+                break
+            } catch where attempt < 5 {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
         let setCookie = try #require(first.headers.values("Set-Cookie").first)
         let cookie = String(setCookie.prefix { $0 != ";" })
 
-        // The handler makes Redis slow for its reload (700 ms of a 1000 ms budget: it succeeds), then stalls Redis
-        // for the save: the save may wait only the remaining ~300 ms.
+        // The handler makes Redis slow for its reload (1400 ms of a 2000 ms budget: it succeeds), then stalls
+        // Redis for the save: the save may wait only the remaining ~600 ms, not a whole timeout.
         let request = Request(method: .get, uri: "/", headers: HTTPHeaders([("Cookie", cookie)]))
         var handlerStarted = ContinuousClock.now
         var reloadTook = Duration.zero
+        var stalledAt = ContinuousClock.now
         var failure: (any Error)?
         do {
             try await middleware.handle(request, Response(), next: Next {
                 handlerStarted = .now
-                _ = try await admin.send("CLIENT", "PAUSE", "700")
+                _ = try await admin.send("CLIENT", "PAUSE", "1400")
                 try await request.session.reload()
                 reloadTook = ContinuousClock.now - handlerStarted
                 request.session["n"] = 2
-                _ = try await admin.send("CLIENT", "PAUSE", "5000")
+                _ = try await admin.send("CLIENT", "PAUSE", "8000")
+                stalledAt = .now
             })
         } catch {
             failure = error
         }
-        let elapsed = ContinuousClock.now - handlerStarted
+        let saveWaited = ContinuousClock.now - stalledAt
         let httpError = try #require(failure as? HTTPError, "the save should have failed: \(String(describing: failure))")
         #expect(httpError.status == .serviceUnavailable)
-        #expect(reloadTook >= .milliseconds(600), "the reload was not slowed down (\(reloadTook)): the test proves nothing")
-        // Without a shared budget: 700 ms + a whole 1000 ms timeout for the save. With it: about 1000 ms in all.
-        #expect(elapsed < Self.timeout + .milliseconds(350), "the request waited \(elapsed) on Redis")
+        #expect(reloadTook >= .milliseconds(1300), "the reload was not slowed down (\(reloadTook)): the test proves nothing")
+        // Without a shared budget the save would wait a whole 2000 ms timeout; with it, what the reload left.
+        #expect(saveWaited < Self.timeout - .milliseconds(600), "the save waited \(saveWaited) on Redis")
+        #expect(ContinuousClock.now - handlerStarted < Self.timeout + .milliseconds(800),
+                "the request waited \(ContinuousClock.now - handlerStarted) on Redis in all")
     }
 }
