@@ -26,7 +26,8 @@ public final class RedisClient: Sendable {
     /// The loop whose thread owns the connection.
     public let loop: EventLoop
     public let configuration: RedisConfiguration
-    private let connection: RedisConnection
+    // Internal, not private: RedisClient+Cluster.swift queues ASKING and its command back to back on it.
+    let connection: RedisConnection
 
     /// Creates a client; it connects in the background and reconnects with back-off when the connection drops.
     /// Logs to `Logger(label: "evserver.redis")`.
@@ -276,7 +277,7 @@ private func decimal(_ value: Int) -> [UInt8] {
 }
 
 /// The command name in upper case ASCII, for metrics, errors and the checks below.
-private func commandName(_ bytes: [UInt8]) -> String {
+func commandName(_ bytes: [UInt8]) -> String {
     String(decoding: bytes.lazy.map { (0x61...0x7A).contains($0) ? $0 - 0x20 : $0 }, as: UTF8.self)
 }
 
