@@ -246,36 +246,43 @@ struct ServerOptions: ParsableArguments {
             if let env = environment[variable], !env.isEmpty { return (env, variable) }
             return nil
         }
-        let url = value(redisURL, "--redis-url", "REDIS_URL")
-        let cluster = value(redisCluster, "--redis-cluster", "REDIS_CLUSTER")
-        let sentinel = value(redisSentinel, "--redis-sentinel", "REDIS_SENTINEL")
-        let master = value(sentinelMaster, "--sentinel-master", "REDIS_SENTINEL_MASTER")
-        // --redis-url has a default, so what counts is whether it was given (flag or variable).
-        let given = [url, cluster, sentinel].compactMap { $0?.1 }
-        guard given.count <= 1 else {
-            throw ConfigurationError("\(given.joined(separator: " and ")) both given: use exactly one of "
-                + "--redis-url, --redis-cluster, --redis-sentinel")
+        // Exactly one of URL / cluster / sentinel. Flags win over variables as a group (a --redis-cluster flag
+        // overrides a REDIS_URL in the environment, as any flag overrides its variable); two at the same level
+        // are a mistake. --redis-url has a default, so what counts is whether it was given.
+        let flags = [(redisURL, "--redis-url"), (redisCluster, "--redis-cluster"), (redisSentinel, "--redis-sentinel")]
+            .compactMap { value, name in value.map { ($0, name) } }
+        let variables = ["REDIS_URL", "REDIS_CLUSTER", "REDIS_SENTINEL"]
+            .compactMap { name in environment[name].flatMap { $0.isEmpty ? nil : ($0, name) } }
+        for given in [flags, variables] where given.count > 1 {
+            throw ConfigurationError("\(given.map(\.1).joined(separator: " and ")) both given: use exactly one of "
+                + "--redis-url, --redis-cluster, --redis-sentinel (REDIS_URL, REDIS_CLUSTER, REDIS_SENTINEL)")
         }
-        if let (v, _) = url { config.redisURL = v }
+        let mode = flags.first ?? variables.first
+        if let (v, name) = mode, name == "--redis-url" || name == "REDIS_URL" { config.redisURL = v }
         do {
             config.redis = try RedisConfiguration(url: config.redisURL)
         } catch {
             throw ConfigurationError("redis url: \(error)")
         }
-        if let (v, name) = cluster {
+        let master = value(sentinelMaster, "--sentinel-master", "REDIS_SENTINEL_MASTER")
+        switch mode {
+        case let (v, name)? where name == "--redis-cluster" || name == "REDIS_CLUSTER":
             do { config.redisTopology = .cluster(try RedisAddress.list(parsing: v)) } catch {
                 throw ConfigurationError("\(name): \(error)")
             }
-        }
-        if let (v, name) = sentinel {
+        case let (v, name)? where name == "--redis-sentinel" || name == "REDIS_SENTINEL":
             guard let (masterName, _) = master, !masterName.trimmingSpaces.isEmpty else {
                 throw ConfigurationError("\(name) needs the primary's name: --sentinel-master NAME (or REDIS_SENTINEL_MASTER)")
             }
-            do { config.redisTopology = .sentinel(try RedisAddress.list(parsing: v), masterName: masterName.trimmingSpaces) } catch {
+            do {
+                config.redisTopology = .sentinel(try RedisAddress.list(parsing: v), masterName: masterName.trimmingSpaces)
+            } catch {
                 throw ConfigurationError("\(name): \(error)")
             }
-        } else if let (_, name) = master {
-            throw ConfigurationError("\(name) is only meaningful with --redis-sentinel (or REDIS_SENTINEL)")
+        default:
+            if sentinelMaster != nil {
+                throw ConfigurationError("--sentinel-master is only meaningful with --redis-sentinel (or REDIS_SENTINEL)")
+            }
         }
         let username = value(redisUsername, "--redis-username", "REDIS_USERNAME")
         let password = value(redisPassword, "--redis-password", "REDIS_PASSWORD")
