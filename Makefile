@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help build release run test cluster chaos fuzz fuzz-smoke bench bench-smoke
+.PHONY: help build release run test cluster chaos redis-cluster cluster-chaos fuzz fuzz-smoke bench bench-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -24,6 +24,12 @@ cluster: ## Redis + three evserver instances + haproxy on :8080, on loopback (Ct
 
 chaos: ## Redis kill -9 / CLIENT PAUSE / CLIENT KILL under load against one evserver; per-phase table
 	@scripts/chaos.sh
+
+redis-cluster: ## Redis Cluster on loopback: 6 redis-server (3 primaries + 3 replicas) on :7000-7005 (Ctrl-C stops all)
+	@scripts/redis-cluster.sh
+
+cluster-chaos: ## evserver on a Redis Cluster under load: kill a primary, then reshard; status counts per phase
+	@scripts/cluster-chaos.sh
 
 fuzz: ## libFuzzer over cookies, signatures, percent-decoding, JSON, sessions (FUZZ_TIME=60 s, or RUNS=N)
 	@scripts/fuzz.sh $(if $(RUNS),-runs=$(RUNS),$(or $(FUZZ_TIME),60))

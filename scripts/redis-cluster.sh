@@ -70,18 +70,41 @@ else
     trap 'rc=$?; if [ $rc -ne 0 ]; then stop_dir "$WORK"; fi' EXIT
 fi
 
-AUTH=()
 CLI_AUTH=()
-if [ -n "${REDIS_PASSWORD:-}" ]; then
-    AUTH=(--requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD")
-    CLI_AUTH=(-a "$REDIS_PASSWORD" --no-auth-warning)
-fi
+[ -n "${REDIS_PASSWORD:-}" ] && CLI_AUTH=(-a "$REDIS_PASSWORD" --no-auth-warning)
 
-for port in "${PORTS[@]}"; do
-    start_redis "$port" "$WORK/node-$port" --cluster-enabled yes --cluster-config-file "$WORK/node-$port/nodes.conf" \
-        --cluster-node-timeout "$NODE_TIMEOUT" --cluster-require-full-coverage no --repl-diskless-sync-delay 0 \
-        "${AUTH[@]}"
-done
+# start_node PORT: one node from a config file of its own (node-PORT/redis.conf), so that a node that was killed
+# restarts as exactly the same node (`redis-server node-PORT/redis.conf`): make cluster-chaos does that.
+start_node() {
+    local port="$1" dir="$WORK/node-$1"
+    mkdir -p "$dir"
+    cat >"$dir/redis.conf" <<CONF
+port $port
+bind 127.0.0.1
+dir $dir
+save ""
+appendonly no
+daemonize yes
+pidfile $dir/redis.pid
+logfile $dir/redis.log
+cluster-enabled yes
+cluster-config-file $dir/nodes.conf
+cluster-node-timeout $NODE_TIMEOUT
+cluster-require-full-coverage no
+repl-diskless-sync-delay 0
+CONF
+    if [ -n "${REDIS_PASSWORD:-}" ]; then
+        printf 'requirepass "%s"\nmasterauth "%s"\n' "$REDIS_PASSWORD" "$REDIS_PASSWORD" >>"$dir/redis.conf"
+    fi
+    redis-server "$dir/redis.conf" >/dev/null || die "redis-server on port $port failed to start (see $dir/redis.log)"
+    for _ in $(seq 1 100); do
+        redis-cli "${CLI_AUTH[@]}" -p "$port" ping 2>/dev/null | grep -q PONG && return 0
+        sleep 0.05
+    done
+    die "redis-server on port $port did not answer PING (see $dir/redis.log)"
+}
+
+for port in "${PORTS[@]}"; do start_node "$port"; done
 
 log "creating the cluster (3 primaries, 3 replicas)"
 redis-cli "${CLI_AUTH[@]}" --cluster create $(printf '127.0.0.1:%s ' "${PORTS[@]}") \
@@ -95,7 +118,8 @@ for _ in $(seq 1 200); do
     for port in "${PORTS[@]}"; do
         info="$(redis-cli "${CLI_AUTH[@]}" -p "$port" cluster info 2>/dev/null || true)"
         repl="$(redis-cli "${CLI_AUTH[@]}" -p "$port" info replication 2>/dev/null || true)"
-        if grep -q 'cluster_state:ok' <<<"$info" \
+        masters="$(redis-cli "${CLI_AUTH[@]}" -p "$port" cluster nodes 2>/dev/null | grep -c master || true)"
+        if grep -q 'cluster_state:ok' <<<"$info" && [ "$masters" = 3 ] \
             && { ! grep -q 'role:slave' <<<"$repl" || grep -q 'master_link_status:up' <<<"$repl"; }; then
             ok=$((ok + 1))
         fi
@@ -109,11 +133,12 @@ SEEDS="$(printf '127.0.0.1:%s,' "${PORTS[@]:0:3}")"
 SEEDS="${SEEDS%,}"
 cat <<INFO
 Redis Cluster on loopback: 6 nodes, cluster-node-timeout $NODE_TIMEOUT ms (logs and pids in $WORK)
-$(redis-cli "${CLI_AUTH[@]}" -p "${PORTS[0]}" cluster nodes | awk '{split($2, a, "@"); printf "  %-16s %s %s\n", a[1], ($3 ~ /master/ ? "primary" : "replica"), $9}')
+$(redis-cli "${CLI_AUTH[@]}" -p "${PORTS[0]}" cluster nodes | sort -k2 \
+    | awk '{split($2, a, "@"); printf "  %-16s %s %s\n", a[1], ($3 ~ /master/ ? "primary, slots" : "replica"), $9}')
 
 evserver flags:   --redis-cluster $SEEDS${REDIS_PASSWORD:+ --redis-password "\$REDIS_PASSWORD"}
   or environment: REDIS_CLUSTER=$SEEDS
-  e.g.            make run ARGS="--redis-cluster $SEEDS"
+  e.g.            swift run evserver --secret "\$(openssl rand -hex 32)" --redis-cluster $SEEDS
 Durable writes:   add --redis-wait-replicas 1 (each session write waits for its primary's replica)
 Look at it:       redis-cli -c -p ${PORTS[0]} cluster nodes      evserver sessions count --redis-cluster $SEEDS
 INFO
