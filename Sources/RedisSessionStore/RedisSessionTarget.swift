@@ -26,9 +26,13 @@ protocol RedisSessionTarget: Sendable {
 
 extension RedisClient: RedisSessionTarget {
     func write(_ arguments: [[UInt8]], waitingFor replicas: Int) async throws -> RedisValue {
-        let reply = try await send(arguments)
-        if replicas > 0 { try await confirmReplication(replicas, on: self) }
-        return reply
+        guard replicas > 0 else { return try await send(arguments) }
+        // One deadline for the write and its WAIT together, not one each.
+        return try await RedisDeadline.$current.withValue(RedisDeadline.current ?? .now + configuration.commandTimeout) {
+            let reply = try await send(arguments)
+            try await confirmReplication(replicas, on: self)
+            return reply
+        }
     }
 
     func scanClients() async throws -> [RedisClient] { [self] }
@@ -45,9 +49,14 @@ extension RedisClient: RedisSessionTarget {
 
 extension RedisClusterClient: RedisSessionTarget {
     func write(_ arguments: [[UInt8]], waitingFor replicas: Int) async throws -> RedisValue {
-        let (reply, client) = try await execute(arguments, slot: Self.routingSlot(of: arguments))
-        if replicas > 0 { try await confirmReplication(replicas, on: client) }
-        return reply
+        guard replicas > 0 else { return try await send(arguments) }
+        // One deadline for the write (with its redirections and retries) and its WAIT together.
+        let deadline = RedisDeadline.current ?? .now + configuration.node.commandTimeout
+        return try await RedisDeadline.$current.withValue(deadline) {
+            let (reply, client) = try await execute(arguments, slot: Self.routingSlot(of: arguments))
+            try await confirmReplication(replicas, on: client)
+            return reply
+        }
     }
 
     func scanClients() async throws -> [RedisClient] { try await primaries() }

@@ -218,15 +218,20 @@ extension ScaleSuites {
             let doomed = byPrimary[victim]!
             let safe = byPrimary.filter { $0.key != victim }.flatMap(\.value)
 
+            let replica = try await cluster.replica(of: victim)
             cluster.kill(port: victim)
             let killed = ContinuousClock.now
             var errorsElsewhere = 0
             var errorsOnVictim = 0
+            var promotedAfter: Duration?
             var servedAgainAfter: Duration?
             var slowest = Duration.zero
-            while ContinuousClock.now - killed < .milliseconds(nodeTimeout) + .seconds(8) {
+            while ContinuousClock.now - killed < .milliseconds(3 * nodeTimeout) + .seconds(5) {
                 for id in safe.prefix(5) {
                     do { _ = try await store.get(id) } catch { errorsElsewhere += 1 }
+                }
+                if promotedAfter == nil, try await cluster.command(replica, "ROLE").array?.first?.string == "master" {
+                    promotedAfter = ContinuousClock.now - killed
                 }
                 let started = ContinuousClock.now
                 do {
@@ -241,12 +246,16 @@ extension ScaleSuites {
                 try await Task.sleep(for: .milliseconds(50))
             }
             let recovery = try #require(servedAgainAfter, "the killed primary's slots were never served again")
-            print("RedisClusterTests: primary \(victim) killed; its slots served again after \(recovery) "
+            let promotion = promotedAfter ?? recovery
+            print("RedisClusterTests: primary \(victim) killed (cluster-node-timeout \(nodeTimeout) ms); replica "
+                + "\(replica) promoted after \(promotion); the slots served again after \(recovery) "
                 + "(\(errorsOnVictim) failed reads meanwhile, slowest \(slowest)); "
                 + "\(errorsElsewhere) errors on the other primaries")
             #expect(errorsElsewhere == 0)
-            #expect(recovery < .milliseconds(nodeTimeout) + .seconds(2) + .milliseconds(1500),
-                    "served again only after \(recovery)")
+            // Redis itself takes about 1.5 to 2.5 x cluster-node-timeout to declare the primary failed and promote
+            // its replica; the client's share is what follows the promotion.
+            #expect(recovery - promotion < .milliseconds(nodeTimeout) + .seconds(2),
+                    "served again only \(recovery - promotion) after the promotion")
             #expect(slowest < .milliseconds(700), "a failed read took \(slowest) with a 300 ms budget")
             // Every write acknowledged by a replica before the kill is still there.
             for id in doomed + safe {
@@ -383,6 +392,17 @@ final class PrivateRedisCluster: Sendable {
         return primaries
     }
 
+    /// The port of `primary`'s first replica (`ROLE` on the primary).
+    func replica(of primary: Int) async throws -> Int {
+        let reply = try await command(primary, "ROLE")
+        guard case .array(let role) = reply, role.count == 3,
+              case .array(let replicas) = role[2], case .array(let first)? = replicas.first, first.count >= 2,
+              let port = first[1].integer ?? first[1].string.flatMap({ Int($0) }) else {
+            throw HarnessFailure("ROLE on \(primary) names no replica: \(reply)")
+        }
+        return port
+    }
+
     /// DBSIZE of each primary.
     func keyCountsOnPrimaries() async throws -> [Int] {
         var counts: [Int] = []
@@ -400,16 +420,23 @@ final class PrivateRedisCluster: Sendable {
     private func waitUntilReady() async throws {
         let deadline = ContinuousClock.now + .seconds(20)
         while true {
+            // Every node sees an ok cluster of six; three primaries each with a connected replica, three replicas
+            // each in sync (a node that is to become a replica reports itself a primary for a moment).
             var ready = true
+            var primariesWithReplica = 0
+            var replicasInSync = 0
             for port in ports {
                 let info = (try? await command(port, "CLUSTER", "INFO").string) ?? ""
                 let replication = (try? await command(port, "INFO", "replication").string) ?? ""
-                if !info.contains("cluster_state:ok") || !info.contains("cluster_known_nodes:6")
-                    || (replication.contains("role:slave") && !replication.contains("master_link_status:up")) {
-                    ready = false
+                if !info.contains("cluster_state:ok") || !info.contains("cluster_known_nodes:6") { ready = false }
+                if replication.contains("role:master"), replication.contains("connected_slaves:1") {
+                    primariesWithReplica += 1
+                }
+                if replication.contains("role:slave"), replication.contains("master_link_status:up") {
+                    replicasInSync += 1
                 }
             }
-            if ready { return }
+            if ready, primariesWithReplica == 3, replicasInSync == 3 { return }
             guard ContinuousClock.now < deadline else {
                 throw HarnessFailure("the private Redis Cluster on ports \(ports) did not become ready within 20 s")
             }
