@@ -6,7 +6,7 @@
 #   REDIS_CLUSTER_NODE_TIMEOUT (2000 ms: how long a silent primary takes to be declared failed)
 #   REDIS_PASSWORD: requirepass + masterauth on every node (then pass --redis-password to evserver)
 #   REDIS_CLUSTER_DETACH=1: start, print, and exit leaving it running; the last line is REDIS_CLUSTER_DIR=<dir>;
-#   stop it with `scripts/redis-cluster.sh stop <dir>`.
+#   stop it with `scripts/redis-cluster.sh stop <dir>` (`stop-keep <dir>` keeps the directory and its logs).
 #
 # Two settings differ from redis.conf's defaults, on purpose:
 #   cluster-require-full-coverage no   a failed primary stops only its own slots, not the whole cluster;
@@ -31,15 +31,15 @@ stop_dir() {
 }
 
 case "${1:-}" in
-    stop)
-        dir="${2:?usage: redis-cluster.sh stop DIR}"
+    stop|stop-keep)
+        dir="${2:?usage: redis-cluster.sh stop|stop-keep DIR}"
         [ -d "$dir" ] || die "no cluster directory $dir"
         stop_dir "$dir"
-        rm -rf "$dir"
+        [ "$1" = stop ] && rm -rf "$dir"
         exit 0
         ;;
     "") ;;
-    *) die "unknown command '$1' (expected: stop DIR)" ;;
+    *) die "unknown command '$1' (expected: stop DIR, stop-keep DIR)" ;;
 esac
 
 ensure_packages redis-server redis-tools

@@ -181,8 +181,17 @@ public final class RedisClusterClient: Sendable {
     /// the type's documentation says.
     /// - Returns: the reply and the client of the node that gave it (WAIT must go to that same connection).
     func execute(_ arguments: [[UInt8]], slot: Int?) async throws -> (reply: RedisValue, client: RedisClient) {
-        let loop = try currentLoop()
         let deadline = RedisDeadline.current ?? ContinuousClock.now + configuration.node.commandTimeout
+        // Every attempt runs under the one deadline, so that a node's client (which honours RedisDeadline) never
+        // gives a retry a fresh commandTimeout of its own.
+        return try await RedisDeadline.$current.withValue(deadline) {
+            try await attempt(arguments, slot: slot, deadline: deadline)
+        }
+    }
+
+    private func attempt(_ arguments: [[UInt8]], slot: Int?,
+                         deadline: ContinuousClock.Instant) async throws -> (reply: RedisValue, client: RedisClient) {
+        let loop = try currentLoop()
         var redirections = 0
         var asking: RedisAddress?
         var backoff = Duration.milliseconds(10)
