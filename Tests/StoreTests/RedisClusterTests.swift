@@ -71,6 +71,12 @@ extension ScaleSuites {
             #expect(shown["data"]?["color"] == "blue")
             #expect(try await cluster.value(of: server.prefix + id)?.contains("blue") == true)
 
+            // Once the topology is known, a read costs one command: GETEX on the session's primary.
+            let before = try await cluster.sessionCommandsOnPrimaries()
+            for _ in 0..<10 { #expect(try client.request("GET", "/login").status == 200) }
+            let after = try await cluster.sessionCommandsOnPrimaries()
+            #expect(after - before == 10, "10 reads cost \(after - before) commands")
+
             // Regenerate: a new id (an empty session, as express makes it), the old key gone.
             #expect(try client.request("POST", "/session/regenerate").status == 200)
             let newID = try #require(client.cookieJar["connect.sid"].flatMap(DemoServer.sessionID(fromCookie:)))
@@ -401,6 +407,22 @@ final class PrivateRedisCluster: Sendable {
             throw HarnessFailure("ROLE on \(primary) names no replica: \(reply)")
         }
         return port
+    }
+
+    /// How many key commands (GET, GETEX, SET, EXPIRE, DEL, EVAL, EVALSHA) the primaries have run, summed.
+    func sessionCommandsOnPrimaries() async throws -> Int {
+        let counted: Set<String> = ["get", "getex", "set", "expire", "del", "eval", "evalsha", "mget"]
+        var total = 0
+        for port in try await primaries() {
+            let info = try await command(port, "INFO", "commandstats").string ?? ""
+            for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
+                let name = String(line.dropFirst("cmdstat_".count).prefix { $0 != ":" })
+                guard counted.contains(name), let calls = line.split(separator: "=").dropFirst().first?
+                    .split(separator: ",").first, let value = Int(calls) else { continue }
+                total += value
+            }
+        }
+        return total
     }
 
     /// DBSIZE of each primary.
