@@ -205,7 +205,7 @@ public final class RedisClusterClient: Sendable {
             } catch let error as RedisError {
                 switch error.code {
                 case "MOVED", "ASK":
-                    guard let redirection = Redirection(error.message) else { throw error }
+                    guard let redirection = Redirection(error.message, from: address) else { throw error }
                     redirections += 1
                     guard redirections <= configuration.maximumRedirections else {
                         scheduleRefresh(on: loop)
@@ -507,10 +507,15 @@ private struct Redirection {
     let slot: Int
     let address: RedisAddress
 
-    init?(_ message: String) {
+    /// - Parameter node: the node that replied; its host stands in for an empty one (`MOVED 3999 :7002`, which
+    ///   Redis 7 sends when it knows no address to announce).
+    init?(_ message: String, from node: RedisAddress) {
         let words = message.split(separator: " ")
-        guard words.count == 3, let slot = Int(words[1]), (0..<RedisClusterSlot.count).contains(slot),
-              let address = try? RedisAddress(parsing: String(words[2])) else { return nil }
+        guard words.count == 3, let slot = Int(words[1]), (0..<RedisClusterSlot.count).contains(slot) else {
+            return nil
+        }
+        let target = words[2].hasPrefix(":") ? node.host + words[2] : String(words[2])
+        guard let address = try? RedisAddress(parsing: target) else { return nil }
         self.slot = slot
         self.address = address
     }

@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import EvServer
-import RedisSessionStore
+@testable import RedisSessionStore
 @testable import EvServerApp
 
 // Redis Cluster, for real: six redis-server processes in cluster mode (3 primaries + 3 replicas) on free loopback
@@ -34,6 +34,21 @@ import RedisSessionStore
         // An open brace without a close one: the whole key.
         #expect(slot("foo{bar") == Int(RedisClusterSlot.crc16(Array("foo{bar".utf8)) & 0x3FFF))
         #expect(RedisClusterSlot.slot(forKey: Array("{a}x".utf8)) == slot("a"))
+    }
+
+    @Test func commandsAreRoutedByTheirFirstKey() {
+        func slot(_ words: String...) -> Int? { RedisClusterClient.routingSlot(of: words.map { Array($0.utf8) }) }
+        let session = RedisClusterSlot.slot(forKey: "sess:abc")
+        #expect(slot("GET", "sess:abc") == session)
+        #expect(slot("SET", "sess:abc", "{}", "EX", "60") == session)
+        #expect(slot("EVALSHA", "0123", "1", "sess:abc", "x") == session)
+        #expect(slot("eval", "return 1", "1", "sess:abc") == session)
+        #expect(slot("EVALSHA", "0123", "0", "x") == nil)
+        #expect(slot("PING") == nil)
+        #expect(slot("SCAN", "0", "MATCH", "sess:*") == nil)
+        #expect(slot("WAIT", "1", "100") == nil)
+        let groups = RedisClusterClient.groupedBySlot(["{a}1", "b", "{a}2", "c", "b"])
+        #expect(groups == [["{a}1", "{a}2"], ["b", "b"], ["c"]])
     }
 
     @Test func seedListsParseAndBadOnesSayWhy() throws {
