@@ -17,7 +17,8 @@ import Synchronization
 ///   ``RedisClientError/connectFailed``: the command was never sent) are retried with back-off (10 ms doubling to
 ///   200 ms) while the command's deadline allows: ``RedisDeadline/current`` when set, else the start plus
 ///   ``RedisConfiguration/commandTimeout``. Then the last error is thrown. A command whose connection was lost
-///   after it was sent (``RedisClientError/connectionClosed``) or that timed out is *not* retried: it may have run.
+///   after it was sent (``RedisClientError/connectionClosed``) or that timed out is *not* retried: it may have run
+///   (a refresh is scheduled, as for a lost node).
 ///
 /// Commands are routed by their first key: the argument after the command name, or the first key after `numkeys`
 /// for `EVAL`/`EVALSHA`/`FCALL`. Node-level commands (`PING`, `INFO`, `DBSIZE`, `SCAN`, ...) go to one arbitrary
@@ -234,7 +235,8 @@ public final class RedisClusterClient: Sendable {
                 // promoted replica once the cluster has promoted it.
                 scheduleRefresh(on: loop)
                 failure = error
-            } catch let error as RedisClientError where error == .connectionClosed {
+            } catch let error as RedisClientError where error == .connectionClosed || error == .timeout {
+                // It may have run: not retried. The node may be gone, or cut off: look at the map again.
                 scheduleRefresh(on: loop)
                 throw error
             }

@@ -18,6 +18,12 @@ import Synchronization
 /// - `destroy`: `DEL`. `all`, `length`, `clear`: `SCAN MATCH <prefix>* COUNT <scanCount>`, never `KEYS`.
 ///
 /// Errors from Redis (connection lost, timeout, `-ERR`) are thrown; the middleware answers them with 503.
+///
+/// One server (``init(configuration:prefix:ttl:disableTouch:scanCount:waitForReplicas:logger:)``), a Redis Cluster
+/// (``init(cluster:prefix:ttl:disableTouch:scanCount:waitForReplicas:logger:)``: each command on its key's primary,
+/// listing over every primary) or the primary Sentinel names
+/// (``init(sentinel:prefix:ttl:disableTouch:scanCount:waitForReplicas:logger:)``). With `waitForReplicas` > 0 each
+/// write is followed by `WAIT` on the same connection.
 public final class RedisSessionStore: SessionStore {
     /// Key prefix (connect-redis's default `sess:`).
     public let prefix: String
