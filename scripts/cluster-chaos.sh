@@ -8,7 +8,7 @@
 # status is non-zero when a property fails (see cluster_chaos.py). Stops everything it started on exit.
 #
 #   EVSERVER_BIN=path     use that binary instead of building one (release)
-#   CHAOS_PORT_BASE       first node port (default 27200: nodes on 27200..27205, bus on +10000)
+#   CHAOS_PORT_BASE       first node port (default 17200: nodes on 17200..17205, bus on +10000; both below the ephemeral range)
 #   CHAOS_CLIENTS (24)    CHAOS_CLIENT_RATE (20 requests/s per client)    REDIS_TIMEOUT_MS (1000)
 #   REDIS_CLUSTER_NODE_TIMEOUT (2000)    CHAOS_RESHARD_SLOTS (1000)    CHAOS_KEEP=1 keeps the logs
 set -euo pipefail
@@ -28,7 +28,7 @@ else
 fi
 [ -x "$BIN" ] || die "no evserver binary at $BIN"
 
-BASE="${CHAOS_PORT_BASE:-27200}"
+BASE="${CHAOS_PORT_BASE:-17200}"
 NODE_TIMEOUT="${REDIS_CLUSTER_NODE_TIMEOUT:-2000}"
 TIMEOUT_MS="${REDIS_TIMEOUT_MS:-1000}"
 PLAIN_PORT="$(free_port)"
