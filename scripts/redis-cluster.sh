@@ -23,7 +23,7 @@ stop_dir() {
     for _ in $(seq 1 50); do
         local alive=0
         for pidfile in "$dir"/node-*/redis.pid; do
-            [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && alive=1
+            [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null && alive=1
         done
         [ "$alive" = 0 ] && break
         sleep 0.1

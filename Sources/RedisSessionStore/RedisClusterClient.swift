@@ -180,17 +180,20 @@ public final class RedisClusterClient: Sendable {
 
     /// Runs `arguments` on the node serving `slot` (any node when nil), following redirections and retrying as
     /// the type's documentation says.
+    /// - Parameter forWaits: use the nodes' second connections, the ones writes followed by `WAIT` go through (a
+    ///   `WAIT` blocks its connection; other commands must not queue behind it).
     /// - Returns: the reply and the client of the node that gave it (WAIT must go to that same connection).
-    func execute(_ arguments: [[UInt8]], slot: Int?) async throws -> (reply: RedisValue, client: RedisClient) {
+    func execute(_ arguments: [[UInt8]], slot: Int?,
+                 forWaits: Bool = false) async throws -> (reply: RedisValue, client: RedisClient) {
         let deadline = RedisDeadline.current ?? ContinuousClock.now + configuration.node.commandTimeout
         // Every attempt runs under the one deadline, so that a node's client (which honours RedisDeadline) never
         // gives a retry a fresh commandTimeout of its own.
         return try await RedisDeadline.$current.withValue(deadline) {
-            try await attempt(arguments, slot: slot, deadline: deadline)
+            try await attempt(arguments, slot: slot, forWaits: forWaits, deadline: deadline)
         }
     }
 
-    private func attempt(_ arguments: [[UInt8]], slot: Int?,
+    private func attempt(_ arguments: [[UInt8]], slot: Int?, forWaits: Bool,
                          deadline: ContinuousClock.Instant) async throws -> (reply: RedisValue, client: RedisClient) {
         let loop = try currentLoop()
         var redirections = 0
@@ -198,7 +201,7 @@ public final class RedisClusterClient: Sendable {
         var backoff = Duration.milliseconds(10)
         while true {
             let address = asking ?? target(forSlot: slot)
-            let client = try client(for: address, on: loop)
+            let client = try client(for: address, on: loop, forWaits: forWaits)
             let failure: any Error
             do {
                 let reply = try await asking != nil ? client.sendAsking(arguments) : client.send(arguments)
@@ -299,13 +302,14 @@ public final class RedisClusterClient: Sendable {
         }
     }
 
-    /// The client for `address` on `loop`, created (and connecting) on first use.
-    private func client(for address: RedisAddress, on loop: EventLoop) throws -> RedisClient {
+    /// The client for `address` on `loop` (its second one, for writes followed by WAIT, with `forWaits`), created
+    /// (and connecting) on first use.
+    private func client(for address: RedisAddress, on loop: EventLoop, forWaits: Bool = false) throws -> RedisClient {
         try state.withLock { state in
             guard !state.closed else {
                 throw RedisClientError.connectionClosed.with("the cluster client was closed")
             }
-            let key = ClientKey(loop: ObjectIdentifier(loop), address: address)
+            let key = ClientKey(loop: ObjectIdentifier(loop), address: address, forWaits: forWaits)
             if let client = state.clients[key] { return client }
             var node = configuration.node
             node.host = address.host
@@ -326,7 +330,7 @@ public final class RedisClusterClient: Sendable {
             var seen = Set<RedisAddress>()
             let all = (known + configuration.seeds).filter { seen.insert($0).inserted }
             let connected = all.filter {
-                state.clients[ClientKey(loop: ObjectIdentifier(loop), address: $0)]?.isConnected ?? false
+                state.clients[ClientKey(loop: ObjectIdentifier(loop), address: $0, forWaits: false)]?.isConnected ?? false
             }
             let others = all.filter { !connected.contains($0) }
             return connected.shuffled() + others
@@ -410,6 +414,8 @@ public struct RedisClusterError: Error, Sendable, CustomStringConvertible {
 private struct ClientKey: Hashable {
     let loop: ObjectIdentifier
     let address: RedisAddress
+    /// The node's second connection, for writes followed by WAIT.
+    let forWaits: Bool
 }
 
 /// What the client knows of the cluster, and its connections; always used under the client's lock.

@@ -35,7 +35,8 @@ public final class RedisSessionStore: SessionStore {
     public let scanCount: Int
     /// How many replicas must acknowledge each session write (`WAIT n <deadline>` after it) before it counts as
     /// saved; 0 (the default) waits for none. A write that fewer replicas acknowledged in time throws
-    /// ``RedisReplicationError`` (the middleware answers 503).
+    /// ``RedisReplicationError`` (the middleware answers 503). Such writes go through a second connection per loop
+    /// (per node, on a cluster), as WAIT blocks its connection; a store on one given client has only that one.
     public let waitForReplicas: Int
     private let clients: ClientSource
     private let logger: Logger
@@ -150,7 +151,7 @@ public final class RedisSessionStore: SessionStore {
     /// value is still the loaded one; else the changes are applied onto the newer value and tried again; a missing
     /// key (destroyed or expired meanwhile) is never re-created for a session that was loaded.
     public func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
-        let client = try client()
+        let client = try writeClient()
         let key = key(for: id)
         var base = write.base
         for _ in 0..<RedisSessionStore.maximumCommitAttempts {
@@ -228,14 +229,14 @@ public final class RedisSessionStore: SessionStore {
     public func set(_ id: String, _ session: SessionData) async throws {
         let seconds = ttl(for: session)
         if seconds > 0 {
-            let reply = try await client().write([Keyword.set, Array(key(for: id).utf8), session.jsonBytes(),
+            let reply = try await writeClient().write([Keyword.set, Array(key(for: id).utf8), session.jsonBytes(),
                                                   Keyword.ex, Array(String(seconds).utf8)],
                                                  waitingFor: waitForReplicas)
             guard case .simpleString = reply else {
                 throw RedisSessionStoreError("unexpected reply to SET: \(reply.kindDescription)")
             }
         } else {
-            _ = try await client().write([Keyword.del, Array(key(for: id).utf8)], waitingFor: waitForReplicas)
+            _ = try await writeClient().write([Keyword.del, Array(key(for: id).utf8)], waitingFor: waitForReplicas)
         }
     }
 
@@ -246,7 +247,7 @@ public final class RedisSessionStore: SessionStore {
     }
 
     public func destroy(_ id: String) async throws {
-        _ = try await client().write([Keyword.del, Array(key(for: id).utf8)], waitingFor: waitForReplicas)
+        _ = try await writeClient().write([Keyword.del, Array(key(for: id).utf8)], waitingFor: waitForReplicas)
     }
 
     public func all() async throws -> [String: SessionData] {
@@ -355,6 +356,14 @@ public final class RedisSessionStore: SessionStore {
         return pattern + "*"
     }
 
+    /// Where writes go: with `waitForReplicas`, a one-server store's second connection per loop (WAIT blocks its
+    /// connection, and reads must not queue behind it; a cluster picks its nodes' second connections itself). A
+    /// store on one given client, or on Sentinel's primary, has only the one connection.
+    private func writeClient() throws -> any RedisSessionTarget {
+        guard waitForReplicas > 0, case .perLoop(let perLoop) = clients else { return try client() }
+        return try perLoop.waitClient()
+    }
+
     private func client() throws -> any RedisSessionTarget {
         switch clients {
         case .single(let client): client
@@ -395,6 +404,9 @@ private final class PerLoopClients: Sendable {
     // Keyed by the loop's identity; each client holds its loop strongly, so an identifier is never reused while
     // its entry exists.
     private let clients = Mutex<[ObjectIdentifier: RedisClient]>([:])
+    /// A second connection per loop for writes followed by WAIT, made only when asked for: WAIT blocks its
+    /// connection, and the loop's reads must not queue behind it.
+    private let waitClients = Mutex<[ObjectIdentifier: RedisClient]>([:])
     private let ownThread = Mutex<EventLoopThread?>(nil)
 
     init(configuration: RedisConfiguration) {
@@ -403,12 +415,21 @@ private final class PerLoopClients: Sendable {
 
     func client() throws -> RedisClient {
         let loop = try EventLoop.current ?? fallbackLoop()
-        return clients.withLock { clients in
-            if let client = clients[ObjectIdentifier(loop)] { return client }
-            let client = RedisClient(configuration: configuration, loop: loop)
-            clients[ObjectIdentifier(loop)] = client
-            return client
-        }
+        return clients.withLock { Self.client(in: &$0, loop: loop, configuration: configuration) }
+    }
+
+    /// The calling loop's second client, for writes followed by WAIT.
+    func waitClient() throws -> RedisClient {
+        let loop = try EventLoop.current ?? fallbackLoop()
+        return waitClients.withLock { Self.client(in: &$0, loop: loop, configuration: configuration) }
+    }
+
+    private static func client(in clients: inout [ObjectIdentifier: RedisClient], loop: EventLoop,
+                               configuration: RedisConfiguration) -> RedisClient {
+        if let client = clients[ObjectIdentifier(loop)] { return client }
+        let client = RedisClient(configuration: configuration, loop: loop)
+        clients[ObjectIdentifier(loop)] = client
+        return client
     }
 
     /// The loop of a thread this store starts for callers outside any loop (tests, scripts, startup checks).
@@ -422,7 +443,9 @@ private final class PerLoopClients: Sendable {
     }
 
     deinit {
-        for client in clients.withLock({ Array($0.values) }) { client.close() }
+        for client in clients.withLock({ Array($0.values) }) + waitClients.withLock({ Array($0.values) }) {
+            client.close()
+        }
         guard let thread = ownThread.withLock({ $0.take() }) else { return }
         // Joining the thread from itself would trap; when the last reference goes on that very thread, join from
         // elsewhere.

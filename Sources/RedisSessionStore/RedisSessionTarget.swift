@@ -50,10 +50,11 @@ extension RedisClient: RedisSessionTarget {
 extension RedisClusterClient: RedisSessionTarget {
     func write(_ arguments: [[UInt8]], waitingFor replicas: Int) async throws -> RedisValue {
         guard replicas > 0 else { return try await send(arguments) }
-        // One deadline for the write (with its redirections and retries) and its WAIT together.
+        // One deadline for the write (with its redirections and retries) and its WAIT together; on the nodes'
+        // second connections, so that reads never queue behind a WAIT.
         let deadline = RedisDeadline.current ?? .now + configuration.node.commandTimeout
         return try await RedisDeadline.$current.withValue(deadline) {
-            let (reply, client) = try await execute(arguments, slot: Self.routingSlot(of: arguments))
+            let (reply, client) = try await execute(arguments, slot: Self.routingSlot(of: arguments), forWaits: true)
             try await confirmReplication(replicas, on: client)
             return reply
         }

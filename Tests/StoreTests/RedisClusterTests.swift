@@ -174,6 +174,41 @@ extension ScaleSuites {
             print("RedisClusterTests: WAIT 1 acknowledged 10 writes; WAIT 2 failed after \(took)")
         }
 
+        @Test func waitOnOneServerFailsTheWriteWithoutHoldingUpReads() async throws {
+            let directory = NSTemporaryDirectory() + "evserver-wait-\(UUID().uuidString.prefix(8))"
+            try FileManager.default.createDirectory(atPath: directory + "/replica", withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let primary = try PrivateRedis(arguments: ["--dir", directory, "--repl-diskless-sync-delay", "0"])
+            defer { primary.stop() }
+            let replica = try PrivateRedis(arguments: ["--dir", directory + "/replica",
+                                                       "--replicaof", "127.0.0.1", "\(primary.port)"])
+            defer { replica.stop() }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while true {
+                let primaryInfo = try await PrivateRedisCluster.info(primary.port, "replication")
+                let replicaInfo = try await PrivateRedisCluster.info(replica.port, "replication")
+                if primaryInfo.contains("connected_slaves:1"), replicaInfo.contains("master_link_status:up") { break }
+                guard ContinuousClock.now < deadline else { throw HarnessFailure("the replica did not sync in 10 s") }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let store = RedisSessionStore(
+                configuration: RedisConfiguration(port: primary.port, commandTimeout: .milliseconds(800)),
+                waitForReplicas: 1)
+            try await store.set("a", sessionData(["n": 1]))
+
+            // No replica any more: the write waits its deadline and fails; a read meanwhile, on the same loop, is
+            // not queued behind the WAIT.
+            replica.stop()
+            let write = Task { try await store.set("b", sessionData(["n": 2])) }
+            try await Task.sleep(for: .milliseconds(100))
+            let started = ContinuousClock.now
+            #expect(try await store.get("a")?.values["n"] == 1)
+            let read = ContinuousClock.now - started
+            await #expect(throws: RedisReplicationError.self) { try await write.value }
+            #expect(read < .milliseconds(300), "a read took \(read) while a WAIT blocked")
+            print("RedisClusterTests: one server, WAIT 1 without a replica: write refused; a read meanwhile took \(read)")
+        }
+
         @Test func slotMigrationIsFollowedThroughAskAndMoved() async throws {
             let cluster = try await PrivateRedisCluster.start()
             defer { cluster.stop() }
@@ -418,6 +453,13 @@ final class PrivateRedisCluster: Sendable {
             if role.first?.string == "master" { primaries.append(port) }
         }
         return primaries
+    }
+
+    /// `INFO section` of the server on `port`.
+    static func info(_ port: Int, _ section: String) async throws -> String {
+        let client = PrivateRedis.client(port: port)
+        defer { client.close() }
+        return try await client.send("INFO", section).string ?? ""
     }
 
     /// The port of `primary`'s first replica (`ROLE` on the primary).
