@@ -2,7 +2,8 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help build release run test tsan cluster chaos chaos-latency fuzz fuzz-smoke bench bench-smoke browser-test
+.PHONY: help build release run test tsan cluster chaos chaos-latency redis-cluster cluster-chaos fuzz fuzz-smoke \
+	bench bench-smoke browser-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,6 +31,12 @@ chaos: ## Redis kill -9 / CLIENT PAUSE / CLIENT KILL under load against one evse
 
 chaos-latency: ## Every Redis reply delayed 0-900 ms: session requests answered within deadline + 100 ms
 	@scripts/chaos.sh latency
+
+redis-cluster: ## Redis Cluster on loopback: 6 redis-server (3 primaries + 3 replicas) on :7000-7005 (Ctrl-C stops all)
+	@scripts/redis-cluster.sh
+
+cluster-chaos: ## evserver on a Redis Cluster under load: kill a primary, then reshard; status counts per phase
+	@scripts/cluster-chaos.sh
 
 fuzz: ## libFuzzer over cookies, signatures, percent-decoding, JSON, sessions (FUZZ_TIME=60 s, or RUNS=N)
 	@scripts/fuzz.sh $(if $(RUNS),-runs=$(RUNS),$(or $(FUZZ_TIME),60))

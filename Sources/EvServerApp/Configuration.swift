@@ -16,6 +16,16 @@ enum StoreKind: String, CaseIterable, Sendable {
     case redis, memory
 }
 
+/// Which Redis deployment holds the sessions: exactly one of `--redis-url`, `--redis-cluster`, `--redis-sentinel`.
+enum RedisTopology: Sendable {
+    /// One server: ``AppConfiguration/redis`` (from `--redis-url`).
+    case single
+    /// A Redis Cluster reached through these seeds; the node settings are ``AppConfiguration/redis``'s.
+    case cluster([RedisAddress])
+    /// The primary the sentinels name `masterName`; its connection settings are ``AppConfiguration/redis``'s.
+    case sentinel([RedisAddress], masterName: String)
+}
+
 /// Everything `evserver` needs to run, validated.
 struct AppConfiguration: Sendable {
     var host = "127.0.0.1"
@@ -23,7 +33,12 @@ struct AppConfiguration: Sendable {
     var threads = AppConfiguration.coreCount
     var store: StoreKind = .redis
     var redisURL = "redis://127.0.0.1:6379/0"
+    /// The connection settings: host and port from `--redis-url` (single server only); credentials, timeout for
+    /// every mode.
     var redis = RedisConfiguration()
+    var redisTopology = RedisTopology.single
+    /// Replicas that must acknowledge each session write (`WAIT`); 0 = none.
+    var redisWaitReplicas = 0
     var secrets: [String] = []
     var cookieName = "connect.sid"
     /// Seconds; nil = browser-session cookie with the store's default TTL (86400 s).
@@ -128,6 +143,30 @@ struct ServerOptions: ParsableArguments {
     @Option(name: .customLong("redis-timeout"), help: "Deadline per Redis command in ms (env REDIS_TIMEOUT_MS, default 1000).")
     var redisTimeout: String?
 
+    @Option(name: .customLong("redis-cluster"),
+            help: "Redis Cluster seed nodes host:port[,host:port...] instead of --redis-url (env REDIS_CLUSTER).")
+    var redisCluster: String?
+
+    @Option(name: .customLong("redis-sentinel"),
+            help: "Redis Sentinels host:port[,host:port...] instead of --redis-url; needs --sentinel-master (env REDIS_SENTINEL).")
+    var redisSentinel: String?
+
+    @Option(name: .customLong("sentinel-master"),
+            help: "The primary's name the sentinels monitor (env REDIS_SENTINEL_MASTER).")
+    var sentinelMaster: String?
+
+    @Option(name: .customLong("redis-username"),
+            help: "ACL user for AUTH, any Redis mode; not together with a user in --redis-url (env REDIS_USERNAME).")
+    var redisUsername: String?
+
+    @Option(name: .customLong("redis-password"),
+            help: "Password for AUTH, any Redis mode; not together with one in --redis-url (env REDIS_PASSWORD).")
+    var redisPassword: String?
+
+    @Option(name: .customLong("redis-wait-replicas"),
+            help: "Replicas that must acknowledge each session write (WAIT) before it counts; else 503 (env REDIS_WAIT_REPLICAS, default 0).")
+    var redisWaitReplicas: String?
+
     /// Resolves flags, then `environment`, then defaults, validating every value.
     /// - Throws: ``ConfigurationError`` naming the first bad value.
     func resolve(environment: [String: String]) throws -> AppConfiguration {
@@ -147,15 +186,7 @@ struct ServerOptions: ParsableArguments {
             }
             config.store = kind
         }
-        if let (v, _) = value(redisURL, "--redis-url", "REDIS_URL") { config.redisURL = v }
-        do {
-            config.redis = try RedisConfiguration(url: config.redisURL)
-        } catch {
-            throw ConfigurationError("redis url: \(error)")
-        }
-        if let (v, name) = value(redisTimeout, "--redis-timeout", "REDIS_TIMEOUT_MS") {
-            config.redis.commandTimeout = .milliseconds(try Self.integer(v, name, in: 1...600_000))
-        }
+        try resolveRedis(into: &config, environment: environment)
         if let (v, _) = value(secret, "--secret", "SESSION_SECRET") {
             config.secrets = v.split(separator: ",", omittingEmptySubsequences: true).map(String.init)
         }
@@ -215,6 +246,73 @@ struct ServerOptions: ParsableArguments {
         return config
     }
 
+    /// Resolves the Redis settings alone (the `sessions` subcommands need no secret): which deployment, the
+    /// credentials, the timeout, WAIT.
+    /// - Throws: ``ConfigurationError`` naming the first bad or conflicting value.
+    func resolveRedis(into config: inout AppConfiguration, environment: [String: String]) throws {
+        func value(_ flag: String?, _ flagName: String, _ variable: String) -> (String, String)? {
+            if let flag { return (flag, flagName) }
+            if let env = environment[variable], !env.isEmpty { return (env, variable) }
+            return nil
+        }
+        // Exactly one of URL / cluster / sentinel. Flags win over variables as a group (a --redis-cluster flag
+        // overrides a REDIS_URL in the environment, as any flag overrides its variable); two at the same level
+        // are a mistake. --redis-url has a default, so what counts is whether it was given.
+        let flags = [(redisURL, "--redis-url"), (redisCluster, "--redis-cluster"), (redisSentinel, "--redis-sentinel")]
+            .compactMap { value, name in value.map { ($0, name) } }
+        let variables = ["REDIS_URL", "REDIS_CLUSTER", "REDIS_SENTINEL"]
+            .compactMap { name in environment[name].flatMap { $0.isEmpty ? nil : ($0, name) } }
+        for given in [flags, variables] where given.count > 1 {
+            throw ConfigurationError("\(given.map(\.1).joined(separator: " and ")) both given: use exactly one of "
+                + "--redis-url, --redis-cluster, --redis-sentinel (REDIS_URL, REDIS_CLUSTER, REDIS_SENTINEL)")
+        }
+        let mode = flags.first ?? variables.first
+        if let (v, name) = mode, name == "--redis-url" || name == "REDIS_URL" { config.redisURL = v }
+        do {
+            config.redis = try RedisConfiguration(url: config.redisURL)
+        } catch {
+            throw ConfigurationError("redis url: \(error)")
+        }
+        let master = value(sentinelMaster, "--sentinel-master", "REDIS_SENTINEL_MASTER")
+        switch mode {
+        case let (v, name)? where name == "--redis-cluster" || name == "REDIS_CLUSTER":
+            do { config.redisTopology = .cluster(try RedisAddress.list(parsing: v)) } catch {
+                throw ConfigurationError("\(name): \(error)")
+            }
+        case let (v, name)? where name == "--redis-sentinel" || name == "REDIS_SENTINEL":
+            guard let (masterName, _) = master, !masterName.trimmingSpaces.isEmpty else {
+                throw ConfigurationError("\(name) needs the primary's name: --sentinel-master NAME (or REDIS_SENTINEL_MASTER)")
+            }
+            do {
+                config.redisTopology = .sentinel(try RedisAddress.list(parsing: v), masterName: masterName.trimmingSpaces)
+            } catch {
+                throw ConfigurationError("\(name): \(error)")
+            }
+        default:
+            if sentinelMaster != nil {
+                throw ConfigurationError("--sentinel-master is only meaningful with --redis-sentinel (or REDIS_SENTINEL)")
+            }
+        }
+        let username = value(redisUsername, "--redis-username", "REDIS_USERNAME")
+        let password = value(redisPassword, "--redis-password", "REDIS_PASSWORD")
+        if let (_, name) = username ?? password, config.redis.password != nil {
+            throw ConfigurationError("\(name) and credentials in --redis-url both given: give the credentials once")
+        }
+        if let (v, name) = username {
+            guard password != nil else {
+                throw ConfigurationError("\(name) needs a password: --redis-password (or REDIS_PASSWORD)")
+            }
+            config.redis.username = v
+        }
+        if let (v, _) = password { config.redis.password = v }
+        if let (v, name) = value(redisTimeout, "--redis-timeout", "REDIS_TIMEOUT_MS") {
+            config.redis.commandTimeout = .milliseconds(try Self.integer(v, name, in: 1...600_000))
+        }
+        if let (v, name) = value(redisWaitReplicas, "--redis-wait-replicas", "REDIS_WAIT_REPLICAS") {
+            config.redisWaitReplicas = try Self.integer(v, name, in: 0...100)
+        }
+    }
+
     static func integer(_ text: String, _ name: String, in range: ClosedRange<Int>) throws -> Int {
         guard let number = Int(text.trimmingSpaces), range.contains(number) else {
             throw ConfigurationError("\(name): '\(text)' is not an integer in \(range.lowerBound)...\(range.upperBound)")
@@ -246,5 +344,36 @@ struct ServerOptions: ParsableArguments {
 extension String {
     var trimmingSpaces: String {
         String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
+    }
+}
+
+extension AppConfiguration {
+    /// The Redis session store this configuration describes: one server, a cluster, or Sentinel's primary.
+    /// - Parameters:
+    ///   - redis: the connection settings to use (``redis`` with a metrics hook, say).
+    ///   - scanCount: the SCAN COUNT hint.
+    func makeRedisStore(redis: RedisConfiguration, scanCount: Int = 100) -> RedisSessionStore {
+        switch redisTopology {
+        case .single:
+            return RedisSessionStore(configuration: redis, prefix: prefix, ttl: idleTimeout, scanCount: scanCount,
+                                     waitForReplicas: redisWaitReplicas)
+        case .cluster(let seeds):
+            return RedisSessionStore(cluster: RedisClusterConfiguration(seeds: seeds, node: redis), prefix: prefix,
+                                     ttl: idleTimeout, scanCount: scanCount, waitForReplicas: redisWaitReplicas)
+        case .sentinel(let sentinels, let masterName):
+            let sentinel = RedisSentinelConfiguration(sentinels: sentinels, masterName: masterName, primary: redis)
+            return RedisSessionStore(sentinel: sentinel, prefix: prefix, ttl: idleTimeout, scanCount: scanCount,
+                                     waitForReplicas: redisWaitReplicas)
+        }
+    }
+
+    /// Where the sessions are, for the startup log line (never a password).
+    var redisDescription: String {
+        switch redisTopology {
+        case .single: return redis.redactedURL
+        case .cluster(let seeds): return "cluster " + seeds.map(\.description).joined(separator: ",")
+        case .sentinel(let sentinels, let name):
+            return "sentinel \(name)@" + sentinels.map(\.description).joined(separator: ",")
+        }
     }
 }

@@ -28,7 +28,7 @@ struct DemoApp: Sendable {
         case .memory:
             store = MemorySessionStore(defaultTTL: configuration.idleTimeout)
         case .redis:
-            store = RedisSessionStore(configuration: redis, prefix: configuration.prefix, ttl: configuration.idleTimeout)
+            store = configuration.makeRedisStore(redis: redis)
         }
         var options = SessionConfiguration(secrets: configuration.secrets)
         options.name = configuration.cookieName

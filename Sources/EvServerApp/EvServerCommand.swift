@@ -40,6 +40,7 @@ struct EvServerCommand: AsyncParsableCommand {
         logger.info("evserver starting", metadata: [
             "instance": "\(config.instance)", "listen": "\(config.host):\(config.port)",
             "store": "\(config.store.rawValue)", "threads": "\(config.threads)",
+            "redis": "\(config.store == .redis ? config.redisDescription : "-")",
         ])
         // Suspends until shutdown (SIGINT/SIGTERM drain gracefully); handlers run on the server's own loop threads.
         try await app.listen(host: config.host, port: config.port, threads: config.threads)

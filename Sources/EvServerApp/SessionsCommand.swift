@@ -22,46 +22,38 @@ struct SessionsOptions: ParsableArguments {
     @Flag(help: "Print JSON instead of text.")
     var json = false
 
-    /// Resolves the URL and prefix like the server does: flag, then environment, then default.
-    func resolve() throws -> (redis: RedisConfiguration, prefix: String) {
+    /// Resolves the Redis settings (URL, cluster or sentinel, credentials) and the prefix like the server does:
+    /// flag, then environment, then default.
+    func resolve() throws -> AppConfiguration {
         let environment = ProcessInfo.processInfo.environment
-        let url = server.redisURL ?? environment["REDIS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "redis://127.0.0.1:6379/0"
-        let redis: RedisConfiguration
-        do { redis = try RedisConfiguration(url: url) } catch { throw ConfigurationError("redis url: \(error)") }
-        let prefix = server.prefix ?? environment["SESSION_PREFIX"].flatMap { $0.isEmpty ? nil : $0 } ?? "sess:"
+        var config = AppConfiguration()
+        try server.resolveRedis(into: &config, environment: environment)
+        config.prefix = server.prefix ?? environment["SESSION_PREFIX"].flatMap { $0.isEmpty ? nil : $0 } ?? "sess:"
         guard scanCount > 0 else { throw ConfigurationError("--scan-count must be positive") }
-        return (redis, prefix)
+        return config
     }
 }
 
-/// The session store on a private loop, for the duration of one command.
+/// The session store for the duration of one command (on a loop thread the store starts for itself).
 struct SessionInspector {
-    let client: RedisClient
     let store: RedisSessionStore
-    private let thread: EventLoopThread
 
     init(_ options: SessionsOptions) throws {
-        let (redis, prefix) = try options.resolve()
-        thread = try EventLoopThread(name: "sessions")
-        client = RedisClient(configuration: redis, loop: thread.loop)
-        store = RedisSessionStore(client: client, prefix: prefix, scanCount: options.scanCount)
+        let config = try options.resolve()
+        store = config.makeRedisStore(redis: config.redis, scanCount: options.scanCount)
     }
 
-    func close() {
-        client.close()
-        thread.shutdown()
-    }
-
-    /// Runs `body` with an inspector and always closes it; connection failures become one clear line.
+    /// Runs `body` with an inspector; connection failures become one clear line.
     static func with<T>(_ options: SessionsOptions, _ body: (SessionInspector) async throws -> T) async throws -> T {
         bootstrapLogging(defaultLevel: .warning)   // the command's output is the answer; connection chatter is not
         let inspector = try SessionInspector(options)
-        defer { inspector.close() }
         do {
             return try await body(inspector)
         } catch let error as RedisClientError {
             throw ConfigurationError("redis: \(error)")
         } catch let error as RedisError {
+            throw ConfigurationError("redis: \(error)")
+        } catch let error as RedisClusterError {
             throw ConfigurationError("redis: \(error)")
         }
     }
@@ -112,7 +104,7 @@ struct SessionsCommand: AsyncParsableCommand {
             try await SessionInspector.with(options) { inspector in
                 // The raw value, not a decoded session: garbage at a session key is worth seeing as it is.
                 let key = inspector.store.key(for: id)
-                guard let bytes = try await inspector.client.get(key),
+                guard let bytes = try await inspector.store.rawValue(of: id),
                       let ttl = try await inspector.store.timeToLive(id) else {
                     throw ConfigurationError("no session \(id)")
                 }
@@ -142,7 +134,12 @@ struct SessionsCommand: AsyncParsableCommand {
         @Argument(help: "The session id (without the prefix).") var id: String
 
         func run() async throws {
-            let removed = try await SessionInspector.with(options) { try await $0.client.delete([$0.store.key(for: id)]) }
+            let removed = try await SessionInspector.with(options) { inspector in
+                // TTL first, to say whether there was one: the store's destroy is a no-op for a missing id.
+                guard try await inspector.store.timeToLive(id) != nil else { return 0 }
+                try await inspector.store.destroy(id)
+                return 1
+            }
             print(options.json ? #"{"destroyed":\#(removed)}"# : (removed == 1 ? "destroyed \(id)" : "no session \(id)"))
         }
     }

@@ -26,7 +26,8 @@ public final class RedisClient: Sendable {
     /// The loop whose thread owns the connection.
     public let loop: EventLoop
     public let configuration: RedisConfiguration
-    private let connection: RedisConnection
+    // Internal, not private: RedisClient+Cluster.swift queues ASKING and its command back to back on it.
+    let connection: RedisConnection
 
     /// Creates a client; it connects in the background and reconnects with back-off when the connection drops.
     /// Logs to `Logger(label: "evserver.redis")`.
@@ -72,7 +73,9 @@ public final class RedisClient: Sendable {
             throw RedisClientError.unsupportedCommand.with(reason)
         }
         let connection = self.connection
-        guard let budget = RedisTimeBudget.current else {
+        let budget = RedisTimeBudget.current
+        let explicit = RedisDeadline.current
+        guard budget != nil || explicit != nil else {
             return try await withCheckedThrowingContinuation { continuation in
                 if loop.inLoop {
                     connection.submit(name: name, arguments: arguments, budget: nil, continuation: continuation)
@@ -83,10 +86,14 @@ public final class RedisClient: Sendable {
                 }
             }
         }
-        // The wait counts against the caller's budget, whether it ends in a reply or an error.
+        // The earlier of the two deadlines; the wait counts against the caller's budget, whether it ends in a reply
+        // or an error.
         let start = ContinuousClock.now
-        let deadline = start + budget.remaining
-        defer { budget.record(ContinuousClock.now - start) }
+        let deadline = budget.map { budget in
+            let end = start + budget.remaining
+            return explicit.map { min($0, end) } ?? end
+        } ?? explicit
+        defer { budget?.record(ContinuousClock.now - start) }
         return try await withCheckedThrowingContinuation { continuation in
             if loop.inLoop {
                 connection.submit(name: name, arguments: arguments, budget: deadline, continuation: continuation)
@@ -293,7 +300,7 @@ private func decimal(_ value: Int) -> [UInt8] {
 }
 
 /// The command name in upper case ASCII, for metrics, errors and the checks below.
-private func commandName(_ bytes: [UInt8]) -> String {
+func commandName(_ bytes: [UInt8]) -> String {
     String(decoding: bytes.lazy.map { (0x61...0x7A).contains($0) ? $0 - 0x20 : $0 }, as: UTF8.self)
 }
 

@@ -34,10 +34,21 @@ public final class RedisTimeBudget: Sendable {
     }
 }
 
-/// The instant by which the current task's Redis work must be done, from ``RedisTimeBudget/current`` (nil without a
-/// budget). Clients built on ``RedisClient`` (the cluster client's retries, say) stop retrying at this instant.
+/// Deadlines for the current task's Redis work.
+///
+/// `current` is an absolute deadline set by code that retries a command (the cluster client runs every attempt of
+/// one command under one deadline: `RedisDeadline.$current.withValue(deadline) { ... }`); ``RedisTimeBudget`` is the
+/// request's share of Redis time. ``RedisClient`` honours the earlier of the two.
 public enum RedisDeadline {
-    public static var current: ContinuousClock.Instant? {
-        RedisTimeBudget.current.map { .now + $0.remaining }
+    /// An absolute deadline for the current task's Redis commands; nil: none.
+    @TaskLocal public static var current: ContinuousClock.Instant?
+
+    /// The earlier of ``current`` and the end of the current ``RedisTimeBudget`` (nil when there is neither).
+    public static var effective: ContinuousClock.Instant? {
+        let fromBudget = RedisTimeBudget.current.map { ContinuousClock.now + $0.remaining }
+        switch (current, fromBudget) {
+        case let (explicit?, budget?): return min(explicit, budget)
+        case let (explicit, budget): return explicit ?? budget
+        }
     }
 }

@@ -18,6 +18,12 @@ import Synchronization
 /// - `destroy`: `DEL`. `all`, `length`, `clear`: `SCAN MATCH <prefix>* COUNT <scanCount>`, never `KEYS`.
 ///
 /// Errors from Redis (connection lost, timeout, `-ERR`) are thrown; the middleware answers them with 503.
+///
+/// One server (``init(configuration:prefix:ttl:disableTouch:scanCount:waitForReplicas:logger:)``), a Redis Cluster
+/// (``init(cluster:prefix:ttl:disableTouch:scanCount:waitForReplicas:logger:)``: each command on its key's primary,
+/// listing over every primary) or the primary Sentinel names
+/// (``init(sentinel:prefix:ttl:disableTouch:scanCount:waitForReplicas:logger:)``). With `waitForReplicas` > 0 each
+/// write is followed by `WAIT` on the same connection.
 public final class RedisSessionStore: SessionStore {
     /// Key prefix (connect-redis's default `sess:`).
     public let prefix: String
@@ -27,6 +33,11 @@ public final class RedisSessionStore: SessionStore {
     public let disableTouch: Bool
     /// The `COUNT` hint for `SCAN`, and the batch size for `MGET` and `DEL` in `all` and `clear`.
     public let scanCount: Int
+    /// How many replicas must acknowledge each session write (`WAIT n <deadline>` after it) before it counts as
+    /// saved; 0 (the default) waits for none. A write that fewer replicas acknowledged in time throws
+    /// ``RedisReplicationError`` (the middleware answers 503). Such writes go through a second connection per loop
+    /// (per node, on a cluster), as WAIT blocks its connection; a store on one given client has only that one.
+    public let waitForReplicas: Int
     private let clients: ClientSource
     private let logger: Logger
 
@@ -37,14 +48,12 @@ public final class RedisSessionStore: SessionStore {
     ///   - ttl: seconds a session lives when its cookie has no `expires`.
     ///   - disableTouch: make `touch` a no-op (sessions then expire `ttl` after their last save).
     ///   - scanCount: the `SCAN` `COUNT` hint.
-    public init(client: RedisClient, prefix: String = "sess:", ttl: Int = 86400, disableTouch: Bool = false,
-                scanCount: Int = 100, logger: Logger = Logger(label: "evserver.session.redis")) {
-        self.clients = .single(client)
-        self.prefix = prefix
-        self.ttl = ttl
-        self.disableTouch = disableTouch
-        self.scanCount = max(1, scanCount)
-        self.logger = logger
+    ///   - waitForReplicas: replicas that must acknowledge each write (`WAIT`); 0 for none.
+    public convenience init(client: RedisClient, prefix: String = "sess:", ttl: Int = 86400,
+                            disableTouch: Bool = false, scanCount: Int = 100, waitForReplicas: Int = 0,
+                            logger: Logger = Logger(label: "evserver.session.redis")) {
+        self.init(source: .single(client), prefix: prefix, ttl: ttl, disableTouch: disableTouch, scanCount: scanCount,
+                  waitForReplicas: waitForReplicas, logger: logger)
     }
 
     /// A store that connects to `url` (`redis://[user:password@]host:port/db`) with one client per ``EventLoop``,
@@ -59,15 +68,51 @@ public final class RedisSessionStore: SessionStore {
 
     /// A store with one client per ``EventLoop`` (as ``init(url:prefix:ttl:disableTouch:scanCount:logger:)``), for a
     /// configuration built in code: a command timeout, a metrics hook.
-    public init(configuration: RedisConfiguration, prefix: String = "sess:", ttl: Int = 86400,
-                disableTouch: Bool = false, scanCount: Int = 100,
-                logger: Logger = Logger(label: "evserver.session.redis")) {
-        self.clients = .perLoop(PerLoopClients(configuration: configuration))
+    public convenience init(configuration: RedisConfiguration, prefix: String = "sess:", ttl: Int = 86400,
+                            disableTouch: Bool = false, scanCount: Int = 100, waitForReplicas: Int = 0,
+                            logger: Logger = Logger(label: "evserver.session.redis")) {
+        self.init(source: .perLoop(PerLoopClients(configuration: configuration)), prefix: prefix, ttl: ttl,
+                  disableTouch: disableTouch, scanCount: scanCount, waitForReplicas: waitForReplicas, logger: logger)
+    }
+
+    /// A store on a Redis Cluster: each command goes to the primary of its key's slot (one connection per primary
+    /// per loop, opened on first use), following `MOVED` and `ASK`; listing, counting and clearing SCAN every
+    /// primary. See ``RedisClusterClient``.
+    /// - Parameters:
+    ///   - cluster: seeds and per-node settings (credentials, timeout, metrics hook).
+    ///   - waitForReplicas: replicas that must acknowledge each write (`WAIT` on the key's primary); 0 for none.
+    public convenience init(cluster: RedisClusterConfiguration, prefix: String = "sess:", ttl: Int = 86400,
+                            disableTouch: Bool = false, scanCount: Int = 100, waitForReplicas: Int = 0,
+                            logger: Logger = Logger(label: "evserver.session.redis")) {
+        self.init(source: .cluster(RedisClusterClient(configuration: cluster)), prefix: prefix, ttl: ttl,
+                  disableTouch: disableTouch, scanCount: scanCount, waitForReplicas: waitForReplicas, logger: logger)
+    }
+
+    /// A store on the primary that Redis Sentinel names for `sentinel.masterName`, followed across failovers; one
+    /// connection per loop to the current primary.
+    /// - Parameters:
+    ///   - sentinel: the sentinels, the primary's name, and the settings for the primary's connections.
+    ///   - waitForReplicas: replicas that must acknowledge each write (`WAIT`); 0 for none.
+    public convenience init(sentinel: RedisSentinelConfiguration, prefix: String = "sess:", ttl: Int = 86400,
+                            disableTouch: Bool = false, scanCount: Int = 100, waitForReplicas: Int = 0,
+                            logger: Logger = Logger(label: "evserver.session.redis")) {
+        self.init(source: .sentinel(SentinelClients(configuration: sentinel)), prefix: prefix, ttl: ttl,
+                  disableTouch: disableTouch, scanCount: scanCount, waitForReplicas: waitForReplicas, logger: logger)
+    }
+
+    private init(source: ClientSource, prefix: String, ttl: Int, disableTouch: Bool, scanCount: Int,
+                 waitForReplicas: Int, logger: Logger) {
+        self.clients = source
         self.prefix = prefix
         self.ttl = ttl
         self.disableTouch = disableTouch
         self.scanCount = max(1, scanCount)
+        self.waitForReplicas = max(0, waitForReplicas)
         self.logger = logger
+    }
+
+    deinit {
+        if case .sentinel(let sentinel) = clients { sentinel.close() }
     }
 
     /// The Redis key of a session.
@@ -80,6 +125,8 @@ public final class RedisSessionStore: SessionStore {
         switch clients {
         case .single(let client): client.configuration.commandTimeout
         case .perLoop(let perLoop): perLoop.configuration.commandTimeout
+        case .cluster(let cluster): cluster.configuration.node.commandTimeout
+        case .sentinel(let sentinel): sentinel.configuration.primary.commandTimeout
         }
     }
 
@@ -116,7 +163,7 @@ public final class RedisSessionStore: SessionStore {
     /// value is still the loaded one; else the changes are applied onto the newer value and tried again; a missing
     /// key (destroyed or expired meanwhile) is never re-created for a session that was loaded.
     public func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
-        let client = try client()
+        let client = try writeClient()
         let key = key(for: id)
         var base = write.base
         for _ in 0..<RedisSessionStore.maximumCommitAttempts {
@@ -124,12 +171,12 @@ public final class RedisSessionStore: SessionStore {
             let seconds = ttl(for: data)
             guard seconds > 0 else {
                 // An expired cookie: connect-redis deletes instead of writing.
-                try await client.delete([key])
+                _ = try await client.write([Keyword.del, Array(key.utf8)], waitingFor: waitForReplicas)
                 return .gone
             }
             let json = data.jsonBytes()
             let expected = base.map { RedisScript.sha1Hex($0.version ?? $0.data.jsonBytes()) } ?? []
-            let reply = try await client.eval(RedisSessionStore.compareAndSet, keys: [key],
+            let reply = try await evalWriting(RedisSessionStore.compareAndSet, on: client, key: key,
                                               arguments: [expected, json, Array(String(seconds).utf8)])
             switch reply {
             case .integer(1):
@@ -167,6 +214,20 @@ public final class RedisSessionStore: SessionStore {
         return 1
         """)
 
+    /// EVALSHA (EVAL on `NOSCRIPT`) of a script that writes `key`, through ``RedisSessionTarget/write(_:waitingFor:)``
+    /// so that `waitForReplicas` applies.
+    private func evalWriting(_ script: RedisScript, on client: any RedisSessionTarget, key: String,
+                             arguments: [[UInt8]]) async throws -> RedisValue {
+        let tail = [Keyword.one, Array(key.utf8)] + arguments
+        do {
+            return try await client.write([Keyword.evalsha, Array(script.sha1.utf8)] + tail,
+                                          waitingFor: waitForReplicas)
+        } catch let error as RedisError where error.code == "NOSCRIPT" {
+            // Not in this node's script cache (first use, a restart, a failover); EVAL caches it again.
+            return try await client.write([Keyword.eval, Array(script.source.utf8)] + tail, waitingFor: waitForReplicas)
+        }
+    }
+
     private func decode(_ bytes: [UInt8]) -> SessionData? {
         do {
             return try SessionData(json: bytes)
@@ -180,9 +241,14 @@ public final class RedisSessionStore: SessionStore {
     public func set(_ id: String, _ session: SessionData) async throws {
         let seconds = ttl(for: session)
         if seconds > 0 {
-            try await client().set(key(for: id), to: session.jsonBytes(), expiresIn: seconds)
+            let reply = try await writeClient().write([Keyword.set, Array(key(for: id).utf8), session.jsonBytes(),
+                                                  Keyword.ex, Array(String(seconds).utf8)],
+                                                 waitingFor: waitForReplicas)
+            guard case .simpleString = reply else {
+                throw RedisSessionStoreError("unexpected reply to SET: \(reply.kindDescription)")
+            }
         } else {
-            try await client().delete([key(for: id)])
+            _ = try await writeClient().write([Keyword.del, Array(key(for: id).utf8)], waitingFor: waitForReplicas)
         }
     }
 
@@ -193,7 +259,7 @@ public final class RedisSessionStore: SessionStore {
     }
 
     public func destroy(_ id: String) async throws {
-        try await client().delete([key(for: id)])
+        _ = try await writeClient().write([Keyword.del, Array(key(for: id).utf8)], waitingFor: waitForReplicas)
     }
 
     public func all() async throws -> [String: SessionData] {
@@ -205,10 +271,7 @@ public final class RedisSessionStore: SessionStore {
         while start < keys.count {
             let batch = Array(keys[start..<min(start + scanCount, keys.count)])
             start += batch.count
-            let reply = try await client.send([Array("MGET".utf8)] + batch.map { Array($0.utf8) })
-            guard case .array(let values) = reply, values.count == batch.count else {
-                throw RedisSessionStoreError("unexpected MGET reply")
-            }
+            let values = try await client.values(of: batch)
             for (key, value) in zip(batch, values) {
                 guard case .bulkString(let bytes) = value else { continue }   // expired between SCAN and MGET
                 do {
@@ -236,21 +299,30 @@ public final class RedisSessionStore: SessionStore {
 
     /// Calls `body` with each page of session ids (prefix removed) that `SCAN MATCH <prefix>* COUNT <scanCount>`
     /// returns, without the duplicates SCAN may return while Redis rehashes. Never `KEYS`: safe on a large keyspace.
+    /// On a cluster every primary is scanned in turn (and an id seen on two nodes, during a slot migration, is
+    /// reported once).
     public func forEachIDPage(_ body: ([String]) async throws -> Void) async throws {
-        let client = try client()
-        var cursor = "0"
         var seen = Set<String>()
-        repeat {
-            let page = try await client.scan(cursor: cursor, match: matchPattern, count: scanCount)
-            cursor = page.cursor
-            let ids = page.keys.filter { seen.insert($0).inserted }.map { String($0.dropFirst(prefix.count)) }
-            if !ids.isEmpty { try await body(ids) }
-        } while cursor != "0"
+        for client in try await client().scanClients() {
+            var cursor = "0"
+            repeat {
+                let page = try await client.scan(cursor: cursor, match: matchPattern, count: scanCount)
+                cursor = page.cursor
+                let ids = page.keys.filter { seen.insert($0).inserted }.map { String($0.dropFirst(prefix.count)) }
+                if !ids.isEmpty { try await body(ids) }
+            } while cursor != "0"
+        }
+    }
+
+    /// The bytes stored at the session's key (`GET`), undecoded, or nil: for inspection tools.
+    public func rawValue(of id: String) async throws -> [UInt8]? {
+        try await client().get(key(for: id))
     }
 
     /// Seconds until the session expires in Redis (`TTL`), or nil when there is no such session.
     public func timeToLive(_ id: String) async throws -> Int? {
-        guard case .integer(let seconds) = try await client().send("TTL", key(for: id)), seconds != -2 else {
+        guard case .integer(let seconds) = try await client().send([Array("TTL".utf8), Array(key(for: id).utf8)]),
+              seconds != -2 else {
             return nil
         }
         return seconds
@@ -296,12 +368,32 @@ public final class RedisSessionStore: SessionStore {
         return pattern + "*"
     }
 
-    private func client() throws -> RedisClient {
+    /// Where writes go: with `waitForReplicas`, a one-server store's second connection per loop (WAIT blocks its
+    /// connection, and reads must not queue behind it; a cluster picks its nodes' second connections itself). A
+    /// store on one given client, or on Sentinel's primary, has only the one connection.
+    private func writeClient() throws -> any RedisSessionTarget {
+        guard waitForReplicas > 0, case .perLoop(let perLoop) = clients else { return try client() }
+        return try perLoop.waitClient()
+    }
+
+    private func client() throws -> any RedisSessionTarget {
         switch clients {
         case .single(let client): client
         case .perLoop(let perLoop): try perLoop.client()
+        case .cluster(let cluster): cluster
+        case .sentinel(let sentinel): try sentinel.client()
         }
     }
+}
+
+/// Command names the store builds itself, as bytes, once.
+private enum Keyword {
+    static let set = Array("SET".utf8)
+    static let ex = Array("EX".utf8)
+    static let del = Array("DEL".utf8)
+    static let eval = Array("EVAL".utf8)
+    static let evalsha = Array("EVALSHA".utf8)
+    static let one = Array("1".utf8)
 }
 
 /// An unexpected reply while listing sessions.
@@ -313,6 +405,8 @@ public struct RedisSessionStoreError: Error, Sendable, CustomStringConvertible {
 private enum ClientSource: Sendable {
     case single(RedisClient)
     case perLoop(PerLoopClients)
+    case cluster(RedisClusterClient)
+    case sentinel(SentinelClients)
 }
 
 /// One client per event loop, made lazily. hiredis connections belong to one loop thread, so each loop that
@@ -322,6 +416,9 @@ private final class PerLoopClients: Sendable {
     // Keyed by the loop's identity; each client holds its loop strongly, so an identifier is never reused while
     // its entry exists.
     private let clients = Mutex<[ObjectIdentifier: RedisClient]>([:])
+    /// A second connection per loop for writes followed by WAIT, made only when asked for: WAIT blocks its
+    /// connection, and the loop's reads must not queue behind it.
+    private let waitClients = Mutex<[ObjectIdentifier: RedisClient]>([:])
     private let ownThread = Mutex<EventLoopThread?>(nil)
 
     init(configuration: RedisConfiguration) {
@@ -330,12 +427,21 @@ private final class PerLoopClients: Sendable {
 
     func client() throws -> RedisClient {
         let loop = try EventLoop.current ?? fallbackLoop()
-        return clients.withLock { clients in
-            if let client = clients[ObjectIdentifier(loop)] { return client }
-            let client = RedisClient(configuration: configuration, loop: loop)
-            clients[ObjectIdentifier(loop)] = client
-            return client
-        }
+        return clients.withLock { Self.client(in: &$0, loop: loop, configuration: configuration) }
+    }
+
+    /// The calling loop's second client, for writes followed by WAIT.
+    func waitClient() throws -> RedisClient {
+        let loop = try EventLoop.current ?? fallbackLoop()
+        return waitClients.withLock { Self.client(in: &$0, loop: loop, configuration: configuration) }
+    }
+
+    private static func client(in clients: inout [ObjectIdentifier: RedisClient], loop: EventLoop,
+                               configuration: RedisConfiguration) -> RedisClient {
+        if let client = clients[ObjectIdentifier(loop)] { return client }
+        let client = RedisClient(configuration: configuration, loop: loop)
+        clients[ObjectIdentifier(loop)] = client
+        return client
     }
 
     /// The loop of a thread this store starts for callers outside any loop (tests, scripts, startup checks).
@@ -349,7 +455,9 @@ private final class PerLoopClients: Sendable {
     }
 
     deinit {
-        for client in clients.withLock({ Array($0.values) }) { client.close() }
+        for client in clients.withLock({ Array($0.values) }) + waitClients.withLock({ Array($0.values) }) {
+            client.close()
+        }
         guard let thread = ownThread.withLock({ $0.take() }) else { return }
         // Joining the thread from itself would trap; when the last reference goes on that very thread, join from
         // elsewhere.
