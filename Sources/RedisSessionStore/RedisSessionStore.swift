@@ -339,8 +339,17 @@ public final class RedisSessionStore: SessionStore {
         return removed
     }
 
+    /// `PING` on the calling loop's connection; with one client per loop, also fails while another loop's client
+    /// is still reconnecting: a readiness check answered by one loop speaks for every loop the balancer may reach.
     public func ping() async throws {
         try await client().ping()
+        if case .perLoop(let perLoop) = clients {
+            let reconnecting = perLoop.disconnectedCount()
+            guard reconnecting == 0 else {
+                throw RedisClientError.notConnected.with(
+                    "\(reconnecting) other event loop(s) still reconnecting to Redis")
+            }
+        }
     }
 
     // MARK: - Helpers
@@ -442,6 +451,11 @@ private final class PerLoopClients: Sendable {
         let client = RedisClient(configuration: configuration, loop: loop)
         clients[ObjectIdentifier(loop)] = client
         return client
+    }
+
+    /// How many of the clients made so far are not connected.
+    func disconnectedCount() -> Int {
+        clients.withLock { clients in clients.values.count { !$0.isConnected } }
     }
 
     /// The loop of a thread this store starts for callers outside any loop (tests, scripts, startup checks).
