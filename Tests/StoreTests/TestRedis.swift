@@ -48,14 +48,22 @@ final class PrivateRedis: Sendable {
     let port: Int
     private let arguments: [String]
     private let child = Mutex<ChildProcess?>(nil)
+    /// The server's working directory, its own: a dump.rdb written there (by a replica's full sync, say) must never
+    /// be loaded by another test's server, as one left in a shared /tmp would be.
+    let directory: String
 
     init(arguments: [String] = []) throws {
         self.arguments = arguments
         self.port = try TestRedis.unusedPort()
+        directory = NSTemporaryDirectory() + "evserver-redis-\(port)-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try start()
     }
 
-    deinit { stop() }
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
 
     /// Starts (or restarts) the server on `port` and waits until it answers.
     func start() throws {
@@ -63,7 +71,7 @@ final class PrivateRedis: Sendable {
             throw PrivateRedis.Failure("redis-server is not installed (apt-get install redis-server)")
         }
         let process = try ChildProcess(executable, ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "",
-                                                    "--appendonly", "no", "--daemonize", "no", "--dir", "/tmp",
+                                                    "--appendonly", "no", "--daemonize", "no", "--dir", directory,
                                                     "--loglevel", "warning"] + arguments)
         child.withLock { $0 = process }
         let deadline = ContinuousClock.now + .seconds(5)
