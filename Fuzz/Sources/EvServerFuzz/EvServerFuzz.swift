@@ -14,8 +14,8 @@ import RedisSessionStore
 
 // One libFuzzer target over everything the server reads from clients or from Redis before it trusts it: the Cookie
 // header parser, percent-decoding, the cookie signature check, JSON and the stored session format. The first byte
-// of an input picks the harness (`c` cookie, `p` percent, `s` signer, `j` JSON, `S` session; any other byte picks
-// by its value mod 5), the rest is the harness's input. Besides "never traps, never leaks" (ASan), each harness
+// of an input picks the harness (`c` cookie, `p` percent, `s` signer, `j` JSON, `S` session, `r` Redis and proxy
+// configuration; any other byte picks by its value mod 6), the rest is the harness's input. Besides "never traps, never leaks" (ASan), each harness
 // checks invariants; a broken invariant aborts, so libFuzzer saves the input like any crash.
 //
 // Built with -sanitize=fuzzer,address -parse-as-library (libFuzzer supplies main); see scripts/fuzz.sh.
@@ -42,12 +42,13 @@ public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt
     case .signer: fuzzSigner(payload)
     case .json: fuzzJSON(payload)
     case .session: fuzzSession(payload)
+    case .configuration: fuzzConfiguration(payload)
     }
     return 0
 }
 
 enum Harness: CaseIterable {
-    case cookie, percent, signer, json, session
+    case cookie, percent, signer, json, session, configuration
 
     init(selector: UInt8) {
         switch selector {
@@ -56,6 +57,7 @@ enum Harness: CaseIterable {
         case UInt8(ascii: "s"): self = .signer
         case UInt8(ascii: "j"): self = .json
         case UInt8(ascii: "S"): self = .session
+        case UInt8(ascii: "r"): self = .configuration
         default: self = Harness.allCases[Int(selector) % Harness.allCases.count]
         }
     }
@@ -194,4 +196,37 @@ func fuzzSession(_ payload: [UInt8]) {
     touched.cookie.resetMaxAge(now: Date(timeIntervalSince1970: 1_764_583_200))
     _ = touched.cookie.maxAge(now: Date(timeIntervalSince1970: 1_764_583_200))
     _ = touched.jsonBytes()
+}
+
+// MARK: - Configuration (Redis URL, addresses and seed lists, trusted proxies) and cluster slots
+
+func fuzzConfiguration(_ payload: [UInt8]) {
+    let text = String(decoding: payload, as: UTF8.self)
+    if let configuration = try? RedisConfiguration(url: text) {
+        check((0...65535).contains(configuration.port), "port \(configuration.port) accepted from \(show(text))")
+        check(configuration.database >= 0, "database \(configuration.database) accepted from \(show(text))")
+        let redacted = configuration.redactedURL
+        if let password = configuration.password, password.utf8.count >= 6, !configuration.host.contains(password),
+           !(configuration.username ?? "").contains(password) {
+            check(!redacted.contains(password), "the password shows in \(show(redacted))")
+        }
+    }
+    if let address = try? RedisAddress(parsing: text) {
+        check((0...65535).contains(address.port), "port \(address.port) accepted from \(show(text))")
+        check((try? RedisAddress(parsing: address.description)) == address,
+              "\(show(address.description)) does not parse back to itself (from \(show(text)))")
+    }
+    if let list = try? RedisAddress.list(parsing: text) {
+        check(!list.isEmpty, "an empty seed list accepted from \(show(text))")
+    }
+    _ = try? TrustedProxies(parsing: text)
+
+    // Cluster slots: always in range, and a key with a non-empty {hash tag} maps where the tag alone does.
+    let slot = RedisClusterSlot.slot(forKey: payload)
+    check((0..<16384).contains(slot), "slot \(slot) for \(show(text))")
+    if let open = payload.firstIndex(of: UInt8(ascii: "{")),
+       let close = payload[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1 {
+        let tag = payload[(open + 1)..<close]
+        check(slot == RedisClusterSlot.slot(forKey: tag), "the hash tag of \(show(text)) is not what decides its slot")
+    }
 }
