@@ -18,6 +18,8 @@ public struct RedisSentinelConfiguration: Sendable {
     public var attemptTimeout: Duration = .milliseconds(500)
     /// How often the primary is checked again while all looks well, in case a failover announcement was missed.
     public var checkInterval: Duration = .seconds(5)
+    /// Whether to subscribe to `+switch-master` (tests turn it off to exercise the other ways a move is noticed).
+    var followsAnnouncements = true
 
     /// - Parameters:
     ///   - sentinels: the sentinels' addresses (at least one).

@@ -88,7 +88,7 @@ final class SentinelMonitor: @unchecked Sendable {
             sentinels.append(RedisClient(configuration: sentinel, loop: loop, logger: logger))
         }
         search()
-        subscribe()
+        if configuration.followsAnnouncements { subscribe() }
     }
 
     func stop() {

@@ -181,6 +181,57 @@ import Glibc
         #expect(try await direct.get(last.key) == Array(last.value.utf8))
     }
 
+    /// Without the `+switch-master` announcement (subscription off), a write answered `-READONLY` by the demoted
+    /// primary makes the clients look again and move to the new primary.
+    @Test func readonlyFromADemotedPrimaryMovesTheClientsWithoutAnAnnouncement() async throws {
+        let topology = try await onThread { try SentinelTopology(sentinelCount: 1) }
+        defer { topology.stop() }
+        try await topology.waitUntilSentinelsAgree()
+        let original = topology.primaryAddress
+        let standby = topology.replicaAddress
+
+        var configuration = RedisSentinelConfiguration(sentinels: topology.sentinels.map(\.address),
+                                                       masterName: "mymaster",
+                                                       primary: RedisConfiguration(commandTimeout: .milliseconds(300)))
+        configuration.followsAnnouncements = false
+        configuration.checkInterval = .seconds(60)
+        let clients = SentinelClients(configuration: configuration)
+        defer { clients.close() }
+        _ = try await waitForPrimary(of: clients, toBe: original)
+        let key = "test:sentinel:readonly:\(UUID())"
+        try await clients.client().set(key, to: Array("before".utf8), expiresIn: 60)
+
+        let sentinel = PrivateRedis.client(port: topology.sentinels[0].port)
+        defer { sentinel.close() }
+        #expect(try await sentinel.send("SENTINEL", "FAILOVER", "mymaster") == .simpleString("OK"))
+        let deadline = ContinuousClock.now + .seconds(10)
+        while SentinelMonitor.address(from: try await sentinel.send("SENTINEL", "get-master-addr-by-name", "mymaster"))
+                != standby {
+            guard ContinuousClock.now < deadline else { throw PrivateRedis.Failure("no failover within 10 s") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // Nothing told the clients, and the old primary still takes writes until it is demoted.
+        #expect(clients.primary == original)
+
+        // Demote it as the sentinels will (REPLICAOF, which unlike their CLIENT KILL leaves connections open).
+        let demoted = topology.primary.client()
+        defer { demoted.close() }
+        #expect(try await demoted.send("REPLICAOF", standby.host, "\(standby.port)") == .simpleString("OK"))
+        let refused = ContinuousClock.now
+        do {
+            try await clients.client().set(key, to: Array("to a replica".utf8), expiresIn: 60)
+            Issue.record("a write to the demoted primary succeeded")
+        } catch let error as RedisError {
+            #expect(error.code == "READONLY", "\(error)")
+        }
+        let moved = try await waitForPrimary(of: clients, toBe: standby, timeout: .seconds(3))
+        print("SentinelTests: after -READONLY the clients moved to the new primary in \(milliseconds(moved - refused)) ms")
+        try await clients.client().set(key, to: Array("after".utf8), expiresIn: 60)
+        let promoted = topology.replica.client()
+        defer { promoted.close() }
+        #expect(try await promoted.get(key) == Array("after".utf8))
+    }
+
     // MARK: - Helpers
 
     /// Runs `trigger`, then waits until the sentinels name `target`, SentinelClients uses it and a write through it
@@ -416,7 +467,7 @@ final class PrivateSentinel: Sendable {
     }
 }
 
-/// A primary, its replica and three sentinels (quorum 2).
+/// A primary, its replica and sentinels (three by default, quorum a majority).
 final class SentinelTopology: Sendable {
     let primary: PrivateRedis
     let replica: PrivateRedis
@@ -425,7 +476,7 @@ final class SentinelTopology: Sendable {
     var primaryAddress: RedisAddress { RedisAddress(host: "127.0.0.1", port: primary.port) }
     var replicaAddress: RedisAddress { RedisAddress(host: "127.0.0.1", port: replica.port) }
 
-    init() throws {
+    init(sentinelCount: Int = 3) throws {
         // No 5 s wait before a full synchronisation (the default), on either: each becomes a primary in turn.
         let noDelay = ["--repl-diskless-sync-delay", "0"]
         primary = try PrivateRedis(arguments: noDelay)
@@ -440,7 +491,9 @@ final class SentinelTopology: Sendable {
             usleep(20_000)
         }
         let primaryPort = primary.port
-        sentinels = try (0..<3).map { _ in try PrivateSentinel(monitoring: primaryPort, quorum: 2) }
+        sentinels = try (0..<sentinelCount).map { _ in
+            try PrivateSentinel(monitoring: primaryPort, quorum: sentinelCount / 2 + 1)
+        }
     }
 
     deinit { stop() }
@@ -451,7 +504,7 @@ final class SentinelTopology: Sendable {
         primary.stop()
     }
 
-    /// Waits until every sentinel knows the two others and a replica (needed to agree on a failover).
+    /// Waits until every sentinel knows the others and the replica (needed to agree on a failover).
     func waitUntilSentinelsAgree(timeout: Duration = .seconds(15)) async throws {
         let deadline = ContinuousClock.now + timeout
         for sentinel in sentinels {
@@ -459,7 +512,10 @@ final class SentinelTopology: Sendable {
             defer { client.close() }
             while true {
                 let fields = try await Self.masterFields(client)
-                if fields["num-other-sentinels"] == "2", fields["num-slaves"] == "1" { break }
+                // The replica counts once the sentinel has had its INFO (a link status): it can be promoted then.
+                let replicas = (try await client.send("SENTINEL", "replicas", "mymaster").array ?? []).map(Self.fields)
+                if fields["num-other-sentinels"] == "\(sentinels.count - 1)",
+                   replicas.contains(where: { $0["master-link-status"] == "ok" }) { break }
                 guard ContinuousClock.now < deadline else {
                     throw PrivateRedis.Failure("sentinel \(sentinel.port) does not see its peers and the replica: "
                                                + "\(fields["num-other-sentinels"] ?? "?") other sentinels, "
