@@ -25,6 +25,10 @@ cluster: ## Redis + three evserver instances + haproxy on :8080, on loopback (Ct
 chaos: ## Redis kill -9 / CLIENT PAUSE / CLIENT KILL under load against one evserver; per-phase table
 	@scripts/chaos.sh
 
+.PHONY: redis-sentinel
+redis-sentinel: ## A Redis primary, its replica and three sentinels on loopback; prints the evserver flags
+	@scripts/redis-sentinel.sh
+
 fuzz: ## libFuzzer over cookies, signatures, percent-decoding, JSON, sessions (FUZZ_TIME=60 s, or RUNS=N)
 	@scripts/fuzz.sh $(if $(RUNS),-runs=$(RUNS),$(or $(FUZZ_TIME),60))
 
