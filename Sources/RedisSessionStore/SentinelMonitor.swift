@@ -171,10 +171,14 @@ final class SentinelMonitor: @unchecked Sendable {
 
     private func findPrimary(checkingFirst hint: RedisAddress?) async -> Outcome {
         var problems: [String] = []
+        // Addresses already found wanting in this search: sentinels usually agree, so ask ROLE once per address.
+        var rejected = Set<RedisAddress>()
         if let hint {
             switch await role(of: hint) {
             case .master: return .found(hint)
-            case .other(let why): problems.append("announced primary \(hint): \(why)")
+            case .other(let why):
+                rejected.insert(hint)
+                problems.append("announced primary \(hint): \(why)")
             }
         }
         let count = sentinels.count
@@ -196,11 +200,16 @@ final class SentinelMonitor: @unchecked Sendable {
                 continue
             }
             guard !stopped else { return .failed("stopped") }
+            if rejected.contains(address) {
+                problems.append("sentinel \(sentinel) names \(address) too")
+                continue
+            }
             switch await role(of: address) {
             case .master:
                 preferred = index
                 return .found(address)
             case .other(let why):
+                rejected.insert(address)
                 problems.append("sentinel \(sentinel) names \(address), but \(why)")
             }
         }

@@ -232,6 +232,45 @@ import Glibc
         #expect(try await promoted.get(key) == Array("after".utf8))
     }
 
+    /// The sentinel holding the `+switch-master` subscription dies: the clients subscribe on another one and still
+    /// hear of the next failover at once (the periodic check is off, and the old primary keeps taking writes
+    /// until it is demoted, so nothing else would tell them for seconds).
+    @Test func announcementsStillArriveAfterTheSubscribedSentinelDies() async throws {
+        let topology = try await onThread { try SentinelTopology(sentinelCount: 2) }
+        defer { topology.stop() }
+        try await topology.waitUntilSentinelsAgree()
+        var configuration = RedisSentinelConfiguration(sentinels: topology.sentinels.map(\.address),
+                                                       masterName: "mymaster")
+        configuration.checkInterval = .seconds(60)
+        let clients = SentinelClients(configuration: configuration)
+        defer { clients.close() }
+        _ = try await waitForPrimary(of: clients, toBe: topology.primaryAddress)
+        try await Task.sleep(for: .milliseconds(200))   // subscribed on the first sentinel by now
+
+        topology.sentinels[0].stop()
+        try await Task.sleep(for: .milliseconds(500))   // resubscribed on the second one
+        let sentinel = PrivateRedis.client(port: topology.sentinels[1].port)
+        defer { sentinel.close() }
+        let start = ContinuousClock.now
+        #expect(try await sentinel.send("SENTINEL", "FAILOVER", "mymaster") == .simpleString("OK"))
+        var sentinelSwitch: ContinuousClock.Instant?
+        let deadline = start + .seconds(10)
+        while clients.primary != topology.replicaAddress, ContinuousClock.now < deadline {
+            if sentinelSwitch == nil,
+               SentinelMonitor.address(from: try await sentinel.send("SENTINEL", "get-master-addr-by-name", "mymaster"))
+                == topology.replicaAddress {
+                sentinelSwitch = .now
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let moved = ContinuousClock.now
+        #expect(clients.primary == topology.replicaAddress, "SentinelClients did not follow the failover within 10 s")
+        let lag = moved - (sentinelSwitch ?? moved)
+        print("SentinelTests: after the subscribed sentinel died, the failover was followed \(milliseconds(moved - start)) "
+              + "ms after SENTINEL FAILOVER (\(milliseconds(lag)) ms after the sentinel switched)")
+        #expect(lag < .seconds(1))
+    }
+
     // MARK: - Helpers
 
     /// Runs `trigger`, then waits until the sentinels name `target`, SentinelClients uses it and a write through it
