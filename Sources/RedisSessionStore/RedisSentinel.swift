@@ -40,10 +40,11 @@ public struct RedisSentinelConfiguration: Sendable {
 ///
 /// A monitor on a loop thread of its own (which also serves callers outside any loop) asks the sentinels for the
 /// primary (`SENTINEL get-master-addr-by-name`, each sentinel in turn, each answer checked with `ROLE` on the
-/// primary), subscribes to `+switch-master` on one sentinel, and asks again whenever a command on the primary
-/// fails (connection lost, timeout, `-READONLY` from a demoted primary) and every
+/// primary), subscribes to failover announcements on every sentinel, and asks again whenever a command on the
+/// primary fails (connection lost, timeout, `-READONLY` from a demoted primary) and every
 /// ``RedisSentinelConfiguration/checkInterval``. ``client()`` never waits for any of it: while the monitor
-/// looks, it returns the last known primary's client, whose commands then fail fast.
+/// looks, it returns the last known primary's client, whose commands then fail fast; while a sentinel is
+/// promoting a replica, it throws ``RedisClientError/notConnected`` at once (see ``SentinelMonitor``).
 ///
 /// Thread safety: all methods may be called from any thread.
 final class SentinelClients: Sendable {
@@ -82,7 +83,7 @@ final class SentinelClients: Sendable {
     /// The current primary's client for the calling loop (``EventLoop/current``; outside any loop, the monitor's
     /// loop). Made on first use; replaced when the primary changes. Never waits.
     /// - Throws: ``RedisClientError/notConnected`` before any primary is known (the reason says what the sentinels
-    ///   answered), ``RedisClientError/connectionClosed`` after ``close()``.
+    ///   answered) and while a replica is being promoted, ``RedisClientError/connectionClosed`` after ``close()``.
     func client() throws -> RedisClient {
         guard let loop = EventLoop.current ?? thread?.loop else {
             throw RedisClientError.notConnected.with(startFailure)
@@ -121,6 +122,9 @@ final class SentinelState: Sendable {
         var closed = false
         /// Why the last search for the primary failed (nil once one is found), for `.notConnected` details.
         var problem: String?
+        /// Set while a replica is being promoted: client() fails with this reason instead of handing out the old
+        /// primary, whose acknowledged writes would be lost.
+        var held: String?
     }
 
     let configuration: RedisSentinelConfiguration
@@ -148,6 +152,7 @@ final class SentinelState: Sendable {
         let configuration = self.configuration
         return try value.withLock { (value: inout Value) throws(RedisClientError) -> RedisClient in
             if value.closed { throw RedisClientError.connectionClosed.with("the sentinel clients were closed") }
+            if let held = value.held { throw RedisClientError.notConnected.with(held) }
             guard let primary = value.primary else {
                 var detail = "no primary known yet for \"\(configuration.masterName)\""
                 if let problem = value.problem { detail += " (\(problem))" }
@@ -184,6 +189,7 @@ final class SentinelState: Sendable {
     func switchPrimary(to address: RedisAddress) -> (previous: RedisAddress?, clients: [RedisClient])? {
         value.withLock { value in
             value.problem = nil
+            value.held = nil
             guard value.primary != address, !value.closed else { return nil }
             let previous = value.primary
             let clients = Array(value.clients.values)
@@ -192,6 +198,22 @@ final class SentinelState: Sendable {
             value.clients = [:]
             return (previous, clients)
         }
+    }
+
+    /// Holds the clients (client() fails with `reason`) while a replica is being promoted. Returns the current
+    /// clients, to close.
+    func hold(because reason: String) -> [RedisClient] {
+        value.withLock { value in
+            value.held = reason
+            value.generation += 1
+            defer { value.clients = [:] }
+            return Array(value.clients.values)
+        }
+    }
+
+    /// Ends a hold without a change of primary.
+    func release() {
+        value.withLock { $0.held = nil }
     }
 
     func setProblem(_ problem: String) {

@@ -10,10 +10,16 @@ import Synchronization
 ///   adopted. One search runs at a time; a failed search is retried after 100 ms, doubling up to 500 ms, until one
 ///   succeeds.
 /// - Searches start at startup, when `+switch-master` is announced (the announced address is checked first),
-///   when the subscription is (re-)established (an announcement may have been missed meanwhile), when a command
+///   when a subscription is (re-)established (an announcement may have been missed meanwhile), when a command
 ///   on the primary fails (at most every 100 ms), and every `checkInterval`.
-/// - The subscription to `+switch-master` lives on one sentinel; when that connection fails, the next sentinel is
-///   tried after a short delay.
+/// - Every sentinel gets a subscription to `+switch-master` and `+failover-state-wait-promotion` (a failover's
+///   events come only from the sentinel leading it); a lost one is re-established with back-off.
+/// - `+failover-state-wait-promotion` means the leader has just told a replica to become the primary. From then on
+///   the old primary still takes writes but no longer replicates them: whatever it acknowledges is lost when it
+///   is demoted. So the clients are *held* (``SentinelClients/client()`` fails fast with `.notConnected`, the old
+///   primary's clients are closed) while `ROLE` on the replica is polled every 20 ms; as soon as it says
+///   `master` it is adopted, typically a second before the sentinels announce `+switch-master`. If it does not
+///   within 5 s, the hold ends and the sentinels are asked again.
 final class SentinelMonitor: @unchecked Sendable {
     // @unchecked Sendable: everything but `suspicionQueued` is touched only on `loop`'s thread (entry points from
     // elsewhere hop with loop.execute; the others check preconditionInLoop); `suspicionQueued` is an Atomic.
@@ -26,7 +32,11 @@ final class SentinelMonitor: @unchecked Sendable {
     /// The delay before subscribing again after the subscription connection failed (doubling up to 2 s).
     static let resubscribeStart: Duration = .milliseconds(100)
     static let resubscribeCap: Duration = .seconds(2)
-    static let channel = "+switch-master"
+    static let switchChannel = "+switch-master"
+    static let promotionChannel = "+failover-state-wait-promotion"
+    /// How long the clients are held for a promotion that does not show in `ROLE`, and how often it is polled.
+    static let promotionWait: Duration = .seconds(5)
+    static let promotionPoll: Duration = .milliseconds(20)
 
     let loop: EventLoop
     let configuration: RedisSentinelConfiguration
@@ -54,10 +64,13 @@ final class SentinelMonitor: @unchecked Sendable {
     /// The next search planned (a retry, a periodic check, or a suspicion within the interval), and when.
     private var nextSearch: (timer: ScheduledTimer, at: ContinuousClock.Instant)?
 
-    private var subscription: SentinelSubscription?
-    private var subscriptionIndex = 0
-    private var subscriptionFailures = 0
-    private var resubscribeTimer: ScheduledTimer?
+    /// A replica being promoted, while the clients are held for it.
+    private var promotion: (address: RedisAddress, until: ContinuousClock.Instant)?
+
+    /// One subscription per sentinel (same order as the configuration), nil between attempts.
+    private var subscriptions: [SentinelSubscription?] = []
+    private var subscriptionFailures: [Int] = []
+    private var resubscribeTimers: [ScheduledTimer?] = []
 
     private let suspicionQueued = Atomic<Bool>(false)
 
@@ -88,7 +101,13 @@ final class SentinelMonitor: @unchecked Sendable {
             sentinels.append(RedisClient(configuration: sentinel, loop: loop, logger: logger))
         }
         search()
-        if configuration.followsAnnouncements { subscribe() }
+        let count = configuration.sentinels.count
+        subscriptions = Array(repeating: nil, count: count)
+        subscriptionFailures = Array(repeating: 0, count: count)
+        resubscribeTimers = Array(repeating: nil, count: count)
+        if configuration.followsAnnouncements {
+            for index in 0..<count { subscribe(index) }
+        }
     }
 
     func stop() {
@@ -97,10 +116,10 @@ final class SentinelMonitor: @unchecked Sendable {
         stopped = true
         nextSearch?.timer.cancel()
         nextSearch = nil
-        resubscribeTimer?.cancel()
-        resubscribeTimer = nil
-        subscription?.cancel()
-        subscription = nil
+        for timer in resubscribeTimers { timer?.cancel() }
+        resubscribeTimers = []
+        for subscription in subscriptions { subscription?.cancel() }
+        subscriptions = []
         probe?.client.close()
         probe = nil
         for sentinel in sentinels { sentinel.close() }
@@ -170,6 +189,20 @@ final class SentinelMonitor: @unchecked Sendable {
     }
 
     private func findPrimary(checkingFirst hint: RedisAddress?) async -> Outcome {
+        if let promotion {
+            if ContinuousClock.now < promotion.until {
+                switch await role(of: promotion.address) {
+                case .master: return .found(promotion.address)
+                case .other(let why): return .failed("a failover is in progress: \(promotion.address) is being "
+                                                     + "promoted (\(why))")
+                }
+            }
+            // Not promoted in time (the failover may have been aborted): ask the sentinels again.
+            self.promotion = nil
+            state.release()
+            logger.warning("the replica being promoted did not become the primary in time; asking the sentinels",
+                           metadata: ["replica": "\(promotion.address)"])
+        }
         var problems: [String] = []
         // Addresses already found wanting in this search: sentinels usually agree, so ask ROLE once per address.
         var rejected = Set<RedisAddress>()
@@ -223,6 +256,7 @@ final class SentinelMonitor: @unchecked Sendable {
         switch outcome {
         case .found(let address):
             failedSearches = 0
+            promotion = nil
             if loggedFailure != nil {
                 loggedFailure = nil
                 logger.info("the sentinels name a working primary again", metadata: ["primary": "\(address)"])
@@ -248,6 +282,7 @@ final class SentinelMonitor: @unchecked Sendable {
         var delay: Duration
         switch outcome {
         case .found: delay = configuration.checkInterval
+        case .failed where promotion != nil: delay = Self.promotionPoll
         case .failed: delay = min(Self.retryCap, Self.retryStart * (1 << min(failedSearches - 1, 8)))
         }
         if searchAgain {
@@ -315,48 +350,73 @@ final class SentinelMonitor: @unchecked Sendable {
 
     // MARK: Subscription
 
-    private func subscribe() {
+    private func subscribe(_ index: Int) {
         loop.preconditionInLoop()
-        guard !stopped, subscription == nil else { return }
-        let index = subscriptionIndex % configuration.sentinels.count
-        let subscription = SentinelSubscription(address: configuration.sentinels[index], monitor: self, loop: loop)
-        self.subscription = subscription
-        subscription.start(password: configuration.sentinelPassword, timeout: configuration.attemptTimeout * 2)
+        guard !stopped, subscriptions[index] == nil else { return }
+        let subscription = SentinelSubscription(address: configuration.sentinels[index], index: index, monitor: self,
+                                                loop: loop)
+        subscriptions[index] = subscription
+        subscription.start(channels: [Self.switchChannel, Self.promotionChannel],
+                           password: configuration.sentinelPassword, timeout: configuration.attemptTimeout * 2)
     }
 
-    /// The sentinel confirmed the subscription.
+    /// A sentinel confirmed the subscription.
     func subscriptionConfirmed(_ subscription: SentinelSubscription) {
         loop.preconditionInLoop()
-        guard subscription === self.subscription else { return }
-        subscriptionFailures = 0
-        logger.debug("subscribed to \(Self.channel)", metadata: ["sentinel": "\(subscription.address)"])
+        guard !stopped, subscriptions[subscription.index] === subscription else { return }
+        subscriptionFailures[subscription.index] = 0
+        logger.debug("subscribed to failover announcements", metadata: ["sentinel": "\(subscription.address)"])
         // A failover may have happened while no subscription listened.
         search()
     }
 
-    /// A `+switch-master` message: `<name> <old ip> <old port> <new ip> <new port>`.
-    func announced(_ payload: String) {
+    /// A message on one of the channels.
+    func announced(_ payload: String, on channel: String) {
         loop.preconditionInLoop()
+        guard !stopped else { return }
         let words = payload.split(separator: " ")
-        guard words.count == 5, words[0] == configuration.masterName else { return }
-        guard let port = Int(words[4]), (1...65535).contains(port) else { return }
-        let address = RedisAddress(host: String(words[3]), port: port)
-        logger.info("a sentinel announced a failover", metadata: ["to": "\(address)"])
-        search(hint: address)
+        switch channel {
+        case Self.switchChannel:
+            // <name> <old ip> <old port> <new ip> <new port>
+            guard words.count == 5, words[0] == configuration.masterName,
+                  let port = Int(words[4]), (1...65535).contains(port) else { return }
+            let address = RedisAddress(host: String(words[3]), port: port)
+            logger.info("a sentinel announced a failover", metadata: ["to": "\(address)"])
+            search(hint: address)
+        case Self.promotionChannel:
+            // slave <ip:port> <ip> <port> @ <name> <master ip> <master port>
+            guard words.count == 8, words[0] == "slave", words[4] == "@", words[5] == configuration.masterName,
+                  let port = Int(words[3]), (1...65535).contains(port) else { return }
+            holdForPromotion(of: RedisAddress(host: String(words[2]), port: port))
+        default:
+            break
+        }
+    }
+
+    private func holdForPromotion(of address: RedisAddress) {
+        guard address != state.primary, promotion?.address != address else { return }
+        promotion = (address, .now + Self.promotionWait)
+        logger.warning("a sentinel is promoting a replica; holding commands until it is the primary",
+                       metadata: ["replica": "\(address)"])
+        // Writes the old primary would acknowledge from now on are lost at its demotion: fail them fast instead.
+        for client in state.hold(because: "a failover is in progress (\(address) is being promoted)") {
+            client.close()
+        }
+        search()
     }
 
     func subscriptionClosed(_ subscription: SentinelSubscription, reason: String) {
         loop.preconditionInLoop()
-        guard subscription === self.subscription else { return }
-        self.subscription = nil
-        guard !stopped else { return }
-        subscriptionFailures += 1
-        subscriptionIndex += 1
-        let delay = min(Self.resubscribeCap, Self.resubscribeStart * (1 << min(subscriptionFailures - 1, 8)))
-        logger.debug("the \(Self.channel) subscription on \(subscription.address) ended: \(reason)")
-        resubscribeTimer = loop.schedule(after: delay) { [self] in
-            resubscribeTimer = nil
-            subscribe()
+        guard !stopped, subscriptions[subscription.index] === subscription else { return }
+        let index = subscription.index
+        subscriptions[index] = nil
+        subscriptionFailures[index] += 1
+        let delay = min(Self.resubscribeCap, Self.resubscribeStart * (1 << min(subscriptionFailures[index] - 1, 8)))
+        logger.debug("the subscription on \(subscription.address) ended: \(reason)")
+        resubscribeTimers[index] = loop.schedule(after: delay) { [self] in
+            guard !stopped else { return }
+            resubscribeTimers[index] = nil
+            subscribe(index)
         }
     }
 }
@@ -368,6 +428,8 @@ final class SentinelSubscription: HiredisSubscriberDelegate, @unchecked Sendable
     // @unchecked Sendable: loop-confined like its HiredisConnection; it crosses threads only inside loop.execute
     // closures that run on that same loop.
     let address: RedisAddress
+    /// The sentinel's index in the configuration.
+    let index: Int
     private let loop: EventLoop
     // Weak: the monitor owns this subscription.
     private weak var monitor: SentinelMonitor?
@@ -375,16 +437,18 @@ final class SentinelSubscription: HiredisSubscriberDelegate, @unchecked Sendable
     private var confirmTimer: ScheduledTimer?
     private var failure: String?
     private var cancelled = false
+    private var confirmed = false
 
-    init(address: RedisAddress, monitor: SentinelMonitor, loop: EventLoop) {
+    init(address: RedisAddress, index: Int, monitor: SentinelMonitor, loop: EventLoop) {
         self.address = address
+        self.index = index
         self.monitor = monitor
         self.loop = loop
     }
 
-    /// Connects, sends `AUTH` when there is a password, then `SUBSCRIBE`; closes if no confirmation comes within
-    /// `timeout`.
-    func start(password: String?, timeout: Duration) {
+    /// Connects, sends `AUTH` when there is a password, then `SUBSCRIBE channels`; closes if no confirmation comes
+    /// within `timeout`.
+    func start(channels: [String], password: String?, timeout: Duration) {
         loop.preconditionInLoop()
         let connection: HiredisConnection
         do {
@@ -402,7 +466,7 @@ final class SentinelSubscription: HiredisSubscriberDelegate, @unchecked Sendable
                 let auth = PendingCommand(role: .handshake(.auth), name: "AUTH", start: now, deadline: now + timeout)
                 try connection.send([Array("AUTH".utf8), Array(password.utf8)], command: auth)
             }
-            try connection.subscribe([SentinelMonitor.channel])
+            try connection.subscribe(channels)
         } catch {
             fail("could not send SUBSCRIBE: \(error.description)")
             return
@@ -443,11 +507,16 @@ final class SentinelSubscription: HiredisSubscriberDelegate, @unchecked Sendable
         guard case .array(let parts) = push, let kind = parts.first?.string else { return }
         switch kind {
         case "subscribe":
+            // One confirmation per channel; the first one is enough.
+            guard !confirmed else { return }
+            confirmed = true
             confirmTimer?.cancel()
             confirmTimer = nil
             monitor?.subscriptionConfirmed(self)
         case "message" where parts.count == 3:
-            if let payload = parts[2].string { monitor?.announced(payload) }
+            if let channel = parts[1].string, let payload = parts[2].string {
+                monitor?.announced(payload, on: channel)
+            }
         default:
             break
         }

@@ -179,6 +179,15 @@ import Glibc
         let direct = topology.primary.client()
         defer { direct.close() }
         #expect(try await direct.get(last.key) == Array(last.value.utf8))
+        // Replication is asynchronous and SENTINEL FAILOVER does not pause writers: what the old primary acknowledges
+        // after the replica's promotion is lost at its demotion. The clients stop writing there when the promotion
+        // is announced (+failover-state-wait-promotion), so at most the few writes of that moment are lost (about
+        // a second of writes without it).
+        let acknowledged = writer.acknowledgedKeys
+        let kept = try await direct.send([Array("EXISTS".utf8)] + acknowledged.map { Array($0.utf8) }).integer ?? -1
+        print("SentinelTests: \(acknowledged.count - kept) of \(acknowledged.count) acknowledged writes are not on the "
+            + "final primary")
+        #expect(acknowledged.count - kept < 10, "acknowledged writes lost in the failovers")
     }
 
     /// Without the `+switch-master` announcement (subscription off), a write answered `-READONLY` by the demoted
@@ -232,10 +241,10 @@ import Glibc
         #expect(try await promoted.get(key) == Array("after".utf8))
     }
 
-    /// The sentinel holding the `+switch-master` subscription dies: the clients subscribe on another one and still
-    /// hear of the next failover at once (the periodic check is off, and the old primary keeps taking writes
-    /// until it is demoted, so nothing else would tell them for seconds).
-    @Test func announcementsStillArriveAfterTheSubscribedSentinelDies() async throws {
+    /// A sentinel dies: the clients still hear of the next failover at once through the other one (the periodic
+    /// check is off, and the old primary keeps taking writes until it is demoted, so nothing else would tell them
+    /// for seconds), and the dead sentinel's subscription retrying in the background does no harm.
+    @Test func announcementsStillArriveAfterASentinelDies() async throws {
         let topology = try await onThread { try SentinelTopology(sentinelCount: 2) }
         defer { topology.stop() }
         try await topology.waitUntilSentinelsAgree()
@@ -245,10 +254,10 @@ import Glibc
         let clients = SentinelClients(configuration: configuration)
         defer { clients.close() }
         _ = try await waitForPrimary(of: clients, toBe: topology.primaryAddress)
-        try await Task.sleep(for: .milliseconds(200))   // subscribed on the first sentinel by now
+        try await Task.sleep(for: .milliseconds(200))   // subscribed on both sentinels by now
 
         topology.sentinels[0].stop()
-        try await Task.sleep(for: .milliseconds(500))   // resubscribed on the second one
+        try await Task.sleep(for: .milliseconds(500))   // a few failed attempts to subscribe there again
         let sentinel = PrivateRedis.client(port: topology.sentinels[1].port)
         defer { sentinel.close() }
         let start = ContinuousClock.now
@@ -266,7 +275,7 @@ import Glibc
         let moved = ContinuousClock.now
         #expect(clients.primary == topology.replicaAddress, "SentinelClients did not follow the failover within 10 s")
         let lag = moved - (sentinelSwitch ?? moved)
-        print("SentinelTests: after the subscribed sentinel died, the failover was followed \(milliseconds(moved - start)) "
+        print("SentinelTests: after a sentinel died, the failover was followed \(milliseconds(moved - start)) "
               + "ms after SENTINEL FAILOVER (\(milliseconds(lag)) ms after the sentinel switched)")
         #expect(lag < .seconds(1))
     }
@@ -433,6 +442,7 @@ final class Writer: Sendable {
     var successCount: Int { snapshot().successes }
     var failureCount: Int { snapshot().failures }
     var lastSuccess: Outcome? { outcomes.withLock { $0.last { $0.error == nil } } }
+    var acknowledgedKeys: [String] { outcomes.withLock { $0.filter { $0.error == nil }.map(\.key) } }
     var unexpectedErrors: [String] { outcomes.withLock { $0.filter { !$0.expected }.compactMap(\.error) } }
 
     /// Failures counted by the start of their message (the error kind and Redis's code).
