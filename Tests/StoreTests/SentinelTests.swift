@@ -521,15 +521,25 @@ final class SentinelTopology: Sendable {
     let primary: PrivateRedis
     let replica: PrivateRedis
     let sentinels: [PrivateSentinel]
+    /// The servers' working directories (removed by stop()).
+    let directory: String
 
     var primaryAddress: RedisAddress { RedisAddress(host: "127.0.0.1", port: primary.port) }
     var replicaAddress: RedisAddress { RedisAddress(host: "127.0.0.1", port: replica.port) }
 
     init(sentinelCount: Int = 3) throws {
+        // A directory of their own: a replica's full synchronisation writes dump.rdb there, and one left in /tmp
+        // (PrivateRedis's default) would be loaded by every later redis-server started there.
+        directory = NSTemporaryDirectory() + "evserver-sentinel-data-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         // No 5 s wait before a full synchronisation (the default), on either: each becomes a primary in turn.
-        let noDelay = ["--repl-diskless-sync-delay", "0"]
-        primary = try PrivateRedis(arguments: noDelay)
-        replica = try PrivateRedis(arguments: noDelay + ["--replicaof", "127.0.0.1", "\(primary.port)"])
+        let primaryArguments = ["--repl-diskless-sync-delay", "0", "--dir", directory + "/primary"]
+        let replicaArguments = ["--repl-diskless-sync-delay", "0", "--dir", directory + "/replica"]
+        for path in [directory + "/primary", directory + "/replica"] {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        }
+        primary = try PrivateRedis(arguments: primaryArguments)
+        replica = try PrivateRedis(arguments: replicaArguments + ["--replicaof", "127.0.0.1", "\(primary.port)"])
         // The replica must be in sync before the sentinels start: their first INFO of the primary is how they
         // learn of it (the next one comes 10 s later).
         let deadline = ContinuousClock.now + .seconds(10)
@@ -551,6 +561,7 @@ final class SentinelTopology: Sendable {
         for sentinel in sentinels { sentinel.stop() }
         replica.stop()
         primary.stop()
+        try? FileManager.default.removeItem(atPath: directory)
     }
 
     /// Waits until every sentinel knows the others and the replica (needed to agree on a failover).
