@@ -18,6 +18,10 @@ public struct RedisSentinelConfiguration: Sendable {
     public var attemptTimeout: Duration = .milliseconds(500)
     /// How often the primary is checked again while all looks well, in case a failover announcement was missed.
     public var checkInterval: Duration = .seconds(5)
+    /// How long requests fail fast while a sentinel promotes a replica, at most: the hold ends as soon as the
+    /// replica says it is the primary; after this long without that (an aborted failover), the sentinels are
+    /// asked again.
+    public var promotionTimeout: Duration = .seconds(5)
     /// Whether to subscribe to `+switch-master` (tests turn it off to exercise the other ways a move is noticed).
     var followsAnnouncements = true
 

@@ -19,7 +19,7 @@ import Synchronization
 ///   is demoted. So the clients are *held* (``SentinelClients/client()`` fails fast with `.notConnected`, the old
 ///   primary's clients are closed) while `ROLE` on the replica is polled every 20 ms; as soon as it says
 ///   `master` it is adopted, typically a second before the sentinels announce `+switch-master`. If it does not
-///   within 5 s, the hold ends and the sentinels are asked again.
+///   within `promotionTimeout`, the hold ends and the sentinels are asked again.
 final class SentinelMonitor: @unchecked Sendable {
     // @unchecked Sendable: everything but `suspicionQueued` is touched only on `loop`'s thread (entry points from
     // elsewhere hop with loop.execute; the others check preconditionInLoop); `suspicionQueued` is an Atomic.
@@ -34,8 +34,7 @@ final class SentinelMonitor: @unchecked Sendable {
     static let resubscribeCap: Duration = .seconds(2)
     static let switchChannel = "+switch-master"
     static let promotionChannel = "+failover-state-wait-promotion"
-    /// How long the clients are held for a promotion that does not show in `ROLE`, and how often it is polled.
-    static let promotionWait: Duration = .seconds(5)
+    /// How often `ROLE` is polled on a replica being promoted.
     static let promotionPoll: Duration = .milliseconds(20)
 
     let loop: EventLoop
@@ -229,7 +228,11 @@ final class SentinelMonitor: @unchecked Sendable {
                 }
                 address = named
             } catch {
-                problems.append("sentinel \(sentinel): \(error)")
+                let text = "\(error)"
+                // RedisClient's own advice (a password in the Redis URL) does not fit a sentinel.
+                let hint = text.contains("NOAUTH") || text.contains("WRONGPASS")
+                    ? " (the sentinels' own password goes in RedisSentinelConfiguration.sentinelPassword)" : ""
+                problems.append("sentinel \(sentinel): \(text)\(hint)")
                 continue
             }
             guard !stopped else { return .failed("stopped") }
@@ -395,7 +398,7 @@ final class SentinelMonitor: @unchecked Sendable {
 
     private func holdForPromotion(of address: RedisAddress) {
         guard address != state.primary, promotion?.address != address else { return }
-        promotion = (address, .now + Self.promotionWait)
+        promotion = (address, .now + configuration.promotionTimeout)
         logger.warning("a sentinel is promoting a replica; holding commands until it is the primary",
                        metadata: ["replica": "\(address)"])
         // Writes the old primary would acknowledge from now on are lost at its demotion: fail them fast instead.

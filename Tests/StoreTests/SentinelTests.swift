@@ -123,7 +123,8 @@ import Glibc
     // MARK: - Failover
 
     /// Writes go on through `SENTINEL FAILOVER` and through a kill -9 of the primary, with only RedisClientError /
-    /// RedisError failures in between, and succeed again within 2 s of the sentinels' switch.
+    /// RedisError failures in between, and succeed again within 2 s of the sentinels' switch. Two request loops
+    /// with three writers each (about 500 writes per second): each loop's client is replaced.
     @Test func writesResumeAfterAForcedFailoverAndAfterThePrimaryIsKilled() async throws {
         let topology = try await onThread { try SentinelTopology() }
         defer { topology.stop() }
@@ -131,15 +132,15 @@ import Glibc
         let original = topology.primaryAddress
         let standby = topology.replicaAddress
 
-        let requestLoop = try EventLoopThread(name: "sentinel-test-requests")
-        defer { requestLoop.shutdown() }
+        let requestLoops = try (1...2).map { try EventLoopThread(name: "sentinel-test-requests-\($0)") }
+        defer { for thread in requestLoops { thread.shutdown() } }
         let clients = SentinelClients(configuration: RedisSentinelConfiguration(
             sentinels: topology.sentinels.map(\.address), masterName: "mymaster",
             primary: RedisConfiguration(commandTimeout: .milliseconds(300))))
         defer { clients.close() }
         _ = try await waitForPrimary(of: clients, toBe: original)
 
-        let writer = Writer(clients: clients, loop: requestLoop.loop)
+        let writer = Writer(clients: clients, loops: requestLoops.map(\.loop), writersPerLoop: 3)
         writer.start()
         defer { writer.stop() }
         try await writer.waitForSuccesses(10)
@@ -280,6 +281,97 @@ import Glibc
         #expect(lag < .seconds(1))
     }
 
+    /// Sentinels started with `requirepass`: found with `sentinelPassword` (questions and subscriptions both
+    /// authenticate); without it, a not-connected error that says why.
+    @Test func sentinelsWithAPasswordAreAskedWithIt() async throws {
+        let primary = try PrivateRedis()
+        defer { primary.stop() }
+        let sentinel = try PrivateSentinel(monitoring: primary.port, quorum: 1, password: "sentinel-secret")
+        defer { sentinel.stop() }
+
+        let clients = SentinelClients(configuration: RedisSentinelConfiguration(
+            sentinels: [sentinel.address], masterName: "mymaster", sentinelPassword: "sentinel-secret"))
+        defer { clients.close() }
+        _ = try await waitForPrimary(of: clients, toBe: RedisAddress(host: "127.0.0.1", port: primary.port))
+        let key = "test:sentinel:auth:\(UUID())"
+        try await clients.client().set(key, to: [1, 2, 3], expiresIn: 60)
+        #expect(try await clients.client().get(key) == [1, 2, 3])
+
+        let withoutPassword = SentinelClients(configuration: RedisSentinelConfiguration(
+            sentinels: [sentinel.address], masterName: "mymaster"))
+        defer { withoutPassword.close() }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(withoutPassword.primary == nil)
+        do {
+            _ = try withoutPassword.client()
+            Issue.record("found a primary without the sentinels' password")
+        } catch let error as RedisClientError {
+            #expect(error == .notConnected)
+            #expect(error.description.contains("NOAUTH") || error.description.contains("password"), "\(error)")
+        }
+    }
+
+    /// Announcements are checked before they are believed: a `+switch-master` naming an address that is not a
+    /// primary moves nothing, and a promotion that never completes holds requests only for `promotionTimeout`.
+    /// (Real sentinels let only themselves publish there; a plain redis-server stands in for a misbehaving one.)
+    @Test func announcementsThatDoNotHoldTrueAreOutlived() async throws {
+        let primary = try PrivateRedis()
+        defer { primary.stop() }
+        let sentinel = try PrivateSentinel(monitoring: primary.port, quorum: 1)
+        defer { sentinel.stop() }
+        let impostor = try PrivateRedis()
+        defer { impostor.stop() }
+        let nowhere = try TestRedis.unusedPort()
+        let primaryAddress = RedisAddress(host: "127.0.0.1", port: primary.port)
+
+        var configuration = RedisSentinelConfiguration(
+            sentinels: [sentinel.address, RedisAddress(host: "127.0.0.1", port: impostor.port)], masterName: "mymaster")
+        configuration.promotionTimeout = .seconds(1)
+        let clients = SentinelClients(configuration: configuration)
+        defer { clients.close() }
+        _ = try await waitForPrimary(of: clients, toBe: primaryAddress)
+
+        let publisher = impostor.client()
+        defer { publisher.close() }
+        /// Publishes until the clients' subscription on the impostor receives it.
+        func announce(_ channel: String, _ payload: String) async throws {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while try await publisher.send("PUBLISH", channel, payload).integer == 0 {
+                guard ContinuousClock.now < deadline else {
+                    throw PrivateRedis.Failure("nobody subscribed to \(channel) on the impostor within 5 s")
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+
+        try await announce("+switch-master", "mymaster 127.0.0.1 \(primary.port) 127.0.0.1 \(nowhere)")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(clients.primary == primaryAddress, "moved to an address whose ROLE never answered")
+        try await clients.client().set("test:sentinel:impostor:\(UUID())", to: [1], expiresIn: 60)
+
+        let held = ContinuousClock.now
+        try await announce("+failover-state-wait-promotion",
+                           "slave 127.0.0.1:\(nowhere) 127.0.0.1 \(nowhere) @ mymaster 127.0.0.1 \(primary.port)")
+        try await Task.sleep(for: .milliseconds(100))
+        do {
+            _ = try clients.client()
+            Issue.record("requests were not held during the announced promotion")
+        } catch let error as RedisClientError {
+            #expect(error == .notConnected)
+            #expect(error.description.contains("failover is in progress"), "\(error)")
+        }
+        var released: ContinuousClock.Instant?
+        while released == nil, ContinuousClock.now - held < .seconds(5) {
+            if (try? clients.client()) != nil { released = .now }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let end = try #require(released, "requests still held 5 s after a promotion that never happened")
+        print("SentinelTests: a promotion that never happened held requests for \(milliseconds(end - held)) ms")
+        #expect(end - held >= .milliseconds(900))
+        #expect(clients.primary == primaryAddress)
+        try await clients.client().set("test:sentinel:impostor:\(UUID())", to: [2], expiresIn: 60)
+    }
+
     // MARK: - Helpers
 
     /// Runs `trigger`, then waits until the sentinels name `target`, SentinelClients uses it and a write through it
@@ -352,8 +444,8 @@ private func milliseconds(_ duration: Duration) -> Int64 {
 
 // MARK: - A writer
 
-/// SETs a new key every 10 ms through `SentinelClients.client()`, on a request loop (as the session middleware
-/// would), recording every outcome.
+/// Writers that each SET a new key every 10 ms through `SentinelClients.client()`, on request loops (as the
+/// session middleware would), recording every outcome.
 final class Writer: Sendable {
     struct Outcome: Sendable {
         let at: ContinuousClock.Instant
@@ -365,48 +457,58 @@ final class Writer: Sendable {
     }
 
     private let clients: SentinelClients
-    private let loop: EventLoop
+    private let loops: [EventLoop]
+    private let writersPerLoop: Int
     private let outcomes = Mutex<[Outcome]>([])
     private let running = Atomic<Bool>(false)
-    private let finished = Mutex<CheckedContinuation<Void, Never>?>(nil)
-    private let done = Atomic<Bool>(false)
+    private let active = Atomic<Int>(0)
 
-    init(clients: SentinelClients, loop: EventLoop) {
+    init(clients: SentinelClients, loops: [EventLoop], writersPerLoop: Int) {
         self.clients = clients
-        self.loop = loop
+        self.loops = loops
+        self.writersPerLoop = writersPerLoop
     }
 
     func start() {
         running.store(true, ordering: .releasing)
-        Task(executorPreference: loop) { [self] in
-            var index = 0
-            while running.load(ordering: .acquiring) {
-                index += 1
-                let key = "test:sentinel:writer:\(index)"
-                let value = "value \(index)"
-                let outcome: Outcome
-                do {
-                    try await clients.client().set(key, to: Array(value.utf8), expiresIn: 300)
-                    outcome = Outcome(at: .now, key: key, value: value, error: nil, expected: true)
-                } catch let error as RedisClientError {
-                    outcome = Outcome(at: .now, key: key, value: value, error: "\(error)", expected: true)
-                } catch let error as RedisError {
-                    outcome = Outcome(at: .now, key: key, value: value, error: "\(error)", expected: true)
-                } catch {
-                    outcome = Outcome(at: .now, key: key, value: value, error: "\(type(of: error)): \(error)",
-                                      expected: false)
+        for (loopIndex, loop) in loops.enumerated() {
+            for writer in 0..<writersPerLoop {
+                active.add(1, ordering: .relaxed)
+                Task(executorPreference: loop) { [self] in
+                    await write(prefix: "test:sentinel:writer:\(loopIndex)-\(writer)")
+                    active.subtract(1, ordering: .releasing)
                 }
-                outcomes.withLock { $0.append(outcome) }
-                try? await Task.sleep(for: .milliseconds(10))
             }
-            done.store(true, ordering: .releasing)
+        }
+    }
+
+    private func write(prefix: String) async {
+        var index = 0
+        while running.load(ordering: .acquiring) {
+            index += 1
+            let key = "\(prefix):\(index)"
+            let value = "value \(index)"
+            let outcome: Outcome
+            do {
+                try await clients.client().set(key, to: Array(value.utf8), expiresIn: 300)
+                outcome = Outcome(at: .now, key: key, value: value, error: nil, expected: true)
+            } catch let error as RedisClientError {
+                outcome = Outcome(at: .now, key: key, value: value, error: "\(error)", expected: true)
+            } catch let error as RedisError {
+                outcome = Outcome(at: .now, key: key, value: value, error: "\(error)", expected: true)
+            } catch {
+                outcome = Outcome(at: .now, key: key, value: value, error: "\(type(of: error)): \(error)",
+                                  expected: false)
+            }
+            outcomes.withLock { $0.append(outcome) }
+            try? await Task.sleep(for: .milliseconds(10))
         }
     }
 
     func stop() {
         running.store(false, ordering: .releasing)
         let deadline = ContinuousClock.now + .seconds(3)
-        while !done.load(ordering: .acquiring), ContinuousClock.now < deadline { usleep(5_000) }
+        while active.load(ordering: .acquiring) > 0, ContinuousClock.now < deadline { usleep(5_000) }
     }
 
     func waitForSuccesses(_ count: Int) async throws {
@@ -470,7 +572,7 @@ final class PrivateSentinel: Sendable {
 
     var address: RedisAddress { RedisAddress(host: "127.0.0.1", port: port) }
 
-    init(monitoring primaryPort: Int, quorum: Int) throws {
+    init(monitoring primaryPort: Int, quorum: Int, password: String? = nil) throws {
         guard let executable = ChildProcess.find("redis-server") else {
             throw PrivateRedis.Failure("redis-server is not installed (apt-get install redis-server); "
                                        + "the sentinels run as redis-server --sentinel")
@@ -486,6 +588,7 @@ final class PrivateSentinel: Sendable {
             sentinel down-after-milliseconds mymaster 1000
             sentinel failover-timeout mymaster 2000
             sentinel parallel-syncs mymaster 1
+            \(password.map { "requirepass \($0)" } ?? "")
 
             """
         let path = directory + "/sentinel.conf"
