@@ -256,7 +256,11 @@ final class SentinelMonitor: @unchecked Sendable {
         loop.preconditionInLoop()
         searching = false
         guard !stopped else { return }
+        var staleFind = false
         switch outcome {
+        case .found(let address) where promotion != nil && promotion?.address != address:
+            // Begun before the promotion was announced, this search found the old primary: not any more.
+            staleFind = true
         case .found(let address):
             failedSearches = 0
             promotion = nil
@@ -275,9 +279,10 @@ final class SentinelMonitor: @unchecked Sendable {
                 logger.debug("still no Redis primary: \(why)")
             }
         }
-        // An announced address is checked at once; a failed command asked for another look meanwhile: after the
-        // interval; otherwise a retry with back-off, or the periodic check.
-        if hint != nil {
+        // An announced address, or a promotion announced during this search, is checked at once; a failed command
+        // asked for another look meanwhile: after the interval; otherwise a retry with back-off, or the periodic
+        // check.
+        if hint != nil || staleFind || (searchAgain && promotion != nil) {
             searchAgain = false
             search()
             return
