@@ -22,7 +22,8 @@ public struct RedisSentinelConfiguration: Sendable {
     /// replica says it is the primary; after this long without that (an aborted failover), the sentinels are
     /// asked again.
     public var promotionTimeout: Duration = .seconds(5)
-    /// Whether to subscribe to `+switch-master` (tests turn it off to exercise the other ways a move is noticed).
+    /// Whether to subscribe to failover announcements (tests turn it off to exercise the other ways a move is
+    /// noticed).
     var followsAnnouncements = true
 
     /// - Parameters:
@@ -60,11 +61,18 @@ final class SentinelClients: Sendable {
     private let monitor: SentinelMonitor?
     private let startFailure: String?
 
+    /// Starts the monitor thread, which looks for the primary at once. An empty sentinel list (or a thread that
+    /// cannot start) is reported by every ``client()`` call.
     init(configuration: RedisSentinelConfiguration) {
-        precondition(!configuration.sentinels.isEmpty, "RedisSentinelConfiguration needs at least one sentinel")
         self.configuration = configuration
         let state = SentinelState(configuration: configuration)
         self.state = state
+        guard !configuration.sentinels.isEmpty else {
+            self.thread = nil
+            self.monitor = nil
+            self.startFailure = "no sentinel addresses configured"
+            return
+        }
         do {
             let thread = try EventLoopThread(name: "redis-sentinel")
             let monitor = SentinelMonitor(configuration: configuration, state: state, loop: thread.loop)
@@ -89,9 +97,8 @@ final class SentinelClients: Sendable {
     /// - Throws: ``RedisClientError/notConnected`` before any primary is known (the reason says what the sentinels
     ///   answered) and while a replica is being promoted, ``RedisClientError/connectionClosed`` after ``close()``.
     func client() throws -> RedisClient {
-        guard let loop = EventLoop.current ?? thread?.loop else {
-            throw RedisClientError.notConnected.with(startFailure)
-        }
+        guard let thread else { throw RedisClientError.notConnected.with(startFailure) }
+        let loop = EventLoop.current ?? thread.loop
         return try state.client(for: loop)
     }
 
