@@ -1,81 +1,79 @@
-/// The address of one Redis server: a cluster seed node, a sentinel, or a primary a sentinel named.
+/// A Redis server's address: a host name or IP address and a TCP port, as cluster seeds, sentinels and the
+/// redirections of a cluster (`MOVED 3999 127.0.0.1:7002`) name them.
 public struct RedisAddress: Sendable, Hashable, CustomStringConvertible {
-    /// Host name or IP address (an IPv6 address without brackets).
+    /// Host name or IP address (IPv6 without brackets).
     public var host: String
+    /// TCP port, 1-65535.
     public var port: Int
 
-    /// An address from its parts, taken as given.
+    /// An address from its parts (not validated).
     public init(host: String, port: Int) {
         self.host = host
         self.port = port
     }
 
-    /// Parses `host:port`, or `[v6]:port` for an IPv6 address (`[::1]:6379`). The port is required; spaces around
-    /// the text are ignored.
-    /// - Throws: ``RedisConfigurationError`` with a one-line reason naming the text.
+    /// Parses `host:port` (an IPv6 address in brackets, `[::1]:7000`, or bare, `::1:7000`, where the part after
+    /// the last `:` is the port).
+    /// - Throws: ``RedisConfigurationError`` naming what is wrong.
     public init(parsing text: String) throws {
-        var address = Substring(text)
-        while let first = address.first, first == " " || first == "\t" { address.removeFirst() }
-        while let last = address.last, last == " " || last == "\t" { address.removeLast() }
-        guard !address.isEmpty else {
-            throw RedisConfigurationError(address: "empty address (expected host:port, e.g. 127.0.0.1:26379)")
-        }
-        let shown = String(address.prefix(60))
-        guard !address.contains("://") else {
-            throw RedisConfigurationError(address: "\"\(shown)\": expected host:port, not a URL")
-        }
-        let hostPart: Substring
-        let portPart: Substring
-        if address.hasPrefix("[") {
-            guard let close = address.firstIndex(of: "]") else {
-                throw RedisConfigurationError(address: "\"\(shown)\": IPv6 address without a closing \"]\"")
+        let text = text.trimmingSpacesForAddress
+        var host: Substring
+        let portText: Substring
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else {
+                throw RedisConfigurationError(address: "\"\(text.prefix(60))\" has no port (expected host:port)")
             }
-            hostPart = address[address.index(after: address.startIndex)..<close]
-            let after = address[address.index(after: close)...]
-            guard after.hasPrefix(":") else {
-                throw RedisConfigurationError(address: "\"\(shown)\": missing \":port\" after the IPv6 address")
-            }
-            portPart = after.dropFirst()
-            guard !hostPart.isEmpty, hostPart.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) else {
-                throw RedisConfigurationError(address: "\"\(shown)\": invalid IPv6 address \"[\(hostPart)]\"")
-            }
+            portText = rest.dropFirst()
         } else {
-            guard let colon = address.lastIndex(of: ":") else {
-                throw RedisConfigurationError(address: "\"\(shown)\": missing port (expected host:port)")
+            guard let colon = text.lastIndex(of: ":") else {
+                throw RedisConfigurationError(address: "\"\(text.prefix(60))\" has no port (expected host:port)")
             }
-            hostPart = address[..<colon]
-            portPart = address[address.index(after: colon)...]
-            guard !hostPart.contains(":") else {
-                throw RedisConfigurationError(
-                    address: "\"\(shown)\": write an IPv6 address in brackets, e.g. [::1]:6379")
-            }
-            guard !hostPart.isEmpty else {
-                throw RedisConfigurationError(address: "\"\(shown)\": missing host (expected host:port)")
-            }
-            guard hostPart.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-._".contains($0)) }) else {
-                throw RedisConfigurationError(address: "\"\(shown)\": invalid host \"\(hostPart.prefix(60))\"")
-            }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
         }
-        guard !portPart.isEmpty, portPart.count <= 5, portPart.allSatisfy({ $0.isASCII && $0.isNumber }),
-              let port = Int(portPart) else {
-            throw RedisConfigurationError(
-                address: "\"\(shown)\": invalid port \"\(portPart.prefix(20))\" (expected a number 1-65535)")
+        if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        guard !host.isEmpty else {
+            throw RedisConfigurationError(address: "\"\(text.prefix(60))\" has no host (expected host:port)")
         }
-        guard (1...65535).contains(port) else {
-            throw RedisConfigurationError(address: "\"\(shown)\": port \(port) is out of range (1-65535)")
+        guard host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-._:".contains($0)) }) else {
+            throw RedisConfigurationError(address: "invalid host \"\(host.prefix(60))\"")
         }
-        self.init(host: String(hostPart), port: port)
+        guard !portText.isEmpty, portText.count <= 5, portText.allSatisfy({ $0.isASCII && $0.isNumber }),
+              let port = Int(portText), (1...65535).contains(port) else {
+            throw RedisConfigurationError(address: "invalid port \"\(portText.prefix(20))\" in \"\(text.prefix(60))\" "
+                                          + "(expected a number 1-65535)")
+        }
+        self.init(host: String(host), port: port)
     }
 
-    /// `host:port`, or `[v6]:port` for an IPv6 address: the form ``init(parsing:)`` reads.
+    /// Parses a comma-separated list of `host:port` (spaces around the commas are allowed).
+    /// - Throws: ``RedisConfigurationError`` for an empty list or a bad address.
+    public static func list(parsing text: String) throws -> [RedisAddress] {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: true)
+            .map { String($0).trimmingSpacesForAddress }.filter { !$0.isEmpty }
+        guard !parts.isEmpty else {
+            throw RedisConfigurationError(address: "the address list is empty (expected host:port[,host:port...])")
+        }
+        var seen = Set<RedisAddress>()
+        return try parts.map { try RedisAddress(parsing: $0) }.filter { seen.insert($0).inserted }
+    }
+
+    /// `host:port`, an IPv6 host in brackets.
     public var description: String {
         host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 }
 
 extension RedisConfigurationError {
-    /// An address (`host:port`) that cannot be used.
     init(address problem: String) {
         self.description = "invalid Redis address: \(problem)"
+    }
+}
+
+extension StringProtocol {
+    fileprivate var trimmingSpacesForAddress: String {
+        String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
     }
 }
