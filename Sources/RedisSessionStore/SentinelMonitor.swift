@@ -65,6 +65,12 @@ final class SentinelMonitor: @unchecked Sendable {
 
     /// A replica being promoted, while the clients are held for it.
     private var promotion: (address: RedisAddress, until: ContinuousClock.Instant)?
+    /// The primary left for a promoted replica before the sentinels announced the switch. Until they name the new
+    /// one (or this expires), a sentinel naming the old one is lagging, not right: the old primary still says
+    /// `master` (it is demoted only seconds later), so `ROLE` cannot tell the two apart.
+    private var leftBehind: (address: RedisAddress, until: ContinuousClock.Instant)?
+    /// How long a promoted replica is preferred over the primary it replaced while the sentinels still name that.
+    static let announcementWait: Duration = .seconds(10)
 
     /// One subscription per sentinel (same order as the configuration), nil between attempts.
     private var subscriptions: [SentinelSubscription?] = []
@@ -213,6 +219,8 @@ final class SentinelMonitor: @unchecked Sendable {
                 problems.append("announced primary \(hint): \(why)")
             }
         }
+        if let leftBehind, ContinuousClock.now >= leftBehind.until { self.leftBehind = nil }
+        var lagging = false
         let count = sentinels.count
         for step in 0..<count {
             guard !stopped else { return .failed("stopped") }
@@ -236,6 +244,11 @@ final class SentinelMonitor: @unchecked Sendable {
                 continue
             }
             guard !stopped else { return .failed("stopped") }
+            if address == leftBehind?.address {
+                lagging = true
+                problems.append("sentinel \(sentinel) still names \(address), the primary before the promotion")
+                continue
+            }
             if rejected.contains(address) {
                 problems.append("sentinel \(sentinel) names \(address) too")
                 continue
@@ -248,6 +261,10 @@ final class SentinelMonitor: @unchecked Sendable {
                 rejected.insert(address)
                 problems.append("sentinel \(sentinel) names \(address), but \(why)")
             }
+        }
+        // The sentinels have not caught up with the promotion yet: keep the promoted primary while it says master.
+        if lagging, let current = state.primary, !rejected.contains(current) {
+            if case .master = await role(of: current) { return .found(current) }
         }
         return .failed(problems.joined(separator: "; "))
     }
@@ -263,6 +280,11 @@ final class SentinelMonitor: @unchecked Sendable {
             staleFind = true
         case .found(let address):
             failedSearches = 0
+            if promotion?.address == address, let previous = state.primary, previous != address {
+                leftBehind = (previous, .now + Self.announcementWait)
+            } else if address != leftBehind?.address, address != state.primary {
+                leftBehind = nil
+            }
             promotion = nil
             if loggedFailure != nil {
                 loggedFailure = nil
@@ -390,6 +412,8 @@ final class SentinelMonitor: @unchecked Sendable {
                   let port = Int(words[4]), (1...65535).contains(port) else { return }
             let address = RedisAddress(host: String(words[3]), port: port)
             logger.info("a sentinel announced a failover", metadata: ["to": "\(address)"])
+            // The sentinels have caught up (with a promotion followed early, or with a failover we missed).
+            leftBehind = nil
             search(hint: address)
         case Self.promotionChannel:
             // slave <ip:port> <ip> <port> @ <name> <master ip> <master port>

@@ -413,6 +413,7 @@ extension ScaleSuites {
             try await trigger()
             var sentinelSwitch: ContinuousClock.Instant?
             var clientSwitch: ContinuousClock.Instant?
+        var wentBack = false
             let deadline = start + .seconds(20)
             while ContinuousClock.now < deadline {
                 if sentinelSwitch == nil,
@@ -421,6 +422,10 @@ extension ScaleSuites {
                     sentinelSwitch = .now
                 }
                 if clientSwitch == nil, clients.primary == target { clientSwitch = .now }
+            if clientSwitch != nil, !wentBack, let primary = clients.primary, primary != target {
+                wentBack = true
+                Issue.record("SentinelClients went back from \(target) to \(primary) before the sentinels caught up")
+            }
                 if let clientSwitch, writer.firstSuccess(after: clientSwitch) != nil, sentinelSwitch != nil { break }
                 try await Task.sleep(for: .milliseconds(10))
             }
@@ -487,6 +492,7 @@ final class Writer: Sendable {
         let expected: Bool
     }
 
+    static let setScript = RedisScript("return redis.call('SET', KEYS[1], ARGV[1], 'EX', 300)")
     private let clients: SentinelClients
     private let loops: [EventLoop]
     private let writersPerLoop: Int
@@ -521,7 +527,13 @@ final class Writer: Sendable {
             let value = "value \(index)"
             let outcome: Outcome
             do {
-                try await clients.client().set(key, to: Array(value.utf8), expiresIn: 300)
+                // Half the writes through a script, as the session store's compare-and-set: EVALSHA meets NOSCRIPT
+                // on each new primary, an error reply that makes the clients look again mid-failover.
+                if index % 2 == 0 {
+                    _ = try await clients.client().eval(Self.setScript, keys: [key], arguments: [Array(value.utf8)])
+                } else {
+                    try await clients.client().set(key, to: Array(value.utf8), expiresIn: 300)
+                }
                 outcome = Outcome(at: .now, key: key, value: value, error: nil, expected: true)
             } catch let error as RedisClientError {
                 outcome = Outcome(at: .now, key: key, value: value, error: "\(error)", expected: true)
