@@ -25,13 +25,6 @@ cluster: ## Redis + three evserver instances + haproxy on :8080, on loopback (Ct
 chaos: ## Redis kill -9 / CLIENT PAUSE / CLIENT KILL under load against one evserver; per-phase table
 	@scripts/chaos.sh
 
-.PHONY: redis-sentinel sentinel-chaos
-redis-sentinel: ## A Redis primary, its replica and three sentinels on loopback; prints the evserver flags
-	@scripts/redis-sentinel.sh
-
-sentinel-chaos: ## evserver on Redis Sentinel under load: SENTINEL FAILOVER, then kill -9 the primary; per-phase table
-	@scripts/sentinel-chaos.sh
-
 fuzz: ## libFuzzer over cookies, signatures, percent-decoding, JSON, sessions (FUZZ_TIME=60 s, or RUNS=N)
 	@scripts/fuzz.sh $(if $(RUNS),-runs=$(RUNS),$(or $(FUZZ_TIME),60))
 
@@ -43,3 +36,10 @@ bench: ## Benchmark evserver (release) against the C reference server -> bench-r
 
 bench-smoke: ## Check the benchmark harness quickly (1 s per scenario, small memory checks)
 	@scripts/bench.sh --smoke
+
+.PHONY: redis-sentinel sentinel-chaos
+redis-sentinel: ## A Redis primary, its replica and three sentinels on loopback; prints the evserver flags
+	@scripts/redis-sentinel.sh
+
+sentinel-chaos: ## evserver on Redis Sentinel under load: SENTINEL FAILOVER, then kill -9 the primary; per-phase table
+	@scripts/sentinel-chaos.sh
