@@ -48,27 +48,9 @@ public struct RedisAddress: Sendable, Hashable, CustomStringConvertible {
         self.init(host: String(host), port: port)
     }
 
-    /// Parses a comma-separated list of `host:port` (spaces around the commas are allowed).
-    /// - Throws: ``RedisConfigurationError`` for an empty list or a bad address.
-    public static func list(parsing text: String) throws -> [RedisAddress] {
-        let parts = text.split(separator: ",", omittingEmptySubsequences: true)
-            .map { String($0).trimmingSpacesForAddress }.filter { !$0.isEmpty }
-        guard !parts.isEmpty else {
-            throw RedisConfigurationError(address: "the address list is empty (expected host:port[,host:port...])")
-        }
-        var seen = Set<RedisAddress>()
-        return try parts.map { try RedisAddress(parsing: $0) }.filter { seen.insert($0).inserted }
-    }
-
     /// `host:port`, an IPv6 host in brackets.
     public var description: String {
         host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-    }
-}
-
-extension RedisConfigurationError {
-    init(address problem: String) {
-        self.description = "invalid Redis address: \(problem)"
     }
 }
 
