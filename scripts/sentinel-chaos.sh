@@ -27,7 +27,9 @@ else
     BIN="$(swift build -c release --product evserver --show-bin-path)/evserver"
 fi
 [ -x "$BIN" ] || die "no evserver binary at $BIN"
-"$BIN" --help 2>&1 | grep -q -- "--redis-sentinel" || die "$BIN has no --redis-sentinel option"
+# (Not `--help | grep -q`: grep quits at the first match, and pipefail would count evserver's SIGPIPE.)
+help_text="$("$BIN" --help 2>&1 || true)"
+[[ "$help_text" == *--redis-sentinel* ]] || die "$BIN has no --redis-sentinel option"
 
 BASE="${CHAOS_PORT_BASE:-16380}"
 PRIMARY_PORT="$BASE"
