@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help build release run test tsan cluster chaos chaos-latency redis-cluster cluster-chaos fuzz fuzz-smoke \
+.PHONY: help build release run test tsan cluster chaos chaos-latency redis-cluster cluster-chaos redis-sentinel sentinel-chaos fuzz fuzz-smoke \
 	bench bench-smoke browser-test
 
 help: ## List the targets
@@ -49,6 +49,12 @@ bench: ## Benchmark evserver (release) against the C reference server -> bench-r
 
 bench-smoke: ## Check the benchmark harness quickly (1 s per scenario, small memory checks)
 	@scripts/bench.sh --smoke
+
+redis-sentinel: ## A Redis primary, its replica and three sentinels on loopback; prints the evserver flags
+	@scripts/redis-sentinel.sh
+
+sentinel-chaos: ## evserver on Redis Sentinel under load: SENTINEL FAILOVER, then kill -9 the primary; per-phase table
+	@scripts/sentinel-chaos.sh
 
 browser-test: ## Drive /demo through haproxy in headless Chromium (installs chromium + selenium); screenshots in out/
 	@scripts/browser-test.sh

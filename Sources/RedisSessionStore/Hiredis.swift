@@ -317,3 +317,53 @@ private let sigpipeIgnored: Bool = {
     signal(SIGPIPE, SIG_IGN)
     return true
 }()
+
+// MARK: - Pub/sub
+
+/// The delegate of a connection that subscribes (``HiredisConnection/subscribe(_:)``): it also gets the pushes.
+protocol HiredisSubscriberDelegate: HiredisConnectionDelegate {
+    /// One push on a subscribed connection, e.g. `["subscribe", channel, count]` when a subscription is confirmed,
+    /// then `["message", channel, payload]` for each message. Called on the loop thread, from inside hiredis.
+    func hiredis(_ connection: HiredisConnection, didReceivePush push: RedisValue)
+}
+
+extension HiredisConnection {
+    /// Subscribes to `channels` (`SUBSCRIBE`); the confirmation and every message go to the delegate's
+    /// ``HiredisSubscriberDelegate/hiredis(_:didReceivePush:)``. Afterwards the connection accepts no other command
+    /// (Redis answers only pub/sub commands there). The subscription lasts until the connection closes.
+    /// - Throws: ``HiredisError`` when the context is gone or closing.
+    func subscribe(_ channels: [String]) throws(HiredisError) {
+        loop.preconditionInLoop()
+        precondition(!channels.isEmpty, "SUBSCRIBE needs a channel")
+        precondition(delegate is any HiredisSubscriberDelegate, "a subscribing connection needs a subscriber delegate")
+        guard let context else { throw HiredisError("the connection is closed") }
+        // No privdata box here, unlike send(): hiredis 0.14 keeps a SUBSCRIBE callback in its channel table and
+        // calls it for the confirmation and for every message, then once more with NULL when the context is freed,
+        // so "one +1 per callback" does not hold. onPush finds the connection through `context.data` instead,
+        // which holds its +1 until onDisconnect (the NULL calls come before that).
+        let arguments = [Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) }
+        let status = withArgv(arguments) { argc, argv, lengths in
+            redisAsyncCommandArgv(context, onPush, nil, argc, argv, lengths)
+        }
+        guard status == REDIS_OK else {
+            throw HiredisError(context.pointee.c.err != 0 ? errorText(of: context.pointee.c)
+                                                        : "the connection is closing")
+        }
+    }
+
+    fileprivate func receivedPush(_ push: RedisValue) {
+        (delegate as? any HiredisSubscriberDelegate)?.hiredis(self, didReceivePush: push)
+    }
+}
+
+private func onPush(_ context: UnsafeMutablePointer<redisAsyncContext>?, _ reply: UnsafeMutableRawPointer?,
+                    _ privdata: UnsafeMutableRawPointer?) {
+    // A NULL reply: the context is being freed; hiredisDidClose follows and says why.
+    guard let context, let reply, let data = context.pointee.data else { return }
+    // Copy now: hiredis frees the reply as soon as we return.
+    let value = copyReply(reply.assumingMemoryBound(to: redisReply.self))
+    let connection = Unmanaged<HiredisConnection>.fromOpaque(data).takeUnretainedValue()
+    withExtendedLifetime(connection) {
+        connection.receivedPush(value)
+    }
+}
