@@ -23,7 +23,8 @@ enum RedisTopology: Sendable {
     /// A Redis Cluster reached through these seeds; the node settings are ``AppConfiguration/redis``'s.
     case cluster([RedisAddress])
     /// The primary the sentinels name `masterName`; its connection settings are ``AppConfiguration/redis``'s.
-    case sentinel([RedisAddress], masterName: String)
+    /// `password`: the sentinels' own `requirepass`, when they have one.
+    case sentinel([RedisAddress], masterName: String, password: String?)
 }
 
 /// Everything `evserver` needs to run, validated.
@@ -155,6 +156,10 @@ struct ServerOptions: ParsableArguments {
             help: "The primary's name the sentinels monitor (env REDIS_SENTINEL_MASTER).")
     var sentinelMaster: String?
 
+    @Option(name: .customLong("sentinel-password"),
+            help: "The sentinels' own password (their requirepass), when they have one (env REDIS_SENTINEL_PASSWORD).")
+    var sentinelPassword: String?
+
     @Option(name: .customLong("redis-username"),
             help: "ACL user for AUTH, any Redis mode; not together with a user in --redis-url (env REDIS_USERNAME).")
     var redisUsername: String?
@@ -283,14 +288,19 @@ struct ServerOptions: ParsableArguments {
             guard let (masterName, _) = master, !masterName.trimmingSpaces.isEmpty else {
                 throw ConfigurationError("\(name) needs the primary's name: --sentinel-master NAME (or REDIS_SENTINEL_MASTER)")
             }
+            let sentinelPassword = value(self.sentinelPassword, "--sentinel-password", "REDIS_SENTINEL_PASSWORD")?.0
             do {
-                config.redisTopology = .sentinel(try RedisAddress.list(parsing: v), masterName: masterName.trimmingSpaces)
+                config.redisTopology = .sentinel(try RedisAddress.list(parsing: v), masterName: masterName.trimmingSpaces,
+                                                 password: sentinelPassword)
             } catch {
                 throw ConfigurationError("\(name): \(error)")
             }
         default:
             if sentinelMaster != nil {
                 throw ConfigurationError("--sentinel-master is only meaningful with --redis-sentinel (or REDIS_SENTINEL)")
+            }
+            if sentinelPassword != nil {
+                throw ConfigurationError("--sentinel-password is only meaningful with --redis-sentinel (or REDIS_SENTINEL)")
             }
         }
         let username = value(redisUsername, "--redis-username", "REDIS_USERNAME")
@@ -360,8 +370,9 @@ extension AppConfiguration {
         case .cluster(let seeds):
             return RedisSessionStore(cluster: RedisClusterConfiguration(seeds: seeds, node: redis), prefix: prefix,
                                      ttl: idleTimeout, scanCount: scanCount, waitForReplicas: redisWaitReplicas)
-        case .sentinel(let sentinels, let masterName):
-            let sentinel = RedisSentinelConfiguration(sentinels: sentinels, masterName: masterName, primary: redis)
+        case .sentinel(let sentinels, let masterName, let password):
+            let sentinel = RedisSentinelConfiguration(sentinels: sentinels, masterName: masterName, primary: redis,
+                                                      sentinelPassword: password)
             return RedisSessionStore(sentinel: sentinel, prefix: prefix, ttl: idleTimeout, scanCount: scanCount,
                                      waitForReplicas: redisWaitReplicas)
         }
@@ -372,7 +383,7 @@ extension AppConfiguration {
         switch redisTopology {
         case .single: return redis.redactedURL
         case .cluster(let seeds): return "cluster " + seeds.map(\.description).joined(separator: ",")
-        case .sentinel(let sentinels, let name):
+        case .sentinel(let sentinels, let name, _):
             return "sentinel \(name)@" + sentinels.map(\.description).joined(separator: ",")
         }
     }

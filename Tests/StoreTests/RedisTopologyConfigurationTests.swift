@@ -41,8 +41,18 @@ import RedisSessionStore
 
     @Test func sentinelNeedsItsMasterName() throws {
         let config = try resolve(["--redis-sentinel", "127.0.0.1:26379,127.0.0.1:26380", "--sentinel-master", "mymaster"])
-        guard case .sentinel(let sentinels, let name) = config.redisTopology else { Issue.record("not sentinel"); return }
-        #expect(sentinels.count == 2 && name == "mymaster")
+        guard case .sentinel(let sentinels, let name, let password) = config.redisTopology else {
+            Issue.record("not sentinel")
+            return
+        }
+        #expect(sentinels.count == 2 && name == "mymaster" && password == nil)
+        let withPassword = try resolve(["--redis-sentinel", "s:26379", "--sentinel-master", "m"],
+                                       ["REDIS_SENTINEL_PASSWORD": "sentinel-secret"])
+        guard case .sentinel(_, _, let given) = withPassword.redisTopology else { Issue.record("not sentinel"); return }
+        #expect(given == "sentinel-secret")
+        #expect(!withPassword.redisDescription.contains("sentinel-secret"))
+        #expect(failure(["--sentinel-password", "x"])
+                == "--sentinel-password is only meaningful with --redis-sentinel (or REDIS_SENTINEL)")
         #expect(try resolve([], ["REDIS_SENTINEL": "s:26379", "REDIS_SENTINEL_MASTER": "m"]).redisDescription
                 == "sentinel m@s:26379")
         #expect(failure(["--redis-sentinel", "127.0.0.1:26379"])
