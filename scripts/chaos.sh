@@ -11,6 +11,7 @@
 # and checks that a session request stays within deadline + 100 ms when every Redis reply is slow but in time.
 #
 #   CHAOS_KEEP=1        keep the work dir (logs, requests.csv) even when the run passes
+#   EVSERVER_BIN=path   use that binary instead of building one (release)
 #   CHAOS_CLIENTS (16)  CHAOS_CLIENT_RATE (20 requests/s per client)  REDIS_TIMEOUT_MS (1000)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -22,9 +23,7 @@ command -v redis-server >/dev/null || ensure_build_deps
 command -v python3 >/dev/null || ensure_packages python3
 command -v curl >/dev/null || ensure_packages curl
 
-log "building evserver (release)"
-swift build -c release --product evserver >&2
-BIN="$(swift build -c release --product evserver --show-bin-path)/evserver"
+evserver_binary release
 
 WORK="$(mktemp -d -t evserver-chaos.XXXXXX)"
 REDIS_PORT="$(free_port)"

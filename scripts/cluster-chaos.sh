@@ -19,14 +19,7 @@ command -v redis-cli >/dev/null || ensure_packages redis-server redis-tools
 command -v python3 >/dev/null || ensure_packages python3
 command -v curl >/dev/null || ensure_packages curl
 
-if [ -n "${EVSERVER_BIN:-}" ]; then
-    BIN="$EVSERVER_BIN"
-else
-    log "building evserver (release)"
-    swift build -c release --product evserver >&2
-    BIN="$(swift build -c release --product evserver --show-bin-path)/evserver"
-fi
-[ -x "$BIN" ] || die "no evserver binary at $BIN"
+evserver_binary release
 
 BASE="${CHAOS_PORT_BASE:-17200}"
 NODE_TIMEOUT="${REDIS_CLUSTER_NODE_TIMEOUT:-2000}"

@@ -77,16 +77,7 @@ esac
 
 ensure_build_deps
 ensure_packages haproxy curl
-if [ -n "${EVSERVER_BIN:-}" ]; then
-    BIN="$EVSERVER_BIN"
-else
-    mode="${CLUSTER_BUILD:-release}"
-    case "$mode" in release|debug) ;; *) die "CLUSTER_BUILD must be release or debug, not '$mode'" ;; esac
-    log "building evserver ($mode)"
-    swift build -c "$mode" --product evserver >&2
-    BIN="$(swift build -c "$mode" --product evserver --show-bin-path)/evserver"
-fi
-[ -x "$BIN" ] || die "no evserver binary at $BIN"
+evserver_binary "${CLUSTER_BUILD:-release}"
 
 LB_PORT="${LB_PORT:-8080}"
 APP_PORT_BASE="${APP_PORT_BASE:-3001}"

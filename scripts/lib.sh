@@ -22,6 +22,21 @@ ensure_packages() {
 
 ensure_build_deps() { ensure_packages libevent-dev libhiredis-dev redis-server pkg-config; }
 
+# evserver_binary [release|debug]: sets BIN to $EVSERVER_BIN when given, else builds evserver (release by default)
+# and sets BIN to the built binary. Dies when there is none.
+evserver_binary() {
+    local mode="${1:-release}"
+    case "$mode" in release|debug) ;; *) die "the evserver build must be release or debug, not '$mode'" ;; esac
+    if [ -n "${EVSERVER_BIN:-}" ]; then
+        BIN="$EVSERVER_BIN"
+    else
+        log "building evserver ($mode)"
+        swift build -c "$mode" --product evserver >&2
+        BIN="$(swift build -c "$mode" --product evserver --show-bin-path)/evserver"
+    fi
+    [ -x "$BIN" ] || die "no evserver binary at $BIN"
+}
+
 # free_port: prints a TCP port nobody listens on.
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
