@@ -38,26 +38,12 @@ def now():
 
 # MARK: - Redis, spoken directly (the fault driver must not depend on the server under test)
 
-def redis_command(port, *args, timeout=2.0):
-    """Sends one command over a new connection and returns the reply's first line (RESP2), e.g. '+OK', ':3'."""
-    payload = b"*%d\r\n" % len(args)
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        payload += b"$%d\r\n%s\r\n" % (len(data), data)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        reply = b""
-        while not reply.endswith(b"\r\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-    return reply.decode(errors="replace").strip()
+from resp import command as redis_command  # noqa: E402
 
 
 def redis_answers(port):
     try:
-        return redis_command(port, "PING", timeout=0.2) == "+PONG"
+        return redis_command(port, "PING", timeout=0.2) == "PONG"
     except OSError:
         return False
 

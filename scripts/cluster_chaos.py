@@ -25,7 +25,6 @@ Prints a table per phase and group; exits 1 when a property fails, 2 on a setup 
 import argparse
 import http.client
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -39,26 +38,16 @@ def now():
 
 # MARK: - Redis Cluster, spoken directly (the fault driver must not depend on the server under test)
 
-def redis_command(port, *args, timeout=2.0):
-    """One command over a new connection; returns the whole reply as bytes (enough for the small replies used)."""
-    payload = b"*%d\r\n" % len(args)
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        payload += b"$%d\r\n%s\r\n" % (len(data), data)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        time.sleep(0.02)
-        sock.settimeout(0.3)
-        reply = b""
-        try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-        except socket.timeout:
-            pass
-        return reply
+from resp import command as redis_command  # noqa: E402
+
+
+def text_reply(reply):
+    """A bulk or status reply as text; anything else (an error reply, nil) as ""."""
+    return reply if isinstance(reply, str) else ""
+
+
+def is_master(role_reply):
+    return isinstance(role_reply, list) and bool(role_reply) and role_reply[0] == "master"
 
 
 def crc16(data):
@@ -83,7 +72,7 @@ def key_slot(key):
 
 def cluster_nodes(port):
     """{port: (id, is_primary, [(start, end)])} from CLUSTER NODES."""
-    text = redis_command(port, "CLUSTER", "NODES").decode(errors="replace")
+    text = text_reply(redis_command(port, "CLUSTER", "NODES", timeout=2.0))
     nodes = {}
     for line in text.splitlines():
         fields = line.split()
@@ -218,7 +207,7 @@ def main():
     victim = primaries[0]
     victim_id = nodes[victim][0]
     replica_port = None
-    for line in redis_command(ports[1], "CLUSTER", "NODES").decode(errors="replace").splitlines():
+    for line in text_reply(redis_command(ports[1], "CLUSTER", "NODES", timeout=2.0)).splitlines():
         fields = line.split()
         if len(fields) > 3 and fields[3] == victim_id:
             replica_port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
@@ -267,7 +256,7 @@ def main():
     def watch_promotion():
         while "at" not in promoted and now() - killed < 60:
             try:
-                if redis_command(replica_port, "ROLE", timeout=0.5).startswith(b"*3\r\n$6\r\nmaster"):
+                if is_master(redis_command(replica_port, "ROLE", timeout=0.5)):
                     promoted["at"] = now()
             except OSError:
                 pass
