@@ -318,6 +318,9 @@ final class HTTPServer: @unchecked Sendable {
     private let headerTicks: Int
     private let lingerTicks: Int
     private var lastCapacityWarning = -1
+    /// The `Date` header of responses, and the second it names (see `currentDate()`).
+    private var dateSecond: time_t = -1
+    private var dateText = ""
 
     /// How long a refused connection keeps reading (and dropping) what the client still sends before it is closed:
     /// closing a socket with unread input sends a reset, which can destroy the answer before the client reads it.
@@ -510,12 +513,22 @@ final class HTTPServer: @unchecked Sendable {
             evhttp_remove_header(output, "Connection")
             evhttp_add_header(output, "Connection", "close")
         }
+        // For HTTP/1.1, evhttp_make_header_response would now append `Date` (formatted anew, through snprintf, for
+        // every response) and then `Content-Length` (snprintf again). The same two fields, in the same place and
+        // the same form, from a date made once a second; evhttp then skips its own.
+        let http11 = req.pointee.major == 1 && req.pointee.minor >= 1
+        let hasDate = evhttp_find_header(output, "Date") != nil   // the handler's own, as evhttp checks
         if head {
             // The GET route answered; tell the client how long the body it did not ask for would be.
             if bodyAllowed && !hasLength { evhttp_add_header(output, "Content-Length", String(response.body.count)) }
-        } else if bodyAllowed && !response.body.isEmpty {
-            let buffer = evhttp_request_get_output_buffer(req)
-            response.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+            if http11 && !hasDate { evhttp_add_header(output, "Date", currentDate()) }
+        } else {
+            if http11 && !hasDate { evhttp_add_header(output, "Date", currentDate()) }
+            if bodyAllowed && http11 { evhttp_add_header(output, "Content-Length", String(response.body.count)) }
+            if bodyAllowed && !response.body.isEmpty {
+                let buffer = evhttp_request_get_output_buffer(req)
+                response.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+            }
         }
 
         if evhttp_request_get_connection(req) != nil, let client, client.connection != nil {
@@ -528,6 +541,26 @@ final class HTTPServer: @unchecked Sendable {
         // A detached request (its client went away while we worked) is freed inside this call.
         evhttp_send_reply(req, Int32(code), reason, nil)
         checkDrained()
+    }
+
+    /// `Date` as evhttp writes it (with its own evutil_date_rfc1123: `Sun, 06 Nov 1994 08:49:37 GMT`), remade when
+    /// the second changes.
+    private func currentDate() -> String {
+        let now = time(nil)
+        if now != dateSecond {
+            dateSecond = now
+            dateText = Self.rfc1123(now)
+        }
+        return dateText
+    }
+
+    private static func rfc1123(_ seconds: time_t) -> String {
+        var now = seconds
+        var parts = tm()
+        gmtime_r(&now, &parts)
+        var text = [CChar](repeating: 0, count: 50)
+        let count = evutil_date_rfc1123(&text, text.count, &parts)
+        return String(decoding: text[..<max(0, Int(count))].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     fileprivate func responseWritten(_ client: ClientConnection) {

@@ -144,7 +144,7 @@ public struct JSONObject: Sendable, Hashable {
         let keyCount = key.utf8.count
         for position in entries.indices {
             let candidate = entries[position].key
-            if candidate.utf8.count == keyCount, candidate.utf8.elementsEqual(key.utf8) { return position }
+            if candidate.utf8.count == keyCount, candidate.utf8Equals(key) { return position }
         }
         return nil
     }
@@ -165,7 +165,7 @@ public struct JSONObject: Sendable, Hashable {
     public static func == (lhs: JSONObject, rhs: JSONObject) -> Bool {
         guard lhs.entries.count == rhs.entries.count else { return false }
         for (a, b) in zip(lhs.entries, rhs.entries) {
-            guard a.key.utf8.elementsEqual(b.key.utf8), a.value == b.value else { return false }
+            guard a.key.utf8Equals(b.key), a.value == b.value else { return false }
         }
         return true
     }
@@ -185,7 +185,7 @@ private struct ExactKey: Hashable {
     let string: String
     init(_ string: String) { self.string = string }
     static func == (lhs: ExactKey, rhs: ExactKey) -> Bool {
-        lhs.string.utf8.count == rhs.string.utf8.count && lhs.string.utf8.elementsEqual(rhs.string.utf8)
+        lhs.string.utf8Equals(rhs.string)
     }
     func hash(into hasher: inout Hasher) { hasher.combine(string) }
 }

@@ -62,7 +62,23 @@ public final class Request {
 
     /// Cookies from the `Cookie` header(s), values percent-decoded; the first of a repeated name wins
     /// (as the `cookie` npm package does). Malformed pairs are skipped, never an error.
-    public lazy var cookies: [String: String] = CookieParser.parse(headers.values("Cookie"))
+    public var cookies: [String: String] {
+        get {
+            if let parsedCookies { return parsedCookies }
+            let parsed = CookieParser.parse(headers.values("Cookie"))
+            parsedCookies = parsed
+            return parsed
+        }
+        set { parsedCookies = newValue }
+    }
+    private var parsedCookies: [String: String]?
+
+    /// The value of one cookie: `cookies[name]`, without parsing (and percent-decoding) every other cookie when
+    /// ``cookies`` has not been asked for.
+    public func cookie(named name: String) -> String? {
+        if let parsedCookies { return parsedCookies[name] }
+        return CookieParser.value(named: name, in: headers.values("Cookie"))
+    }
 
     /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in
     /// `X-Forwarded-For` that is not itself a trusted proxy (express's `req.ip`).

@@ -12,7 +12,10 @@ public struct CookieSignerError: Error, Sendable, CustomStringConvertible {
 /// The first secret signs; every secret verifies, so secrets can be rotated by putting the new one first and keeping
 /// the old ones until their cookies have expired.
 public struct CookieSigner: Sendable {
-    private let keys: [SymmetricKey]
+    /// One HMAC per secret, already keyed: HMAC's inner and outer key pads are hashed once here (as RFC 2104
+    /// section 4 suggests), so signing an id costs two SHA-256 blocks instead of four. Copies are cheap (the hash
+    /// states are copy-on-write) and each signature works on its own copy.
+    private let keyed: [HMAC<SHA256>]
 
     /// - Parameter secrets: the first signs, all verify.
     /// - Throws: ``CookieSignerError`` when the list or any secret is empty.
@@ -20,12 +23,12 @@ public struct CookieSigner: Sendable {
         guard !secrets.isEmpty else { throw CookieSignerError("at least one cookie secret is required") }
         guard !secrets.contains(where: \.isEmpty) else { throw CookieSignerError("cookie secrets must not be empty") }
         // Node's createHmac('sha256', secret) keys the HMAC with the secret's UTF-8 bytes; so do we.
-        keys = secrets.map { SymmetricKey(data: Array($0.utf8)) }
+        keyed = secrets.map { HMAC<SHA256>(key: SymmetricKey(data: Array($0.utf8))) }
     }
 
     /// The signed value: `s:` + id + `.` + signature.
     public func sign(_ id: String) -> String {
-        "s:" + id + "." + CookieSigner.signature(of: id, key: keys[0])
+        "s:" + id + "." + CookieSigner.signature(of: id, keyed: keyed[0])
     }
 
     /// The id inside a signed value, or nil when the value is not `s:<id>.<signature>` with a signature made by one
@@ -39,9 +42,9 @@ public struct CookieSigner: Sendable {
         let body = value.utf8.dropFirst(2)
         guard let dot = body.lastIndex(of: UInt8(ascii: ".")) else { return nil }
         let id = String(decoding: body[body.startIndex..<dot], as: UTF8.self)
-        let presented = body[body.index(after: dot)...]
-        for key in keys {
-            let expected = CookieSigner.signature(of: id, key: key).utf8
+        let presented = String(decoding: body[body.index(after: dot)...], as: UTF8.self)
+        for mac in keyed {
+            let expected = CookieSigner.signature(of: id, keyed: mac)
             if CookieSigner.constantTimeEquals(expected, presented) { return id }
         }
         return nil
@@ -55,8 +58,24 @@ public struct CookieSigner: Sendable {
 
     /// `base64(HMAC-SHA256(key, value))` without `=` padding.
     static func signature(of value: String, key: SymmetricKey) -> String {
-        let mac = HMAC<SHA256>.authenticationCode(for: Array(value.utf8), using: key)
-        return Base64.encode(Array(mac), alphabet: Base64.standardAlphabet)
+        signature(of: value, keyed: HMAC<SHA256>(key: key))
+    }
+
+    /// `base64(HMAC-SHA256(key, value))` without `=` padding, from an HMAC already keyed (see ``keyed``).
+    private static func signature(of value: String, keyed: HMAC<SHA256>) -> String {
+        var mac = keyed
+        mac.update(data: Array(value.utf8))
+        return Base64.encode(Array(mac.finalize()), alphabet: Base64.standardAlphabet)
+    }
+
+    /// ``constantTimeEquals(_:_:)-(A,B)`` on the UTF-8 of two strings, through spans (a zip over two UTF-8 views
+    /// costs several times more).
+    static func constantTimeEquals(_ a: String, _ b: String) -> Bool {
+        let a = a.utf8.span, b = b.utf8.span
+        guard a.count == b.count else { return false }
+        var difference: UInt8 = 0
+        for index in a.indices { difference |= a[index] ^ b[index] }
+        return difference == 0
     }
 
     /// Compares without an early exit, so the time taken says nothing about where the first difference is. The length
