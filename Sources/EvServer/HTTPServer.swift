@@ -450,6 +450,7 @@ final class HTTPServer: @unchecked Sendable {
         // String(cString:) repairs invalid UTF-8, so no byte sequence a client sends can trap here.
         let uri = evhttp_request_get_uri(req).map { String(cString: $0) } ?? "/"
         var fields: [(name: String, value: String)] = []
+        fields.reserveCapacity(8)   // one allocation for a typical request's headers
         if let headers = evhttp_request_get_input_headers(req) {
             var item = headers.pointee.tqh_first
             while let field = item {

@@ -114,6 +114,9 @@ public struct HTTPHeaders: Sendable, Sequence, ExpressibleByDictionaryLiteral {
         fields.compactMap { $0.name.asciiCaseInsensitiveEquals(name) ? $0.value : nil }
     }
 
+    /// Makes room for `count` fields.
+    mutating func reserveCapacity(_ count: Int) { fields.reserveCapacity(count) }
+
     /// Appends a field, keeping any existing one of the same name (as `Set-Cookie` needs).
     public mutating func add(_ name: String, _ value: String) { fields.append((name: name, value: value)) }
 

@@ -7,11 +7,26 @@ public protocol RequestStorageKey {
 
 /// Typed per-request storage for middleware.
 public struct RequestStorage {
-    private var values: [ObjectIdentifier: Any] = [:]
+    // A request carries one or two values (the session): a short list searched in order costs less than a
+    // dictionary, which allocates and hashes on every request.
+    private var values: [(key: ObjectIdentifier, value: Any)] = []
     public init() {}
     public subscript<Key: RequestStorageKey>(_ key: Key.Type) -> Key.Value? {
-        get { values[ObjectIdentifier(key)] as? Key.Value }
-        set { values[ObjectIdentifier(key)] = newValue }
+        get {
+            let id = ObjectIdentifier(key)
+            for entry in values where entry.key == id { return entry.value as? Key.Value }
+            return nil
+        }
+        set {
+            let id = ObjectIdentifier(key)
+            let index = values.firstIndex { $0.key == id }
+            switch (index, newValue) {
+            case (let index?, let value?): values[index].value = value
+            case (let index?, nil): values.remove(at: index)
+            case (nil, let value?): values.append((key: id, value: value))
+            case (nil, nil): break
+            }
+        }
     }
 }
 
