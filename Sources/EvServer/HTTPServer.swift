@@ -289,6 +289,8 @@ final class HTTPServer: @unchecked Sendable {
 
     let loop: EventLoop
     private let pipeline: RequestPipeline
+    /// The tasks that run the requests (see RequestWorkers.swift).
+    private let workers: RequestWorkers
     fileprivate let limits: HTTPLimits
     private let maxConnections: Int
     private var http: OpaquePointer?
@@ -332,6 +334,7 @@ final class HTTPServer: @unchecked Sendable {
          descriptor: Int32) throws(HTTPServerError) {
         self.loop = loop
         self.pipeline = pipeline
+        self.workers = RequestWorkers(loop: loop)
         self.limits = configuration.limits
         self.maxConnections = max(1, configuration.maxConnections)
         // Sweep often enough that a timeout fires at most a quarter late (and at most 1 s late).
@@ -422,7 +425,7 @@ final class HTTPServer: @unchecked Sendable {
         let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
         let request = makeRequest(req, connection: connection)
         let pipeline = self.pipeline
-        Task(executorPreference: loop) { [self] in
+        workers.run { [self] in
             let response = await pipeline.respond(to: request)
             // Nonisolated code of a task that prefers the loop runs on the loop, so this is the common path.
             if loop.inLoop {
@@ -890,6 +893,7 @@ final class HTTPServer: @unchecked Sendable {
         self.http = nil
         evhttp_free(http)   // connectionClosed runs for each connection
         connections.removeAll()
+        workers.close()
         finishDrain(false)
     }
 }
