@@ -423,7 +423,7 @@ final class HTTPServer: @unchecked Sendable {
         inFlight[id] = (req, client)
         client?.inFlight += 1
         let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
-        let request = makeRequest(req, connection: connection)
+        let request = makeRequest(req, connection: connection, client: client)
         let pipeline = self.pipeline
         workers.run { [self] in
             let response = await pipeline.respond(to: request)
@@ -437,7 +437,9 @@ final class HTTPServer: @unchecked Sendable {
         }
     }
 
-    private func makeRequest(_ req: RequestPointer, connection: OpaquePointer?) -> sending Request {
+    private func makeRequest(_ req: RequestPointer, connection: OpaquePointer?, client: ClientConnection?)
+        -> sending Request
+    {
         let method: HTTPMethod = switch evhttp_request_get_command(req) {
         case EVHTTP_REQ_GET: .get
         case EVHTTP_REQ_POST: .post
@@ -472,12 +474,14 @@ final class HTTPServer: @unchecked Sendable {
                 }
             }
         }
-        var remoteAddress = ""
-        if let connection {
+        // The peer of a connection does not change: read it once per connection, not once per request.
+        var remoteAddress = client?.remoteAddress ?? ""
+        if client?.remoteAddress == nil, let connection {
             var host: UnsafeMutablePointer<CChar>?
             var port: UInt16 = 0
             evhttp_connection_get_peer(connection, &host, &port)
             if let host { remoteAddress = String(cString: host) }
+            client?.remoteAddress = remoteAddress
         }
         return Request(method: method, uri: uri, headers: HTTPHeaders(fields: fields), body: body,
                        remoteAddress: remoteAddress, loop: loop)
@@ -509,7 +513,7 @@ final class HTTPServer: @unchecked Sendable {
             } else if field.name.asciiCaseInsensitiveEquals("Transfer-Encoding") {
                 continue   // the body always goes out whole, with a Content-Length
             }
-            if evhttp_add_header(output, field.name, field.value) != 0 {
+            if addHeader(output, field.name, field.value) != 0 {
                 logger.warning("dropped response header \(field.name): a name or value must not contain CR or LF")
             }
         }
@@ -524,11 +528,11 @@ final class HTTPServer: @unchecked Sendable {
         let hasDate = evhttp_find_header(output, "Date") != nil   // the handler's own, as evhttp checks
         if head {
             // The GET route answered; tell the client how long the body it did not ask for would be.
-            if bodyAllowed && !hasLength { evhttp_add_header(output, "Content-Length", String(response.body.count)) }
-            if http11 && !hasDate { evhttp_add_header(output, "Date", currentDate()) }
+            if bodyAllowed && !hasLength { addHeader(output, "Content-Length", String(response.body.count)) }
+            if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
         } else {
-            if http11 && !hasDate { evhttp_add_header(output, "Date", currentDate()) }
-            if bodyAllowed && http11 { evhttp_add_header(output, "Content-Length", String(response.body.count)) }
+            if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
+            if bodyAllowed && http11 { addHeader(output, "Content-Length", String(response.body.count)) }
             if bodyAllowed && !response.body.isEmpty {
                 let buffer = evhttp_request_get_output_buffer(req)
                 response.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
@@ -545,6 +549,13 @@ final class HTTPServer: @unchecked Sendable {
         // A detached request (its client went away while we worked) is freed inside this call.
         evhttp_send_reply(req, Int32(code), reason, nil)
         checkDrained()
+    }
+
+    /// evhttp_add_header with the strings' own NUL-terminated UTF-8: passing a String straight to a `const char *`
+    /// parameter copies it into a new array first.
+    @discardableResult
+    private func addHeader(_ headers: UnsafeMutablePointer<evkeyvalq>?, _ name: String, _ value: String) -> Int32 {
+        name.withCString { name in value.withCString { value in evhttp_add_header(headers, name, value) } }
     }
 
     /// `Date` as evhttp writes it (with its own evutil_date_rfc1123: `Sun, 06 Nov 1994 08:49:37 GMT`), remade when
@@ -928,6 +939,8 @@ fileprivate final class ClientConnection {
     var flushing = false
     /// Accepted past `maxConnections`: refused as soon as it is registered.
     let overCapacity: Bool
+    /// The peer's address, once a request has asked for it.
+    var remoteAddress: String?
 
     /// Whether evhttp is reading the next request: every earlier one is answered and written. Only then may the
     /// server answer on its own (or time the client out): nothing else is being written, and no request the

@@ -90,10 +90,13 @@ public struct CookieSigner: Sendable {
     /// JavaScript's `encodeURIComponent`: everything but `A-Z a-z 0-9 - _ . ! ~ * ' ( )` becomes `%XX` of its UTF-8
     /// bytes, in upper-case hex.
     public static func encodeURIComponent(_ text: String) -> String {
-        let hex = Array("0123456789ABCDEF".utf8)
+        // Over a span, with the hex digits computed: this runs for every Set-Cookie, and the UTF-8 view's iterator
+        // plus a digit table built per call cost several times more.
+        let bytes = text.utf8.span
         var out: [UInt8] = []
-        out.reserveCapacity(text.utf8.count + 8)
-        for byte in text.utf8 {
+        out.reserveCapacity(bytes.count + 16)
+        for index in bytes.indices {
+            let byte = bytes[index]
             switch byte {
             case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
                  UInt8(ascii: "0")...UInt8(ascii: "9"),
@@ -102,10 +105,14 @@ public struct CookieSigner: Sendable {
                 out.append(byte)
             default:
                 out.append(UInt8(ascii: "%"))
-                out.append(hex[Int(byte >> 4)])
-                out.append(hex[Int(byte & 0x0F)])
+                out.append(upperHexDigit(byte >> 4))
+                out.append(upperHexDigit(byte & 0x0F))
             }
         }
         return String(decoding: out, as: UTF8.self)
+    }
+
+    private static func upperHexDigit(_ value: UInt8) -> UInt8 {
+        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "A") + value - 10
     }
 }
