@@ -240,12 +240,13 @@ public struct RedisScript: Sendable, Hashable {
 
     /// The lower-case hex SHA1 of `bytes`, as Lua's `redis.sha1hex` and `SCRIPT LOAD` write it.
     static func sha1Hex(_ bytes: [UInt8]) -> [UInt8] {
-        let hex: [UInt8] = Array("0123456789abcdef".utf8)
+        // Digits computed, not looked up in a table built per call (every session save hashes its loaded value).
+        func digit(_ value: UInt8) -> UInt8 { value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10 }
         var text: [UInt8] = []
         text.reserveCapacity(40)
         for byte in Insecure.SHA1.hash(data: bytes) {
-            text.append(hex[Int(byte >> 4)])
-            text.append(hex[Int(byte & 0x0F)])
+            text.append(digit(byte >> 4))
+            text.append(digit(byte & 0x0F))
         }
         return text
     }
