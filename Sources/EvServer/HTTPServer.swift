@@ -547,7 +547,7 @@ final class HTTPServer: @unchecked Sendable {
             evhttp_request_set_on_complete_cb(req, onResponseWritten, Unmanaged.passUnretained(client).toOpaque())
         }
         // A detached request (its client went away while we worked) is freed inside this call.
-        evhttp_send_reply(req, Int32(code), reason, nil)
+        reason.withCString { evhttp_send_reply(req, Int32(code), $0, nil) }
         checkDrained()
     }
 

@@ -8,9 +8,11 @@ public protocol RequestStorageKey {
 /// Typed per-request storage for middleware.
 public struct RequestStorage {
     // A request carries one or two values (the session): a short list searched in order costs less than a
-    // dictionary, which allocates and hashes on every request.
-    private var values: [(key: ObjectIdentifier, value: Any)] = []
+    // dictionary, which allocates and hashes on every request. The subscript is inlinable so that callers in other
+    // modules (the session middleware) get it specialized for their key instead of running it generically.
+    @usableFromInline var values: [(key: ObjectIdentifier, value: Any)] = []
     public init() {}
+    @inlinable
     public subscript<Key: RequestStorageKey>(_ key: Key.Type) -> Key.Value? {
         get {
             let id = ObjectIdentifier(key)
