@@ -9,12 +9,15 @@ requests, so Ir/request compares them without wall-clock noise.
   scripts/bench_profile.py --redis-port 6421 --server evserver=.build/release/evserver \
       --server reference=.build-bench/reference [--scenarios hello,read] [--requests 4000] [--keep DIR]
 
-Needs a running redis-server on --redis-port (it is FLUSHALLed). With --keep, the callgrind files stay in DIR for
-`callgrind_annotate --inclusive=yes DIR/<server>-<scenario>.out`.
+Needs valgrind, cc and strip, and a running redis-server on --redis-port (it is FLUSHALLed: use a private one).
+With --keep, the callgrind files stay in DIR for `callgrind_annotate --inclusive=yes DIR/<server>-<scenario>.callgrind`
+(symbols are mangled: pipe through `swift demangle --simplified`). See BENCHMARKS.md, "Profile".
 """
 import argparse
 import os
 import re
+import selectors
+import shutil
 import socket
 import subprocess
 import sys
@@ -72,11 +75,10 @@ def drive(port, path, count, connections, cookies):
     """`count` requests over `connections` connections, each keeping one request in flight."""
     conns = [Connection(port) for _ in range(connections)]
     sent = received = 0
-    for i, c in enumerate(conns):
+    for c in conns:
         if sent < count:
             c.send(path, cookies[sent % len(cookies)] if cookies else None)
             sent += 1
-    import selectors
     sel = selectors.DefaultSelector()
     for c in conns:
         sel.register(c.sock, selectors.EVENT_READ, c)
@@ -87,8 +89,6 @@ def drive(port, path, count, connections, cookies):
             if status != 200:
                 raise RuntimeError(f"{path}: status {status}: {body[:200]!r}")
             received += 1
-            while c.buffer:   # another full response may already be buffered (never, with one in flight)
-                break
             if sent < count:
                 c.send(path, cookies[sent % len(cookies)] if cookies else None)
                 sent += 1
@@ -196,6 +196,9 @@ def main():
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--keep", help="directory for the callgrind files (default: a temporary one, removed)")
     opts = p.parse_args()
+    for tool in ("valgrind", "callgrind_control", "cc", "strip"):
+        if not shutil.which(tool):
+            sys.exit(f"bench_profile: {tool} not found (apt-get install valgrind gcc binutils)")
     out_dir = Path(opts.keep or tempfile.mkdtemp(prefix="evserver-profile."))
     out_dir.mkdir(parents=True, exist_ok=True)
     opts.shim = build_shim(out_dir)
