@@ -228,11 +228,10 @@ final class RequestPipeline: Sendable {
         return response
     }
 
-    private func run(_ index: Int, _ request: Request, _ response: Response) async throws {
+    /// Runs the chain from middleware `index` on (past the last one: the router).
+    func run(_ index: Int, _ request: Request, _ response: Response) async throws {
         guard index < middleware.count else { return try await router.handle(request, response) }
-        try await middleware[index].handle(request, response, next: Next { [self] in
-            try await run(index + 1, request, response)
-        })
+        try await middleware[index].handle(request, response, next: Next(self, from: index + 1, request, response))
     }
 
     private func render(_ error: any Error, for request: Request, into response: Response) {

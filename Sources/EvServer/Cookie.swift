@@ -34,7 +34,31 @@ public enum CookieParser {
     private static let equals = UInt8(ascii: "=")
     private static let quote = UInt8(ascii: "\"")
 
+    /// The value of the first cookie named `name` in `headerValues`: what `parse(headerValues)[name]` gives, without
+    /// building the dictionary (or decoding the other values).
+    public static func value(named name: String, in headerValues: [String]) -> String? {
+        for header in headerValues {
+            var found: String?
+            forEachPair(in: header) { candidate, value in
+                guard candidate == name else { return true }
+                found = value()
+                return false
+            }
+            if let found { return found }
+        }
+        return nil
+    }
+
     private static func parse(_ header: String, into result: inout [String: String]) {
+        forEachPair(in: header) { name, value in
+            if result[name] == nil { result[name] = value() }
+            return true
+        }
+    }
+
+    /// Walks the pairs of one header in order: `visit` gets each name and a function that makes its value, and
+    /// returns false to stop.
+    private static func forEachPair(in header: String, _ visit: (String, () -> String) -> Bool) {
         let bytes = Array(header.utf8)
         let count = bytes.count
         var index = 0
@@ -48,14 +72,15 @@ public enum CookieParser {
                 continue
             }
             let name = text(bytes, trimmed(bytes, index, eq))
-            if result[name] == nil {
+            let goOn = visit(name) {
                 var value = trimmed(bytes, eq + 1, end)
                 if value.count >= 2 && bytes[value.lowerBound] == quote && bytes[value.upperBound - 1] == quote {
                     value = (value.lowerBound + 1)..<(value.upperBound - 1)
                 }
                 let raw = text(bytes, value)
-                result[name] = bytes[value].contains(UInt8(ascii: "%")) ? (percentDecode(raw) ?? raw) : raw
+                return bytes[value].contains(UInt8(ascii: "%")) ? (percentDecode(raw) ?? raw) : raw
             }
+            if !goOn { return }
             index = end + 1
         }
     }
@@ -120,10 +145,11 @@ extension Date {
 ///   UTF-8 (as `decodeURIComponent` throws). Text without escapes comes back as is, without copying.
 public func percentDecode(_ text: String, plusAsSpace: Bool = false) -> String? {
     let plus = UInt8(ascii: "+"), percent = UInt8(ascii: "%")
-    guard text.utf8.contains(where: { $0 == percent || (plusAsSpace && $0 == plus) }) else { return text }
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(text.utf8.count)
-    var iterator = text.utf8.makeIterator()
+    // Over a span of the UTF-8: this decodes every session cookie, and the view's iterator costs several times more.
+    let input = text.utf8.span
+    var first = 0
+    while first < input.count && input[first] != percent && !(plusAsSpace && input[first] == plus) { first += 1 }
+    guard first < input.count else { return text }
     func hex(_ c: UInt8) -> UInt8? {
         switch c {
         case 48...57: c - 48
@@ -132,15 +158,23 @@ public func percentDecode(_ text: String, plusAsSpace: Bool = false) -> String? 
         default: nil
         }
     }
-    while let c = iterator.next() {
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(input.count)
+    var ascii = true
+    var index = 0
+    while index < input.count {
+        var c = input[index]
+        index += 1
         if c == percent {
-            guard let h = iterator.next().flatMap(hex), let l = iterator.next().flatMap(hex) else { return nil }
-            bytes.append(h << 4 | l)
+            guard index + 1 < input.count, let h = hex(input[index]), let l = hex(input[index + 1]) else { return nil }
+            index += 2
+            c = h << 4 | l
         } else if c == plus && plusAsSpace {
-            bytes.append(32)
-        } else {
-            bytes.append(c)
+            c = 32
         }
+        if c >= 0x80 { ascii = false }
+        bytes.append(c)
     }
-    return String(validating: bytes, as: UTF8.self)
+    // ASCII is valid UTF-8 as it is; only other bytes need the check.
+    return ascii ? String(decoding: bytes, as: UTF8.self) : String(validating: bytes, as: UTF8.self)
 }

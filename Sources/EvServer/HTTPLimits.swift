@@ -158,6 +158,65 @@ extension HTTPLimits {
                     continue
                 case .dead:
                     return nil
+                case .target:
+                    // The request target's bytes, in one run (see `.value` below). Each byte counts against both
+                    // the head and the target limit, the head's first: whichever a byte of the run crosses first is
+                    // the failure, as one `step` per byte would find.
+                    var end = index
+                    while end < count {
+                        let byte = bytes[end]
+                        guard byte > 32 && byte != 127 else { break }
+                        end += 1
+                    }
+                    let run = end - index
+                    if run > 0 {
+                        let headRoom = limits.maxHeaderSize - headBytes, targetRoom = limits.maxURILength - targetLength
+                        if run > min(headRoom, targetRoom) {
+                            state = .dead
+                            return headRoom <= targetRoom ? .headerTooLarge : .uriTooLong
+                        }
+                        headBytes += run
+                        targetLength += run
+                        index = end
+                        continue
+                    }
+                case .name:
+                    // A field name's bytes, in one run (see `.value` below); the colon or anything else goes to `step`.
+                    var end = index
+                    while end < count {
+                        let byte = bytes[end]
+                        guard byte != 58 && isTokenByte(byte) else { break }
+                        word.append(lowercased(byte))
+                        end += 1
+                    }
+                    if end > index {
+                        headBytes += end - index
+                        index = end
+                        if headBytes > limits.maxHeaderSize {
+                            state = .dead
+                            return .headerTooLarge
+                        }
+                        continue
+                    }
+                case .value where fieldKind == .other || fieldKind == .host:
+                    // Most of a head is values whose bytes nobody reads (cookies, user agents; a Host is only
+                    // counted): their ordinary bytes need only counting, so take them in one run instead of one
+                    // `step` each. Anything else (CR, a control byte) ends the run and goes through `step`.
+                    var end = index
+                    while end < count {
+                        let byte = bytes[end]
+                        guard (byte >= 32 && byte != 127) || byte == 9 else { break }
+                        end += 1
+                    }
+                    if end > index {
+                        headBytes += end - index
+                        index = end
+                        if headBytes > limits.maxHeaderSize {
+                            state = .dead
+                            return .headerTooLarge
+                        }
+                        continue
+                    }
                 default:
                     break
                 }

@@ -295,6 +295,8 @@ final class HTTPServer: @unchecked Sendable {
 
     let loop: EventLoop
     private let pipeline: RequestPipeline
+    /// The tasks that run the requests (see RequestWorkers.swift).
+    private let workers: RequestWorkers
     fileprivate let limits: HTTPLimits
     private let maxConnections: Int
     private var http: OpaquePointer?
@@ -324,6 +326,9 @@ final class HTTPServer: @unchecked Sendable {
     private let headerTicks: Int
     private let lingerTicks: Int
     private var lastCapacityWarning = -1
+    /// The `Date` header of responses, and the second it names (see `currentDate()`).
+    private var dateSecond: time_t = -1
+    private var dateText = ""
 
     /// How long a refused connection keeps reading (and dropping) what the client still sends before it is closed:
     /// closing a socket with unread input sends a reset, which can destroy the answer before the client reads it.
@@ -335,6 +340,7 @@ final class HTTPServer: @unchecked Sendable {
          descriptor: Int32) throws(HTTPServerError) {
         self.loop = loop
         self.pipeline = pipeline
+        self.workers = RequestWorkers(loop: loop)
         self.limits = configuration.limits
         self.maxConnections = max(1, configuration.maxConnections)
         // Sweep often enough that a timeout fires at most a quarter late (and at most 1 s late).
@@ -423,9 +429,9 @@ final class HTTPServer: @unchecked Sendable {
         inFlight[id] = (req, client)
         client?.inFlight += 1
         let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
-        let request = makeRequest(req, connection: connection)
+        let request = makeRequest(req, connection: connection, client: client)
         let pipeline = self.pipeline
-        Task(executorPreference: loop) { [self] in
+        workers.run { [self] in
             let response = await pipeline.respond(to: request)
             // Nonisolated code of a task that prefers the loop runs on the loop, so this is the common path.
             if loop.inLoop {
@@ -437,7 +443,9 @@ final class HTTPServer: @unchecked Sendable {
         }
     }
 
-    private func makeRequest(_ req: RequestPointer, connection: OpaquePointer?) -> sending Request {
+    private func makeRequest(_ req: RequestPointer, connection: OpaquePointer?, client: ClientConnection?)
+        -> sending Request
+    {
         let method: HTTPMethod = switch evhttp_request_get_command(req) {
         case EVHTTP_REQ_GET: .get
         case EVHTTP_REQ_POST: .post
@@ -453,6 +461,7 @@ final class HTTPServer: @unchecked Sendable {
         // String(cString:) repairs invalid UTF-8, so no byte sequence a client sends can trap here.
         let uri = evhttp_request_get_uri(req).map { String(cString: $0) } ?? "/"
         var fields: [(name: String, value: String)] = []
+        fields.reserveCapacity(8)   // one allocation for a typical request's headers
         if let headers = evhttp_request_get_input_headers(req) {
             var item = headers.pointee.tqh_first
             while let field = item {
@@ -471,12 +480,14 @@ final class HTTPServer: @unchecked Sendable {
                 }
             }
         }
-        var remoteAddress = ""
-        if let connection {
+        // The peer of a connection does not change: read it once per connection, not once per request.
+        var remoteAddress = client?.remoteAddress ?? ""
+        if client?.remoteAddress == nil, let connection {
             var host: UnsafeMutablePointer<CChar>?
             var port: UInt16 = 0
             evhttp_connection_get_peer(connection, &host, &port)
             if let host { remoteAddress = String(cString: host) }
+            client?.remoteAddress = remoteAddress
         }
         return Request(method: method, uri: uri, headers: HTTPHeaders(fields: fields), body: body,
                        remoteAddress: remoteAddress, loop: loop)
@@ -508,7 +519,7 @@ final class HTTPServer: @unchecked Sendable {
             } else if field.name.asciiCaseInsensitiveEquals("Transfer-Encoding") {
                 continue   // the body always goes out whole, with a Content-Length
             }
-            if evhttp_add_header(output, field.name, field.value) != 0 {
+            if addHeader(output, field.name, field.value) != 0 {
                 logger.warning("dropped response header \(field.name): a name or value must not contain CR or LF")
             }
         }
@@ -516,12 +527,22 @@ final class HTTPServer: @unchecked Sendable {
             evhttp_remove_header(output, "Connection")
             evhttp_add_header(output, "Connection", "close")
         }
+        // For HTTP/1.1, evhttp_make_header_response would now append `Date` (formatted anew, through snprintf, for
+        // every response) and then `Content-Length` (snprintf again). The same two fields, in the same place and
+        // the same form, from a date made once a second; evhttp then skips its own.
+        let http11 = req.pointee.major == 1 && req.pointee.minor >= 1
+        let hasDate = evhttp_find_header(output, "Date") != nil   // the handler's own, as evhttp checks
         if head {
             // The GET route answered; tell the client how long the body it did not ask for would be.
-            if bodyAllowed && !hasLength { evhttp_add_header(output, "Content-Length", String(response.body.count)) }
-        } else if bodyAllowed && !response.body.isEmpty {
-            let buffer = evhttp_request_get_output_buffer(req)
-            response.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+            if bodyAllowed && !hasLength { addHeader(output, "Content-Length", String(response.body.count)) }
+            if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
+        } else {
+            if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
+            if bodyAllowed && http11 { addHeader(output, "Content-Length", String(response.body.count)) }
+            if bodyAllowed && !response.body.isEmpty {
+                let buffer = evhttp_request_get_output_buffer(req)
+                response.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+            }
         }
 
         if evhttp_request_get_connection(req) != nil, let client, client.connection != nil {
@@ -532,8 +553,35 @@ final class HTTPServer: @unchecked Sendable {
             evhttp_request_set_on_complete_cb(req, onResponseWritten, Unmanaged.passUnretained(client).toOpaque())
         }
         // A detached request (its client went away while we worked) is freed inside this call.
-        evhttp_send_reply(req, Int32(code), reason, nil)
+        reason.withCString { evhttp_send_reply(req, Int32(code), $0, nil) }
         checkDrained()
+    }
+
+    /// evhttp_add_header with the strings' own NUL-terminated UTF-8: passing a String straight to a `const char *`
+    /// parameter copies it into a new array first.
+    @discardableResult
+    private func addHeader(_ headers: UnsafeMutablePointer<evkeyvalq>?, _ name: String, _ value: String) -> Int32 {
+        name.withCString { name in value.withCString { value in evhttp_add_header(headers, name, value) } }
+    }
+
+    /// `Date` as evhttp writes it (with its own evutil_date_rfc1123: `Sun, 06 Nov 1994 08:49:37 GMT`), remade when
+    /// the second changes.
+    private func currentDate() -> String {
+        let now = time(nil)
+        if now != dateSecond {
+            dateSecond = now
+            dateText = Self.rfc1123(now)
+        }
+        return dateText
+    }
+
+    private static func rfc1123(_ seconds: time_t) -> String {
+        var now = seconds
+        var parts = tm()
+        gmtime_r(&now, &parts)
+        var text = [CChar](repeating: 0, count: 50)
+        let count = evutil_date_rfc1123(&text, text.count, &parts)
+        return String(decoding: text[..<max(0, Int(count))].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     fileprivate func responseWritten(_ client: ClientConnection) {
@@ -906,6 +954,7 @@ final class HTTPServer: @unchecked Sendable {
         self.http = nil
         evhttp_free(http)   // connectionClosed runs for each connection
         connections.removeAll()
+        workers.close()
         finishDrain(false)
     }
 }
@@ -940,6 +989,8 @@ fileprivate final class ClientConnection {
     var flushing = false
     /// Accepted past `maxConnections`: refused as soon as it is registered.
     let overCapacity: Bool
+    /// The peer's address, once a request has asked for it.
+    var remoteAddress: String?
 
     /// Whether evhttp is reading the next request: every earlier one is answered and written. Only then may the
     /// server answer on its own (or time the client out): nothing else is being written, and no request the

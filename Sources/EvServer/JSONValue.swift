@@ -76,6 +76,11 @@ public struct JSONObject: Sendable, Hashable {
         }
     }
 
+    /// Makes room for `count` members, so that building a small object allocates once.
+    mutating func reserveCapacity(_ count: Int) {
+        entries.reserveCapacity(count)
+    }
+
     /// Sets `value` for `key`, keeping the key's position when it exists.
     /// - Returns: the previous value, or nil.
     @discardableResult
@@ -144,7 +149,7 @@ public struct JSONObject: Sendable, Hashable {
         let keyCount = key.utf8.count
         for position in entries.indices {
             let candidate = entries[position].key
-            if candidate.utf8.count == keyCount, candidate.utf8.elementsEqual(key.utf8) { return position }
+            if candidate.utf8.count == keyCount, candidate.utf8Equals(key) { return position }
         }
         return nil
     }
@@ -165,7 +170,7 @@ public struct JSONObject: Sendable, Hashable {
     public static func == (lhs: JSONObject, rhs: JSONObject) -> Bool {
         guard lhs.entries.count == rhs.entries.count else { return false }
         for (a, b) in zip(lhs.entries, rhs.entries) {
-            guard a.key.utf8.elementsEqual(b.key.utf8), a.value == b.value else { return false }
+            guard a.key.utf8Equals(b.key), a.value == b.value else { return false }
         }
         return true
     }
@@ -185,7 +190,7 @@ private struct ExactKey: Hashable {
     let string: String
     init(_ string: String) { self.string = string }
     static func == (lhs: ExactKey, rhs: ExactKey) -> Bool {
-        lhs.string.utf8.count == rhs.string.utf8.count && lhs.string.utf8.elementsEqual(rhs.string.utf8)
+        lhs.string.utf8Equals(rhs.string)
     }
     func hash(into hasher: inout Hasher) { hasher.combine(string) }
 }
@@ -517,6 +522,8 @@ private struct JSONParser {
         position += 1   // {
         var object = JSONObject()
         if try closes(ASCII.closeBrace) { return object }
+        // One allocation for the small objects sessions are made of, instead of growing 1, 2, 4, 8.
+        object.reserveCapacity(8)
         while true {
             guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
             guard bytes[position] == ASCII.quote else { throw JSONParseError(.unexpectedCharacter, at: position) }
@@ -743,9 +750,14 @@ extension JSONValue {
     public static func serializeString(_ string: String, into out: inout [UInt8]) {
         out.append(ASCII.quote)
         var needsEscaping = false
-        for byte in string.utf8 where byte < 0x20 || byte == ASCII.quote || byte == ASCII.backslash {
-            needsEscaping = true
-            break
+        // A span, not the UTF-8 view's iterator: every key and string of every saved session passes here.
+        let bytes = string.utf8.span
+        for index in bytes.indices {
+            let byte = bytes[index]
+            if byte < 0x20 || byte == ASCII.quote || byte == ASCII.backslash {
+                needsEscaping = true
+                break
+            }
         }
         if !needsEscaping {
             out.append(contentsOf: string.utf8)

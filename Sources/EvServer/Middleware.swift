@@ -4,9 +4,27 @@ public typealias Handler = @Sendable (Request, Response) async throws -> Void
 
 /// Calls the rest of the chain (the next middleware, or the route's handler).
 public struct Next {
-    private let body: () async throws -> Void
-    public init(_ body: @escaping () async throws -> Void) { self.body = body }
-    public func callAsFunction() async throws { try await body() }
+    private enum Rest {
+        case body(() async throws -> Void)
+        /// The server's own chain: the pipeline's middleware from `index` on. Held as values rather than as a
+        /// closure over them, which would be one more allocation and one more async frame per middleware and
+        /// request.
+        case pipeline(RequestPipeline, index: Int, Request, Response)
+    }
+
+    private let rest: Rest
+    public init(_ body: @escaping () async throws -> Void) { rest = .body(body) }
+    init(_ pipeline: RequestPipeline, from index: Int, _ request: Request, _ response: Response) {
+        rest = .pipeline(pipeline, index: index, request, response)
+    }
+
+    public func callAsFunction() async throws {
+        switch rest {
+        case .body(let body): try await body()
+        case .pipeline(let pipeline, let index, let request, let response):
+            try await pipeline.run(index, request, response)
+        }
+    }
 }
 
 /// Code that runs around every request, like express's `app.use`.

@@ -7,11 +7,28 @@ public protocol RequestStorageKey {
 
 /// Typed per-request storage for middleware.
 public struct RequestStorage {
-    private var values: [ObjectIdentifier: Any] = [:]
+    // A request carries one or two values (the session): a short list searched in order costs less than a
+    // dictionary, which allocates and hashes on every request. The subscript is inlinable so that callers in other
+    // modules (the session middleware) get it specialized for their key instead of running it generically.
+    @usableFromInline var values: [(key: ObjectIdentifier, value: Any)] = []
     public init() {}
+    @inlinable
     public subscript<Key: RequestStorageKey>(_ key: Key.Type) -> Key.Value? {
-        get { values[ObjectIdentifier(key)] as? Key.Value }
-        set { values[ObjectIdentifier(key)] = newValue }
+        get {
+            let id = ObjectIdentifier(key)
+            for entry in values where entry.key == id { return entry.value as? Key.Value }
+            return nil
+        }
+        set {
+            let id = ObjectIdentifier(key)
+            let index = values.firstIndex { $0.key == id }
+            switch (index, newValue) {
+            case (let index?, let value?): values[index].value = value
+            case (let index?, nil): values.remove(at: index)
+            case (nil, let value?): values.append((key: id, value: value))
+            case (nil, nil): break
+            }
+        }
     }
 }
 
@@ -62,7 +79,23 @@ public final class Request {
 
     /// Cookies from the `Cookie` header(s), values percent-decoded; the first of a repeated name wins
     /// (as the `cookie` npm package does). Malformed pairs are skipped, never an error.
-    public lazy var cookies: [String: String] = CookieParser.parse(headers.values("Cookie"))
+    public var cookies: [String: String] {
+        get {
+            if let parsedCookies { return parsedCookies }
+            let parsed = CookieParser.parse(headers.values("Cookie"))
+            parsedCookies = parsed
+            return parsed
+        }
+        set { parsedCookies = newValue }
+    }
+    private var parsedCookies: [String: String]?
+
+    /// The value of one cookie: `cookies[name]`, without parsing (and percent-decoding) every other cookie when
+    /// ``cookies`` has not been asked for.
+    public func cookie(named name: String) -> String? {
+        if let parsedCookies { return parsedCookies[name] }
+        return CookieParser.value(named: name, in: headers.values("Cookie"))
+    }
 
     /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in
     /// `X-Forwarded-For` that is not itself a trusted proxy (express's `req.ip`).

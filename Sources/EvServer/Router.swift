@@ -192,7 +192,9 @@ public struct Router: Sendable {
 
     /// The lookup key for ``staticPaths``: the path without one trailing slash (`/` stays `/`).
     private static func normalizedKey(_ path: Substring) -> String {
-        if path.count > 1 && path.utf8.last == 47 { return String(path.dropLast()) }
+        // Bytes, not Characters (`count` would walk the path's graphemes): a '/' is always a Character of its own.
+        let utf8 = path.utf8
+        if utf8.count > 1 && utf8.last == 47 { return String(path[..<utf8.index(before: utf8.endIndex)]) }
         return path.isEmpty ? "/" : String(path)
     }
 

@@ -60,7 +60,8 @@ final class Metrics: Sendable {
     }
 
     private static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        let (seconds, attoseconds) = duration.components   // once: each read of `components` does 128-bit math
+        return Double(seconds) + Double(attoseconds) / 1e18
     }
 
     /// The Prometheus text exposition (version 0.0.4). `extra` are counters owned elsewhere (sessions).

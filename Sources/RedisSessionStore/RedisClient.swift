@@ -60,13 +60,16 @@ public final class RedisClient: Sendable {
 
     // MARK: - Commands
 
+    // nonisolated(nonsending) (here, on get(_:refreshingExpiry:) and on eval): these run on the caller's executor,
+    // so a request task on the loop does not go through an executor check on the way in and out of each call;
+    // they hop to the loop themselves when needed.
     /// Sends one command (arguments are binary-safe) and returns the reply.
     /// - Parameter arguments: the command name and its arguments, e.g. `[Array("GET".utf8), Array(key.utf8)]`.
     /// - Returns: the reply, copied out of hiredis; `.null` for a nil reply.
     /// - Throws: ``RedisError`` when Redis replies with an error; ``RedisClientError`` when no reply comes
     ///   (`.notConnected`, `.connectFailed`, `.connectionClosed`, `.timeout`) or for a command that would change
     ///   how the connection replies (`.unsupportedCommand`: SUBSCRIBE, MONITOR, CLIENT REPLY, SELECT, ...).
-    public func send(_ arguments: [[UInt8]]) async throws -> RedisValue {
+    nonisolated(nonsending) public func send(_ arguments: [[UInt8]]) async throws -> RedisValue {
         precondition(!arguments.isEmpty, "RedisClient.send needs at least a command name")
         let name = commandName(arguments[0])
         if let reason = unsupportedCommandReason(name, arguments) {
@@ -120,7 +123,7 @@ public final class RedisClient: Sendable {
     /// [GETEX](https://redis.io/commands/getex/) key EX seconds: gets the value and refreshes its TTL at once
     /// (Redis 6.2+).
     /// - Returns: the value's bytes, or nil when the key does not exist (then no key is created).
-    public func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
+    nonisolated(nonsending) public func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
         try optionalBytes(await send([Keyword.getex, Array(key.utf8), Keyword.ex, decimal(seconds)]),
                           command: "GETEX")
     }
@@ -205,7 +208,7 @@ public final class RedisClient: Sendable {
     ///   - keys: the keys the script touches (`KEYS[1]`, ...).
     ///   - arguments: the other arguments, binary-safe (`ARGV[1]`, ...).
     /// - Returns: the script's reply.
-    public func eval(_ script: RedisScript, keys: [String], arguments: [[UInt8]] = []) async throws -> RedisValue {
+    nonisolated(nonsending) public func eval(_ script: RedisScript, keys: [String], arguments: [[UInt8]] = []) async throws -> RedisValue {
         var tail: [[UInt8]] = [decimal(keys.count)]
         tail.reserveCapacity(1 + keys.count + arguments.count)
         for key in keys { tail.append(Array(key.utf8)) }
@@ -264,12 +267,13 @@ public struct RedisScript: Sendable, Hashable {
 
     /// The lower-case hex SHA1 of `bytes`, as Lua's `redis.sha1hex` and `SCRIPT LOAD` write it.
     static func sha1Hex(_ bytes: [UInt8]) -> [UInt8] {
-        let hex: [UInt8] = Array("0123456789abcdef".utf8)
+        // Digits computed, not looked up in a table built per call (every session save hashes its loaded value).
+        func digit(_ value: UInt8) -> UInt8 { value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10 }
         var text: [UInt8] = []
         text.reserveCapacity(40)
         for byte in Insecure.SHA1.hash(data: bytes) {
-            text.append(hex[Int(byte >> 4)])
-            text.append(hex[Int(byte & 0x0F)])
+            text.append(digit(byte >> 4))
+            text.append(digit(byte & 0x0F))
         }
         return text
     }

@@ -322,6 +322,7 @@ public final class Session {
 
     private static func json(_ values: JSONObject) -> [UInt8] {
         var out: [UInt8] = []
+        out.reserveCapacity(128)
         values.serialize(into: &out)
         return out
     }

@@ -92,11 +92,17 @@ extension SessionCookie {
         switch object["sameSite"] {
         case .bool(true)?: sameSite = .strict   // the `cookie` package reads `true` as Strict
         case .string(let text)?:
-            switch text.lowercased() {
-            case "lax": sameSite = .lax
-            case "strict": sameSite = .strict
-            case "none": sameSite = SetCookie.SameSite.none
-            default: sameSite = nil
+            // ASCII case folding gives what lowercased() would here: no other character lowercases into these
+            // words (the Kelvin sign, the one non-ASCII letter that lowercases to ASCII, is a "k"), and it
+            // allocates nothing.
+            if text.asciiCaseInsensitiveEquals("lax") {
+                sameSite = .lax
+            } else if text.asciiCaseInsensitiveEquals("strict") {
+                sameSite = .strict
+            } else if text.asciiCaseInsensitiveEquals("none") {
+                sameSite = SetCookie.SameSite.none
+            } else {
+                sameSite = nil
             }
         default: sameSite = nil
         }

@@ -26,19 +26,33 @@ enum Base64 {
     static let urlAlphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 
     /// Encodes without `=` padding (what cookie-signature's `.replace(/=+$/, '')` and uid-safe produce).
-    static func encode<Bytes: Collection<UInt8>>(_ bytes: Bytes, alphabet: [UInt8]) -> String {
+    static func encode(_ bytes: [UInt8], alphabet: [UInt8]) -> String {
+        // Whole groups of three bytes by index, then the one or two left: every new id and every signature is
+        // encoded here, and an iterator with optional lookahead costs about twice as much.
+        let input = bytes.span, table = alphabet.span
         var out: [UInt8] = []
-        out.reserveCapacity((bytes.count * 4 + 2) / 3)
-        var iterator = bytes.makeIterator()
-        while let b0 = iterator.next() {
-            let b1 = iterator.next()
-            let b2 = iterator.next()
-            out.append(alphabet[Int(b0 >> 2)])
-            out.append(alphabet[Int((b0 & 0x03) << 4 | (b1 ?? 0) >> 4)])
-            guard let b1 else { break }
-            out.append(alphabet[Int((b1 & 0x0F) << 2 | (b2 ?? 0) >> 6)])
-            guard let b2 else { break }
-            out.append(alphabet[Int(b2 & 0x3F)])
+        out.reserveCapacity((input.count * 4 + 2) / 3)
+        var index = 0
+        while index + 3 <= input.count {
+            let b0 = input[index], b1 = input[index + 1], b2 = input[index + 2]
+            out.append(table[Int(b0 >> 2)])
+            out.append(table[Int((b0 & 0x03) << 4 | b1 >> 4)])
+            out.append(table[Int((b1 & 0x0F) << 2 | b2 >> 6)])
+            out.append(table[Int(b2 & 0x3F)])
+            index += 3
+        }
+        switch input.count - index {
+        case 1:
+            let b0 = input[index]
+            out.append(table[Int(b0 >> 2)])
+            out.append(table[Int((b0 & 0x03) << 4)])
+        case 2:
+            let b0 = input[index], b1 = input[index + 1]
+            out.append(table[Int(b0 >> 2)])
+            out.append(table[Int((b0 & 0x03) << 4 | b1 >> 4)])
+            out.append(table[Int((b1 & 0x0F) << 2)])
+        default:
+            break
         }
         return String(decoding: out, as: UTF8.self)
     }

@@ -90,6 +90,41 @@ struct CookieParserTests {
         }
     }
 
+    @Test func valueNamedAgreesWithTheParsedDictionary() {
+        // The single-cookie lookup must give what parse(...)[name] gives, for every name in every header list,
+        // and nil for a name that is not there; random headers from the same alphabet as above.
+        var random = SplitMix64(seed: 0x5E55_1011)
+        let alphabet: [[UInt8]] = [[59], [61], [34], [37], [32], [9], [97], [98], [48], [70], [0xC3, 0xA9],
+                                   [37, 50, 70], [37, 70, 70], [37, 51, 65]]
+        for _ in 0..<5_000 {
+            var headers: [String] = []
+            for _ in 0..<(1 + random.next(below: 2)) {
+                var bytes: [UInt8] = []
+                for _ in 0..<random.next(below: 40) { bytes += alphabet[random.next(below: alphabet.count)] }
+                headers.append(String(decoding: bytes, as: UTF8.self))
+            }
+            let parsed = CookieParser.parse(headers)
+            for (name, value) in parsed {
+                #expect(CookieParser.value(named: name, in: headers) == value, "\(name.debugDescription) in \(headers)")
+            }
+            #expect(CookieParser.value(named: "absent-name", in: headers) == nil)
+        }
+        #expect(CookieParser.value(named: "connect.sid", in: ["a=1; connect.sid=s%3Aid.sig", "connect.sid=later"])
+                == "s:id.sig")
+    }
+
+    @Test func requestCookieNamedMatchesCookies() {
+        let request = Request(method: .get, uri: "/", headers: ["Cookie": "a=1; b=%C3%A9", "cookie": "a=2; c=\"3\""])
+        #expect(request.cookie(named: "a") == "1")
+        #expect(request.cookie(named: "b") == "é")
+        #expect(request.cookie(named: "c") == "3")
+        #expect(request.cookie(named: "d") == nil)
+        #expect(request.cookies == ["a": "1", "b": "é", "c": "3"])
+        // Once the dictionary exists (or was replaced), lookups use it.
+        request.cookies["a"] = "replaced"
+        #expect(request.cookie(named: "a") == "replaced")
+    }
+
     // MARK: - SetCookie
 
     @Test func setCookieMatchesExpressOutput() {

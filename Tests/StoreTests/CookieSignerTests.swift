@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Testing
 @testable import RedisSessionStore
@@ -105,6 +106,20 @@ import Testing
     @Test func idsWithDotsSplitAtTheLastDot() throws {
         let signer = try CookieSigner(secrets: ["k"])
         #expect(signer.unsign(signer.sign("a.b.c")) == "a.b.c")
+    }
+
+    @Test func keyedHMACMatchesSwiftCryptoAcrossBlockBoundaries() {
+        // Keys shorter than, equal to and longer than a SHA-256 block (64 bytes); messages around the padding
+        // boundaries (55/56 bytes leave no room for the length in the last block).
+        for keyLength in [1, 12, 63, 64, 65, 200] {
+            let key = (0..<keyLength).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            let keyed = KeyedHMAC(key: key)
+            for messageLength in [0, 1, 32, 55, 56, 63, 64, 65, 119, 120, 300] {
+                let message = (0..<messageLength).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ keyLength) }
+                let expected = Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: key)))
+                #expect(keyed.authenticationCode(for: message) == expected, "key \(keyLength), message \(messageLength)")
+            }
+        }
     }
 
     @Test func constantTimeCompareNeedsEqualLength() {

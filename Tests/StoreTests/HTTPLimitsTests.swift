@@ -58,6 +58,31 @@ struct HTTPLimitsScannerTests {
         }
     }
 
+    @Test func runsOfBytesFailLikeOneByteAtATime() {
+        // The scanner takes the target, field names and values in runs; fed one byte per call it cannot, so the two
+        // must agree on every outcome, limits crossed inside a run included (the head limit before the target
+        // limit when one byte crosses both).
+        let tight = HTTPLimits(maxHeaderSize: 40, maxURILength: 30, maxHeaderCount: 4, maxBodySize: 20)
+        let uriFirst = HTTPLimits(maxHeaderSize: 40, maxURILength: 12, maxHeaderCount: 4, maxBodySize: 20)
+        let both = HTTPLimits(maxHeaderSize: 20, maxURILength: 16, maxHeaderCount: 4, maxBodySize: 20)
+        var random = SplitMix64(seed: 0x5CA9)
+        let pieces = ["GET ", "POST ", "/", "abc", "?q=1", " HTTP/1.1", " HTTP/1.0", "\r\n", "\n", "Host: a",
+                      "Cookie: ", "k=v; x=y", "Content-Length: 3", "X:", " ", "\t", "\u{1}", "\u{7f}", "é", "abc",
+                      "Transfer-Encoding: chunked", ":"]
+        for round in 0..<4_000 {
+            var text = round % 2 == 0 ? "GET /" : ""
+            for _ in 0..<random.next(below: 14) { text += pieces[random.next(below: pieces.count)] }
+            for limits in [HTTPLimits.testDefaults, tight, uriFirst, both] {
+                let whole = scanned(text, limits: limits), single = scanned(text, limits: limits, piece: 1)
+                #expect(whole == single, "\(text.debugDescription)")
+            }
+        }
+        #expect(scanned("GET /\(String(repeating: "a", count: 30)) HTTP/1.1\r\n\r\n", limits: both).failure
+                == .headerTooLarge)
+        #expect(scanned("GET /\(String(repeating: "a", count: 15)) HTTP/1.1\r\n\r\n", limits: uriFirst).failure
+                == .uriTooLong)
+    }
+
     @Test func positionFollowsTheStream() {
         #expect(scanned("").position == .betweenRequests)
         #expect(scanned("G").position == .head)

@@ -91,6 +91,11 @@ func fuzzCookieParser(_ payload: [UInt8]) {
     let both = CookieParser.parse([first, second])
     check(both == a.merging(b) { earlier, _ in earlier },
           "parse([h1, h2]) is not parse(h1) then parse(h2) for \(show(first)), \(show(second))")
+    // The single-cookie lookup (the session middleware's) agrees with the dictionary for every name.
+    for (name, value) in both {
+        check(CookieParser.value(named: name, in: [first, second]) == value,
+              "value(named: \(show(name))) differs from parse()[name] for \(show(first)), \(show(second))")
+    }
 
     // Any value, encoded as the cookie package's serialize does, comes back as it was, among other cookies too.
     let encoded = CookieSigner.encodeURIComponent(text)

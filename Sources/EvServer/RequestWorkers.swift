@@ -1,0 +1,59 @@
+// Long-lived tasks that run a loop's requests, one request after another each, so that a request does not create
+// and destroy a task of its own.
+//
+// Some explanation is required here: why not one `Task` per request. A task's creation, its first run, its
+// completion and its destruction cost more than everything evhttp does for a small request: the task object, the
+// slabs its async frames grow into (freed again with the task), the job's enqueue and the completion's bookkeeping.
+// A worker keeps its task, and so its slabs, from one request to the next; between requests it waits on a
+// continuation, which the next request resumes. A request still runs on a task that prefers the loop, exactly as
+// before, and requests still run concurrently: a request that awaits (Redis) holds its worker, and the next request
+// takes another worker, or starts one.
+
+/// The request workers of one server (one loop). Used on the loop thread only.
+final class RequestWorkers: @unchecked Sendable {
+    // @unchecked Sendable: `idle` and `closed` are read and written only on `loop`'s thread: by the server (its
+    // callbacks run there) and by the workers, whose tasks prefer the loop, so their nonisolated code runs there.
+
+    /// One request's work.
+    typealias Job = () async -> Void
+
+    private let loop: EventLoop
+    /// Workers waiting for a request, most recently parked last (the next request takes that one: its memory is
+    /// the warmest).
+    private var idle: [CheckedContinuation<Job?, Never>] = []
+    /// The most workers kept waiting. More requests than this at once start more workers, which end once their
+    /// request is done instead of waiting: a burst does not leave its tasks behind.
+    private let maxIdle: Int
+    private var closed = false
+
+    init(loop: EventLoop, maxIdle: Int = 128) {
+        self.loop = loop
+        self.maxIdle = maxIdle
+    }
+
+    /// Runs `job` on a waiting worker, or on a new one. Must be called on the loop thread.
+    func run(_ job: sending @escaping Job) {
+        if let worker = idle.popLast() {
+            worker.resume(returning: job)
+        } else {
+            Task(executorPreference: loop) { [self] in
+                await job()
+                while let next = await nextJob() { await next() }
+            }
+        }
+    }
+
+    /// Ends every waiting worker, and every busy one once its request is done. Must be called on the loop thread.
+    func close() {
+        closed = true
+        let waiting = idle
+        idle.removeAll()
+        for worker in waiting { worker.resume(returning: nil) }
+    }
+
+    /// The next request's work, or nil when this worker should end.
+    private func nextJob() async -> Job? {
+        if closed || idle.count >= maxIdle { return nil }
+        return await withCheckedContinuation { idle.append($0) }
+    }
+}
