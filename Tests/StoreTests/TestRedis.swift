@@ -16,8 +16,31 @@ extension TestRedis {
     /// A client on a loop of its own, shared by the tests that only need to look at keys.
     static var client: RedisClient { SharedTestClient.client }
 
-    /// A TCP port on which nothing listens (bound, read back, closed).
+    /// A TCP port on which nothing listens, below the kernel's ephemeral range (32768-60999 on Linux): a port the
+    /// kernel picks for port 0 is an ephemeral one, and any test's outgoing connection can take it as its local port
+    /// before the server that was meant to listen there binds it (a redis-server then fails to start). Random
+    /// ports in 20000-32767, each checked by binding it, with the kernel's pick as the last resort.
     static func unusedPort() throws -> Int {
+        for _ in 0..<64 {
+            let candidate = Int.random(in: 20000...32767)
+            if bindable(candidate) { return candidate }
+        }
+        return try kernelPickedPort()
+    }
+
+    private static func bindable(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = loopbackAddress(port: port)
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+    }
+
+    private static func kernelPickedPort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
