@@ -150,7 +150,11 @@ class Server:
         self.log_path = Path(self.opts.work) / f"{self.label}.log"
         self.log_file = open(self.log_path, "ab")
         # taskset execs the server, so the pid is the server's.
-        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # evserver caps open connections per loop (10,000 by default); the idle check holds that many and then
+        # asks for one more answer, so the cap is raised above it (the C reference has no cap and ignores this).
+        env = dict(os.environ, EVSERVER_MAX_CONNECTIONS=str(self.opts.idle_connections + 1000))
+        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env)
         self.pid_file = Path(self.opts.work) / "pids" / f"{self.label}.pid"
         self.pid_file.write_text(str(self.proc.pid))
         deadline = time.monotonic() + 20

@@ -55,6 +55,8 @@ struct AppConfiguration: Sendable {
     var maxBody = 65536
     /// Seconds a graceful shutdown (SIGTERM/SIGINT) waits for requests in flight.
     var shutdownTimeout = 10
+    /// Open connections per event loop; past it a new connection is answered 503 and closed.
+    var maxConnections = 10_000
     /// Seconds of inactivity after which a session expires (the store's sliding TTL).
     var idleTimeout = 86400
     /// Seconds after creation after which a session dies whatever its activity; nil = no limit.
@@ -128,6 +130,10 @@ struct ServerOptions: ParsableArguments {
 
     @Option(name: .customLong("max-body"), help: "Largest request body in bytes (env EVSERVER_MAX_BODY, default 65536).")
     var maxBody: String?
+
+    @Option(name: .customLong("max-connections"),
+            help: "Open connections per event loop; past it, 503 and close (env EVSERVER_MAX_CONNECTIONS, default 10000).")
+    var maxConnections: String?
 
     @Option(name: .customLong("shutdown-timeout"),
             help: "Seconds SIGTERM/SIGINT waits for requests in flight before exiting (env EVSERVER_SHUTDOWN_TIMEOUT, default 10).")
@@ -238,6 +244,9 @@ struct ServerOptions: ParsableArguments {
         config.instance = value(instance, "--instance", "INSTANCE_NAME")?.0 ?? Self.hostName()
         if let (v, name) = value(maxBody, "--max-body", "EVSERVER_MAX_BODY") {
             config.maxBody = try Self.integer(v, name, in: 0...(64 << 20))
+        }
+        if let (v, name) = value(maxConnections, "--max-connections", "EVSERVER_MAX_CONNECTIONS") {
+            config.maxConnections = try Self.integer(v, name, in: 1...1_000_000)
         }
         if let (v, name) = value(shutdownTimeout, "--shutdown-timeout", "EVSERVER_SHUTDOWN_TIMEOUT") {
             config.shutdownTimeout = try Self.integer(v, name, in: 0...3600)

@@ -48,6 +48,7 @@ struct DemoApp: Sendable {
         var server = HTTPServerConfiguration()
         server.maxBodySize = configuration.maxBody
         server.shutdownTimeout = .seconds(configuration.shutdownTimeout)
+        server.maxConnections = configuration.maxConnections
         return server
     }
 

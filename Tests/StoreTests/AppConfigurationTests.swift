@@ -23,6 +23,7 @@ import Testing
         #expect(config.maxBody == 65536)
         #expect(config.redis.commandTimeout == .milliseconds(1000))
         #expect(config.shutdownTimeout == 10)
+        #expect(config.maxConnections == 10_000)
     }
 
     @Test func environmentIsReadAndFlagsWin() throws {
@@ -33,6 +34,7 @@ import Testing
             "SESSION_SAVE_UNINITIALIZED": "yes", "SESSION_COOKIE_SECURE": "auto", "SESSION_COOKIE_SAMESITE": "strict",
             "TRUST_PROXY": "on", "INSTANCE_NAME": "app7", "EVSERVER_MAX_BODY": "1024", "REDIS_TIMEOUT_MS": "250",
             "SESSION_IDLE_TIMEOUT": "600", "SESSION_ABSOLUTE_TIMEOUT": "3600", "EVSERVER_SHUTDOWN_TIMEOUT": "30",
+            "EVSERVER_MAX_CONNECTIONS": "20000",
         ]
         let config = try resolve([], environment)
         #expect(config.host == "0.0.0.0")
@@ -54,6 +56,7 @@ import Testing
         #expect(config.idleTimeout == 600)
         #expect(config.absoluteTimeout == 3600)
         #expect(config.shutdownTimeout == 30)
+        #expect(config.maxConnections == 20_000)
 
         let flagged = try resolve(["--port", "5000", "--instance", "flag", "--rolling", "false"], environment)
         #expect(flagged.port == 5000)
@@ -78,6 +81,7 @@ import Testing
         (["--trust-proxy", "10.0.0.0/33"], "--trust-proxy"),
         (["--absolute-timeout", "soon"], "--absolute-timeout"),
         (["--shutdown-timeout=-5"], "--shutdown-timeout"),
+        (["--max-connections", "0"], "--max-connections"),
     ])
     func badValuesFailWithOneClearLine(arguments: [String], mentions: String) throws {
         let error = #expect(throws: ConfigurationError.self) { try resolve(arguments + ["--secret", "s"]) }
