@@ -76,33 +76,25 @@ public final class RedisClient: Sendable {
             throw RedisClientError.unsupportedCommand.with(reason)
         }
         let connection = self.connection
+        // The earlier of the caller's deadline and the end of its budget; the wait counts against the budget,
+        // whether it ends in a reply or an error.
         let budget = RedisTimeBudget.current
-        let explicit = RedisDeadline.current
-        guard budget != nil || explicit != nil else {
-            return try await withCheckedThrowingContinuation { continuation in
-                if loop.inLoop {
-                    connection.submit(name: name, arguments: arguments, budget: nil, continuation: continuation)
-                } else {
-                    loop.execute {
-                        connection.submit(name: name, arguments: arguments, budget: nil, continuation: continuation)
-                    }
-                }
-            }
-        }
-        // The earlier of the two deadlines; the wait counts against the caller's budget, whether it ends in a reply
-        // or an error.
-        let start = ContinuousClock.now
-        let deadline = budget.map { budget in
+        let start = budget == nil ? nil : ContinuousClock.now
+        var deadline = RedisDeadline.current
+        if let budget, let start {
             let end = start + budget.remaining
-            return explicit.map { min($0, end) } ?? end
-        } ?? explicit
-        defer { budget?.record(ContinuousClock.now - start) }
+            deadline = deadline.map { min($0, end) } ?? end
+        }
+        defer {
+            if let budget, let start { budget.record(ContinuousClock.now - start) }
+        }
+        let until = deadline
         return try await withCheckedThrowingContinuation { continuation in
             if loop.inLoop {
-                connection.submit(name: name, arguments: arguments, budget: deadline, continuation: continuation)
+                connection.submit(name: name, arguments: arguments, budget: until, continuation: continuation)
             } else {
                 loop.execute {
-                    connection.submit(name: name, arguments: arguments, budget: deadline, continuation: continuation)
+                    connection.submit(name: name, arguments: arguments, budget: until, continuation: continuation)
                 }
             }
         }
@@ -233,20 +225,6 @@ public final class RedisClient: Sendable {
         } else {
             loop.execute { connection.close() }
         }
-    }
-
-    // MARK: - Reply helpers
-
-    private func optionalBytes(_ reply: RedisValue, command: String) throws -> [UInt8]? {
-        switch reply {
-        case .bulkString(let bytes): return bytes
-        case .null: return nil
-        default: throw unexpected(reply, command: command, expected: "bulk string or nil")
-        }
-    }
-
-    private func unexpected(_ reply: RedisValue, command: String, expected: String) -> RedisClientError {
-        RedisClientError.unexpectedReply.with("\(command) answered \(reply.kindDescription), expected \(expected)")
     }
 }
 

@@ -386,20 +386,6 @@ public final class RedisClusterClient: Sendable {
         }
         throw RedisClusterError("no cluster node answered CLUSTER SLOTS (" + failures.joined(separator: "; ") + ")")
     }
-
-    // MARK: - Reply helpers
-
-    private func optionalBytes(_ reply: RedisValue, command: String) throws -> [UInt8]? {
-        switch reply {
-        case .bulkString(let bytes): return bytes
-        case .null: return nil
-        default: throw unexpected(reply, command: command, expected: "bulk string or nil")
-        }
-    }
-
-    private func unexpected(_ reply: RedisValue, command: String, expected: String) -> RedisClientError {
-        RedisClientError.unexpectedReply.with("\(command) answered \(reply.kindDescription), expected \(expected)")
-    }
 }
 
 /// The cluster as a whole misbehaved: no node answers `CLUSTER SLOTS`, or the nodes keep redirecting a command.

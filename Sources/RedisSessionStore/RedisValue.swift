@@ -89,3 +89,19 @@ extension RedisValue: CustomStringConvertible {
         }
     }
 }
+
+// MARK: - Reply helpers of the typed commands (RedisClient, RedisClusterClient)
+
+/// A bulk string's bytes, nil for a nil reply; anything else is an unexpected reply to `command`.
+func optionalBytes(_ reply: RedisValue, command: String) throws -> [UInt8]? {
+    switch reply {
+    case .bulkString(let bytes): return bytes
+    case .null: return nil
+    default: throw unexpected(reply, command: command, expected: "bulk string or nil")
+    }
+}
+
+/// The error for a reply of the wrong kind, naming the command and what it should have answered.
+func unexpected(_ reply: RedisValue, command: String, expected: String) -> RedisClientError {
+    RedisClientError.unexpectedReply.with("\(command) answered \(reply.kindDescription), expected \(expected)")
+}
