@@ -19,9 +19,7 @@ cd "$ROOT"
 MODE="${1:-phases}"
 case "$MODE" in phases|latency) ;; *) die "usage: scripts/chaos.sh [latency]" ;; esac
 
-command -v redis-server >/dev/null || ensure_build_deps
-command -v python3 >/dev/null || ensure_packages python3
-command -v curl >/dev/null || ensure_packages curl
+ensure_chaos_tools
 
 evserver_binary release
 

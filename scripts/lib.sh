@@ -22,6 +22,14 @@ ensure_packages() {
 
 ensure_build_deps() { ensure_packages libevent-dev libhiredis-dev redis-server pkg-config; }
 
+# ensure_chaos_tools: what the fault drivers need besides the build: redis-server and redis-cli, python3, curl.
+ensure_chaos_tools() {
+    command -v redis-server >/dev/null || ensure_build_deps
+    command -v redis-cli >/dev/null || ensure_packages redis-tools
+    command -v python3 >/dev/null || ensure_packages python3
+    command -v curl >/dev/null || ensure_packages curl
+}
+
 # evserver_binary [release|debug]: sets BIN to $EVSERVER_BIN when given, else builds evserver (release by default)
 # and sets BIN to the built binary. Dies when there is none.
 evserver_binary() {

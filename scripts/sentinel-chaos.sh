@@ -15,9 +15,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-command -v redis-cli >/dev/null || ensure_packages redis-server redis-tools
-command -v python3 >/dev/null || ensure_packages python3
-command -v curl >/dev/null || ensure_packages curl
+ensure_chaos_tools
 
 evserver_binary release
 # (Not `--help | grep -q`: grep quits at the first match, and pipefail would count evserver's SIGPIPE.)
