@@ -101,27 +101,13 @@ extension ScaleSuites {
         @Test func theConfiguredShutdownTimeoutBoundsTheDrain() async throws {
             let app = Application(configuration: HTTPServerConfiguration(shutdownTimeout: .milliseconds(400)))
             let gate = Gate()
-            app.get("/test/hold") { _, response in
-                while !gate.isOpen { try await Task.sleep(for: .milliseconds(5)) }
-                response.send("released")
-            }
-            let server = try app.start(host: "127.0.0.1", port: 0, threads: 1)
-            let port = server.port
-            let held = BlockingWorkers(1) { _ -> String in
-                do {
-                    let response = try TestHTTPClient(port: port, timeout: .seconds(5)).request("GET", "/test/hold")
-                    return "\(response.status)"
-                } catch {
-                    return "no answer"
-                }
-            }
-            while await server.pendingCount() == 0 { try await Task.sleep(for: .milliseconds(5)) }
+            let (server, held) = try await startHoldingOneRequest(app, until: gate)
             let started = ContinuousClock.now
             await server.shutdown()
             let took = ContinuousClock.now - started
             gate.open()
             #expect(took >= .milliseconds(350) && took < .seconds(3), "the shutdown took \(took) with a 400 ms limit")
-            #expect(await held.results() == ["no answer"])
+            #expect(await held.results().first?.hasPrefix("failed") == true, "the held request was answered")
         }
 
         /// `/readyz` says 503 as soon as a shutdown starts, so a balancer that checks over a kept-alive connection
@@ -132,25 +118,10 @@ extension ScaleSuites {
             let demo = try DemoApp(configuration: try options.resolve(environment: [:]))
             let app = demo.makeApplication()
             let gate = Gate()
-            // Test-only route: holds one request in flight so the drain lasts until the test has looked.
-            app.get("/test/hold") { _, response in
-                while !gate.isOpen { try await Task.sleep(for: .milliseconds(5)) }
-                response.send("released")
-            }
-            let server = try app.start(host: "127.0.0.1", port: 0, threads: 1)
+            let (server, held) = try await startHoldingOneRequest(app, until: gate)
             let port = server.port
             let probe = try TestHTTPClient(port: port)
             #expect(try probe.request("GET", "/readyz").status == 200)
-
-            let held = BlockingWorkers(1) { _ -> String in
-                do {
-                    let response = try TestHTTPClient(port: port).request("GET", "/test/hold")
-                    return "\(response.status) \(response.text)"
-                } catch {
-                    return "failed: \(error)"
-                }
-            }
-            while await server.pendingCount() == 0 { try await Task.sleep(for: .milliseconds(5)) }
 
             let shutdown = Task { await server.shutdown(timeout: .seconds(5)) }
             while !server.isShuttingDown { try await Task.sleep(for: .milliseconds(1)) }
@@ -178,6 +149,30 @@ extension ScaleSuites {
             await shutdown.value
         }
     }
+}
+
+/// Starts `app` (one loop) with a test-only route that holds one request in flight until `gate` opens, so a drain
+/// lasts until the test has looked, and sends that request; returns once the server has it. The request's result:
+/// "<status> <body>", or "failed: <error>" when the server dropped it.
+func startHoldingOneRequest(_ app: Application, until gate: Gate) async throws
+    -> (RunningServer, BlockingWorkers<String>)
+{
+    app.get("/test/hold") { _, response in
+        while !gate.isOpen { try await Task.sleep(for: .milliseconds(5)) }
+        response.send("released")
+    }
+    let server = try app.start(host: "127.0.0.1", port: 0, threads: 1)
+    let port = server.port
+    let held = BlockingWorkers(1) { _ -> String in
+        do {
+            let response = try TestHTTPClient(port: port, timeout: .seconds(5)).request("GET", "/test/hold")
+            return "\(response.status) \(response.text)"
+        } catch {
+            return "failed: \(error)"
+        }
+    }
+    while await server.pendingCount() == 0 { try await Task.sleep(for: .milliseconds(5)) }
+    return (server, held)
 }
 
 // MARK: - The write load
