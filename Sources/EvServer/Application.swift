@@ -300,9 +300,7 @@ public final class RunningServer: Sendable {
     static let shutdownGrace = Duration.milliseconds(200)
 
     private enum Phase {
-        case running
-        case shuttingDown(waiters: [CheckedContinuation<Void, Never>])
-        case stopped
+        case running, shuttingDown, stopped
     }
 
     private let phase = Mutex(Phase.running)
@@ -350,7 +348,7 @@ public final class RunningServer: Sendable {
     deinit {
         // Normally shut down before the last reference goes (the Application keeps one). If not, stop here, unless
         // the last reference dies on one of our own loops, which cannot join itself.
-        let running = phase.withLock { if case .stopped = $0 { false } else { true } }
+        let running = phase.withLock { $0 != .stopped }
         guard running, !loops.contains(where: \.inLoop) else { return }
         for server in servers { try? server.loop.performAndWait { server.close() } }
         for thread in threads { thread.shutdown() }
@@ -358,7 +356,7 @@ public final class RunningServer: Sendable {
 
     /// Whether ``shutdown(timeout:)`` has begun (or finished).
     public var isShuttingDown: Bool {
-        phase.withLock { if case .running = $0 { false } else { true } }
+        phase.withLock { $0 != .running }
     }
 
     /// Stops the server gracefully: closes every loop's listening socket (new connections are refused), lets
@@ -376,30 +374,15 @@ public final class RunningServer: Sendable {
             Task.detached { await self.shutdown(timeout: timeout) }
             return
         }
-        enum Role { case first, second, late }
-        let role = phase.withLock { phase -> Role in
-            switch phase {
-            case .running:
-                phase = .shuttingDown(waiters: [])
-                return .first
-            case .shuttingDown: return .second
-            case .stopped: return .late
-            }
+        let previous = phase.withLock { phase -> Phase in
+            let previous = phase
+            if phase == .running { phase = .shuttingDown }
+            return previous
         }
-        switch role {
-        case .first: break
-        case .late: return
-        case .second:
-            // Wait for the first caller to finish.
-            return await withCheckedContinuation { continuation in
-                let queued = phase.withLock { phase -> Bool in
-                    guard case .shuttingDown(var waiters) = phase else { return false }
-                    waiters.append(continuation)
-                    phase = .shuttingDown(waiters: waiters)
-                    return true
-                }
-                if !queued { continuation.resume() }
-            }
+        switch previous {
+        case .running: break
+        case .shuttingDown: return await waitUntilStopped()   // the first caller finishes it
+        case .stopped: return
         }
 
         let deadline = ContinuousClock.now + timeout
@@ -434,12 +417,7 @@ public final class RunningServer: Sendable {
         }
         for thread in threads { thread.shutdown() }
 
-        let waiters = phase.withLock { phase -> [CheckedContinuation<Void, Never>] in
-            defer { phase = .stopped }
-            if case .shuttingDown(let waiters) = phase { return waiters }
-            return []
-        }
-        for waiter in waiters { waiter.resume() }
+        phase.withLock { $0 = .stopped }
         stopped.signal()
         let stopWaiting = stopWaiters.withLock { waiters in defer { waiters = nil }; return waiters ?? [] }
         for waiter in stopWaiting { waiter.resume() }
