@@ -201,16 +201,7 @@ public final class RedisClient: Sendable {
     ///   - arguments: the other arguments, binary-safe (`ARGV[1]`, ...).
     /// - Returns: the script's reply.
     nonisolated(nonsending) public func eval(_ script: RedisScript, keys: [String], arguments: [[UInt8]] = []) async throws -> RedisValue {
-        var tail: [[UInt8]] = [decimal(keys.count)]
-        tail.reserveCapacity(1 + keys.count + arguments.count)
-        for key in keys { tail.append(Array(key.utf8)) }
-        tail += arguments
-        do {
-            return try await send([Keyword.evalsha, Array(script.sha1.utf8)] + tail)
-        } catch let error as RedisError where error.code == "NOSCRIPT" {
-            // Not in the script cache (first use, or after a restart or SCRIPT FLUSH); EVAL caches it again.
-            return try await send([Keyword.eval, Array(script.source.utf8)] + tail)
-        }
+        try await script.run(keys: keys, arguments: arguments) { try await send($0) }
     }
 
     // MARK: - Closing
@@ -243,6 +234,24 @@ public struct RedisScript: Sendable, Hashable {
         self.sha1 = String(decoding: RedisScript.sha1Hex(Array(source.utf8)), as: UTF8.self)
     }
 
+    /// EVALSHA of the script with `keys` and `arguments` through `send`, then EVAL when the server answers
+    /// `NOSCRIPT` (first use, a restart, a failover, SCRIPT FLUSH: EVAL caches it again). The one place that
+    /// builds the two commands, whatever sends them (a client, a cluster node, a write followed by WAIT).
+    nonisolated(nonsending) func run(
+        keys: [String], arguments: [[UInt8]],
+        through send: nonisolated(nonsending) ([[UInt8]]) async throws -> RedisValue
+    ) async throws -> RedisValue {
+        var tail: [[UInt8]] = [decimal(keys.count)]
+        tail.reserveCapacity(1 + keys.count + arguments.count)
+        for key in keys { tail.append(Array(key.utf8)) }
+        tail += arguments
+        do {
+            return try await send([Keyword.evalsha, Array(sha1.utf8)] + tail)
+        } catch let error as RedisError where error.code == "NOSCRIPT" {
+            return try await send([Keyword.eval, Array(source.utf8)] + tail)
+        }
+    }
+
     /// The lower-case hex SHA1 of `bytes`, as Lua's `redis.sha1hex` and `SCRIPT LOAD` write it.
     static func sha1Hex(_ bytes: [UInt8]) -> [UInt8] {
         // Digits computed, not looked up in a table built per call (every session save hashes its loaded value).
@@ -260,7 +269,8 @@ public struct RedisScript: Sendable, Hashable {
 // MARK: - Arguments
 
 /// Command names as bytes, built once.
-private enum Keyword {
+/// Command names and keywords as bytes, made once (the request path sends them on every call).
+enum Keyword {
     static let get = Array("GET".utf8)
     static let getex = Array("GETEX".utf8)
     static let set = Array("SET".utf8)
@@ -335,12 +345,19 @@ final class PendingCommand {
         self.deadline = deadline
     }
 
+    /// The caller still waiting, taken: from now on the command is done (a late reply is dropped) and its budget
+    /// timer is cancelled. Nil when it was done already, or is a handshake step. Loop thread only.
+    func takeCaller() -> CheckedContinuation<RedisValue, any Error>? {
+        guard case .caller(let continuation) = role else { return nil }
+        role = .done
+        budgetTimer?.cancel()
+        budgetTimer = nil
+        return continuation
+    }
+
     /// Fails a caller still waiting. Only for paths that cannot happen if hiredis keeps its promises.
     func abandon() {
-        if case .caller(let continuation) = role {
-            role = .done
-            continuation.resume(throwing: RedisClientError.connectionClosed)
-        }
+        takeCaller()?.resume(throwing: RedisClientError.connectionClosed)
     }
 }
 
@@ -676,9 +693,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
     private func armBudgetTimer(for command: PendingCommand, at budget: ContinuousClock.Instant) {
         guard budget + RedisConnection.budgetSlack < command.deadline else { return }
         command.budgetTimer = loop.schedule(after: budget - .now) { [self] in
-            command.budgetTimer = nil
-            guard case .caller(let continuation) = command.role else { return }
-            command.role = .done
+            guard let continuation = command.takeCaller() else { return }
             record(command.name, since: command.start, outcome: .timeout)
             let spent = milliseconds(ContinuousClock.now - command.start)
             continuation.resume(throwing: RedisClientError.timeout.with(
@@ -701,23 +716,17 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         let now = ContinuousClock.now
         var silentSince: ContinuousClock.Instant?
         while let head = link.liveHead, head.deadline <= now {
-            switch head.role {
-            case .handshake:
+            if case .handshake = head.role {
                 drop(link, because: "no answer within \(milliseconds(configuration.commandTimeout)) ms "
                      + "(connect and \(head.name))")
                 return
-            case .caller(let continuation):
-                head.role = .done
-                head.budgetTimer?.cancel()
-                head.budgetTimer = nil
-                link.expired += 1
-                if link.lastReply < head.start, silentSince == nil { silentSince = head.start }
-                record(head.name, since: head.start, outcome: .timeout)
-                let detail = "\(head.name) got no reply within \(milliseconds(configuration.commandTimeout)) ms"
-                continuation.resume(throwing: RedisClientError.timeout.with(detail))
-            case .done:
-                link.expired += 1
             }
+            link.expired += 1
+            guard let continuation = head.takeCaller() else { continue }   // answered early (its budget ended)
+            if link.lastReply < head.start, silentSince == nil { silentSince = head.start }
+            record(head.name, since: head.start, outcome: .timeout)
+            let detail = "\(head.name) got no reply within \(milliseconds(configuration.commandTimeout)) ms"
+            continuation.resume(throwing: RedisClientError.timeout.with(detail))
         }
         if let silentSince {
             // Logged once, as the loss, by hiredisDidClose.
@@ -780,12 +789,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
     // MARK: Completing commands
 
     private func complete(_ command: PendingCommand, reply: RedisValue?, link: Link?, reason: String?) {
-        guard case .caller(let continuation) = command.role else { return }   // timed out earlier, or a handshake
-        command.role = .done
-        if let timer = command.budgetTimer {
-            timer.cancel()
-            command.budgetTimer = nil
-        }
+        guard let continuation = command.takeCaller() else { return }   // timed out earlier, or a handshake
         switch reply {
         case nil:
             // Queued behind a handshake that never finished: the attempt failed. Otherwise the connection was

@@ -214,17 +214,12 @@ public final class RedisSessionStore: SessionStore {
         return 1
         """)
 
-    /// EVALSHA (EVAL on `NOSCRIPT`) of a script that writes `key`, through ``RedisSessionTarget/write(_:waitingFor:)``
-    /// so that `waitForReplicas` applies.
+    /// A script that writes `key`, through ``RedisSessionTarget/write(_:waitingFor:)`` so that `waitForReplicas`
+    /// applies.
     private func evalWriting(_ script: RedisScript, on client: any RedisSessionTarget, key: String,
                              arguments: [[UInt8]]) async throws -> RedisValue {
-        let tail = [Keyword.one, Array(key.utf8)] + arguments
-        do {
-            return try await client.write([Keyword.evalsha, Array(script.sha1.utf8)] + tail,
-                                          waitingFor: waitForReplicas)
-        } catch let error as RedisError where error.code == "NOSCRIPT" {
-            // Not in this node's script cache (first use, a restart, a failover); EVAL caches it again.
-            return try await client.write([Keyword.eval, Array(script.source.utf8)] + tail, waitingFor: waitForReplicas)
+        try await script.run(keys: [key], arguments: arguments) {
+            try await client.write($0, waitingFor: waitForReplicas)
         }
     }
 
@@ -393,16 +388,6 @@ public final class RedisSessionStore: SessionStore {
         case .sentinel(let sentinel): try sentinel.client()
         }
     }
-}
-
-/// Command names the store builds itself, as bytes, once.
-private enum Keyword {
-    static let set = Array("SET".utf8)
-    static let ex = Array("EX".utf8)
-    static let del = Array("DEL".utf8)
-    static let eval = Array("EVAL".utf8)
-    static let evalsha = Array("EVALSHA".utf8)
-    static let one = Array("1".utf8)
 }
 
 /// An unexpected reply while listing sessions.
