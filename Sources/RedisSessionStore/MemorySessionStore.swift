@@ -94,7 +94,7 @@ public final class MemorySessionStore: SessionStore {
             let json = data.jsonBytes()
             let now = self.now()
             let expiresAt = expiry(of: data, now: now)
-            let expected = base.map { $0.version ?? $0.data.jsonBytes() }
+            let expected = base?.versionBytes
             let outcome: Outcome = state.withLock { state in
                 sweepIfDue(&state, now: now)
                 let current = state.entries[id].flatMap { $0.expiresAt > now ? $0.json : nil }

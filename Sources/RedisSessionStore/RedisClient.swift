@@ -80,15 +80,10 @@ public final class RedisClient: Sendable {
         // whether it ends in a reply or an error.
         let budget = RedisTimeBudget.current
         let start = budget == nil ? nil : ContinuousClock.now
-        var deadline = RedisDeadline.current
-        if let budget, let start {
-            let end = start + budget.remaining
-            deadline = deadline.map { min($0, end) } ?? end
-        }
+        let until = start.map { RedisDeadline.effective(at: $0, budget: budget) } ?? RedisDeadline.current
         defer {
             if let budget, let start { budget.record(ContinuousClock.now - start) }
         }
-        let until = deadline
         return try await withCheckedThrowingContinuation { continuation in
             if loop.inLoop {
                 connection.submit(name: name, arguments: arguments, budget: until, continuation: continuation)

@@ -45,10 +45,13 @@ public enum RedisDeadline {
 
     /// The earlier of ``current`` and the end of the current ``RedisTimeBudget`` (nil when there is neither).
     public static var effective: ContinuousClock.Instant? {
-        let fromBudget = RedisTimeBudget.current.map { ContinuousClock.now + $0.remaining }
-        switch (current, fromBudget) {
-        case let (explicit?, budget?): return min(explicit, budget)
-        case let (explicit, budget): return explicit ?? budget
-        }
+        effective(at: .now, budget: RedisTimeBudget.current)
+    }
+
+    /// ``effective`` as of `now`, for `budget`.
+    static func effective(at now: ContinuousClock.Instant, budget: RedisTimeBudget?) -> ContinuousClock.Instant? {
+        guard let budget else { return current }
+        let end = now + budget.remaining
+        return current.map { min($0, end) } ?? end
     }
 }

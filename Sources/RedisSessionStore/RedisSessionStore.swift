@@ -175,7 +175,7 @@ public final class RedisSessionStore: SessionStore {
                 return .gone
             }
             let json = data.jsonBytes()
-            let expected = base.map { RedisScript.sha1Hex($0.version ?? $0.data.jsonBytes()) } ?? []
+            let expected = base.map { RedisScript.sha1Hex($0.versionBytes) } ?? []
             let reply = try await evalWriting(RedisSessionStore.compareAndSet, on: client, key: key,
                                               arguments: [expected, json, Array(String(seconds).utf8)])
             switch reply {

@@ -32,6 +32,9 @@ public struct StoredSession: Sendable {
         self.version = version
         self.expiryRefreshed = expiryRefreshed
     }
+
+    /// What a compare-and-set compares the stored value with: the version, else the data as a store writes it.
+    var versionBytes: [UInt8] { version ?? data.jsonBytes() }
 }
 
 /// The values one request wrote, relative to what it loaded.
