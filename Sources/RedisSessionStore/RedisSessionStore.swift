@@ -3,7 +3,6 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import Dispatch
 import EvServer
 import Logging
 import Synchronization
@@ -413,20 +412,20 @@ private final class PerLoopClients: Sendable {
     /// A second connection per loop for writes followed by WAIT, made only when asked for: WAIT blocks its
     /// connection, and the loop's reads must not queue behind it.
     private let waitClients = Mutex<[ObjectIdentifier: RedisClient]>([:])
-    private let ownThread = Mutex<EventLoopThread?>(nil)
+    private let loops = FallbackLoop(name: "redis-session-store")
 
     init(configuration: RedisConfiguration) {
         self.configuration = configuration
     }
 
     func client() throws -> RedisClient {
-        let loop = try EventLoop.current ?? fallbackLoop()
+        let loop = try loops.current()
         return clients.withLock { Self.client(in: &$0, loop: loop, configuration: configuration) }
     }
 
     /// The calling loop's second client, for writes followed by WAIT.
     func waitClient() throws -> RedisClient {
-        let loop = try EventLoop.current ?? fallbackLoop()
+        let loop = try loops.current()
         return waitClients.withLock { Self.client(in: &$0, loop: loop, configuration: configuration) }
     }
 
@@ -443,27 +442,10 @@ private final class PerLoopClients: Sendable {
         clients.withLock { clients in clients.values.count { !$0.isConnected } }
     }
 
-    /// The loop of a thread this store starts for callers outside any loop (tests, scripts, startup checks).
-    private func fallbackLoop() throws -> EventLoop {
-        try ownThread.withLock { thread in
-            if let thread { return thread.loop }
-            let started = try EventLoopThread(name: "redis-session-store")
-            thread = started
-            return started.loop
-        }
-    }
-
     deinit {
         for client in clients.withLock({ Array($0.values) }) + waitClients.withLock({ Array($0.values) }) {
             client.close()
         }
-        guard let thread = ownThread.withLock({ $0.take() }) else { return }
-        // Joining the thread from itself would trap; when the last reference goes on that very thread, join from
-        // elsewhere.
-        if thread.loop.inLoop {
-            DispatchQueue.global().async { thread.shutdown() }
-        } else {
-            thread.shutdown()
-        }
+        loops.shutdown()
     }
 }

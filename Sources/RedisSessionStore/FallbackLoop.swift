@@ -1,0 +1,50 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Dispatch
+import EvServer
+import Synchronization
+
+/// The event loop for callers outside any loop (tests, scripts, startup checks): the calling task's
+/// ``EventLoop/current`` when there is one, else a loop thread of its own, started on first use and joined when this
+/// goes away. hiredis connections belong to one loop, so the Redis clients made per loop need a loop even for such
+/// callers.
+final class FallbackLoop: Sendable {
+    private let name: String
+    private let thread = Mutex<EventLoopThread?>(nil)
+
+    /// - Parameter name: the name of the thread, when one is started.
+    init(name: String) {
+        self.name = name
+    }
+
+    /// The calling task's loop, else the loop of this object's own thread (started now if need be).
+    /// - Throws: when the thread cannot be started.
+    func current() throws -> EventLoop {
+        if let loop = EventLoop.current { return loop }
+        return try thread.withLock { thread in
+            if let thread { return thread.loop }
+            let started = try EventLoopThread(name: name)
+            thread = started
+            return started.loop
+        }
+    }
+
+    /// Stops the thread, if one was started. Idempotent.
+    func shutdown() {
+        guard let thread = thread.withLock({ $0.take() }) else { return }
+        // Joining the thread from itself would trap; when the last reference goes on that very thread, join from
+        // elsewhere.
+        if thread.loop.inLoop {
+            DispatchQueue.global().async { thread.shutdown() }
+        } else {
+            thread.shutdown()
+        }
+    }
+
+    deinit {
+        shutdown()
+    }
+}
