@@ -814,7 +814,7 @@ final class HTTPServer: @unchecked Sendable {
 
     /// A complete response with `Connection: close`.
     private static func errorResponse(_ status: HTTPStatus, body: String, extraHeaders: String = "") -> [UInt8] {
-        let head = "HTTP/1.1 \(status.code) \(status.reason)\r\nDate: \(httpDate())\r\n"
+        let head = "HTTP/1.1 \(status.code) \(status.reason)\r\nDate: \(rfc1123(time(nil)))\r\n"
             + "Content-Type: application/json; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n"
             + extraHeaders + "Connection: close\r\n\r\n"
         return Array((head + body).utf8)
@@ -839,16 +839,6 @@ final class HTTPServer: @unchecked Sendable {
                 return
             }
         }
-    }
-
-    /// The current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
-    private static func httpDate() -> String {
-        var now = time(nil)
-        var parts = tm()
-        gmtime_r(&now, &parts)
-        var text = [CChar](repeating: 0, count: 64)
-        let count = strftime(&text, text.count, "%a, %d %b %Y %H:%M:%S GMT", &parts)
-        return String(decoding: text[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     // MARK: Shutdown
