@@ -288,8 +288,9 @@ let ignoreBrokenPipe: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
 /// One evhttp on one event loop. Created, used and closed on the loop thread.
 final class HTTPServer: @unchecked Sendable {
     // @unchecked Sendable: the lets never change, and every var (the connections' state included) is read and written
-    // only on `loop`'s thread: the initializer and `stopAccepting`/`whenDrained`/`close` run there (they check), and
-    // the C callbacks and the request tasks (executor preference `loop`) run there too.
+    // only on `loop`'s thread: the initializer and the shutdown methods (`closeListener`, `beginClosing`,
+    // `whenDrained`, `close`) run there (they check), and the C callbacks and the request tasks (executor preference
+    // `loop`) run there too.
 
     typealias RequestPointer = UnsafeMutablePointer<evhttp_request>
 
@@ -846,12 +847,6 @@ final class HTTPServer: @unchecked Sendable {
     /// Requests answered and replies being written.
     var pendingCount: Int { inFlight.count + flushingCount }
 
-    /// Stops accepting connections; requests on open connections are still served, with `Connection: close`.
-    func stopAccepting() {
-        closeListener()
-        beginClosing()
-    }
-
     /// Closes the listening socket: new connections are refused (by the other loops' sockets too, once every loop
     /// has closed its own). Open connections are served as before.
     func closeListener() {
@@ -925,7 +920,8 @@ final class HTTPServer: @unchecked Sendable {
     /// Frees the evhttp: closes every connection and forgets the requests still in flight (their replies become
     /// no-ops). Must be called on the loop thread; idempotent.
     func close() {
-        stopAccepting()
+        closeListener()
+        beginClosing()
         guard let http else { return }
         // Every connection gets its close callback (or is refused) before evhttp_free closes them all.
         registerNewConnections()
