@@ -821,8 +821,11 @@ final class HTTPServer: @unchecked Sendable {
         return Array((head + body).utf8)
     }
 
-    private static let overCapacityResponse = errorResponse(
-        .serviceUnavailable, body: #"{"error":"too many connections"}"#, extraHeaders: "Retry-After: 1\r\n")
+    /// Made for each refusal, not once: its `Date` must be the current one.
+    private static var overCapacityResponse: [UInt8] {
+        errorResponse(.serviceUnavailable, body: #"{"error":"too many connections"}"#,
+                      extraHeaders: "Retry-After: 1\r\n")
+    }
 
     /// Sends what the socket takes now. The answers are small and the socket's send buffer is empty when they are
     /// sent (see above), so this writes them whole unless the client is gone.
