@@ -1049,13 +1049,6 @@ private func onSweep(_ fd: Int32, _ what: Int16, _ context: UnsafeMutableRawPoin
 
 // MARK: - Helpers
 
-extension timeval {
-    init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self.init(tv_sec: Int(max(0, seconds)), tv_usec: Int(max(0, attoseconds) / 1_000_000_000_000))
-    }
-}
-
 extension EventLoop {
     /// Runs `body` on the loop thread and blocks the caller until it returns. Must not be called on this loop.
     func performAndWait<Result: Sendable>(_ body: @escaping @Sendable () throws -> Result) throws -> Result {

@@ -252,8 +252,7 @@ public final class ScheduledTimer {
         // so the work runs even when the caller drops the handle.
         let context = Unmanaged.passRetained(self).toOpaque()
         event = event_new(base, -1, 0, onTimer, context)
-        let (seconds, attoseconds) = delay.components
-        var tv = timeval(tv_sec: Int(max(0, seconds)), tv_usec: Int(max(0, attoseconds) / 1_000_000_000_000))
+        var tv = timeval(delay)
         precondition(event != nil && event_add(event, &tv) == 0, "event_add for a timer failed")
     }
 
@@ -344,5 +343,13 @@ private final class ThreadStart: Sendable {
     init(loop: EventLoop, started: DispatchSemaphore) {
         self.loop = loop
         self.started = started
+    }
+}
+
+extension timeval {
+    /// `duration` as a timeval, negative durations as zero.
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self.init(tv_sec: Int(max(0, seconds)), tv_usec: Int(max(0, attoseconds) / 1_000_000_000_000))
     }
 }
