@@ -219,25 +219,19 @@ enum ListeningSockets {
         let fd = socket(info.pointee.ai_family,
                         Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw systemError("socket", address: address, errno: errno) }
+        // The error of the `call` that just failed, once the socket is closed (errno read first: close may set it).
+        func failed(_ call: String) -> HTTPServerError {
+            let error = errno
+            close(fd)
+            return systemError(call, address: address, errno: error)
+        }
         var one: Int32 = 1
         let size = socklen_t(MemoryLayout<Int32>.size)
         guard setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, size) == 0,
               backlog == nil || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, size) == 0
-        else {
-            let error = errno
-            close(fd)
-            throw systemError("setsockopt", address: address, errno: error)
-        }
-        guard Glibc.bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
-            let error = errno
-            close(fd)
-            throw systemError("bind", address: address, errno: error)
-        }
-        if let backlog, listen(fd, Int32(clamping: backlog)) != 0 {
-            let error = errno
-            close(fd)
-            throw systemError("listen", address: address, errno: error)
-        }
+        else { throw failed("setsockopt") }
+        guard Glibc.bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else { throw failed("bind") }
+        if let backlog, listen(fd, Int32(clamping: backlog)) != 0 { throw failed("listen") }
         return fd
     }
 
