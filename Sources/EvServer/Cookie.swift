@@ -38,15 +38,20 @@ public enum CookieParser {
     /// building the dictionary (or decoding the other values).
     public static func value(named name: String, in headerValues: [String]) -> String? {
         for header in headerValues {
-            var found: String?
-            forEachPair(in: header) { candidate, value in
-                guard candidate == name else { return true }
-                found = value()
-                return false
-            }
-            if let found { return found }
+            if let found = value(named: name, inHeader: header) { return found }
         }
         return nil
+    }
+
+    /// The value of the first cookie named `name` in one `Cookie` header value.
+    static func value(named name: String, inHeader header: String) -> String? {
+        var found: String?
+        forEachPair(in: header) { candidate, value in
+            guard candidate == name else { return true }
+            found = value()
+            return false
+        }
+        return found
     }
 
     private static func parse(_ header: String, into result: inout [String: String]) {

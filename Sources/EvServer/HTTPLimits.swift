@@ -190,12 +190,8 @@ extension HTTPLimits {
                         end += 1
                     }
                     if end > index {
-                        headBytes += end - index
+                        if let failure = countHeadRun(end - index) { return failure }
                         index = end
-                        if headBytes > limits.maxHeaderSize {
-                            state = .dead
-                            return .headerTooLarge
-                        }
                         continue
                     }
                 case .value where fieldKind == .other || fieldKind == .host:
@@ -209,12 +205,8 @@ extension HTTPLimits {
                         end += 1
                     }
                     if end > index {
-                        headBytes += end - index
+                        if let failure = countHeadRun(end - index) { return failure }
                         index = end
-                        if headBytes > limits.maxHeaderSize {
-                            state = .dead
-                            return .headerTooLarge
-                        }
                         continue
                     }
                 default:
@@ -226,6 +218,18 @@ extension HTTPLimits {
                     state = .dead
                     return failure
                 }
+            }
+            return nil
+        }
+
+        /// Counts a run of head bytes taken at once (a field name's or an uninterpreted value's) against the head
+        /// limit; past it the scan is dead.
+        @inline(__always)
+        private mutating func countHeadRun(_ run: Int) -> Failure? {
+            headBytes += run
+            guard headBytes <= limits.maxHeaderSize else {
+                state = .dead
+                return .headerTooLarge
             }
             return nil
         }

@@ -219,25 +219,19 @@ enum ListeningSockets {
         let fd = socket(info.pointee.ai_family,
                         Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw systemError("socket", address: address, errno: errno) }
+        // The error of the `call` that just failed, once the socket is closed (errno read first: close may set it).
+        func failed(_ call: String) -> HTTPServerError {
+            let error = errno
+            close(fd)
+            return systemError(call, address: address, errno: error)
+        }
         var one: Int32 = 1
         let size = socklen_t(MemoryLayout<Int32>.size)
         guard setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, size) == 0,
               backlog == nil || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, size) == 0
-        else {
-            let error = errno
-            close(fd)
-            throw systemError("setsockopt", address: address, errno: error)
-        }
-        guard Glibc.bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
-            let error = errno
-            close(fd)
-            throw systemError("bind", address: address, errno: error)
-        }
-        if let backlog, listen(fd, Int32(clamping: backlog)) != 0 {
-            let error = errno
-            close(fd)
-            throw systemError("listen", address: address, errno: error)
-        }
+        else { throw failed("setsockopt") }
+        guard Glibc.bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else { throw failed("bind") }
+        if let backlog, listen(fd, Int32(clamping: backlog)) != 0 { throw failed("listen") }
         return fd
     }
 
@@ -288,8 +282,9 @@ let ignoreBrokenPipe: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
 /// One evhttp on one event loop. Created, used and closed on the loop thread.
 final class HTTPServer: @unchecked Sendable {
     // @unchecked Sendable: the lets never change, and every var (the connections' state included) is read and written
-    // only on `loop`'s thread: the initializer and `stopAccepting`/`whenDrained`/`close` run there (they check), and
-    // the C callbacks and the request tasks (executor preference `loop`) run there too.
+    // only on `loop`'s thread: the initializer and the shutdown methods (`closeListener`, `beginClosing`,
+    // `whenDrained`, `close`) run there (they check), and the C callbacks and the request tasks (executor preference
+    // `loop`) run there too.
 
     typealias RequestPointer = UnsafeMutablePointer<evhttp_request>
 
@@ -814,14 +809,17 @@ final class HTTPServer: @unchecked Sendable {
 
     /// A complete response with `Connection: close`.
     private static func errorResponse(_ status: HTTPStatus, body: String, extraHeaders: String = "") -> [UInt8] {
-        let head = "HTTP/1.1 \(status.code) \(status.reason)\r\nDate: \(httpDate())\r\n"
+        let head = "HTTP/1.1 \(status.code) \(status.reason)\r\nDate: \(rfc1123(time(nil)))\r\n"
             + "Content-Type: application/json; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n"
             + extraHeaders + "Connection: close\r\n\r\n"
         return Array((head + body).utf8)
     }
 
-    private static let overCapacityResponse = errorResponse(
-        .serviceUnavailable, body: #"{"error":"too many connections"}"#, extraHeaders: "Retry-After: 1\r\n")
+    /// Made for each refusal, not once: its `Date` must be the current one.
+    private static var overCapacityResponse: [UInt8] {
+        errorResponse(.serviceUnavailable, body: #"{"error":"too many connections"}"#,
+                      extraHeaders: "Retry-After: 1\r\n")
+    }
 
     /// Sends what the socket takes now. The answers are small and the socket's send buffer is empty when they are
     /// sent (see above), so this writes them whole unless the client is gone.
@@ -841,26 +839,10 @@ final class HTTPServer: @unchecked Sendable {
         }
     }
 
-    /// The current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
-    private static func httpDate() -> String {
-        var now = time(nil)
-        var parts = tm()
-        gmtime_r(&now, &parts)
-        var text = [CChar](repeating: 0, count: 64)
-        let count = strftime(&text, text.count, "%a, %d %b %Y %H:%M:%S GMT", &parts)
-        return String(decoding: text[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
     // MARK: Shutdown
 
     /// Requests answered and replies being written.
     var pendingCount: Int { inFlight.count + flushingCount }
-
-    /// Stops accepting connections; requests on open connections are still served, with `Connection: close`.
-    func stopAccepting() {
-        closeListener()
-        beginClosing()
-    }
 
     /// Closes the listening socket: new connections are refused (by the other loops' sockets too, once every loop
     /// has closed its own). Open connections are served as before.
@@ -935,7 +917,8 @@ final class HTTPServer: @unchecked Sendable {
     /// Frees the evhttp: closes every connection and forgets the requests still in flight (their replies become
     /// no-ops). Must be called on the loop thread; idempotent.
     func close() {
-        stopAccepting()
+        closeListener()
+        beginClosing()
         guard let http else { return }
         // Every connection gets its close callback (or is refused) before evhttp_free closes them all.
         registerNewConnections()
@@ -1059,13 +1042,6 @@ private func onSweep(_ fd: Int32, _ what: Int16, _ context: UnsafeMutableRawPoin
 }
 
 // MARK: - Helpers
-
-extension timeval {
-    init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self.init(tv_sec: Int(max(0, seconds)), tv_usec: Int(max(0, attoseconds) / 1_000_000_000_000))
-    }
-}
 
 extension EventLoop {
     /// Runs `body` on the loop thread and blocks the caller until it returns. Must not be called on this loop.

@@ -25,7 +25,8 @@ public struct LibeventError: Error, CustomStringConvertible, Sendable {
 /// Redis reply and go on touching loop-owned objects without any hop.
 public final class EventLoop: @unchecked Sendable {
     // @unchecked Sendable: `base`, the events and `local` are touched only on the loop thread (checked by
-    // `preconditionInLoop`), `remote` is behind a Mutex, and writing the eventfd is safe from any thread.
+    // `preconditionInLoop`), `remote` and `isRunning` are behind Mutexes, and writing the eventfd is safe from any
+    // thread.
 
     private enum Work: Sendable {
         case job(UnownedJob)
@@ -44,8 +45,8 @@ public final class EventLoop: @unchecked Sendable {
     private let remote = Mutex(Remote())
     private var local: [Work] = []
     private var drainScheduled = false
-    private let owner = Mutex<pthread_t?>(nil)
-    private var running = false
+    // Whether a thread is inside run(): a second run() at once is misuse.
+    private let isRunning = Mutex(false)
 
     /// A short name used in logs and thread names.
     public let name: String
@@ -95,18 +96,16 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Runs the loop on the calling thread until ``stop()``. The calling thread becomes the loop thread.
     public func run() {
-        owner.withLock { owner in
-            precondition(owner == nil, "EventLoop \(name) is already running")
-            owner = pthread_self()
+        isRunning.withLock { isRunning in
+            precondition(!isRunning, "EventLoop \(name) is already running")
+            isRunning = true
         }
         EventLoop.setCurrent(self)
-        running = true
         drain()
         event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY)
         drain()
-        running = false
         EventLoop.setCurrent(nil)
-        owner.withLock { $0 = nil }
+        isRunning.withLock { $0 = false }
     }
 
     /// Stops the loop after the work already queued has run. Safe from any thread.
@@ -252,8 +251,7 @@ public final class ScheduledTimer {
         // so the work runs even when the caller drops the handle.
         let context = Unmanaged.passRetained(self).toOpaque()
         event = event_new(base, -1, 0, onTimer, context)
-        let (seconds, attoseconds) = delay.components
-        var tv = timeval(tv_sec: Int(max(0, seconds)), tv_usec: Int(max(0, attoseconds) / 1_000_000_000_000))
+        var tv = timeval(delay)
         precondition(event != nil && event_add(event, &tv) == 0, "event_add for a timer failed")
     }
 
@@ -344,5 +342,13 @@ private final class ThreadStart: Sendable {
     init(loop: EventLoop, started: DispatchSemaphore) {
         self.loop = loop
         self.started = started
+    }
+}
+
+extension timeval {
+    /// `duration` as a timeval, negative durations as zero.
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self.init(tv_sec: Int(max(0, seconds)), tv_usec: Int(max(0, attoseconds) / 1_000_000_000_000))
     }
 }

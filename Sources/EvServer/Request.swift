@@ -94,7 +94,11 @@ public final class Request {
     /// ``cookies`` has not been asked for.
     public func cookie(named name: String) -> String? {
         if let parsedCookies { return parsedCookies[name] }
-        return CookieParser.value(named: name, in: headers.values("Cookie"))
+        // Over the fields themselves: `headers.values("Cookie")` would build an array on every request.
+        for field in headers.fields where field.name.asciiCaseInsensitiveEquals("Cookie") {
+            if let value = CookieParser.value(named: name, inHeader: field.value) { return value }
+        }
+        return nil
     }
 
     /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in
