@@ -49,11 +49,7 @@ struct SessionInspector {
         let inspector = try SessionInspector(options)
         do {
             return try await body(inspector)
-        } catch let error as RedisClientError {
-            throw ConfigurationError("redis: \(error)")
-        } catch let error as RedisError {
-            throw ConfigurationError("redis: \(error)")
-        } catch let error as RedisClusterError {
+        } catch where error is RedisClientError || error is RedisError || error is RedisClusterError {
             throw ConfigurationError("redis: \(error)")
         }
     }
