@@ -50,6 +50,23 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# stop_pidfiles TENTHS PIDFILE...: kills the process each pid file names, then waits up to TENTHS tenths of a second
+# until none is alive, so that their ports are free when it returns. Missing files (an unmatched glob) are skipped.
+stop_pidfiles() {
+    local tenths="$1" pidfile; shift
+    for pidfile in "$@"; do
+        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    for _ in $(seq 1 "$tenths"); do
+        local alive=0
+        for pidfile in "$@"; do
+            [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] && return 0
+        sleep 0.1
+    done
+}
+
 # start_test_redis NAME: a private redis-server for `swift test` on a free port in a temp dir (evserver-NAME.*),
 # stopped and removed on exit; sets WORK and exports REDIS_HOST and REDIS_PORT for the tests.
 start_test_redis() {
