@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from resp import command as redis_command
+
 SCENARIOS = {"hello": "/hello", "read": "/login", "write": "/views", "create": "/"}
 
 
@@ -32,12 +34,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def redis(port, *args):
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in map(str.encode, args)))
-        return s.recv(65536)
 
 
 class Connection:
@@ -164,7 +160,7 @@ def measure(label, binary, scenario, opts, out_dir):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{label} did not start; see {base}.log")
                 time.sleep(0.2)
-        redis(opts.redis_port, "FLUSHALL")
+        redis_command(opts.redis_port, "FLUSHALL", timeout=10)
         path = SCENARIOS[scenario]
         cookies = prime(port, 256) if scenario in ("read", "write") else None
         drive(port, path, opts.warmup, opts.connections, cookies)

@@ -60,11 +60,7 @@ pidfile $WORK/redis.pid
 logfile $WORK/redis.log
 CONF
 redis-server "$WORK/redis.conf" >/dev/null || die "redis-server failed to start (see $WORK/redis.log)"
-for _ in $(seq 1 100); do
-    [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ] && break
-    sleep 0.05
-done
-[ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ] || die "redis-server did not answer (see $WORK/redis.log)"
+wait_for_redis "$REDIS_PORT" "$WORK/redis.log"
 
 SERVER_REDIS_PORT="$REDIS_PORT"
 [ "$MODE" = latency ] && SERVER_REDIS_PORT="$PROXY_PORT"

@@ -39,23 +39,8 @@ haproxy_config() {
         }' deploy/haproxy.cfg
 }
 
-stop_dir() {
-    local dir="$1" pid
-    for pidfile in "$dir"/*.pid; do
-        [ -f "$pidfile" ] || continue
-        pid="$(cat "$pidfile")"
-        kill "$pid" 2>/dev/null || true
-    done
-    # Wait (up to 15 s: an evserver drains for at most 10 s) so that the ports are free when this returns.
-    for _ in $(seq 1 150); do
-        local alive=0
-        for pidfile in "$dir"/*.pid; do
-            [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && alive=1
-        done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-}
+# stop_dir DIR: stops everything whose pid file is in DIR, waiting up to 15 s (an evserver drains for at most 10 s).
+stop_dir() { stop_pidfiles 150 "$1"/*.pid; }
 
 case "${1:-}" in
     stop)

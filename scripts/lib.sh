@@ -50,6 +50,34 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# stop_pidfiles TENTHS PIDFILE...: kills the process each pid file names, then waits up to TENTHS tenths of a second
+# until none is alive, so that their ports are free when it returns. Missing files (an unmatched glob) are skipped.
+stop_pidfiles() {
+    local tenths="$1" pidfile; shift
+    for pidfile in "$@"; do
+        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    for _ in $(seq 1 "$tenths"); do
+        local alive=0
+        for pidfile in "$@"; do
+            [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] && return 0
+        sleep 0.1
+    done
+}
+
+# start_test_redis NAME: a private redis-server for `swift test` on a free port in a temp dir (evserver-NAME.*),
+# stopped and removed on exit; sets WORK and exports REDIS_HOST and REDIS_PORT for the tests.
+start_test_redis() {
+    WORK="$(mktemp -d -t "evserver-$1.XXXXXX")"
+    REDIS_PORT="$(free_port)"
+    trap 'stop_redis "$WORK"; rm -rf "$WORK"' EXIT INT TERM
+    start_redis "$REDIS_PORT" "$WORK"
+    log "redis-server on 127.0.0.1:$REDIS_PORT"
+    export REDIS_HOST=127.0.0.1 REDIS_PORT
+}
+
 # start_redis PORT DIR [extra args...]: starts a private redis-server and waits until it answers PING.
 start_redis() {
     local port="$1" dir="$2"; shift 2
@@ -57,11 +85,17 @@ start_redis() {
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
         --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@" >/dev/null \
         || die "redis-server failed to start (see $dir/redis.log)"
+    wait_for_redis "$port" "$dir/redis.log"
+}
+
+# wait_for_redis PORT LOG: waits (up to 5 s) until the redis-server on PORT answers PING; dies pointing at LOG.
+wait_for_redis() {
+    local port="$1" logfile="$2"
     for _ in $(seq 1 100); do
         [ "$(redis-cli -p "$port" ping 2>/dev/null)" = "PONG" ] && return 0
         sleep 0.05
     done
-    die "redis-server on port $port did not answer PING (see $dir/redis.log)"
+    die "redis-server on port $port did not answer PING (see $logfile)"
 }
 
 # stop_redis DIR

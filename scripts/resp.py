@@ -1,5 +1,6 @@
 """RESP (the Redis protocol), spoken directly: the fault drivers (chaos_load.py, cluster_chaos.py,
-sentinel_chaos.py) must not depend on the server under test, nor on a Redis client library. Standard library only."""
+sentinel_chaos.py) and bench_profile.py must not depend on the server under test, nor on a Redis client library.
+Standard library only."""
 
 import socket
 

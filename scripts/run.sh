@@ -6,8 +6,7 @@ set -euo pipefail
 cd "$ROOT"
 
 ensure_build_deps
-swift build --product evserver >&2
-BIN="$(swift build --product evserver --show-bin-path)/evserver"
+evserver_binary debug
 
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 export REDIS_URL

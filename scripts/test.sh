@@ -7,14 +7,6 @@ cd "$ROOT"
 ensure_build_deps
 ensure_packages node-cookie-signature nodejs haproxy python3-yaml
 
-WORK="$(mktemp -d -t evserver-test.XXXXXX)"
-PORT="$(free_port)"
-cleanup() { stop_redis "$WORK"; rm -rf "$WORK"; }
-trap cleanup EXIT INT TERM
-
-start_redis "$PORT" "$WORK"
-log "redis-server on 127.0.0.1:$PORT"
-
-export REDIS_HOST=127.0.0.1 REDIS_PORT="$PORT"
+start_test_redis test
 swift build --build-tests "$@"
 swift test --skip-build "$@"

@@ -8,18 +8,12 @@ set -euo pipefail
 cd "$ROOT"
 
 ensure_build_deps
-WORK="$(mktemp -d -t evserver-tsan.XXXXXX)"
-PORT="$(free_port)"
-cleanup() { stop_redis "$WORK"; rm -rf "$WORK"; }
-trap cleanup EXIT INT TERM
-start_redis "$PORT" "$WORK"
-log "redis-server on 127.0.0.1:$PORT"
+start_test_redis tsan
 
 # Synchronization.Mutex is a futex lock TSan cannot see into (its lock and unlock are inline atomics it does not
 # model as a lock), so every access guarded by one is reported. These entries silence exactly the types whose
 # state lives behind a Mutex; any other race still fails the run.
 export TSAN_OPTIONS="suppressions=$ROOT/Tests/tsan-suppressions.txt halt_on_error=1 second_deadlock_stack=1"
-export REDIS_HOST=127.0.0.1 REDIS_PORT="$PORT"
 FILTER="${TSAN_FILTER:-MultiLoopTests|MemorySessionStoreTests}"
 swift build --build-tests --sanitize=thread --scratch-path .build-tsan
 swift test --skip-build --sanitize=thread --scratch-path .build-tsan --filter "$FILTER" "$@"

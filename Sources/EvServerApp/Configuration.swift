@@ -182,15 +182,10 @@ struct ServerOptions: ParsableArguments {
     /// - Throws: ``ConfigurationError`` naming the first bad value.
     func resolve(environment: [String: String]) throws -> AppConfiguration {
         var config = AppConfiguration()
-        /// The value and the name to blame in an error: the flag if given, else the environment variable.
-        func value(_ flag: String?, _ flagName: String, _ variable: String) -> (String, String)? {
-            if let flag { return (flag, flagName) }
-            if let env = environment[variable], !env.isEmpty { return (env, variable) }
-            return nil
-        }
+        let value = FlagOrVariable(environment: environment)
         if let (v, _) = value(host, "--host", "EVSERVER_HOST") { config.host = v }
-        if let (v, name) = value(port, "--port", "PORT") { config.port = try Self.integer(v, name, in: 0...65535) }
-        if let (v, name) = value(threads, "--threads", "EVSERVER_THREADS") { config.threads = try Self.integer(v, name, in: 1...256) }
+        config.port = try value.integer(port, "--port", "PORT", in: 0...65535) ?? config.port
+        config.threads = try value.integer(threads, "--threads", "EVSERVER_THREADS", in: 1...256) ?? config.threads
         if let (v, name) = value(store, "--store", "SESSION_STORE") {
             guard let kind = StoreKind(rawValue: v.lowercased()) else {
                 throw ConfigurationError("\(name): unknown store '\(v)' (expected redis or memory)")
@@ -208,20 +203,18 @@ struct ServerOptions: ParsableArguments {
             guard Self.isCookieName(v) else { throw ConfigurationError("\(name): '\(v)' is not a valid cookie name") }
             config.cookieName = v
         }
-        if let (v, name) = value(maxAge, "--max-age", "SESSION_MAX_AGE") {
-            config.maxAge = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
-        }
+        let tenYears = 1...(10 * 365 * 86400)
+        config.maxAge = try value.integer(maxAge, "--max-age", "SESSION_MAX_AGE", in: tenYears) ?? config.maxAge
         if let (v, name) = value(prefix, "--prefix", "SESSION_PREFIX") {
             guard !v.isEmpty, !v.contains(where: { $0 == "*" || $0 == "?" || $0 == "[" || $0.isWhitespace }) else {
                 throw ConfigurationError("\(name): '\(v)' is not a usable key prefix (no spaces or glob characters)")
             }
             config.prefix = v
         }
-        if let (v, name) = value(rolling, "--rolling", "SESSION_ROLLING") { config.rolling = try Self.boolean(v, name) }
-        if let (v, name) = value(resave, "--resave", "SESSION_RESAVE") { config.resave = try Self.boolean(v, name) }
-        if let (v, name) = value(saveUninitialized, "--save-uninitialized", "SESSION_SAVE_UNINITIALIZED") {
-            config.saveUninitialized = try Self.boolean(v, name)
-        }
+        config.rolling = try value.boolean(rolling, "--rolling", "SESSION_ROLLING") ?? config.rolling
+        config.resave = try value.boolean(resave, "--resave", "SESSION_RESAVE") ?? config.resave
+        config.saveUninitialized = try value.boolean(saveUninitialized, "--save-uninitialized",
+                                                     "SESSION_SAVE_UNINITIALIZED") ?? config.saveUninitialized
         if let (v, name) = value(cookieSecure, "--cookie-secure", "SESSION_COOKIE_SECURE") {
             switch v.lowercased() {
             case "auto": config.cookieSecure = .auto
@@ -242,21 +235,15 @@ struct ServerOptions: ParsableArguments {
             }
         }
         config.instance = value(instance, "--instance", "INSTANCE_NAME")?.0 ?? Self.hostName()
-        if let (v, name) = value(maxBody, "--max-body", "EVSERVER_MAX_BODY") {
-            config.maxBody = try Self.integer(v, name, in: 0...(64 << 20))
-        }
-        if let (v, name) = value(maxConnections, "--max-connections", "EVSERVER_MAX_CONNECTIONS") {
-            config.maxConnections = try Self.integer(v, name, in: 1...1_000_000)
-        }
-        if let (v, name) = value(shutdownTimeout, "--shutdown-timeout", "EVSERVER_SHUTDOWN_TIMEOUT") {
-            config.shutdownTimeout = try Self.integer(v, name, in: 0...3600)
-        }
-        if let (v, name) = value(idleTimeout, "--idle-timeout", "SESSION_IDLE_TIMEOUT") {
-            config.idleTimeout = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
-        }
-        if let (v, name) = value(absoluteTimeout, "--absolute-timeout", "SESSION_ABSOLUTE_TIMEOUT") {
-            config.absoluteTimeout = try Self.integer(v, name, in: 1...(10 * 365 * 86400))
-        }
+        config.maxBody = try value.integer(maxBody, "--max-body", "EVSERVER_MAX_BODY", in: 0...(64 << 20)) ?? config.maxBody
+        config.maxConnections = try value.integer(maxConnections, "--max-connections", "EVSERVER_MAX_CONNECTIONS",
+                                                  in: 1...1_000_000) ?? config.maxConnections
+        config.shutdownTimeout = try value.integer(shutdownTimeout, "--shutdown-timeout", "EVSERVER_SHUTDOWN_TIMEOUT",
+                                                   in: 0...3600) ?? config.shutdownTimeout
+        config.idleTimeout = try value.integer(idleTimeout, "--idle-timeout", "SESSION_IDLE_TIMEOUT",
+                                               in: tenYears) ?? config.idleTimeout
+        config.absoluteTimeout = try value.integer(absoluteTimeout, "--absolute-timeout", "SESSION_ABSOLUTE_TIMEOUT",
+                                                   in: tenYears) ?? config.absoluteTimeout
         return config
     }
 
@@ -264,11 +251,7 @@ struct ServerOptions: ParsableArguments {
     /// credentials, the timeout, WAIT.
     /// - Throws: ``ConfigurationError`` naming the first bad or conflicting value.
     func resolveRedis(into config: inout AppConfiguration, environment: [String: String]) throws {
-        func value(_ flag: String?, _ flagName: String, _ variable: String) -> (String, String)? {
-            if let flag { return (flag, flagName) }
-            if let env = environment[variable], !env.isEmpty { return (env, variable) }
-            return nil
-        }
+        let value = FlagOrVariable(environment: environment)
         // Exactly one of URL / cluster / sentinel. Flags win over variables as a group (a --redis-cluster flag
         // overrides a REDIS_URL in the environment, as any flag overrides its variable); two at the same level
         // are a mistake. --redis-url has a default, so what counts is whether it was given.
@@ -327,9 +310,8 @@ struct ServerOptions: ParsableArguments {
         if let (v, name) = value(redisTimeout, "--redis-timeout", "REDIS_TIMEOUT_MS") {
             config.redis.commandTimeout = .milliseconds(try Self.integer(v, name, in: 1...600_000))
         }
-        if let (v, name) = value(redisWaitReplicas, "--redis-wait-replicas", "REDIS_WAIT_REPLICAS") {
-            config.redisWaitReplicas = try Self.integer(v, name, in: 0...100)
-        }
+        config.redisWaitReplicas = try value.integer(redisWaitReplicas, "--redis-wait-replicas", "REDIS_WAIT_REPLICAS",
+                                                     in: 0...100) ?? config.redisWaitReplicas
     }
 
     static func integer(_ text: String, _ name: String, in range: ClosedRange<Int>) throws -> Int {
@@ -357,6 +339,32 @@ struct ServerOptions: ParsableArguments {
     static func hostName() -> String {
         let name = ProcessInfo.processInfo.hostName
         return name.isEmpty ? "evserver" : name
+    }
+}
+
+/// One setting's source: the flag if given, else its environment variable when set and not empty.
+struct FlagOrVariable {
+    let environment: [String: String]
+
+    /// The value and the name to blame in an error (the flag's or the variable's), nil when neither is given.
+    func callAsFunction(_ flag: String?, _ flagName: String, _ variable: String) -> (String, String)? {
+        if let flag { return (flag, flagName) }
+        if let env = environment[variable], !env.isEmpty { return (env, variable) }
+        return nil
+    }
+
+    /// The integer given for this setting, nil when neither is given.
+    /// - Throws: ``ConfigurationError`` when it is not an integer in `range`.
+    func integer(_ flag: String?, _ flagName: String, _ variable: String, in range: ClosedRange<Int>) throws -> Int? {
+        guard let (v, name) = self(flag, flagName, variable) else { return nil }
+        return try ServerOptions.integer(v, name, in: range)
+    }
+
+    /// The boolean given for this setting, nil when neither is given.
+    /// - Throws: ``ConfigurationError`` when it is not true or false.
+    func boolean(_ flag: String?, _ flagName: String, _ variable: String) throws -> Bool? {
+        guard let (v, name) = self(flag, flagName, variable) else { return nil }
+        return try ServerOptions.boolean(v, name)
     }
 }
 

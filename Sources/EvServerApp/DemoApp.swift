@@ -144,9 +144,10 @@ struct DemoApp: Sendable {
         let metrics = metrics
         let sessionMetrics = sessions.metrics
 
+        // The Content-Type first: send(_:) then keeps it instead of adding text/html for replace to take out again.
         app.get("/hello") { _, response in
-            response.send("ok", status: .ok)
             response.headers.replace("Content-Type", "text/plain; charset=utf-8")
+            response.send("ok", status: .ok)
         }
 
         app.get("/healthz") { _, response in

@@ -28,7 +28,7 @@ struct SessionsOptions: ParsableArguments {
         let environment = ProcessInfo.processInfo.environment
         var config = AppConfiguration()
         try server.resolveRedis(into: &config, environment: environment)
-        config.prefix = server.prefix ?? environment["SESSION_PREFIX"].flatMap { $0.isEmpty ? nil : $0 } ?? "sess:"
+        config.prefix = FlagOrVariable(environment: environment)(server.prefix, "--prefix", "SESSION_PREFIX")?.0 ?? config.prefix
         guard scanCount > 0 else { throw ConfigurationError("--scan-count must be positive") }
         return config
     }
@@ -49,11 +49,7 @@ struct SessionInspector {
         let inspector = try SessionInspector(options)
         do {
             return try await body(inspector)
-        } catch let error as RedisClientError {
-            throw ConfigurationError("redis: \(error)")
-        } catch let error as RedisError {
-            throw ConfigurationError("redis: \(error)")
-        } catch let error as RedisClusterError {
+        } catch where error is RedisClientError || error is RedisError || error is RedisClusterError {
             throw ConfigurationError("redis: \(error)")
         }
     }

@@ -65,9 +65,9 @@ final class DemoServer {
     }
 }
 
-/// Runs `body` with a demo server and always shuts it down.
-func withDemo(_ arguments: [String] = [], _ body: (DemoServer) async throws -> Void) async throws {
-    let app = try DemoServer(arguments)
+/// Runs `body` with a demo server (on `redisPort`'s redis-server, default the shared one) and always shuts it down.
+func withDemo(_ arguments: [String] = [], redisPort: Int? = nil, _ body: (DemoServer) async throws -> Void) async throws {
+    let app = try DemoServer(arguments, redisPort: redisPort)
     do {
         try await body(app)
     } catch {

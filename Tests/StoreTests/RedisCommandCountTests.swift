@@ -36,18 +36,13 @@ import Testing
 
     func withCountingServer(_ arguments: [String], _ body: (DemoServer, PrivateRedis) async throws -> Void) async throws {
         let redis = try PrivateRedis()
-        let app = try DemoServer(arguments + ["--threads", "1"], redisPort: redis.port)
-        do {
+        try await withDemo(arguments + ["--threads", "1"], redisPort: redis.port) { app in
             // Warm up: connect, and let the compare-and-set script be cached (the first EVALSHA meets NOSCRIPT).
             let warm = try app.client()
             _ = try warm.request("GET", "/")
             _ = try warm.request("GET", "/views")
             try await body(app, redis)
-        } catch {
-            await app.stop()
-            throw error
         }
-        await app.stop()
     }
 
     @Test func defaultsCostOneCommandToReadTwoToWriteOneToCreateAndNoneWithoutSession() async throws {
