@@ -205,12 +205,7 @@ struct ServerOptions: ParsableArguments {
         }
         let tenYears = 1...(10 * 365 * 86400)
         config.maxAge = try value.integer(maxAge, "--max-age", "SESSION_MAX_AGE", in: tenYears) ?? config.maxAge
-        if let (v, name) = value(prefix, "--prefix", "SESSION_PREFIX") {
-            guard !v.isEmpty, !v.contains(where: { $0 == "*" || $0 == "?" || $0 == "[" || $0.isWhitespace }) else {
-                throw ConfigurationError("\(name): '\(v)' is not a usable key prefix (no spaces or glob characters)")
-            }
-            config.prefix = v
-        }
+        try resolvePrefix(into: &config, environment: environment)
         config.rolling = try value.boolean(rolling, "--rolling", "SESSION_ROLLING") ?? config.rolling
         config.resave = try value.boolean(resave, "--resave", "SESSION_RESAVE") ?? config.resave
         config.saveUninitialized = try value.boolean(saveUninitialized, "--save-uninitialized",
@@ -245,6 +240,17 @@ struct ServerOptions: ParsableArguments {
         config.absoluteTimeout = try value.integer(absoluteTimeout, "--absolute-timeout", "SESSION_ABSOLUTE_TIMEOUT",
                                                    in: tenYears) ?? config.absoluteTimeout
         return config
+    }
+
+    /// The key prefix (`--prefix`, `SESSION_PREFIX`): never empty, no spaces or glob characters, so that a SCAN
+    /// pattern made from it matches sessions only (an empty prefix would make `sessions clear` delete every key).
+    func resolvePrefix(into config: inout AppConfiguration, environment: [String: String]) throws {
+        let value = FlagOrVariable(environment: environment)
+        guard let (v, name) = value(prefix, "--prefix", "SESSION_PREFIX") else { return }
+        guard !v.isEmpty, !v.contains(where: { $0 == "*" || $0 == "?" || $0 == "[" || $0.isWhitespace }) else {
+            throw ConfigurationError("\(name): '\(v)' is not a usable key prefix (no spaces or glob characters)")
+        }
+        config.prefix = v
     }
 
     /// Resolves the Redis settings alone (the `sessions` subcommands need no secret): which deployment, the

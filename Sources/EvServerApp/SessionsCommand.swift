@@ -28,7 +28,7 @@ struct SessionsOptions: ParsableArguments {
         let environment = ProcessInfo.processInfo.environment
         var config = AppConfiguration()
         try server.resolveRedis(into: &config, environment: environment)
-        config.prefix = FlagOrVariable(environment: environment)(server.prefix, "--prefix", "SESSION_PREFIX")?.0 ?? config.prefix
+        try server.resolvePrefix(into: &config, environment: environment)
         guard scanCount > 0 else { throw ConfigurationError("--scan-count must be positive") }
         return config
     }

@@ -134,6 +134,21 @@ extension ScaleSuites {
             #expect(result.output.isEmpty)
         }
 
+        /// An empty prefix would make the SCAN pattern `*`: `clear` would delete every key in the database. The
+        /// command checks the prefix as the server does, before it touches Redis.
+        @Test func clearRefusesAPrefixThatWouldMatchOtherKeys() async throws {
+            let bystander = "test:\(UUID().uuidString.prefix(8)):not-a-session"
+            try await TestRedis.client.set(bystander, to: Array("keep".utf8), expiresIn: 60)
+            for prefix in ["", "sess*", "a b"] {
+                let result = try await Self.sessions(["clear", "--yes"], prefix: prefix)
+                #expect(result.status != .exited(0), "prefix '\(prefix)' was accepted")
+                #expect(result.error.contains("is not a usable key prefix"), "\(result.error)")
+            }
+            #expect(try await TestRedis.client.get(bystander) == Array("keep".utf8), "a key outside the prefix was deleted")
+            _ = try await TestRedis.client.delete([bystander])
+        }
+
+        // MARK: - Helpers
         // MARK: - Helpers
 
         static func uniquePrefix() -> String { "test:\(UUID().uuidString.prefix(8)):sess:" }
