@@ -59,7 +59,10 @@ public final class RedisClusterClient: Sendable {
     ///   ``RedisClientError`` when no reply comes.
     public func send(_ arguments: [[UInt8]]) async throws -> RedisValue {
         precondition(!arguments.isEmpty, "RedisClusterClient.send needs at least a command name")
-        return try await execute(arguments, slot: Self.routingSlot(of: arguments)).reply
+        let slot = Self.routingSlot(of: arguments)
+        return try await withOneDeadline(orAfter: configuration.node.commandTimeout) { deadline in
+            try await execute(arguments, slot: slot, forWaits: false, deadline: deadline).reply
+        }
     }
 
     /// Sends one command given as strings (each sent as its UTF-8 bytes) and returns the reply.
@@ -179,22 +182,14 @@ public final class RedisClusterClient: Sendable {
     // MARK: - Routing and retries
 
     /// Runs `arguments` on the node serving `slot` (any node when nil), following redirections and retrying as
-    /// the type's documentation says.
+    /// the type's documentation says, until `deadline`. The caller runs it inside
+    /// ``withOneDeadline(orAfter:isolation:_:)``, so that every attempt shares that deadline: a node's client
+    /// (which honours ``RedisDeadline``) never gives a retry a fresh commandTimeout of its own.
     /// - Parameter forWaits: use the nodes' second connections, the ones writes followed by `WAIT` go through (a
     ///   `WAIT` blocks its connection; other commands must not queue behind it).
     /// - Returns: the reply and the client of the node that gave it (WAIT must go to that same connection).
-    func execute(_ arguments: [[UInt8]], slot: Int?,
-                 forWaits: Bool = false) async throws -> (reply: RedisValue, client: RedisClient) {
-        let deadline = RedisDeadline.effective ?? ContinuousClock.now + configuration.node.commandTimeout
-        // Every attempt runs under the one deadline, so that a node's client (which honours RedisDeadline) never
-        // gives a retry a fresh commandTimeout of its own.
-        return try await RedisDeadline.$current.withValue(deadline) {
-            try await attempt(arguments, slot: slot, forWaits: forWaits, deadline: deadline)
-        }
-    }
-
-    private func attempt(_ arguments: [[UInt8]], slot: Int?, forWaits: Bool,
-                         deadline: ContinuousClock.Instant) async throws -> (reply: RedisValue, client: RedisClient) {
+    func execute(_ arguments: [[UInt8]], slot: Int?, forWaits: Bool,
+                 deadline: ContinuousClock.Instant) async throws -> (reply: RedisValue, client: RedisClient) {
         let loop = try currentLoop()
         var redirections = 0
         var asking: RedisAddress?
