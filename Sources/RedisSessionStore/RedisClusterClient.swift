@@ -32,7 +32,7 @@ public final class RedisClusterClient: Sendable {
     public let configuration: RedisClusterConfiguration
     private let logger: Logger
     private let state: Mutex<ClusterState>
-    private let ownThread = Mutex<EventLoopThread?>(nil)
+    private let ownThread = FallbackLoopThread(name: "redis-cluster")
 
     /// Creates a client; nothing connects until the first command (or ``refreshTopology()``).
     /// - Parameters:
@@ -170,13 +170,7 @@ public final class RedisClusterClient: Sendable {
             return Array(state.clients.values)
         }
         for client in clients { client.close() }
-        guard let thread = ownThread.withLock({ $0.take() }) else { return }
-        // Joining the thread from itself would trap (the last reference may go on that very thread).
-        if thread.loop.inLoop {
-            DispatchQueue.global().async { thread.shutdown() }
-        } else {
-            thread.shutdown()
-        }
+        ownThread.shutdown()
     }
 
     // MARK: - Routing and retries
@@ -288,13 +282,7 @@ public final class RedisClusterClient: Sendable {
 
     /// The loop of the calling task, or the client's own loop thread for callers outside any loop.
     private func currentLoop() throws -> EventLoop {
-        if let loop = EventLoop.current { return loop }
-        return try ownThread.withLock { thread in
-            if let thread { return thread.loop }
-            let started = try EventLoopThread(name: "redis-cluster")
-            thread = started
-            return started.loop
-        }
+        try EventLoop.current ?? ownThread.loop()
     }
 
     /// The client for `address` on `loop` (its second one, for writes followed by WAIT, with `forWaits`), created
@@ -388,6 +376,45 @@ public struct RedisClusterError: Error, Sendable, CustomStringConvertible {
     /// What went wrong, one line.
     public let description: String
     init(_ description: String) { self.description = description }
+}
+
+// MARK: - Loop threads
+
+/// A loop thread started on first use, for callers outside any ``EventLoop`` (tests, scripts, startup checks).
+final class FallbackLoopThread: Sendable {
+    private let name: String
+    private let thread = Mutex<EventLoopThread?>(nil)
+
+    init(name: String) {
+        self.name = name
+    }
+
+    /// The thread's loop; the thread starts on the first call.
+    func loop() throws -> EventLoop {
+        try thread.withLock { thread in
+            if let thread { return thread.loop }
+            let started = try EventLoopThread(name: name)
+            thread = started
+            return started.loop
+        }
+    }
+
+    /// Stops and joins the thread, if it was started. Idempotent; may be called from the thread itself.
+    func shutdown() {
+        thread.withLock { $0.take() }?.shutdownFromAnyThread()
+    }
+}
+
+extension EventLoopThread {
+    /// Stops the loop and joins the thread. Joining the thread from itself would trap, and the last reference to
+    /// an owner may well go on that very thread: then the join happens on another thread.
+    func shutdownFromAnyThread() {
+        if loop.inLoop {
+            DispatchQueue.global().async { self.shutdown() }
+        } else {
+            shutdown()
+        }
+    }
 }
 
 // MARK: - State

@@ -1,4 +1,3 @@
-import Dispatch
 import EvServer
 import Logging
 import Synchronization
@@ -112,12 +111,7 @@ final class SentinelClients: Sendable {
         for client in state.close() { client.close() }
         guard let thread, let monitor else { return }
         thread.loop.execute { monitor.stop() }
-        // Joining the thread from itself would trap; when close() runs on that very thread, join from elsewhere.
-        if thread.loop.inLoop {
-            DispatchQueue.global().async { thread.shutdown() }
-        } else {
-            thread.shutdown()
-        }
+        thread.shutdownFromAnyThread()
     }
 }
 
