@@ -55,7 +55,8 @@ public struct RedisAddress: Sendable, Hashable, CustomStringConvertible {
 }
 
 extension StringProtocol {
-    fileprivate var trimmingSpacesForAddress: String {
+    /// Without leading and trailing whitespace (FoundationEssentials has no `trimmingCharacters`).
+    var trimmingSpacesForAddress: String {
         String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
     }
 }
