@@ -294,12 +294,10 @@ public final class RedisClusterClient: Sendable {
             }
             let key = ClientKey(loop: ObjectIdentifier(loop), address: address, forWaits: forWaits)
             if let client = state.clients[key] { return client }
-            var node = configuration.node
-            node.host = address.host
-            node.port = address.port
             var logger = self.logger
             logger[metadataKey: "node"] = "\(address)"
-            let client = RedisClient(configuration: node, loop: loop, logger: logger)
+            let client = RedisClient(configuration: configuration.node.pointing(to: address), loop: loop,
+                                     logger: logger)
             state.clients[key] = client
             return client
         }

@@ -346,9 +346,7 @@ final class SentinelMonitor: @unchecked Sendable {
             client = probe.client
         } else {
             probe?.client.close()
-            var configuration = self.configuration.primary
-            configuration.host = address.host
-            configuration.port = address.port
+            var configuration = self.configuration.primary.pointing(to: address)
             configuration.commandTimeout = self.configuration.attemptTimeout
             configuration.onCommand = nil
             configuration.connectingQueueLimit = 16
