@@ -60,12 +60,7 @@ start_server() {
         "$BIN" --host 127.0.0.1 --port "$port" --threads 2 --redis-timeout "$TIMEOUT_MS" \
         --redis-cluster "$SEEDS" "$@" >"$WORK/evserver-$name.log" 2>&1 &
     PIDS+=($!)
-    for _ in $(seq 1 100); do
-        curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
-        kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$WORK/evserver-$name.log" >&2; die "evserver $name exited"; }
-        sleep 0.05
-    done
-    die "evserver $name is not ready (see $WORK/evserver-$name.log)"
+    wait_ready "$port" "${PIDS[-1]}" "$WORK/evserver-$name.log"
 }
 start_server plain "$PLAIN_PORT"
 start_server wait "$WAIT_PORT" --redis-wait-replicas 1

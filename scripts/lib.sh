@@ -103,3 +103,41 @@ stop_redis() {
     local dir="$1"
     [ -f "$dir/redis.pid" ] && kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
 }
+
+# port_taken PORT: succeeds when something already listens on (or holds) 127.0.0.1:PORT.
+port_taken() {
+    python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try: s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError: sys.exit(0)
+sys.exit(1)' "$1"
+}
+
+# stop_pidfiles PIDFILE...: kills the process of each pid file (missing files are skipped) and waits up to 5 s
+# until they are all gone.
+stop_pidfiles() {
+    local pidfile
+    for pidfile in "$@"; do
+        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    for _ in $(seq 1 50); do
+        local alive=0
+        for pidfile in "$@"; do
+            [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] && return 0
+        sleep 0.1
+    done
+}
+
+# wait_ready PORT PID LOG [INTERVAL]: waits (100 tries, INTERVAL s apart, 0.05 by default) until the evserver of
+# pid PID answers /readyz on 127.0.0.1:PORT; dies, showing the end of LOG, when it exits first or is never ready.
+wait_ready() {
+    local port="$1" pid="$2" log_file="$3" interval="${4:-0.05}"
+    for _ in $(seq 1 100); do
+        curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log_file" >&2; die "evserver on :$port exited (log: $log_file)"; }
+        sleep "$interval"
+    done
+    tail -n 20 "$log_file" >&2
+    die "evserver on :$port is not ready (log: $log_file)"
+}

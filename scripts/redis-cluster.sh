@@ -15,20 +15,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-stop_dir() {
-    local dir="$1" pidfile
-    for pidfile in "$dir"/node-*/redis.pid; do
-        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-    done
-    for _ in $(seq 1 50); do
-        local alive=0
-        for pidfile in "$dir"/node-*/redis.pid; do
-            [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null && alive=1
-        done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-}
+# stop_dir DIR: stops every node under DIR and waits until they are gone.
+stop_dir() { stop_pidfiles "$1"/node-*/redis.pid; }
 
 case "${1:-}" in
     stop|stop-keep)
@@ -50,12 +38,6 @@ NODE_TIMEOUT="${REDIS_CLUSTER_NODE_TIMEOUT:-2000}"
 PORTS=()
 for i in 0 1 2 3 4 5; do PORTS+=("$((BASE + i))"); done
 
-port_taken() {
-    python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try: s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError: sys.exit(0)
-sys.exit(1)' "$1"
-}
 for port in "${PORTS[@]}"; do
     port_taken "$port" && die "port $port is already in use (set REDIS_CLUSTER_PORT_BASE)"
     port_taken "$((port + 10000))" && die "cluster bus port $((port + 10000)) is already in use (set REDIS_CLUSTER_PORT_BASE)"

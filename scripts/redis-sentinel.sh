@@ -11,20 +11,7 @@ set -euo pipefail
 cd "$ROOT"
 
 # stop_dir DIR: kills every process whose pid file is under DIR and waits until they are gone.
-stop_dir() {
-    local dir="$1" pidfile
-    for pidfile in "$dir"/*/*.pid; do
-        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-    done
-    for _ in $(seq 1 50); do
-        local alive=0
-        for pidfile in "$dir"/*/*.pid; do
-            [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && alive=1
-        done
-        [ "$alive" = 0 ] && return 0
-        sleep 0.1
-    done
-}
+stop_dir() { stop_pidfiles "$1"/*/*.pid; }
 
 case "${1:-}" in
     stop)
@@ -49,12 +36,6 @@ MASTER_NAME="${MASTER_NAME:-mymaster}"
 [[ "$MASTER_NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "MASTER_NAME may only hold letters, digits and . _ -"
 
 # A port already taken would make one process fail after the others started: say so before starting anything.
-port_taken() {
-    python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try: s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError: sys.exit(0)
-sys.exit(1)' "$1"
-}
 ALL_PORTS=("$PRIMARY_PORT" "$REPLICA_PORT" "${SENTINEL_PORTS[@]}")
 [ "$(printf '%s\n' "${ALL_PORTS[@]}" | sort -u | wc -l)" = 5 ] \
     || die "the ports overlap: primary $PRIMARY_PORT, replica $REPLICA_PORT, sentinels ${SENTINEL_PORTS[*]}"

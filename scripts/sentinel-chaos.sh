@@ -55,19 +55,7 @@ SENTINELS="127.0.0.1:$SENTINEL_BASE,127.0.0.1:$((SENTINEL_BASE + 1)),127.0.0.1:$
     --redis-sentinel "$SENTINELS" --sentinel-master mymaster --redis-timeout "$TIMEOUT_MS" \
     >"$WORK/evserver.log" 2>&1 &
 SERVER_PID=$!
-ready=0
-for _ in $(seq 1 100); do
-    if curl -fsS "http://127.0.0.1:$APP_PORT/readyz" >/dev/null 2>&1; then
-        ready=1
-        break
-    fi
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [ "$ready" != 1 ]; then
-    tail -n 20 "$WORK/evserver.log" >&2
-    die "evserver did not become ready on $APP_PORT (log in $WORK/evserver.log)"
-fi
+wait_ready "$APP_PORT" "$SERVER_PID" "$WORK/evserver.log" 0.1
 
 log "evserver on :$APP_PORT, sentinels $SENTINELS; running the phases"
 set +e

@@ -23,7 +23,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time

@@ -110,8 +110,7 @@ final class HiredisConnection: @unchecked Sendable {
         }
         guard status == REDIS_OK else {
             Unmanaged<PendingCommand>.fromOpaque(box).release()   // no callback will come: drop our +1
-            throw HiredisError(context.pointee.c.err != 0 ? errorText(of: context.pointee.c)
-                                                        : "the connection is closing")
+            throw notQueued(context)
         }
     }
 
@@ -258,6 +257,11 @@ private func copyBytes(_ pointer: UnsafeMutablePointer<CChar>?, _ count: Int) ->
     return [UInt8](UnsafeRawBufferPointer(start: pointer, count: count))
 }
 
+/// Why `redisAsyncCommandArgv` refused a command: the context's error, or (none set) that it is closing.
+private func notQueued(_ context: UnsafeMutablePointer<redisAsyncContext>) -> HiredisError {
+    HiredisError(context.pointee.c.err != 0 ? errorText(of: context.pointee.c) : "the connection is closing")
+}
+
 /// `redisContext.errstr` (a NUL-terminated `char[128]`) as a String.
 private func errorText(of context: redisContext) -> String {
     withUnsafeBytes(of: context.errstr) { raw in
@@ -345,10 +349,7 @@ extension HiredisConnection {
         let status = withArgv(arguments) { argc, argv, lengths in
             redisAsyncCommandArgv(context, onPush, nil, argc, argv, lengths)
         }
-        guard status == REDIS_OK else {
-            throw HiredisError(context.pointee.c.err != 0 ? errorText(of: context.pointee.c)
-                                                        : "the connection is closing")
-        }
+        guard status == REDIS_OK else { throw notQueued(context) }
     }
 
     fileprivate func receivedPush(_ push: RedisValue) {

@@ -1,5 +1,4 @@
-// Seed lists (`--redis-cluster`, `--redis-sentinel`) and the error RedisAddress(parsing:) throws. Apart from
-// RedisAddress.swift, which the Sentinel branch carries too (identical), so that the two merge as one file.
+// Seed lists (`--redis-cluster`, `--redis-sentinel`) and the error RedisAddress(parsing:) throws.
 
 extension RedisAddress {
     /// Parses a comma-separated list of `host:port` (spaces around the commas are allowed).
@@ -18,11 +17,5 @@ extension RedisAddress {
 extension RedisConfigurationError {
     init(address problem: String) {
         self.description = "invalid Redis address: \(problem)"
-    }
-}
-
-extension StringProtocol {
-    fileprivate var trimmingSpacesForAddress: String {
-        String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
     }
 }

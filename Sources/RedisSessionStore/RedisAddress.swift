@@ -54,8 +54,20 @@ public struct RedisAddress: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+extension RedisConfiguration {
+    /// These settings (credentials, timeouts, hooks) for the server at `address`: a cluster node, or the primary
+    /// the sentinels name.
+    func pointing(to address: RedisAddress) -> RedisConfiguration {
+        var configuration = self
+        configuration.host = address.host
+        configuration.port = address.port
+        return configuration
+    }
+}
+
 extension StringProtocol {
-    fileprivate var trimmingSpacesForAddress: String {
+    /// Without leading and trailing whitespace (FoundationEssentials has no `trimmingCharacters`).
+    var trimmingSpacesForAddress: String {
         String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
     }
 }

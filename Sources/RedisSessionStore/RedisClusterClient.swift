@@ -32,7 +32,7 @@ public final class RedisClusterClient: Sendable {
     public let configuration: RedisClusterConfiguration
     private let logger: Logger
     private let state: Mutex<ClusterState>
-    private let ownThread = Mutex<EventLoopThread?>(nil)
+    private let ownThread = FallbackLoopThread(name: "redis-cluster")
 
     /// Creates a client; nothing connects until the first command (or ``refreshTopology()``).
     /// - Parameters:
@@ -59,7 +59,10 @@ public final class RedisClusterClient: Sendable {
     ///   ``RedisClientError`` when no reply comes.
     public func send(_ arguments: [[UInt8]]) async throws -> RedisValue {
         precondition(!arguments.isEmpty, "RedisClusterClient.send needs at least a command name")
-        return try await execute(arguments, slot: Self.routingSlot(of: arguments)).reply
+        let slot = Self.routingSlot(of: arguments)
+        return try await withOneDeadline(orAfter: configuration.node.commandTimeout) { deadline in
+            try await execute(arguments, slot: slot, forWaits: false, deadline: deadline).reply
+        }
     }
 
     /// Sends one command given as strings (each sent as its UTF-8 bytes) and returns the reply.
@@ -167,34 +170,20 @@ public final class RedisClusterClient: Sendable {
             return Array(state.clients.values)
         }
         for client in clients { client.close() }
-        guard let thread = ownThread.withLock({ $0.take() }) else { return }
-        // Joining the thread from itself would trap (the last reference may go on that very thread).
-        if thread.loop.inLoop {
-            DispatchQueue.global().async { thread.shutdown() }
-        } else {
-            thread.shutdown()
-        }
+        ownThread.shutdown()
     }
 
     // MARK: - Routing and retries
 
     /// Runs `arguments` on the node serving `slot` (any node when nil), following redirections and retrying as
-    /// the type's documentation says.
+    /// the type's documentation says, until `deadline`. The caller runs it inside
+    /// ``withOneDeadline(orAfter:isolation:_:)``, so that every attempt shares that deadline: a node's client
+    /// (which honours ``RedisDeadline``) never gives a retry a fresh commandTimeout of its own.
     /// - Parameter forWaits: use the nodes' second connections, the ones writes followed by `WAIT` go through (a
     ///   `WAIT` blocks its connection; other commands must not queue behind it).
     /// - Returns: the reply and the client of the node that gave it (WAIT must go to that same connection).
-    func execute(_ arguments: [[UInt8]], slot: Int?,
-                 forWaits: Bool = false) async throws -> (reply: RedisValue, client: RedisClient) {
-        let deadline = RedisDeadline.effective ?? ContinuousClock.now + configuration.node.commandTimeout
-        // Every attempt runs under the one deadline, so that a node's client (which honours RedisDeadline) never
-        // gives a retry a fresh commandTimeout of its own.
-        return try await RedisDeadline.$current.withValue(deadline) {
-            try await attempt(arguments, slot: slot, forWaits: forWaits, deadline: deadline)
-        }
-    }
-
-    private func attempt(_ arguments: [[UInt8]], slot: Int?, forWaits: Bool,
-                         deadline: ContinuousClock.Instant) async throws -> (reply: RedisValue, client: RedisClient) {
+    func execute(_ arguments: [[UInt8]], slot: Int?, forWaits: Bool,
+                 deadline: ContinuousClock.Instant) async throws -> (reply: RedisValue, client: RedisClient) {
         let loop = try currentLoop()
         var redirections = 0
         var asking: RedisAddress?
@@ -293,13 +282,7 @@ public final class RedisClusterClient: Sendable {
 
     /// The loop of the calling task, or the client's own loop thread for callers outside any loop.
     private func currentLoop() throws -> EventLoop {
-        if let loop = EventLoop.current { return loop }
-        return try ownThread.withLock { thread in
-            if let thread { return thread.loop }
-            let started = try EventLoopThread(name: "redis-cluster")
-            thread = started
-            return started.loop
-        }
+        try EventLoop.current ?? ownThread.loop()
     }
 
     /// The client for `address` on `loop` (its second one, for writes followed by WAIT, with `forWaits`), created
@@ -311,12 +294,10 @@ public final class RedisClusterClient: Sendable {
             }
             let key = ClientKey(loop: ObjectIdentifier(loop), address: address, forWaits: forWaits)
             if let client = state.clients[key] { return client }
-            var node = configuration.node
-            node.host = address.host
-            node.port = address.port
             var logger = self.logger
             logger[metadataKey: "node"] = "\(address)"
-            let client = RedisClient(configuration: node, loop: loop, logger: logger)
+            let client = RedisClient(configuration: configuration.node.pointing(to: address), loop: loop,
+                                     logger: logger)
             state.clients[key] = client
             return client
         }
@@ -393,6 +374,45 @@ public struct RedisClusterError: Error, Sendable, CustomStringConvertible {
     /// What went wrong, one line.
     public let description: String
     init(_ description: String) { self.description = description }
+}
+
+// MARK: - Loop threads
+
+/// A loop thread started on first use, for callers outside any ``EventLoop`` (tests, scripts, startup checks).
+final class FallbackLoopThread: Sendable {
+    private let name: String
+    private let thread = Mutex<EventLoopThread?>(nil)
+
+    init(name: String) {
+        self.name = name
+    }
+
+    /// The thread's loop; the thread starts on the first call.
+    func loop() throws -> EventLoop {
+        try thread.withLock { thread in
+            if let thread { return thread.loop }
+            let started = try EventLoopThread(name: name)
+            thread = started
+            return started.loop
+        }
+    }
+
+    /// Stops and joins the thread, if it was started. Idempotent; may be called from the thread itself.
+    func shutdown() {
+        thread.withLock { $0.take() }?.shutdownFromAnyThread()
+    }
+}
+
+extension EventLoopThread {
+    /// Stops the loop and joins the thread. Joining the thread from itself would trap, and the last reference to
+    /// an owner may well go on that very thread: then the join happens on another thread.
+    func shutdownFromAnyThread() {
+        if loop.inLoop {
+            DispatchQueue.global().async { self.shutdown() }
+        } else {
+            shutdown()
+        }
+    }
 }
 
 // MARK: - State

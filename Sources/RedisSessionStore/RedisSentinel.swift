@@ -1,4 +1,3 @@
-import Dispatch
 import EvServer
 import Logging
 import Synchronization
@@ -112,12 +111,7 @@ final class SentinelClients: Sendable {
         for client in state.close() { client.close() }
         guard let thread, let monitor else { return }
         thread.loop.execute { monitor.stop() }
-        // Joining the thread from itself would trap; when close() runs on that very thread, join from elsewhere.
-        if thread.loop.inLoop {
-            DispatchQueue.global().async { thread.shutdown() }
-        } else {
-            thread.shutdown()
-        }
+        thread.shutdownFromAnyThread()
     }
 }
 
@@ -179,9 +173,7 @@ final class SentinelState: Sendable {
 
     /// The primary's configuration at `address`, its metrics hook also telling the monitor of failed commands.
     private func primaryConfiguration(_ address: RedisAddress, generation: Int) -> RedisConfiguration {
-        var configuration = self.configuration.primary
-        configuration.host = address.host
-        configuration.port = address.port
+        var configuration = self.configuration.primary.pointing(to: address)
         let userHook = configuration.onCommand
         // Weak: the clients (and so this hook) belong to the state.
         configuration.onCommand = { [weak self] name, duration, outcome in

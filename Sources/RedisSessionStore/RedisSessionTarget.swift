@@ -28,7 +28,7 @@ extension RedisClient: RedisSessionTarget {
     func write(_ arguments: [[UInt8]], waitingFor replicas: Int) async throws -> RedisValue {
         guard replicas > 0 else { return try await send(arguments) }
         // One deadline for the write and its WAIT together, not one each.
-        return try await RedisDeadline.$current.withValue(RedisDeadline.effective ?? .now + configuration.commandTimeout) {
+        return try await withOneDeadline(orAfter: configuration.commandTimeout) { _ in
             let reply = try await send(arguments)
             try await confirmReplication(replicas, on: self)
             return reply
@@ -52,9 +52,9 @@ extension RedisClusterClient: RedisSessionTarget {
         guard replicas > 0 else { return try await send(arguments) }
         // One deadline for the write (with its redirections and retries) and its WAIT together; on the nodes'
         // second connections, so that reads never queue behind a WAIT.
-        let deadline = RedisDeadline.effective ?? .now + configuration.node.commandTimeout
-        return try await RedisDeadline.$current.withValue(deadline) {
-            let (reply, client) = try await execute(arguments, slot: Self.routingSlot(of: arguments), forWaits: true)
+        return try await withOneDeadline(orAfter: configuration.node.commandTimeout) { deadline in
+            let (reply, client) = try await execute(arguments, slot: Self.routingSlot(of: arguments), forWaits: true,
+                                                    deadline: deadline)
             try await confirmReplication(replicas, on: client)
             return reply
         }
@@ -73,6 +73,16 @@ extension RedisClusterClient: RedisSessionTarget {
         }
         return keys.map { found[$0] ?? .null }
     }
+}
+
+/// Runs `body` with one absolute deadline for all of its Redis commands, set as ``RedisDeadline/current`` and
+/// passed in: ``RedisDeadline/effective`` when something above set one (or a ``RedisTimeBudget``), else now plus
+/// `timeout`. Retries and a write's WAIT run under it, so none of them gets a fresh timeout of its own.
+func withOneDeadline<Result>(orAfter timeout: Duration,
+                             isolation: isolated (any Actor)? = #isolation,
+                             _ body: (ContinuousClock.Instant) async throws -> Result) async throws -> Result {
+    let deadline = RedisDeadline.effective ?? .now + timeout
+    return try await RedisDeadline.$current.withValue(deadline) { try await body(deadline) }
 }
 
 /// `WAIT replicas timeout` on `client`'s connection, right after a write on it, where the timeout is what is left

@@ -313,13 +313,18 @@ final class SentinelMonitor: @unchecked Sendable {
         switch outcome {
         case .found: delay = configuration.checkInterval
         case .failed where promotion != nil: delay = Self.promotionPoll
-        case .failed: delay = min(Self.retryCap, Self.retryStart * (1 << min(failedSearches - 1, 8)))
+        case .failed: delay = Self.backoff(after: failedSearches, from: Self.retryStart, upTo: Self.retryCap)
         }
         if searchAgain {
             searchAgain = false
             delay = min(delay, Self.suspicionInterval)
         }
         planSearch(at: (lastSearchStart ?? .now) + delay)
+    }
+
+    /// `start` after the first of `failures` failures, doubling with each further one, at most `cap`.
+    private static func backoff(after failures: Int, from start: Duration, upTo cap: Duration) -> Duration {
+        min(cap, start * (1 << min(failures - 1, 8)))
     }
 
     private func adopt(_ address: RedisAddress) {
@@ -346,9 +351,7 @@ final class SentinelMonitor: @unchecked Sendable {
             client = probe.client
         } else {
             probe?.client.close()
-            var configuration = self.configuration.primary
-            configuration.host = address.host
-            configuration.port = address.port
+            var configuration = self.configuration.primary.pointing(to: address)
             configuration.commandTimeout = self.configuration.attemptTimeout
             configuration.onCommand = nil
             configuration.connectingQueueLimit = 16
@@ -443,7 +446,8 @@ final class SentinelMonitor: @unchecked Sendable {
         let index = subscription.index
         subscriptions[index] = nil
         subscriptionFailures[index] += 1
-        let delay = min(Self.resubscribeCap, Self.resubscribeStart * (1 << min(subscriptionFailures[index] - 1, 8)))
+        let delay = Self.backoff(after: subscriptionFailures[index], from: Self.resubscribeStart,
+                                 upTo: Self.resubscribeCap)
         logger.debug("the subscription on \(subscription.address) ended: \(reason)")
         resubscribeTimers[index] = loop.schedule(after: delay) { [self] in
             guard !stopped else { return }

@@ -479,13 +479,9 @@ final class PrivateRedisCluster: Sendable {
         let counted: Set<String> = ["get", "getex", "set", "expire", "del", "eval", "evalsha", "mget"]
         var total = 0
         for port in try await primaries() {
-            let info = try await command(port, "INFO", "commandstats").string ?? ""
-            for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
-                let name = String(line.dropFirst("cmdstat_".count).prefix { $0 != ":" })
-                guard counted.contains(name), let calls = line.split(separator: "=").dropFirst().first?
-                    .split(separator: ",").first, let value = Int(calls) else { continue }
-                total += value
-            }
+            guard let node = nodes.first(where: { $0.port == port }) else { continue }
+            let counts = try await node.commandCounts()
+            total += counted.reduce(0) { $0 + (counts[$1] ?? 0) }
         }
         return total
     }
