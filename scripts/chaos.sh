@@ -80,12 +80,7 @@ if [ "$MODE" = latency ]; then
     LOAD_PID=""
     exit "$status"
 fi
-for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$APP_PORT/readyz" >/dev/null 2>&1 && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/evserver.log" >&2; die "evserver exited"; }
-    sleep 0.05
-done
-curl -fsS "http://127.0.0.1:$APP_PORT/readyz" >/dev/null 2>&1 || die "evserver is not ready (see $WORK/evserver.log)"
+wait_ready "$APP_PORT" "$SERVER_PID" "$WORK/evserver.log"
 log "redis-server :$REDIS_PORT (appendonly, $WORK), evserver :$APP_PORT pid $SERVER_PID (threads 2, deadline ${TIMEOUT_MS} ms)"
 
 started=$(date +%s)

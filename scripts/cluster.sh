@@ -71,13 +71,8 @@ REDIS_PORT="${REDIS_PORT:-$(free_port)}"
 export SESSION_SECRET="${SESSION_SECRET:-development-secret-change-me-0123456789abcdef}"
 export EVSERVER_THREADS="${EVSERVER_THREADS:-1}"
 
-# A port already taken would make one process fail after the others started: say so before starting anything.
-port_taken() {
-    python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try: s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError: sys.exit(0)
-sys.exit(1)' "$1"
-}
+# A port already taken would make one process fail after the others started: say so before starting anything
+# (port_taken: lib.sh).
 for port in "$LB_PORT" "${APP_PORTS[@]}" "$REDIS_PORT"; do
     port_taken "$port" && die "port $port is already in use (set LB_PORT, APP_PORT_BASE or REDIS_PORT)"
 done

@@ -34,17 +34,22 @@ final class FallbackLoop: Sendable {
 
     /// Stops the thread, if one was started. Idempotent.
     func shutdown() {
-        guard let thread = thread.withLock({ $0.take() }) else { return }
-        // Joining the thread from itself would trap; when the last reference goes on that very thread, join from
-        // elsewhere.
-        if thread.loop.inLoop {
-            DispatchQueue.global().async { thread.shutdown() }
-        } else {
-            thread.shutdown()
-        }
+        thread.withLock { $0.take() }?.shutdownFromAnyThread()
     }
 
     deinit {
         shutdown()
+    }
+}
+
+extension EventLoopThread {
+    /// Stops the loop and joins the thread. Joining the thread from itself would trap, and the last reference to
+    /// an owner may well go on that very thread: then the join happens on another thread.
+    func shutdownFromAnyThread() {
+        if loop.inLoop {
+            DispatchQueue.global().async { self.shutdown() }
+        } else {
+            shutdown()
+        }
     }
 }

@@ -37,8 +37,9 @@ extension RedisClient {
     ///   - timeout: how long Redis waits (at least 1 ms: `WAIT n 0` would wait forever).
     /// - Returns: how many replicas acknowledged (may be fewer than `replicas` when the timeout passed).
     public func wait(forReplicas replicas: Int, timeout: Duration) async throws -> Int {
-        let milliseconds = max(1, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        let reply = try await send([Array("WAIT".utf8), Array(String(replicas).utf8), Array(String(milliseconds).utf8)])
+        let waitMilliseconds = max(1, milliseconds(timeout))
+        let reply = try await send([Array("WAIT".utf8), Array(String(replicas).utf8),
+                                    Array(String(waitMilliseconds).utf8)])
         guard case .integer(let acknowledged) = reply else {
             throw RedisClientError.unexpectedReply.with("WAIT answered \(reply.kindDescription), expected integer")
         }

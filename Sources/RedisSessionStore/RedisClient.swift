@@ -821,7 +821,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
 }
 
 /// Whole milliseconds, for messages.
-private func milliseconds(_ duration: Duration) -> Int64 {
+func milliseconds(_ duration: Duration) -> Int64 {
     let (seconds, attoseconds) = duration.components
     return seconds * 1000 + attoseconds / 1_000_000_000_000_000
 }

@@ -32,7 +32,7 @@ public final class RedisClusterClient: Sendable {
     public let configuration: RedisClusterConfiguration
     private let logger: Logger
     private let state: Mutex<ClusterState>
-    private let ownThread = FallbackLoopThread(name: "redis-cluster")
+    private let loops = FallbackLoop(name: "redis-cluster")
 
     /// Creates a client; nothing connects until the first command (or ``refreshTopology()``).
     /// - Parameters:
@@ -114,14 +114,7 @@ public final class RedisClusterClient: Sendable {
     /// Runs a prepared script with EVALSHA on the primary of `keys[0]` (all keys must share a slot), falling back
     /// to EVAL when that node does not have it cached (`NOSCRIPT`).
     public func eval(_ script: RedisScript, keys: [String], arguments: [[UInt8]] = []) async throws -> RedisValue {
-        var tail: [[UInt8]] = [Array(String(keys.count).utf8)]
-        for key in keys { tail.append(Array(key.utf8)) }
-        tail += arguments
-        do {
-            return try await send([Array("EVALSHA".utf8), Array(script.sha1.utf8)] + tail)
-        } catch let error as RedisError where error.code == "NOSCRIPT" {
-            return try await send([Array("EVAL".utf8), Array(script.source.utf8)] + tail)
-        }
+        try await script.run(keys: keys, arguments: arguments) { try await send($0) }
     }
 
     /// [PING](https://redis.io/commands/ping/): succeeds when one of the cluster's nodes answers (the cluster is
@@ -170,7 +163,7 @@ public final class RedisClusterClient: Sendable {
             return Array(state.clients.values)
         }
         for client in clients { client.close() }
-        ownThread.shutdown()
+        loops.shutdown()
     }
 
     // MARK: - Routing and retries
@@ -282,7 +275,7 @@ public final class RedisClusterClient: Sendable {
 
     /// The loop of the calling task, or the client's own loop thread for callers outside any loop.
     private func currentLoop() throws -> EventLoop {
-        try EventLoop.current ?? ownThread.loop()
+        try loops.current()
     }
 
     /// The client for `address` on `loop` (its second one, for writes followed by WAIT, with `forWaits`), created
@@ -374,45 +367,6 @@ public struct RedisClusterError: Error, Sendable, CustomStringConvertible {
     /// What went wrong, one line.
     public let description: String
     init(_ description: String) { self.description = description }
-}
-
-// MARK: - Loop threads
-
-/// A loop thread started on first use, for callers outside any ``EventLoop`` (tests, scripts, startup checks).
-final class FallbackLoopThread: Sendable {
-    private let name: String
-    private let thread = Mutex<EventLoopThread?>(nil)
-
-    init(name: String) {
-        self.name = name
-    }
-
-    /// The thread's loop; the thread starts on the first call.
-    func loop() throws -> EventLoop {
-        try thread.withLock { thread in
-            if let thread { return thread.loop }
-            let started = try EventLoopThread(name: name)
-            thread = started
-            return started.loop
-        }
-    }
-
-    /// Stops and joins the thread, if it was started. Idempotent; may be called from the thread itself.
-    func shutdown() {
-        thread.withLock { $0.take() }?.shutdownFromAnyThread()
-    }
-}
-
-extension EventLoopThread {
-    /// Stops the loop and joins the thread. Joining the thread from itself would trap, and the last reference to
-    /// an owner may well go on that very thread: then the join happens on another thread.
-    func shutdownFromAnyThread() {
-        if loop.inLoop {
-            DispatchQueue.global().async { self.shutdown() }
-        } else {
-            shutdown()
-        }
-    }
 }
 
 // MARK: - State
