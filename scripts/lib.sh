@@ -112,23 +112,6 @@ except OSError: sys.exit(0)
 sys.exit(1)' "$1"
 }
 
-# stop_pidfiles PIDFILE...: kills the process of each pid file (missing files are skipped) and waits up to 5 s
-# until they are all gone.
-stop_pidfiles() {
-    local pidfile
-    for pidfile in "$@"; do
-        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-    done
-    for _ in $(seq 1 50); do
-        local alive=0
-        for pidfile in "$@"; do
-            [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null && alive=1
-        done
-        [ "$alive" = 0 ] && return 0
-        sleep 0.1
-    done
-}
-
 # wait_ready PORT PID LOG [INTERVAL]: waits (100 tries, INTERVAL s apart, 0.05 by default) until the evserver of
 # pid PID answers /readyz on 127.0.0.1:PORT; dies, showing the end of LOG, when it exits first or is never ready.
 wait_ready() {

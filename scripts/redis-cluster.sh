@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$ROOT"
 
 # stop_dir DIR: stops every node under DIR and waits until they are gone.
-stop_dir() { stop_pidfiles "$1"/node-*/redis.pid; }
+stop_dir() { stop_pidfiles 50 "$1"/node-*/redis.pid; }
 
 case "${1:-}" in
     stop|stop-keep)

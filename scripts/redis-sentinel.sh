@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$ROOT"
 
 # stop_dir DIR: kills every process whose pid file is under DIR and waits until they are gone.
-stop_dir() { stop_pidfiles "$1"/*/*.pid; }
+stop_dir() { stop_pidfiles 50 "$1"/*/*.pid; }
 
 case "${1:-}" in
     stop)
