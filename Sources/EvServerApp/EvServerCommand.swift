@@ -20,7 +20,7 @@ struct EvServerCommand: AsyncParsableCommand {
         discussion: """
             Every option also reads an environment variable (shown in its help); the flag wins.
             Example: evserver --secret "$(openssl rand -hex 32)" --redis-url redis://127.0.0.1:6379/0
-            Inspect sessions: evserver sessions list|show ID|count|destroy ID|clear --yes
+            Inspect sessions: evserver sessions list|show -- ID|count|destroy -- ID|clear --yes
             """,
         subcommands: [SessionsCommand.self]
     )

@@ -55,6 +55,11 @@ struct SessionInspector {
     }
 }
 
+/// Session ids are base64url, so one in 64 starts with '-' and reads as an option (`-h...` even as help): `--` ends
+/// the options, as in any Unix command.
+private let idHelp = ArgumentHelp(
+    "The session id (without the prefix). Put -- before an id that starts with '-': destroy -- -Ab3...")
+
 /// `evserver sessions`: inspect sessions in Redis.
 struct SessionsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -94,7 +99,7 @@ struct SessionsCommand: AsyncParsableCommand {
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one session's JSON and TTL.")
         @OptionGroup var options: SessionsOptions
-        @Argument(help: "The session id (without the prefix).") var id: String
+        @Argument(help: idHelp) var id: String
 
         func run() async throws {
             try await SessionInspector.with(options) { inspector in
@@ -127,7 +132,7 @@ struct SessionsCommand: AsyncParsableCommand {
     struct Destroy: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Destroy one session (DEL).")
         @OptionGroup var options: SessionsOptions
-        @Argument(help: "The session id (without the prefix).") var id: String
+        @Argument(help: idHelp) var id: String
 
         func run() async throws {
             let removed = try await SessionInspector.with(options) { inspector in

@@ -66,7 +66,7 @@ extension ScaleSuites {
             defer { redis.close() }
             try await Self.withPrefix(redis.client) { prefix in
                 let id = try #require(try await Self.createSessions(1, prefix: prefix, client: redis.client, ttl: 600).first)
-                let shown = try await Self.sessions(["show", id, "--json"], prefix: prefix)
+                let shown = try await Self.sessions(["show", "--json", "--", id], prefix: prefix)
                 #expect(shown.status == .exited(0), "\(shown.error)")
                 let json = try JSONValue(parsing: shown.output)
                 #expect(json["id"]?.stringValue == id)
@@ -74,7 +74,7 @@ extension ScaleSuites {
                 #expect(json["session"]?["userName"] == "Aditya@123")
                 #expect(json["session"]?["cookie"]?["path"] == "/")
 
-                let text = try await Self.sessions(["show", id], prefix: prefix)
+                let text = try await Self.sessions(["show", "--", id], prefix: prefix)
                 #expect(text.output.contains("key:     \(prefix)\(id)"))
                 #expect(text.output.contains(#""userName":"Aditya@123""#))
 
@@ -89,14 +89,36 @@ extension ScaleSuites {
             defer { redis.close() }
             try await Self.withPrefix(redis.client) { prefix in
                 let ids = try await Self.createSessions(2, prefix: prefix, client: redis.client)
-                let destroyed = try await Self.sessions(["destroy", ids[0]], prefix: prefix)
+                let destroyed = try await Self.sessions(["destroy", "--", ids[0]], prefix: prefix)
                 #expect(destroyed.status == .exited(0))
                 #expect(destroyed.output == "destroyed \(ids[0])\n")
                 #expect(try await redis.client.get(prefix + ids[0]) == nil)
                 #expect(try await redis.client.get(prefix + ids[1]) != nil)
-                #expect(try await Self.sessions(["destroy", ids[0]], prefix: prefix).output == "no session \(ids[0])\n")
-                let json = try await Self.sessions(["destroy", ids[1], "--json"], prefix: prefix)
+                #expect(try await Self.sessions(["destroy", "--", ids[0]], prefix: prefix).output == "no session \(ids[0])\n")
+                let json = try await Self.sessions(["destroy", "--json", "--", ids[1]], prefix: prefix)
                 #expect(try JSONValue(parsing: json.output)["destroyed"]?.intValue == 1)
+            }
+        }
+
+        /// Ids are base64url: one in 64 starts with '-' (CI once drew `-tNKV...`, which read as options). After `--`
+        /// such an id is an id, even `-h...` (help) and `--...` (a long option); without it, nothing is lost.
+        @Test func idsThatStartWithADashAreReachedAfterDoubleDash() async throws {
+            let redis = try await TestRedis.connect()
+            defer { redis.close() }
+            try await Self.withPrefix(redis.client) { prefix in
+                let ids = ["-h" + SessionID.generate().dropFirst(2), "--" + SessionID.generate().dropFirst(2)]
+                try await Self.createSessions(2, prefix: prefix, client: redis.client, ttl: 600, ids: ids)
+                for id in ids {
+                    _ = try await Self.sessions(["destroy", id], prefix: prefix)
+                    #expect(try await redis.client.get(prefix + id) != nil, "\(id) was destroyed as something else")
+
+                    let shown = try await Self.sessions(["show", "--json", "--", id], prefix: prefix)
+                    #expect(shown.status == .exited(0), "\(shown.error)")
+                    #expect(try JSONValue(parsing: shown.output)["id"]?.stringValue == id)
+                    let destroyed = try await Self.sessions(["destroy", "--", id], prefix: prefix)
+                    #expect(destroyed.output == "destroyed \(id)\n", "\(destroyed.error)")
+                    #expect(try await redis.client.get(prefix + id) == nil)
+                }
             }
         }
 
@@ -149,19 +171,20 @@ extension ScaleSuites {
         }
 
         // MARK: - Helpers
-        // MARK: - Helpers
 
         static func uniquePrefix() -> String { "test:\(UUID().uuidString.prefix(8)):sess:" }
 
-        /// Runs `evserver sessions <arguments> --redis-url <test redis> --prefix <prefix>` and waits for it on a thread
+        /// Runs `evserver sessions <subcommand> --redis-url <test redis> --prefix <prefix> <rest of arguments>` and waits for it on a thread
         /// of its own (not on one of the concurrency pool's few threads).
         static func sessions(_ arguments: [String], prefix: String) async throws
             -> (status: ExitStatus, output: String, error: String)
         {
             let executable = try EvServerExecutable.path()
             return try await onThread {
-                try ChildProcess.run(executable,
-                                     ["sessions"] + arguments + ["--redis-url", TestRedis.url, "--prefix", prefix],
+                // The settings right after the subcommand: `arguments` may end with `-- <id>`.
+                let settings = ["--redis-url", TestRedis.url, "--prefix", prefix]
+                return try ChildProcess.run(executable,
+                                     ["sessions"] + arguments.prefix(1) + settings + arguments.dropFirst(),
                                      environment: ChildProcess.environmentWithoutEvServerSettings, timeout: .seconds(60))
             }
         }
@@ -189,12 +212,12 @@ extension ScaleSuites {
         }
 
         /// Stores `count` express-session values under `prefix`, pipelined: up to 1,000 SETs in flight on one
-        /// connection. Returns the ids.
+        /// connection. Returns the ids (`given`, else new ones).
         @discardableResult
-        static func createSessions(_ count: Int, prefix: String, client: RedisClient, ttl: Int = 3600) async throws
-            -> [String]
+        static func createSessions(_ count: Int, prefix: String, client: RedisClient, ttl: Int = 3600,
+                                   ids given: [String]? = nil) async throws -> [String]
         {
-            let ids = (0..<count).map { _ in SessionID.generate() }
+            let ids = given ?? (0..<count).map { _ in SessionID.generate() }
             let value = Array((#"{"cookie":{"originalMaxAge":null,"expires":null,"httpOnly":true,"path":"/","#
                 + #""sameSite":"lax"},"userName":"Aditya@123"}"#).utf8)
             for batch in stride(from: 0, to: count, by: 1000) {
