@@ -185,7 +185,7 @@ public final class Session {
     /// Unlike express (which generates the new session even when the destroy failed), a store failure leaves the
     /// session as it was, so a login cannot go on under the old id.
     /// - Throws: ``SessionStoreError`` when the store fails.
-    public func regenerate() async throws {
+    nonisolated(nonsending) public func regenerate() async throws {
         // An id never made was never stored: nothing to destroy.
         if !isDetached, let currentId {
             try await engine.destroy(currentId)
@@ -205,7 +205,7 @@ public final class Session {
     /// Destroys the session in the store and drops it from the request: no cookie is set and nothing is saved.
     /// (Like express, the browser keeps its cookie; the next request finds no session and starts a new one.)
     /// - Throws: ``SessionStoreError`` when the store fails (the session is dropped from the request anyway).
-    public func destroy() async throws {
+    nonisolated(nonsending) public func destroy() async throws {
         state = .destroyed
         values = JSONObject()
         base = nil
@@ -223,7 +223,7 @@ public final class Session {
 
     /// Reloads values and cookie from the store (express's `session.reload`).
     /// - Throws: ``SessionNotFoundError`` when the store has no such session; ``SessionStoreError`` when it fails.
-    public func reload() async throws {
+    nonisolated(nonsending) public func reload() async throws {
         guard !isDetached, state == .active else { return }
         guard let loaded = try await engine.load(id, now: engine.configuration.now(), requestIsSecure: requestIsSecure)
         else { throw SessionNotFoundError() }
@@ -238,7 +238,7 @@ public final class Session {
     /// Saves the session to the store now. The middleware saves modified sessions anyway; call this before a
     /// redirect that another server may answer first, or to save on a long-running request.
     /// - Throws: ``SessionStoreError`` when the store fails.
-    public func save() async throws {
+    nonisolated(nonsending) public func save() async throws {
         guard !isDetached, state == .active else { return }
         if !inStore, engine.configuration.absoluteTimeout != nil, values[Session.createdAtKey] == nil {
             // The creation time travels in the session JSON as an ordinary top-level key, so express-session

@@ -135,12 +135,12 @@ final class SessionEngine: Sendable {
 
     /// Loads with the version and, in the same round trip where the store can, refreshes the expiry as a touch with
     /// a cookie of the configured options would.
-    func load(_ id: String, now: Date, requestIsSecure: Bool) async throws -> StoredSession? {
+    nonisolated(nonsending) func load(_ id: String, now: Date, requestIsSecure: Bool) async throws -> StoredSession? {
         let touching = newCookie(now: now, requestIsSecure: requestIsSecure)
         return try await perform("get") { try await store.load(id, touchingWith: touching) }
     }
 
-    func commit(_ id: String, _ write: SessionWrite, isNew: Bool) async throws -> SessionCommitResult {
+    nonisolated(nonsending) func commit(_ id: String, _ write: SessionWrite, isNew: Bool) async throws -> SessionCommitResult {
         let result = try await perform("set") { try await store.commit(id, write) }
         if case .saved = result {
             metrics.recordSaved()
@@ -149,17 +149,19 @@ final class SessionEngine: Sendable {
         return result
     }
 
-    func touch(_ id: String, _ data: SessionData) async throws {
+    nonisolated(nonsending) func touch(_ id: String, _ data: SessionData) async throws {
         try await perform("touch") { try await store.touch(id, data) }
         metrics.recordTouched()
     }
 
-    func destroy(_ id: String) async throws {
+    nonisolated(nonsending) func destroy(_ id: String) async throws {
         try await perform("destroy") { try await store.destroy(id) }
         metrics.recordDestroyed()
     }
 
-    private func perform<T>(_ operation: String, _ body: () async throws -> T) async throws -> T {
+    nonisolated(nonsending) private func perform<T>(
+        _ operation: String, _ body: nonisolated(nonsending) () async throws -> T
+    ) async throws -> T {
         do {
             return try await body()
         } catch {
@@ -304,7 +306,7 @@ public struct SessionMiddleware: Middleware {
     // MARK: - End of request (express's res.end wrapper and onHeaders listener)
 
     /// Saves, touches or destroys as express decides, then returns the `Set-Cookie` value to send, if any.
-    private func commit(_ session: Session, cookieId: String?) async throws -> String? {
+    nonisolated(nonsending) private func commit(_ session: Session, cookieId: String?) async throws -> String? {
         guard !session.isDetached else { return nil }
         switch session.state {
         case .unset:
