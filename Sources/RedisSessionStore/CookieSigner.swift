@@ -35,15 +35,18 @@ public struct CookieSigner: Sendable {
     /// Unlike cookie-signature 1.0.x, trailing characters after a valid signature are rejected: that version
     /// compares only the first `signature.length` bytes, so `s:id.sig` + anything also verified.
     public func unsign(_ value: String) -> String? {
-        // Bytes, not Characters: "s:\u{301}..." is "s" + ":\u{301}" as Characters and would not match "s:".
-        guard value.utf8.starts(with: "s:".utf8) else { return nil }
-        let body = value.utf8.dropFirst(2)
-        guard let dot = body.lastIndex(of: UInt8(ascii: ".")) else { return nil }
-        let id = String(decoding: body[body.startIndex..<dot], as: UTF8.self)
-        let presented = String(decoding: body[body.index(after: dot)...], as: UTF8.self)
-        for mac in keyed {
-            let expected = CookieSigner.signature(of: id, keyed: mac)
-            if CookieSigner.constantTimeEquals(expected, presented) { return id }
+        // Over the UTF-8 bytes, not Characters ("s:\u{301}..." is "s" + ":\u{301}" as Characters and would not
+        // match "s:"), and without copying: this runs for every request that carries a session cookie.
+        let bytes = value.utf8.span
+        guard bytes.count > 2, bytes[0] == UInt8(ascii: "s"), bytes[1] == UInt8(ascii: ":") else { return nil }
+        var dot = bytes.count - 1
+        while dot > 1 && bytes[dot] != UInt8(ascii: ".") { dot -= 1 }
+        // The length of a signature is public (43 characters), so a wrong length may return at once.
+        guard dot > 1, bytes.count - dot - 1 == CookieSigner.signatureLength else { return nil }
+        let id = bytes.extracting(2..<dot), presented = bytes.extracting((dot + 1)...)
+        for mac in keyed where Base64.constantTimeEquals(encodingOf: mac.authenticationCode(for: id).span, presented) {
+            let utf8 = value.utf8
+            return String(Substring(utf8[utf8.index(utf8.startIndex, offsetBy: 2)..<utf8.index(utf8.startIndex, offsetBy: dot)]))
         }
         return nil
     }
@@ -56,18 +59,11 @@ public struct CookieSigner: Sendable {
 
     /// `base64(HMAC-SHA256(key, value))` without `=` padding.
     private static func signature(of value: String, keyed: KeyedHMAC) -> String {
-        Base64.encode(keyed.authenticationCode(for: Array(value.utf8)), alphabet: Base64.standardAlphabet)
+        Base64.encode(keyed.authenticationCode(for: value.utf8.span).span, alphabet: Base64.standardAlphabet)
     }
 
-    /// ``constantTimeEquals(_:_:)-(A,B)`` on the UTF-8 of two strings, through spans (a zip over two UTF-8 views
-    /// costs several times more).
-    static func constantTimeEquals(_ a: String, _ b: String) -> Bool {
-        let a = a.utf8.span, b = b.utf8.span
-        guard a.count == b.count else { return false }
-        var difference: UInt8 = 0
-        for index in a.indices { difference |= a[index] ^ b[index] }
-        return difference == 0
-    }
+    /// Characters in a signature: 32 bytes of HMAC-SHA256 in unpadded base64.
+    static let signatureLength = 43
 
     /// Compares without an early exit, so the time taken says nothing about where the first difference is. The length
     /// of a signature is public (43 characters), so a length mismatch may return at once.
@@ -105,36 +101,5 @@ public struct CookieSigner: Sendable {
 
     private static func upperHexDigit(_ value: UInt8) -> UInt8 {
         value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "A") + value - 10
-    }
-}
-
-/// HMAC-SHA256 (RFC 2104) with the key pads already absorbed into two SHA-256 states, as section 4 of the RFC
-/// suggests and the C reference does: each code then costs two SHA-256 blocks instead of four, and copying a state
-/// is cheap (copy-on-write). Built on the concrete `SHA256`, whose inlinable `update(data:)` is specialized here;
-/// swift-crypto's `HMAC<H>` runs as unspecialized generic code, several thousand instructions more per code.
-/// The known-answer and Node interoperability tests in CookieSignerTests check it against `HMAC<SHA256>`'s results.
-struct KeyedHMAC: Sendable {
-    private let inner: SHA256
-    private let outer: SHA256
-
-    init(key: [UInt8]) {
-        // A key longer than a block is hashed first; a shorter one is padded with zeros to a block.
-        var block = key.count > SHA256.blockByteCount ? Array(SHA256.hash(data: key)) : key
-        block += repeatElement(0, count: SHA256.blockByteCount - block.count)
-        var inner = SHA256()
-        inner.update(data: block.map { $0 ^ 0x36 })
-        var outer = SHA256()
-        outer.update(data: block.map { $0 ^ 0x5C })
-        self.inner = inner
-        self.outer = outer
-    }
-
-    /// `HMAC-SHA256(key, message)`: SHA256((key ^ opad) + SHA256((key ^ ipad) + message)).
-    func authenticationCode(for message: [UInt8]) -> [UInt8] {
-        var inner = self.inner
-        inner.update(data: message)
-        var outer = self.outer
-        outer.update(data: Array(inner.finalize()))
-        return Array(outer.finalize())
     }
 }

@@ -16,7 +16,7 @@ public enum SessionID {
                 word >>= 8
             }
         }
-        return Base64.encode(bytes, alphabet: Base64.urlAlphabet)
+        return Base64.encode(bytes.span, alphabet: Base64.urlAlphabet)
     }
 }
 
@@ -26,34 +26,52 @@ enum Base64 {
     static let urlAlphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 
     /// Encodes without `=` padding (what cookie-signature's `.replace(/=+$/, '')` and uid-safe produce).
-    static func encode(_ bytes: [UInt8], alphabet: [UInt8]) -> String {
+    static func encode(_ bytes: Span<UInt8>, alphabet: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count * 4 + 2) / 3)
+        forEachCharacter(of: bytes, alphabet: alphabet.span) { out.append($0) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func encode(_ bytes: [UInt8], alphabet: [UInt8]) -> String { encode(bytes.span, alphabet: alphabet) }
+
+    /// Whether `encoded` is the unpadded standard base64 of `bytes`, compared without an early exit: the time taken
+    /// says nothing about where the first difference is (a signature check). No encoded copy is made.
+    static func constantTimeEquals(encodingOf bytes: Span<UInt8>, _ encoded: Span<UInt8>) -> Bool {
+        guard encoded.count == (bytes.count * 4 + 2) / 3 else { return false }
+        var difference: UInt8 = 0, position = 0
+        forEachCharacter(of: bytes, alphabet: standardAlphabet.span) { character in
+            difference |= character ^ encoded[position]
+            position += 1
+        }
+        return difference == 0
+    }
+
+    /// Calls `body` with each character of the unpadded encoding, in order.
+    private static func forEachCharacter(of input: Span<UInt8>, alphabet table: Span<UInt8>, _ body: (UInt8) -> Void) {
         // Whole groups of three bytes by index, then the one or two left: every new id and every signature is
         // encoded here, and an iterator with optional lookahead costs about twice as much.
-        let input = bytes.span, table = alphabet.span
-        var out: [UInt8] = []
-        out.reserveCapacity((input.count * 4 + 2) / 3)
         var index = 0
         while index + 3 <= input.count {
             let b0 = input[index], b1 = input[index + 1], b2 = input[index + 2]
-            out.append(table[Int(b0 >> 2)])
-            out.append(table[Int((b0 & 0x03) << 4 | b1 >> 4)])
-            out.append(table[Int((b1 & 0x0F) << 2 | b2 >> 6)])
-            out.append(table[Int(b2 & 0x3F)])
+            body(table[Int(b0 >> 2)])
+            body(table[Int((b0 & 0x03) << 4 | b1 >> 4)])
+            body(table[Int((b1 & 0x0F) << 2 | b2 >> 6)])
+            body(table[Int(b2 & 0x3F)])
             index += 3
         }
         switch input.count - index {
         case 1:
             let b0 = input[index]
-            out.append(table[Int(b0 >> 2)])
-            out.append(table[Int((b0 & 0x03) << 4)])
+            body(table[Int(b0 >> 2)])
+            body(table[Int((b0 & 0x03) << 4)])
         case 2:
             let b0 = input[index], b1 = input[index + 1]
-            out.append(table[Int(b0 >> 2)])
-            out.append(table[Int((b0 & 0x03) << 4 | b1 >> 4)])
-            out.append(table[Int((b1 & 0x0F) << 2)])
+            body(table[Int(b0 >> 2)])
+            body(table[Int((b0 & 0x03) << 4 | b1 >> 4)])
+            body(table[Int((b1 & 0x0F) << 2)])
         default:
             break
         }
-        return String(decoding: out, as: UTF8.self)
     }
 }

@@ -34,6 +34,24 @@ import Testing
         #expect(Base64.encode([0xFB, 0xFF], alphabet: Base64.standardAlphabet) == "+/8")
         #expect(Base64.encode([0xFB, 0xFF], alphabet: Base64.urlAlphabet) == "-_8")
     }
+
+    @Test func comparingWithAnEncodingFindsAnyDifference() {
+        func matches(_ bytes: [UInt8], _ encoded: [UInt8]) -> Bool {
+            Base64.constantTimeEquals(encodingOf: bytes.span, encoded.span)
+        }
+        let bytes = (0..<32).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        let encoded = Array(Base64.encode(bytes, alphabet: Base64.standardAlphabet).utf8)
+        #expect(encoded.count == 43)
+        #expect(matches(bytes, encoded))
+        for position in encoded.indices {   // a change anywhere, the last character included, is seen
+            var changed = encoded
+            changed[position] = changed[position] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
+            #expect(!matches(bytes, changed), "position \(position)")
+        }
+        #expect(!matches(bytes, encoded.dropLast()))
+        #expect(!matches(bytes, (encoded + [UInt8(ascii: "A")])))
+        #expect(matches([0xFB, 0xFF], Array("+/8".utf8)))
+    }
 }
 
 /// The reliability issue's randomness check: 1,000,000 ids, no duplicate, and each of the 192 bit positions set in
