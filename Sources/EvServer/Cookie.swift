@@ -47,8 +47,8 @@ public enum CookieParser {
     static func value(named name: String, inHeader header: String) -> String? {
         var found: String?
         forEachPair(in: header) { candidate, value in
-            guard candidate == name else { return true }
-            found = value()
+            guard equals(header, candidate, name) else { return true }
+            found = decodedValue(header, value)
             return false
         }
         return found
@@ -56,51 +56,71 @@ public enum CookieParser {
 
     private static func parse(_ header: String, into result: inout [String: String]) {
         forEachPair(in: header) { name, value in
-            if result[name] == nil { result[name] = value() }
+            let name = text(header, name)
+            if result[name] == nil { result[name] = decodedValue(header, value) }
             return true
         }
     }
 
-    /// Walks the pairs of one header in order: `visit` gets each name and a function that makes its value, and
-    /// returns false to stop.
-    private static func forEachPair(in header: String, _ visit: (String, () -> String) -> Bool) {
-        let bytes = Array(header.utf8)
+    /// Walks the pairs of one header in order: `visit` gets the byte ranges of each name and value (trimmed, the
+    /// value without its quotes) and returns false to stop.
+    ///
+    /// Over a span of the header's UTF-8, without a copy: the session cookie is looked up on every request.
+    private static func forEachPair(in header: String, _ visit: (Range<Int>, Range<Int>) -> Bool) {
+        let bytes = header.utf8.span
         let count = bytes.count
         var index = 0
         while index < count {
-            guard let eq = bytes[index...].firstIndex(of: equals) else { break }
-            let end = bytes[index...].firstIndex(of: semicolon) ?? count
+            var eq = index, end = index
+            while eq < count && bytes[eq] != equals { eq += 1 }
+            guard eq < count else { break }
+            while end < count && bytes[end] != semicolon { end += 1 }
             if end < eq {
                 // A pair without '=' before this one: skip to after the last ';' that precedes the '=' (the
                 // package's backtracking), so `a; b=1` still yields b.
-                index = (bytes[index..<eq].lastIndex(of: semicolon) ?? (eq - 1)) + 1
+                var last = eq - 1
+                while last > index && bytes[last] != semicolon { last -= 1 }
+                index = last + 1
                 continue
             }
-            let name = text(bytes, trimmed(bytes, index, eq))
-            let goOn = visit(name) {
-                var value = trimmed(bytes, eq + 1, end)
-                if value.count >= 2 && bytes[value.lowerBound] == quote && bytes[value.upperBound - 1] == quote {
-                    value = (value.lowerBound + 1)..<(value.upperBound - 1)
-                }
-                let raw = text(bytes, value)
-                return bytes[value].contains(UInt8(ascii: "%")) ? (percentDecode(raw) ?? raw) : raw
+            let name = trimmed(bytes, index, eq)
+            var value = trimmed(bytes, eq + 1, end)
+            if value.count >= 2 && bytes[value.lowerBound] == quote && bytes[value.upperBound - 1] == quote {
+                value = (value.lowerBound + 1)..<(value.upperBound - 1)
             }
-            if !goOn { return }
+            if !visit(name, value) { return }
             index = end + 1
         }
     }
 
     /// `start..<end` without leading and trailing spaces and tabs.
-    private static func trimmed(_ bytes: [UInt8], _ start: Int, _ end: Int) -> Range<Int> {
+    private static func trimmed(_ bytes: Span<UInt8>, _ start: Int, _ end: Int) -> Range<Int> {
         var start = start, end = end
         while start < end && (bytes[start] == 32 || bytes[start] == 9) { start += 1 }
         while end > start && (bytes[end - 1] == 32 || bytes[end - 1] == 9) { end -= 1 }
         return start..<end
     }
 
-    /// The header came from a String, and the range starts and ends at ASCII bytes, so the slice is valid UTF-8.
-    private static func text(_ bytes: [UInt8], _ range: Range<Int>) -> String {
-        String(decoding: bytes[range], as: UTF8.self)
+    /// Whether the bytes at `range` of `header` are `name`'s.
+    private static func equals(_ header: String, _ range: Range<Int>, _ name: String) -> Bool {
+        let bytes = header.utf8.span, expected = name.utf8.span
+        guard range.count == expected.count else { return false }
+        for offset in 0..<range.count where bytes[range.lowerBound + offset] != expected[offset] { return false }
+        return true
+    }
+
+    /// A value percent-decoded; kept as received when that fails (the package's `tryDecode`).
+    private static func decodedValue(_ header: String, _ range: Range<Int>) -> String {
+        let raw = text(header, range)
+        return raw.utf8.contains(UInt8(ascii: "%")) ? (percentDecode(raw) ?? raw) : raw
+    }
+
+    /// The bytes at `range` of `header`. The range starts and ends at ASCII bytes (delimiters, spaces, quotes), so
+    /// it cuts no character.
+    private static func text(_ header: String, _ range: Range<Int>) -> String {
+        let utf8 = header.utf8
+        let start = utf8.index(utf8.startIndex, offsetBy: range.lowerBound)
+        return String(Substring(utf8[start..<utf8.index(start, offsetBy: range.count)]))
     }
 }
 
