@@ -38,7 +38,7 @@ extension RedisClient {
     /// - Returns: how many replicas acknowledged (may be fewer than `replicas` when the timeout passed).
     public func wait(forReplicas replicas: Int, timeout: Duration) async throws -> Int {
         let waitMilliseconds = max(1, milliseconds(timeout))
-        let reply = try await send([Array("WAIT".utf8), Array(String(replicas).utf8),
+        let reply = try await send([Keyword.wait, Array(String(replicas).utf8),
                                     Array(String(waitMilliseconds).utf8)])
         guard case .integer(let acknowledged) = reply else {
             throw RedisClientError.unexpectedReply.with("WAIT answered \(reply.kindDescription), expected integer")

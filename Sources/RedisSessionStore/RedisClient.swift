@@ -71,9 +71,14 @@ public final class RedisClient: Sendable {
     ///   how the connection replies (`.unsupportedCommand`: SUBSCRIBE, MONITOR, CLIENT REPLY, SELECT, ...).
     nonisolated(nonsending) public func send(_ arguments: [[UInt8]]) async throws -> RedisValue {
         precondition(!arguments.isEmpty, "RedisClient.send needs at least a command name")
-        let name = commandName(arguments[0])
-        if let reason = unsupportedCommandReason(name, arguments) {
-            throw RedisClientError.unsupportedCommand.with(reason)
+        let name: String
+        if let known = Keyword.name(of: arguments[0]) {
+            name = known
+        } else {
+            name = commandName(arguments[0])
+            if let reason = unsupportedCommandReason(name, arguments) {
+                throw RedisClientError.unsupportedCommand.with(reason)
+            }
         }
         let connection = self.connection
         // The earlier of the caller's deadline and the end of its budget; the wait counts against the budget,
@@ -280,6 +285,20 @@ enum Keyword {
     static let evalsha = Array("EVALSHA".utf8)
     static let auth = Array("AUTH".utf8)
     static let select = Array("SELECT".utf8)
+    static let wait = Array("WAIT".utf8)
+
+    /// The commands the session store sends on every request, with their names: a command given as one of these
+    /// arrays (the same buffer, so the comparison ends at once) needs neither case folding nor the refusal check.
+    private static let hot: [([UInt8], String)] = [
+        (getex, "GETEX"), (evalsha, "EVALSHA"), (eval, "EVAL"), (set, "SET"), (get, "GET"), (del, "DEL"),
+        (expire, "EXPIRE"), (ping, "PING"), (wait, "WAIT"),
+    ]
+
+    /// The name of `command` when it is one of ``hot``'s keywords (upper case, as this client sends them), else nil.
+    static func name(of command: [UInt8]) -> String? {
+        for (keyword, name) in hot where keyword == command { return name }
+        return nil
+    }
 }
 
 private func decimal(_ value: Int) -> [UInt8] {
