@@ -209,15 +209,17 @@ public final class Application: Sendable {
 // MARK: - Pipeline
 
 /// The frozen middleware chain and router. Immutable, so every loop runs it without locks.
+@usableFromInline
 final class RequestPipeline: Sendable {
-    let middleware: [any Middleware]
-    let router: Router
+    @usableFromInline let middleware: [any Middleware]
+    @usableFromInline let router: Router
 
     init(middleware: [any Middleware], router: Router) {
         self.middleware = middleware
         self.router = router
     }
 
+    @inline(__always)   // (one executor check fewer per request, as for `run`)
     func respond(to request: Request) async -> Response {
         let response = Response()
         do {
@@ -229,6 +231,7 @@ final class RequestPipeline: Sendable {
     }
 
     /// Runs the chain from middleware `index` on (past the last one: the router).
+    @inlinable @inline(__always)
     func run(_ index: Int, _ request: Request, _ response: Response) async throws {
         guard index < middleware.count else { return try await router.handle(request, response) }
         try await middleware[index].handle(request, response, next: Next(self, from: index + 1, request, response))

@@ -4,7 +4,8 @@ public typealias Handler = @Sendable (Request, Response) async throws -> Void
 
 /// Calls the rest of the chain (the next middleware, or the route's handler).
 public struct Next {
-    private enum Rest {
+    @usableFromInline
+    enum Rest {
         case body(() async throws -> Void)
         /// The server's own chain: the pipeline's middleware from `index` on. Held as values rather than as a
         /// closure over them, which would be one more allocation and one more async frame per middleware and
@@ -12,12 +13,16 @@ public struct Next {
         case pipeline(RequestPipeline, index: Int, Request, Response)
     }
 
-    private let rest: Rest
+    @usableFromInline let rest: Rest
     public init(_ body: @escaping () async throws -> Void) { rest = .body(body) }
+    @usableFromInline
     init(_ pipeline: RequestPipeline, from index: Int, _ request: Request, _ response: Response) {
         rest = .pipeline(pipeline, index: index, request, response)
     }
 
+    // Inlined into each middleware (with the pipeline step below): every async function entered costs an executor
+    // check, and a middleware's `next()` would otherwise enter two before reaching the next middleware.
+    @inlinable @inline(__always)
     public func callAsFunction() async throws {
         switch rest {
         case .body(let body): try await body()
