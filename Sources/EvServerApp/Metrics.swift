@@ -8,6 +8,8 @@ final class Metrics: Sendable {
     static let latencyBuckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
     private struct Histogram {
+        /// Observations per bucket, each counted once, in the first bucket whose bound holds it (Prometheus's
+        /// cumulative counts are summed when rendered: one increment per observation instead of up to twelve).
         var buckets: [UInt64]
         var sum = 0.0
         var count: UInt64 = 0
@@ -15,9 +17,15 @@ final class Metrics: Sendable {
         init(bounds: Int) { buckets = Array(repeating: 0, count: bounds) }
 
         mutating func observe(_ value: Double, bounds: [Double]) {
-            for (index, bound) in bounds.enumerated() where value <= bound { buckets[index] += 1 }
+            if let index = bounds.firstIndex(where: { value <= $0 }) { buckets[index] += 1 }
             sum += value
             count += 1
+        }
+
+        /// The count of observations at or below each bound, in order.
+        var cumulativeBuckets: [UInt64] {
+            var total: UInt64 = 0
+            return buckets.map { total += $0; return total }
         }
     }
 
@@ -95,8 +103,8 @@ final class Metrics: Sendable {
         out += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
         for (key, histogram) in histograms.sorted(by: { $0.key < $1.key }) {
             let value = escape(key)
-            for (index, bound) in Self.latencyBuckets.enumerated() {
-                out += "\(name)_bucket{\(label)=\"\(value)\",le=\"\(bound)\"} \(histogram.buckets[index])\n"
+            for (bound, count) in zip(Self.latencyBuckets, histogram.cumulativeBuckets) {
+                out += "\(name)_bucket{\(label)=\"\(value)\",le=\"\(bound)\"} \(count)\n"
             }
             out += "\(name)_bucket{\(label)=\"\(value)\",le=\"+Inf\"} \(histogram.count)\n"
             out += "\(name)_sum{\(label)=\"\(value)\"} \(histogram.sum)\n"
