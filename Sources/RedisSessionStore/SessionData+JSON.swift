@@ -79,32 +79,48 @@ extension SessionCookie {
     /// true, `originalMaxAge` is kept as stored.
     init(json object: JSONObject) {
         self.init(originalMaxAge: nil, expires: nil, secure: nil, httpOnly: true, path: "/", domain: nil, sameSite: nil)
-        if let ms = object["originalMaxAge"]?.doubleValue, ms.isFinite, abs(ms) < 9e15 {
-            originalMaxAge = Int64(ms.rounded(.towardZero))
+        // One walk over the members (keys are unique in a JSONObject), not a lookup per field: this runs for every
+        // session loaded. `==` on these ASCII names is byte equality: the only non-ASCII characters canonically
+        // equivalent to ASCII ones are the Kelvin sign (K), U+037E (;) and U+1FEF (`), and no name here has those.
+        for (key, value) in object {
+            switch key {
+            case "originalMaxAge":
+                if let ms = value.doubleValue, ms.isFinite, abs(ms) < 9e15 {
+                    originalMaxAge = Int64(ms.rounded(.towardZero))
+                }
+            case "expires":
+                if let text = value.stringValue, let ms = ISO8601Milliseconds.parse(text) {
+                    expires = Date(javaScriptMilliseconds: ms)
+                }
+            case "secure":
+                secure = value.boolValue
+            case "httpOnly":
+                if let httpOnly = value.boolValue { self.httpOnly = httpOnly }
+            case "path":
+                if let path = value.stringValue { self.path = path }
+            case "domain":
+                domain = value.stringValue
+            case "sameSite":
+                sameSite = SessionCookie.sameSite(value)
+            default:
+                break
+            }
         }
-        if let text = object["expires"]?.stringValue, let ms = ISO8601Milliseconds.parse(text) {
-            expires = Date(javaScriptMilliseconds: ms)
-        }
-        secure = object["secure"]?.boolValue
-        if let httpOnly = object["httpOnly"]?.boolValue { self.httpOnly = httpOnly }
-        if let path = object["path"]?.stringValue { self.path = path }
-        domain = object["domain"]?.stringValue
-        switch object["sameSite"] {
-        case .bool(true)?: sameSite = .strict   // the `cookie` package reads `true` as Strict
-        case .string(let text)?:
+    }
+
+    /// The `cookie` package's reading of a stored `sameSite`.
+    private static func sameSite(_ value: JSONValue) -> SetCookie.SameSite? {
+        switch value {
+        case .bool(true): return .strict   // the `cookie` package reads `true` as Strict
+        case .string(let text):
             // ASCII case folding gives what lowercased() would here: no other character lowercases into these
             // words (the Kelvin sign, the one non-ASCII letter that lowercases to ASCII, is a "k"), and it
             // allocates nothing.
-            if text.asciiCaseInsensitiveEquals("lax") {
-                sameSite = .lax
-            } else if text.asciiCaseInsensitiveEquals("strict") {
-                sameSite = .strict
-            } else if text.asciiCaseInsensitiveEquals("none") {
-                sameSite = SetCookie.SameSite.none
-            } else {
-                sameSite = nil
-            }
-        default: sameSite = nil
+            if text.asciiCaseInsensitiveEquals("lax") { return .lax }
+            if text.asciiCaseInsensitiveEquals("strict") { return .strict }
+            if text.asciiCaseInsensitiveEquals("none") { return SetCookie.SameSite.none }
+            return nil
+        default: return nil
         }
     }
 
