@@ -61,7 +61,8 @@ extension SessionData {
         } catch {
             throw .notJSON(error)
         }
-        guard case .object(var object) = value else { throw .notAnObject }
+        // `consume`: the object's storage then has one owner, so removing "cookie" does not copy every member.
+        guard case .object(var object) = consume value else { throw .notAnObject }
         guard case .object(let cookieObject)? = object.removeValue(forKey: "cookie") else {
             throw .cookieNotAnObject
         }
