@@ -301,6 +301,7 @@ public final class Session {
     var isModified: Bool {
         if regenerated { return true }
         if !changedSinceLoad { return false }
+        if values != originalValues { return true }   // see isSaved
         return currentJSON() != originalValuesJSON
     }
 
@@ -308,6 +309,10 @@ public final class Session {
     var isSaved: Bool {
         guard !regenerated, let savedValues else { return false }
         if !changedSinceSave { return true }
+        // Values that differ as JSON values always differ as text (numbers keep their literal text, unequal strings
+        // have unequal bytes, and escaping is one-to-one), so only equal ones need serializing: two strings that
+        // are equal in Swift (canonically equivalent) can still differ in bytes, and so in what express hashes.
+        if values != savedValues { return false }
         if savedValuesJSON == nil { savedValuesJSON = Session.json(savedValues) }
         return currentJSON() == savedValuesJSON
     }

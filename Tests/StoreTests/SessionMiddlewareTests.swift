@@ -219,6 +219,18 @@ func encodedCookie(id: String, secret: String = "keyboard cat") throws -> String
         #expect(harness.store.operations == ["get", "touch"])
     }
 
+    /// "é" as one code point and as "e" + U+0301 are equal Swift strings but different JSON text, and express
+    /// compares the text: rewriting one as the other is a modification, and the new bytes are saved.
+    @Test func rewritingAValueAsCanonicallyEquivalentTextIsAModification() async throws {
+        let harness = try Harness()
+        let (cookie, id) = try await harness.login("caf\u{E9}")
+        harness.store.reset()
+        try await harness.send(cookie: cookie) { request, _ in request.session["userName"] = "cafe\u{301}" }
+        #expect(harness.store.operations == ["get", "set"])
+        let stored = try #require(try await harness.memory.get(id)?.values["userName"]?.stringValue)
+        #expect(Array(stored.utf8) == Array("cafe\u{301}".utf8))
+    }
+
     @Test func modifiedSessionWithMaxAgeGetsAFreshExpires() async throws {
         let harness = try Harness { $0.cookie.maxAge = 60_000 }
         let (cookie, _) = try await harness.login()
