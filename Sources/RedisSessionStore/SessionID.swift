@@ -48,6 +48,7 @@ enum Base64 {
     }
 
     /// Calls `body` with each character of the unpadded encoding, in order.
+    @inline(__always)   // so that `body` is inlined too: a call per character costs more than the encoding
     private static func forEachCharacter(of input: Span<UInt8>, alphabet table: Span<UInt8>, _ body: (UInt8) -> Void) {
         // Whole groups of three bytes by index, then the one or two left: every new id and every signature is
         // encoded here, and an iterator with optional lookahead costs about twice as much.
