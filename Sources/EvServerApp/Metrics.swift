@@ -29,17 +29,26 @@ final class Metrics: Sendable {
         }
     }
 
-    private struct State: ~Copyable {
-        var requests: [RequestKey: UInt64] = [:]
-        var requestLatency: [String: Histogram] = [:]
-        var redisLatency: [String: Histogram] = [:]
-        var redisErrors: [RedisErrorKey: UInt64] = [:]
+    /// One route's requests: its latency, and how many answered with each method and status (a few pairs, so a
+    /// list: the route is hashed once per request, not once more with its method and status).
+    private struct RouteStats {
+        var latency = Histogram(bounds: Metrics.latencyBuckets.count)
+        var counts: [(method: String, status: Int, count: UInt64)] = []
+
+        mutating func record(method: String, status: Int, seconds: Double) {
+            latency.observe(seconds, bounds: Metrics.latencyBuckets)
+            if let index = counts.firstIndex(where: { $0.status == status && $0.method == method }) {
+                counts[index].count += 1
+            } else {
+                counts.append((method, status, 1))
+            }
+        }
     }
 
-    struct RequestKey: Hashable {
-        let route: String
-        let method: String
-        let status: Int
+    private struct State: ~Copyable {
+        var routes: [String: RouteStats] = [:]
+        var redisLatency: [String: Histogram] = [:]
+        var redisErrors: [RedisErrorKey: UInt64] = [:]
     }
 
     struct RedisErrorKey: Hashable {
@@ -52,9 +61,7 @@ final class Metrics: Sendable {
     func recordRequest(route: String, method: String, status: Int, duration: Duration) {
         let seconds = Self.seconds(duration)
         state.withLock { state in
-            state.requests[RequestKey(route: route, method: method, status: status), default: 0] += 1
-            state.requestLatency[route, default: Histogram(bounds: Self.latencyBuckets.count)]
-                .observe(seconds, bounds: Self.latencyBuckets)
+            state.routes[route, default: RouteStats()].record(method: method, status: status, seconds: seconds)
         }
     }
 
@@ -78,14 +85,18 @@ final class Metrics: Sendable {
         state.withLock { state in
             out += "# HELP evserver_http_requests_total HTTP requests by route, method and status.\n"
             out += "# TYPE evserver_http_requests_total counter\n"
-            for (key, count) in state.requests.sorted(by: { ($0.key.route, $0.key.status) < ($1.key.route, $1.key.status) }) {
-                out += "evserver_http_requests_total{route=\"\(escape(key.route))\",method=\"\(key.method)\","
-                    + "status=\"\(key.status)\"} \(count)\n"
+            let routes = state.routes.sorted { $0.key < $1.key }
+            for (route, stats) in routes {
+                for entry in stats.counts.sorted(by: { ($0.status, $0.method) < ($1.status, $1.method) }) {
+                    out += "evserver_http_requests_total{route=\"\(escape(route))\",method=\"\(entry.method)\","
+                        + "status=\"\(entry.status)\"} \(entry.count)\n"
+                }
             }
-            renderHistograms(&out, name: "evserver_http_request_duration_seconds",
-                             help: "HTTP request latency by route.", label: "route", state.requestLatency)
+            renderHistograms(&out, name: "evserver_http_request_duration_seconds", help: "HTTP request latency by route.",
+                             label: "route", routes.map { ($0.key, $0.value.latency) })
             renderHistograms(&out, name: "evserver_redis_command_duration_seconds",
-                             help: "Redis command latency by command.", label: "command", state.redisLatency)
+                             help: "Redis command latency by command.", label: "command",
+                             state.redisLatency.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
             out += "# HELP evserver_redis_errors_total Redis command failures by command and kind.\n"
             out += "# TYPE evserver_redis_errors_total counter\n"
             for (key, count) in state.redisErrors.sorted(by: { ($0.key.command, $0.key.kind) < ($1.key.command, $1.key.kind) }) {
@@ -99,9 +110,9 @@ final class Metrics: Sendable {
     }
 
     private func renderHistograms(_ out: inout String, name: String, help: String, label: String,
-                                  _ histograms: [String: Histogram]) {
+                                  _ histograms: [(key: String, histogram: Histogram)]) {
         out += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
-        for (key, histogram) in histograms.sorted(by: { $0.key < $1.key }) {
+        for (key, histogram) in histograms {
             let value = escape(key)
             for (bound, count) in zip(Self.latencyBuckets, histogram.cumulativeBuckets) {
                 out += "\(name)_bucket{\(label)=\"\(value)\",le=\"\(bound)\"} \(count)\n"
