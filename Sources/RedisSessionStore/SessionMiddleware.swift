@@ -238,7 +238,7 @@ public struct SessionMiddleware: Middleware {
         let requestIsSecure = isSecure(request)
 
         // express skips requests outside the cookie's path: their browser would not send the cookie.
-        guard SessionMiddleware.rawPath(of: request.uri).utf8.starts(with: configuration.cookie.path.utf8) else {
+        guard isInCookiePath(request.uri) else {
             request.storage[SessionStorageKey.self] = Session(newWith: engine, requestIsSecure: requestIsSecure,
                                                               now: now, detached: true)
             return try await next()
@@ -401,6 +401,16 @@ public struct SessionMiddleware: Middleware {
     }
 
     /// The undecoded path of a request target (`parseUrl.original(req).pathname`), for the cookie-path check.
+    /// Whether the request target's path starts with the cookie's path. With the default path `/`, an origin-form
+    /// target (`/...`, in practice every request) always does, and needs no parsing.
+    private func isInCookiePath(_ uri: String) -> Bool {
+        let path = configuration.cookie.path
+        if uri.utf8.first == UInt8(ascii: "/") && path.utf8.count == 1 && path.utf8.first == UInt8(ascii: "/") {
+            return true
+        }
+        return SessionMiddleware.rawPath(of: uri).utf8.starts(with: path.utf8)
+    }
+
     static func rawPath(of uri: String) -> Substring {
         // Bytes when the target is ASCII (in practice always): the same answer as the Character walk below, which
         // costs several times more.
