@@ -394,7 +394,8 @@ public struct SessionMiddleware: Middleware {
     /// express's `issecure`: there is no TLS in this server, so a request is HTTPS only per a trusted proxy's
     /// `X-Forwarded-Proto` (its first value, case-insensitively).
     private func isSecure(_ request: Request) -> Bool {
-        guard let header = request.headers["X-Forwarded-Proto"],
+        // (The proxy check first: with no trusted proxy, the default, that is all there is to do.)
+        guard configuration.trustedProxies.isEnabled, let header = request.headers["X-Forwarded-Proto"],
               configuration.trustedProxies.trusts(request.remoteAddress) else { return false }
         let first = header.split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         return first.trimmingSpaces().lowercased() == "https"
