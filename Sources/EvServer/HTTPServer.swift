@@ -291,7 +291,7 @@ final class HTTPServer: @unchecked Sendable {
     let loop: EventLoop
     private let pipeline: RequestPipeline
     /// The tasks that run the requests (see RequestWorkers.swift).
-    private let workers: RequestWorkers
+    private let workers = RequestWorkers<RequestJob>()
     fileprivate let limits: HTTPLimits
     private let maxConnections: Int
     private var http: OpaquePointer?
@@ -335,7 +335,6 @@ final class HTTPServer: @unchecked Sendable {
          descriptor: Int32) throws(HTTPServerError) {
         self.loop = loop
         self.pipeline = pipeline
-        self.workers = RequestWorkers(loop: loop)
         self.limits = configuration.limits
         self.maxConnections = max(1, configuration.maxConnections)
         // Sweep often enough that a timeout fires at most a quarter late (and at most 1 s late).
@@ -424,17 +423,29 @@ final class HTTPServer: @unchecked Sendable {
         inFlight[id] = (req, client)
         client?.inFlight += 1
         let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
-        let request = makeRequest(req, connection: connection, client: client)
-        let pipeline = self.pipeline
-        workers.run { [self] in
-            let response = await pipeline.respond(to: request)
+        let job = RequestJob(request: makeRequest(req, connection: connection, client: client), id: id, head: head)
+        workers.run(job) { job in
+            Task(executorPreference: loop) { [self] in await work(startingWith: job) }
+        }
+    }
+
+    /// A worker's life: the request it was started for, then each one the server hands it while it waits, until
+    /// the workers close (see RequestWorkers.swift).
+    @inline(__always)   // into the worker task's closure: one async function entered fewer per request
+    private func work(startingWith first: RequestJob) async {
+        var job = first
+        while true {
+            let response = await pipeline.respond(to: job.request)
             // Nonisolated code of a task that prefers the loop runs on the loop, so this is the common path.
             if loop.inLoop {
-                reply(id, response, head: head)
+                reply(job.id, response, head: job.head)
             } else {
                 let box = ResponseBox(response)
+                let (id, head) = (job.id, job.head)
                 loop.execute { [self] in reply(id, box.response, head: head) }
             }
+            guard let next = await workers.next() else { return }
+            job = next
         }
     }
 
@@ -991,6 +1002,13 @@ fileprivate final class ClientConnection {
         self.since = since
         self.overCapacity = overCapacity
     }
+}
+
+/// One request on its way to a worker: the request, its id in `inFlight`, and whether it is a HEAD request.
+private struct RequestJob {
+    let request: Request
+    let id: UInt
+    let head: Bool
 }
 
 /// Carries a finished response to the loop thread in the (unexpected) case the task ended elsewhere.

@@ -8,16 +8,16 @@
 // continuation, which the next request resumes. A request still runs on a task that prefers the loop, exactly as
 // before, and requests still run concurrently: a request that awaits (Redis) holds its worker, and the next request
 // takes another worker, or starts one.
+//
+// A job is a value (the server's `RequestJob`), not a closure: a closure would be one more allocation per request,
+// and calling it one more async function entered (an executor check on the way in and on the way out). The worker's
+// loop itself is the server's (`HTTPServer.work(startingWith:)`); this type only keeps the waiting workers.
 
-/// The request workers of one server (one loop). Used on the loop thread only.
-final class RequestWorkers: @unchecked Sendable {
+/// The waiting request workers of one server (one loop). Used on the loop thread only.
+final class RequestWorkers<Job>: @unchecked Sendable {
     // @unchecked Sendable: `idle` and `closed` are read and written only on `loop`'s thread: by the server (its
     // callbacks run there) and by the workers, whose tasks prefer the loop, so their nonisolated code runs there.
 
-    /// One request's work.
-    typealias Job = () async -> Void
-
-    private let loop: EventLoop
     /// Workers waiting for a request, most recently parked last (the next request takes that one: its memory is
     /// the warmest).
     private var idle: [CheckedContinuation<Job?, Never>] = []
@@ -26,20 +26,18 @@ final class RequestWorkers: @unchecked Sendable {
     private let maxIdle: Int
     private var closed = false
 
-    init(loop: EventLoop, maxIdle: Int = 128) {
-        self.loop = loop
+    init(maxIdle: Int = 128) {
         self.maxIdle = maxIdle
     }
 
-    /// Runs `job` on a waiting worker, or on a new one. Must be called on the loop thread.
-    func run(_ job: sending @escaping Job) {
+    /// Hands `job` to a waiting worker, or, when none waits, to `start` (which starts a worker for it). Must be
+    /// called on the loop thread.
+    @inline(__always)
+    func run(_ job: sending Job, orStart start: (sending Job) -> Void) {
         if let worker = idle.popLast() {
             worker.resume(returning: job)
         } else {
-            Task(executorPreference: loop) { [self] in
-                await job()
-                while let next = await nextJob() { await next() }
-            }
+            start(job)
         }
     }
 
@@ -51,8 +49,9 @@ final class RequestWorkers: @unchecked Sendable {
         for worker in waiting { worker.resume(returning: nil) }
     }
 
-    /// The next request's work, or nil when this worker should end.
-    private func nextJob() async -> Job? {
+    /// Called by a worker between requests: the next job, or nil when the worker should end.
+    @inline(__always)   // into the worker's loop: one async function entered fewer per request
+    func next() async -> Job? {
         if closed || idle.count >= maxIdle { return nil }
         return await withCheckedContinuation { idle.append($0) }
     }
