@@ -503,8 +503,10 @@ final class HTTPServer: @unchecked Sendable {
     private func reply(_ id: UInt, _ response: Response, head: Bool) {
         guard let (req, client) = inFlight.removeValue(forKey: id) else { return }
         client?.inFlight -= 1
-        var code = response.status.code
-        var reason = response.status.reason
+        // One read of the response's storage for everything below (see Response.Parts).
+        let parts = response.parts
+        var code = parts.status.code
+        var reason = parts.status.reason
         if !(100...999).contains(code) {
             logger.error("handler set an invalid status \(code); answering 500")
             code = 500
@@ -517,7 +519,7 @@ final class HTTPServer: @unchecked Sendable {
 
         let output = evhttp_request_get_output_headers(req)
         var hasLength = false
-        for field in response.headers.fields {
+        for field in parts.headers.fields {
             if field.name.asciiCaseInsensitiveEquals("Content-Length") {
                 // evhttp computes the length of what it sends; only a HEAD answer may state its own.
                 guard head else { continue }
@@ -540,14 +542,14 @@ final class HTTPServer: @unchecked Sendable {
         let hasDate = evhttp_find_header(output, "Date") != nil   // the handler's own, as evhttp checks
         if head {
             // The GET route answered; tell the client how long the body it did not ask for would be.
-            if bodyAllowed && !hasLength { addHeader(output, "Content-Length", String(response.body.count)) }
+            if bodyAllowed && !hasLength { addHeader(output, "Content-Length", String(parts.body.count)) }
             if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
         } else {
             if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
-            if bodyAllowed && http11 { addHeader(output, "Content-Length", String(response.body.count)) }
-            if bodyAllowed && !response.body.isEmpty {
+            if bodyAllowed && http11 { addHeader(output, "Content-Length", String(parts.body.count)) }
+            if bodyAllowed && !parts.body.isEmpty {
                 let buffer = evhttp_request_get_output_buffer(req)
-                response.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+                parts.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
             }
         }
 
