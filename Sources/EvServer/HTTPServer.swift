@@ -290,8 +290,8 @@ final class HTTPServer: @unchecked Sendable {
 
     let loop: EventLoop
     private let pipeline: RequestPipeline
-    /// The tasks that run the requests (see RequestWorkers.swift).
-    private let workers: RequestWorkers
+    /// The tasks that run the requests (see "Request workers" below).
+    private let workers = RequestWorkers<RequestJob>()
     fileprivate let limits: HTTPLimits
     private let maxConnections: Int
     private var http: OpaquePointer?
@@ -335,7 +335,6 @@ final class HTTPServer: @unchecked Sendable {
          descriptor: Int32) throws(HTTPServerError) {
         self.loop = loop
         self.pipeline = pipeline
-        self.workers = RequestWorkers(loop: loop)
         self.limits = configuration.limits
         self.maxConnections = max(1, configuration.maxConnections)
         // Sweep often enough that a timeout fires at most a quarter late (and at most 1 s late).
@@ -424,17 +423,29 @@ final class HTTPServer: @unchecked Sendable {
         inFlight[id] = (req, client)
         client?.inFlight += 1
         let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
-        let request = makeRequest(req, connection: connection, client: client)
-        let pipeline = self.pipeline
-        workers.run { [self] in
-            let response = await pipeline.respond(to: request)
+        let job = RequestJob(request: makeRequest(req, connection: connection, client: client), id: id, head: head)
+        workers.run(job) { job in
+            Task(executorPreference: loop) { [self] in await work(startingWith: job) }
+        }
+    }
+
+    /// A worker's life: the request it was started for, then each one the server hands it while it waits, until
+    /// the workers close (see "Request workers" below).
+    @inline(__always)   // into the worker task's closure: one async function entered fewer per request
+    private func work(startingWith first: RequestJob) async {
+        var job = first
+        while true {
+            let response = await pipeline.respond(to: job.request)
             // Nonisolated code of a task that prefers the loop runs on the loop, so this is the common path.
             if loop.inLoop {
-                reply(id, response, head: head)
+                reply(job.id, response, head: job.head)
             } else {
                 let box = ResponseBox(response)
+                let (id, head) = (job.id, job.head)
                 loop.execute { [self] in reply(id, box.response, head: head) }
             }
+            guard let next = await workers.next() else { return }
+            job = next
         }
     }
 
@@ -492,8 +503,10 @@ final class HTTPServer: @unchecked Sendable {
     private func reply(_ id: UInt, _ response: Response, head: Bool) {
         guard let (req, client) = inFlight.removeValue(forKey: id) else { return }
         client?.inFlight -= 1
-        var code = response.status.code
-        var reason = response.status.reason
+        // One read of the response's storage for everything below (see Response.Parts).
+        let parts = response.parts
+        var code = parts.status.code
+        var reason = parts.status.reason
         if !(100...999).contains(code) {
             logger.error("handler set an invalid status \(code); answering 500")
             code = 500
@@ -506,7 +519,7 @@ final class HTTPServer: @unchecked Sendable {
 
         let output = evhttp_request_get_output_headers(req)
         var hasLength = false
-        for field in response.headers.fields {
+        for field in parts.headers.fields {
             if field.name.asciiCaseInsensitiveEquals("Content-Length") {
                 // evhttp computes the length of what it sends; only a HEAD answer may state its own.
                 guard head else { continue }
@@ -529,14 +542,14 @@ final class HTTPServer: @unchecked Sendable {
         let hasDate = evhttp_find_header(output, "Date") != nil   // the handler's own, as evhttp checks
         if head {
             // The GET route answered; tell the client how long the body it did not ask for would be.
-            if bodyAllowed && !hasLength { addHeader(output, "Content-Length", String(response.body.count)) }
+            if bodyAllowed && !hasLength { addHeader(output, "Content-Length", String(parts.body.count)) }
             if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
         } else {
             if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
-            if bodyAllowed && http11 { addHeader(output, "Content-Length", String(response.body.count)) }
-            if bodyAllowed && !response.body.isEmpty {
+            if bodyAllowed && http11 { addHeader(output, "Content-Length", String(parts.body.count)) }
+            if bodyAllowed && !parts.body.isEmpty {
                 let buffer = evhttp_request_get_output_buffer(req)
-                response.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+                parts.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
             }
         }
 
@@ -991,6 +1004,78 @@ fileprivate final class ClientConnection {
         self.since = since
         self.overCapacity = overCapacity
     }
+}
+
+// MARK: - Request workers
+
+// Long-lived tasks that run a loop's requests, one request after another each, so that a request does not create
+// and destroy a task of its own.
+//
+// Some explanation is required here: why not one `Task` per request. A task's creation, its first run, its
+// completion and its destruction cost more than everything evhttp does for a small request: the task object, the
+// slabs its async frames grow into (freed again with the task), the job's enqueue and the completion's bookkeeping.
+// A worker keeps its task, and so its slabs, from one request to the next; between requests it waits on a
+// continuation, which the next request resumes. A request still runs on a task that prefers the loop, exactly as
+// before, and requests still run concurrently: a request that awaits (Redis) holds its worker, and the next request
+// takes another worker, or starts one.
+//
+// A job is a value (the server's `RequestJob`), not a closure: a closure would be one more allocation per request,
+// and calling it one more async function entered (an executor check on the way in and on the way out). The worker's
+// loop itself is the server's (`HTTPServer.work(startingWith:)`); this type only keeps the waiting workers.
+//
+// The waits are `UnsafeContinuation`s (which is why this lives here, with the other unsafe code): a checked one
+// allocates and frees a canary object per wait. Each continuation is resumed exactly once: it is in `idle` from the
+// moment it waits until `run` or `close` takes it out, and whoever takes it out resumes it.
+
+/// The waiting request workers of one server (one loop). Used on the loop thread only.
+final class RequestWorkers<Job>: @unchecked Sendable {
+    // @unchecked Sendable: `idle` and `closed` are read and written only on `loop`'s thread: by the server (its
+    // callbacks run there) and by the workers, whose tasks prefer the loop, so their nonisolated code runs there.
+
+    /// Workers waiting for a request, most recently parked last (the next request takes that one: its memory is
+    /// the warmest).
+    private var idle: [UnsafeContinuation<Job?, Never>] = []
+    /// The most workers kept waiting. More requests than this at once start more workers, which end once their
+    /// request is done instead of waiting: a burst does not leave its tasks behind.
+    private let maxIdle: Int
+    private var closed = false
+
+    init(maxIdle: Int = 128) {
+        self.maxIdle = maxIdle
+    }
+
+    /// Hands `job` to a waiting worker, or, when none waits, to `start` (which starts a worker for it). Must be
+    /// called on the loop thread.
+    @inline(__always)
+    func run(_ job: sending Job, orStart start: (sending Job) -> Void) {
+        if let worker = idle.popLast() {
+            worker.resume(returning: job)
+        } else {
+            start(job)
+        }
+    }
+
+    /// Ends every waiting worker, and every busy one once its request is done. Must be called on the loop thread.
+    func close() {
+        closed = true
+        let waiting = idle
+        idle.removeAll()
+        for worker in waiting { worker.resume(returning: nil) }
+    }
+
+    /// Called by a worker between requests: the next job, or nil when the worker should end.
+    @inline(__always)   // into the worker's loop: one async function entered fewer per request
+    func next() async -> Job? {
+        if closed || idle.count >= maxIdle { return nil }
+        return await withUnsafeContinuation { idle.append($0) }
+    }
+}
+
+/// One request on its way to a worker: the request, its id in `inFlight`, and whether it is a HEAD request.
+private struct RequestJob {
+    let request: Request
+    let id: UInt
+    let head: Bool
 }
 
 /// Carries a finished response to the loop thread in the (unexpected) case the task ended elsewhere.

@@ -69,9 +69,22 @@ public final class Request {
         self.body = body
         self.remoteAddress = remoteAddress
         self.loop = loop
-        let (path, query) = URIParts.split(uri)
-        self.path = path
-        self.query = query
+        if Request.isPlainPath(uri) {
+            // What URIParts.split returns for it, without its generic search for `?` and its decoding pass.
+            self.path = uri
+            self.query = nil
+        } else {
+            (self.path, self.query) = URIParts.split(uri)
+        }
+    }
+
+    /// Whether `uri` has neither a query nor a percent escape (most requests): then it is its own path.
+    private static func isPlainPath(_ uri: String) -> Bool {
+        let bytes = uri.utf8.span
+        for index in bytes.indices where bytes[index] == UInt8(ascii: "?") || bytes[index] == UInt8(ascii: "%") {
+            return false
+        }
+        return true
     }
 
     /// Query parameters, percent-decoded (`+` as space); the first value of a repeated name wins.
