@@ -80,22 +80,33 @@ public final class RedisClient: Sendable {
                 throw RedisClientError.unsupportedCommand.with(reason)
             }
         }
-        let connection = self.connection
-        // The earlier of the caller's deadline and the end of its budget; the wait counts against the budget,
-        // whether it ends in a reply or an error.
-        let budget = RedisTimeBudget.current
-        let start = budget == nil ? nil : ContinuousClock.now
-        let until = start.map { RedisDeadline.effective(at: $0, budget: budget) } ?? RedisDeadline.current
-        defer {
-            if let budget, let start { budget.record(ContinuousClock.now - start) }
+        // The wait counts against the caller's budget, whether it ends in a reply or an error.
+        guard let budget = RedisTimeBudget.current else {
+            return try await withCheckedThrowingContinuation { continuation in
+                submit(name: name, arguments: arguments, budget: nil, continuation: continuation)
+            }
         }
+        let start = RedisStopwatch.nanoseconds()
+        defer { budget.record(nanoseconds: RedisStopwatch.nanoseconds() - start) }
         return try await withCheckedThrowingContinuation { continuation in
-            if loop.inLoop {
+            submit(name: name, arguments: arguments, budget: budget, continuation: continuation)
+        }
+    }
+
+    // Out of line and synchronous on purpose: `ContinuousClock.Instant` comes from a library built for evolution, so
+    // its size is unknown to the compiler, and every instant that code inlined into `send` handled would be a task
+    // allocation of send's async frame (they are made on entry, whether used or not). Here they live on the stack.
+    @inline(never)
+    private func submit(name: String, arguments: [[UInt8]], budget: RedisTimeBudget?,
+                        continuation: CheckedContinuation<RedisValue, any Error>) {
+        // The earlier of the caller's deadline and the end of its budget (task-locals: read on the caller's task).
+        let until = RedisDeadline.effective(at: .now, budget: budget)
+        let connection = self.connection
+        if loop.inLoop {
+            connection.submit(name: name, arguments: arguments, budget: until, continuation: continuation)
+        } else {
+            loop.execute {
                 connection.submit(name: name, arguments: arguments, budget: until, continuation: continuation)
-            } else {
-                loop.execute {
-                    connection.submit(name: name, arguments: arguments, budget: until, continuation: continuation)
-                }
             }
         }
     }
