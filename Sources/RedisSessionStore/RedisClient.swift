@@ -346,9 +346,12 @@ private func unsupportedCommandReason(_ name: String, _ arguments: [[UInt8]]) ->
 
 /// One command given to hiredis: the box passed through `privdata`, back in the reply callback.
 final class PendingCommand {
+    // The caller's continuation is a `let` beside the role rather than the payload of `.caller`: the continuation's
+    // layout is not known at compile time (a library built for evolution), so an enum carrying it is copied and
+    // assigned through value witnesses on every look at the role, where this one is a plain byte.
     enum Role {
-        /// A caller's command.
-        case caller(CheckedContinuation<RedisValue, any Error>)
+        /// A caller's command, waiting for its reply (`caller`).
+        case caller
         /// A step of the connection handshake (AUTH, SELECT, PING).
         case handshake(HandshakeStep)
         /// Completed (answered, timed out or failed): a late reply is dropped.
@@ -356,28 +359,49 @@ final class PendingCommand {
     }
 
     var role: Role
+    private let caller: CheckedContinuation<RedisValue, any Error>?
     /// Upper-case command name, for metrics and messages.
     let name: String
     let start: ContinuousClock.Instant
     let deadline: ContinuousClock.Instant
+    /// How many replies the connection had received when this command was queued: the same count when it times
+    /// out means the connection has been silent since.
+    let repliesBefore: Int
     /// Fires at the caller's budget when that ends well before `deadline`; cancelled when the command completes.
     var budgetTimer: ScheduledTimer?
 
-    init(role: Role, name: String, start: ContinuousClock.Instant, deadline: ContinuousClock.Instant) {
+    /// A step of a handshake (or another command without a caller), `role` `.handshake`.
+    init(role: Role, name: String, start: ContinuousClock.Instant, deadline: ContinuousClock.Instant,
+         repliesBefore: Int = 0) {
         self.role = role
+        self.caller = nil
         self.name = name
         self.start = start
         self.deadline = deadline
+        self.repliesBefore = repliesBefore
+    }
+
+    /// A caller's command.
+    init(caller: CheckedContinuation<RedisValue, any Error>, name: String, start: ContinuousClock.Instant,
+         deadline: ContinuousClock.Instant, repliesBefore: Int) {
+        self.role = .caller
+        self.caller = caller
+        self.name = name
+        self.start = start
+        self.deadline = deadline
+        self.repliesBefore = repliesBefore
     }
 
     /// The caller still waiting, taken: from now on the command is done (a late reply is dropped) and its budget
     /// timer is cancelled. Nil when it was done already, or is a handshake step. Loop thread only.
     func takeCaller() -> CheckedContinuation<RedisValue, any Error>? {
-        guard case .caller(let continuation) = role else { return nil }
+        guard case .caller = role, let caller else { return nil }
         role = .done
-        budgetTimer?.cancel()
-        budgetTimer = nil
-        return continuation
+        if let budgetTimer {
+            budgetTimer.cancel()
+            self.budgetTimer = nil
+        }
+        return caller
     }
 
     /// Fails a caller still waiting. Only for paths that cannot happen if hiredis keeps its promises.
@@ -407,13 +431,12 @@ private final class Link {
     var handshakeRemaining = 0
     /// Why the client decided to drop this connection (timeout, failed AUTH, close); reported instead of hiredis's.
     var failure: String?
-    /// When the last reply (not a NULL) arrived: a connection that answers nothing while a command times out is
-    /// considered dead.
-    var lastReply: ContinuousClock.Instant
+    /// How many replies (not NULLs) arrived: a connection that answers nothing while a command times out is
+    /// considered dead (a count, not the time of the last reply: cheaper to keep on every reply).
+    var replies = 0
 
-    init(connection: HiredisConnection, now: ContinuousClock.Instant) {
+    init(connection: HiredisConnection) {
         self.connection = connection
-        self.lastReply = now
     }
 
     var count: Int { entries.count - head }
@@ -537,8 +560,8 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
                 reject(continuation, name: name, error: RedisClientError.notConnected.with(detail))
                 return
             }
-            let command = PendingCommand(role: .caller(continuation), name: name, start: now,
-                                         deadline: now + configuration.commandTimeout)
+            let command = PendingCommand(caller: continuation, name: name, start: now,
+                                         deadline: now + configuration.commandTimeout, repliesBefore: link.replies)
             do {
                 try link.connection.send(arguments, command: command)
             } catch {
@@ -585,7 +608,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             attemptFailed(error.description)
             return
         }
-        let link = Link(connection: connection, now: now)
+        let link = Link(connection: connection)
         self.link = link
         phase = .connecting
         // The handshake goes first so that commands queued while connecting run after AUTH and SELECT. Its
@@ -748,7 +771,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             }
             link.expired += 1
             guard let continuation = head.takeCaller() else { continue }   // answered early (its budget ended)
-            if link.lastReply < head.start, silentSince == nil { silentSince = head.start }
+            if link.replies == head.repliesBefore, silentSince == nil { silentSince = head.start }
             record(head.name, since: head.start, outcome: .timeout)
             let detail = "\(head.name) got no reply within \(milliseconds(configuration.commandTimeout)) ms"
             continuation.resume(throwing: RedisClientError.timeout.with(detail))
@@ -775,7 +798,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             complete(command, reply: reply, link: nil, reason: connection.failureReason)
             return
         }
-        if reply != nil { link.lastReply = .now }
+        if reply != nil { link.replies &+= 1 }
         link.remove(command)
         if case .handshake(let step) = command.role {
             command.role = .done
@@ -813,7 +836,9 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
 
     // MARK: Completing commands
 
-    private func complete(_ command: PendingCommand, reply: RedisValue?, link: Link?, reason: String?) {
+    // `reason` is only needed for a nil reply: not worked out for every reply.
+    private func complete(_ command: PendingCommand, reply: RedisValue?, link: Link?,
+                          reason: @autoclosure () -> String?) {
         guard let continuation = command.takeCaller() else { return }   // timed out earlier, or a handshake
         switch reply {
         case nil:
@@ -823,9 +848,9 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             if phase == .closed {
                 error = RedisClientError.connectionClosed.with("the client was closed")
             } else if let link, link.handshakeRemaining > 0 {
-                error = RedisClientError.connectFailed(reason ?? "connection closed")
+                error = RedisClientError.connectFailed(reason() ?? "connection closed")
             } else {
-                error = RedisClientError.connectionClosed.with(reason)
+                error = RedisClientError.connectionClosed.with(reason())
             }
             record(command.name, since: command.start, outcome: .connectionError)
             continuation.resume(throwing: error)
