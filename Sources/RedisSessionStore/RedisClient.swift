@@ -80,16 +80,21 @@ public final class RedisClient: Sendable {
                 throw RedisClientError.unsupportedCommand.with(reason)
             }
         }
+        return try await send(RedisCommand(arguments), name: name)
+    }
+
+    /// Sends a command already encoded; `name` is its upper-case name (for metrics and messages).
+    nonisolated(nonsending) func send(_ command: RedisCommand, name: String) async throws -> RedisValue {
         // The wait counts against the caller's budget, whether it ends in a reply or an error.
         guard let budget = RedisTimeBudget.current else {
             return try await withCheckedThrowingContinuation { continuation in
-                submit(name: name, arguments: arguments, budget: nil, continuation: continuation)
+                submit(name: name, command: command, budget: nil, continuation: continuation)
             }
         }
         let start = RedisStopwatch.nanoseconds()
         defer { budget.record(nanoseconds: RedisStopwatch.nanoseconds() - start) }
         return try await withCheckedThrowingContinuation { continuation in
-            submit(name: name, arguments: arguments, budget: budget, continuation: continuation)
+            submit(name: name, command: command, budget: budget, continuation: continuation)
         }
     }
 
@@ -97,16 +102,16 @@ public final class RedisClient: Sendable {
     // its size is unknown to the compiler, and every instant that code inlined into `send` handled would be a task
     // allocation of send's async frame (they are made on entry, whether used or not). Here they live on the stack.
     @inline(never)
-    private func submit(name: String, arguments: [[UInt8]], budget: RedisTimeBudget?,
+    private func submit(name: String, command: RedisCommand, budget: RedisTimeBudget?,
                         continuation: CheckedContinuation<RedisValue, any Error>) {
         // The earlier of the caller's deadline and the end of its budget (task-locals: read on the caller's task).
         let until = RedisDeadline.effective(at: .now, budget: budget)
         let connection = self.connection
         if loop.inLoop {
-            connection.submit(name: name, arguments: arguments, budget: until, continuation: continuation)
+            connection.submit(name: name, command: command, budget: until, continuation: continuation)
         } else {
             loop.execute {
-                connection.submit(name: name, arguments: arguments, budget: until, continuation: continuation)
+                connection.submit(name: name, command: command, budget: until, continuation: continuation)
             }
         }
     }
@@ -314,6 +319,93 @@ enum Keyword {
 
 private func decimal(_ value: Int) -> [UInt8] {
     Array(String(value).utf8)
+}
+
+/// A command encoded as Redis reads it (RESP: `*<count>\r\n`, then `$<length>\r\n<bytes>\r\n` per argument),
+/// which hiredis queues as is (`redisAsyncFormattedCommand`).
+///
+/// Built in one buffer straight from its parts: no array per argument, and no second pass in which hiredis formats
+/// an argv with printf-style calls into a string of its own. Binary-safe: every argument is sent with its length.
+struct RedisCommand: Sendable {
+    /// The RESP bytes; complete once every announced argument was appended.
+    private(set) var bytes: [UInt8]
+    /// Arguments announced in the header and not appended yet.
+    private var missing: Int
+
+    /// Starts a command of `count` arguments (the name included), with room for `payload` bytes of arguments.
+    init(count: Int, payload: Int) {
+        precondition(count > 0, "a Redis command needs at least its name")
+        bytes = []
+        // Per argument: "$", up to 20 digits, two CRLFs.
+        bytes.reserveCapacity(payload + 24 * (count + 1))
+        missing = count
+        bytes.append(UInt8(ascii: "*"))
+        appendDecimal(count)
+        appendNewline()
+    }
+
+    /// Encodes `arguments`, the command name first.
+    init(_ arguments: [[UInt8]]) {
+        var payload = 0
+        for argument in arguments { payload += argument.count }
+        self.init(count: arguments.count, payload: payload)
+        for argument in arguments { append(argument) }
+    }
+
+    var isComplete: Bool { missing == 0 }
+
+    mutating func append(_ argument: [UInt8]) {
+        startArgument(length: argument.count)
+        bytes.append(contentsOf: argument)
+        appendNewline()
+    }
+
+    /// Appends the UTF-8 bytes of `argument`.
+    mutating func append(_ argument: String) {
+        startArgument(length: argument.utf8.count)
+        bytes.append(contentsOf: argument.utf8)
+        appendNewline()
+    }
+
+    /// Appends `value` in decimal, as Redis expects numbers.
+    mutating func append(_ value: Int) {
+        var digits = 1
+        var rest = value.magnitude
+        while rest >= 10 {
+            rest /= 10
+            digits += 1
+        }
+        startArgument(length: value < 0 ? digits + 1 : digits)
+        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        appendDecimal(value.magnitude)
+        appendNewline()
+    }
+
+    private mutating func startArgument(length: Int) {
+        precondition(missing > 0, "more arguments than the RedisCommand announced")
+        missing -= 1
+        bytes.append(UInt8(ascii: "$"))
+        appendDecimal(length)
+        appendNewline()
+    }
+
+    private mutating func appendDecimal(_ value: Int) {
+        appendDecimal(value.magnitude)
+    }
+
+    private mutating func appendDecimal(_ value: UInt) {
+        var divisor: UInt = 1
+        while divisor <= value / 10 { divisor *= 10 }
+        while divisor > 0 {
+            bytes.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: value / divisor % 10))
+            divisor /= 10
+        }
+    }
+
+    private mutating func appendNewline() {
+        bytes.append(UInt8(ascii: "\r"))
+        bytes.append(UInt8(ascii: "\n"))
+    }
 }
 
 /// The command name in upper case ASCII, for metrics, errors and the checks below.
@@ -536,6 +628,12 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
     /// - Parameter budget: the caller's own deadline (from ``RedisTimeBudget/current``), when it has one.
     func submit(name: String, arguments: [[UInt8]], budget: ContinuousClock.Instant?,
                 continuation: CheckedContinuation<RedisValue, any Error>) {
+        submit(name: name, command: RedisCommand(arguments), budget: budget, continuation: continuation)
+    }
+
+    /// ``submit(name:arguments:budget:continuation:)`` of a command already encoded.
+    func submit(name: String, command encoded: RedisCommand, budget: ContinuousClock.Instant?,
+                continuation: CheckedContinuation<RedisValue, any Error>) {
         loop.preconditionInLoop()
         if phase == .idle { start() }
         let now = ContinuousClock.now
@@ -563,7 +661,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             let command = PendingCommand(caller: continuation, name: name, start: now,
                                          deadline: now + configuration.commandTimeout, repliesBefore: link.replies)
             do {
-                try link.connection.send(arguments, command: command)
+                try link.connection.send(encoded, command: command)
             } catch {
                 // The connection is going away (hiredis refuses new commands while it tears a context down).
                 command.role = .done
