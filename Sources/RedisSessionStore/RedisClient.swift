@@ -132,8 +132,13 @@ public final class RedisClient: Sendable {
     /// (Redis 6.2+).
     /// - Returns: the value's bytes, or nil when the key does not exist (then no key is created).
     nonisolated(nonsending) public func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
-        try optionalBytes(await send([Keyword.getex, Array(key.utf8), Keyword.ex, decimal(seconds)]),
-                          command: "GETEX")
+        // Encoded straight from its parts: the session store sends this on every request.
+        var command = RedisCommand(count: 4, payload: key.utf8.count + 16)
+        command.append(Keyword.getex)
+        command.append(key)
+        command.append(Keyword.ex)
+        command.append(seconds)
+        return try optionalBytes(await send(command, name: "GETEX"), command: "GETEX")
     }
 
     /// [SET](https://redis.io/commands/set/) key value [EX seconds]
@@ -243,11 +248,14 @@ public struct RedisScript: Sendable, Hashable {
     public let source: String
     /// The lower-case hex SHA1 of the source.
     public let sha1: String
+    /// `sha1` as bytes, the argument of every EVALSHA.
+    private let sha1Bytes: [UInt8]
 
     /// Prepares a script.
     public init(_ source: String) {
         self.source = source
-        self.sha1 = String(decoding: RedisScript.sha1Hex(Array(source.utf8)), as: UTF8.self)
+        self.sha1Bytes = RedisScript.sha1Hex(Array(source.utf8))
+        self.sha1 = String(decoding: sha1Bytes, as: UTF8.self)
     }
 
     /// EVALSHA of the script with `keys` and `arguments` through `send`, then EVAL when the server answers
@@ -257,14 +265,21 @@ public struct RedisScript: Sendable, Hashable {
         keys: [String], arguments: [[UInt8]],
         through send: nonisolated(nonsending) ([[UInt8]]) async throws -> RedisValue
     ) async throws -> RedisValue {
-        var tail: [[UInt8]] = [decimal(keys.count)]
-        tail.reserveCapacity(1 + keys.count + arguments.count)
-        for key in keys { tail.append(Array(key.utf8)) }
-        tail += arguments
+        // Each command built in one array (not a tail joined to a head): a session save sends one on every write.
+        func command(_ name: [UInt8], _ script: [UInt8]) -> [[UInt8]] {
+            var command: [[UInt8]] = []
+            command.reserveCapacity(3 + keys.count + arguments.count)
+            command.append(name)
+            command.append(script)
+            command.append(decimal(keys.count))
+            for key in keys { command.append(Array(key.utf8)) }
+            command.append(contentsOf: arguments)
+            return command
+        }
         do {
-            return try await send([Keyword.evalsha, Array(sha1.utf8)] + tail)
+            return try await send(command(Keyword.evalsha, sha1Bytes))
         } catch let error as RedisError where error.code == "NOSCRIPT" {
-            return try await send([Keyword.eval, Array(source.utf8)] + tail)
+            return try await send(command(Keyword.eval, Array(source.utf8)))
         }
     }
 
@@ -317,8 +332,35 @@ enum Keyword {
     }
 }
 
-private func decimal(_ value: Int) -> [UInt8] {
-    Array(String(value).utf8)
+/// `value` in decimal, as Redis expects numbers.
+func decimal(_ value: Int) -> [UInt8] {
+    var digits: [UInt8] = []
+    digits.reserveCapacity(20)
+    appendDecimal(value, to: &digits)
+    return digits
+}
+
+/// Appends the decimal digits of `value` (and its sign) to `bytes`, without a String on the way.
+private func appendDecimal(_ value: Int, to bytes: inout [UInt8]) {
+    if value < 0 { bytes.append(UInt8(ascii: "-")) }
+    let magnitude = value.magnitude
+    var divisor: UInt = 1
+    while divisor <= magnitude / 10 { divisor *= 10 }
+    while divisor > 0 {
+        bytes.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: magnitude / divisor % 10))
+        divisor /= 10
+    }
+}
+
+/// How many bytes `appendDecimal` writes for `value`.
+private func decimalLength(_ value: Int) -> Int {
+    var length = value < 0 ? 2 : 1
+    var rest = value.magnitude
+    while rest >= 10 {
+        rest /= 10
+        length += 1
+    }
+    return length
 }
 
 /// A command encoded as Redis reads it (RESP: `*<count>\r\n`, then `$<length>\r\n<bytes>\r\n` per argument),
@@ -340,7 +382,7 @@ struct RedisCommand: Sendable {
         bytes.reserveCapacity(payload + 24 * (count + 1))
         missing = count
         bytes.append(UInt8(ascii: "*"))
-        appendDecimal(count)
+        appendDecimal(count, to: &bytes)
         appendNewline()
     }
 
@@ -369,15 +411,8 @@ struct RedisCommand: Sendable {
 
     /// Appends `value` in decimal, as Redis expects numbers.
     mutating func append(_ value: Int) {
-        var digits = 1
-        var rest = value.magnitude
-        while rest >= 10 {
-            rest /= 10
-            digits += 1
-        }
-        startArgument(length: value < 0 ? digits + 1 : digits)
-        if value < 0 { bytes.append(UInt8(ascii: "-")) }
-        appendDecimal(value.magnitude)
+        startArgument(length: decimalLength(value))
+        appendDecimal(value, to: &bytes)
         appendNewline()
     }
 
@@ -385,21 +420,8 @@ struct RedisCommand: Sendable {
         precondition(missing > 0, "more arguments than the RedisCommand announced")
         missing -= 1
         bytes.append(UInt8(ascii: "$"))
-        appendDecimal(length)
+        appendDecimal(length, to: &bytes)
         appendNewline()
-    }
-
-    private mutating func appendDecimal(_ value: Int) {
-        appendDecimal(value.magnitude)
-    }
-
-    private mutating func appendDecimal(_ value: UInt) {
-        var divisor: UInt = 1
-        while divisor <= value / 10 { divisor *= 10 }
-        while divisor > 0 {
-            bytes.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: value / divisor % 10))
-            divisor /= 10
-        }
     }
 
     private mutating func appendNewline() {

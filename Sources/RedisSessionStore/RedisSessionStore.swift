@@ -176,7 +176,7 @@ public final class RedisSessionStore: SessionStore {
             let json = data.jsonBytes()
             let expected = base.map { RedisScript.sha1Hex($0.versionBytes) } ?? []
             let reply = try await evalWriting(RedisSessionStore.compareAndSet, on: client, key: key,
-                                              arguments: [expected, json, Array(String(seconds).utf8)])
+                                              arguments: [expected, json, decimal(seconds)])
             switch reply {
             case .integer(1):
                 return .saved(StoredSession(data: data, version: json, expiryRefreshed: true))
