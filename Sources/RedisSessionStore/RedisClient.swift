@@ -342,6 +342,12 @@ func decimal(_ value: Int) -> [UInt8] {
 
 /// Appends the decimal digits of `value` (and its sign) to `bytes`, without a String on the way.
 private func appendDecimal(_ value: Int, to bytes: inout [UInt8]) {
+    // Most are argument lengths and counts below 100: no loop for those.
+    if value >= 0, value < 100 {
+        if value >= 10 { bytes.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: value / 10)) }
+        bytes.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: value % 10))
+        return
+    }
     if value < 0 { bytes.append(UInt8(ascii: "-")) }
     let magnitude = value.magnitude
     var divisor: UInt = 1
