@@ -407,11 +407,12 @@ private enum ClientSource: Sendable {
 private final class PerLoopClients: Sendable {
     let configuration: RedisConfiguration
     // Keyed by the loop's identity; each client holds its loop strongly, so an identifier is never reused while
-    // its entry exists.
-    private let clients = Mutex<[ObjectIdentifier: RedisClient]>([:])
+    // its entry exists. A short list rather than a dictionary: there are as many loops as server threads, and
+    // comparing a few identities is cheaper than hashing one for the lookup every command makes.
+    private let clients = Mutex<[(loop: ObjectIdentifier, client: RedisClient)]>([])
     /// A second connection per loop for writes followed by WAIT, made only when asked for: WAIT blocks its
     /// connection, and the loop's reads must not queue behind it.
-    private let waitClients = Mutex<[ObjectIdentifier: RedisClient]>([:])
+    private let waitClients = Mutex<[(loop: ObjectIdentifier, client: RedisClient)]>([])
     private let loops = FallbackLoop(name: "redis-session-store")
 
     init(configuration: RedisConfiguration) {
@@ -429,21 +430,22 @@ private final class PerLoopClients: Sendable {
         return waitClients.withLock { Self.client(in: &$0, loop: loop, configuration: configuration) }
     }
 
-    private static func client(in clients: inout [ObjectIdentifier: RedisClient], loop: EventLoop,
+    private static func client(in clients: inout [(loop: ObjectIdentifier, client: RedisClient)], loop: EventLoop,
                                configuration: RedisConfiguration) -> RedisClient {
-        if let client = clients[ObjectIdentifier(loop)] { return client }
+        let id = ObjectIdentifier(loop)
+        for entry in clients where entry.loop == id { return entry.client }
         let client = RedisClient(configuration: configuration, loop: loop)
-        clients[ObjectIdentifier(loop)] = client
+        clients.append((id, client))
         return client
     }
 
     /// How many of the clients made so far are not connected.
     func disconnectedCount() -> Int {
-        clients.withLock { clients in clients.values.count { !$0.isConnected } }
+        clients.withLock { clients in clients.count { !$0.client.isConnected } }
     }
 
     deinit {
-        for client in clients.withLock({ Array($0.values) }) + waitClients.withLock({ Array($0.values) }) {
+        for client in clients.withLock({ $0.map(\.client) }) + waitClients.withLock({ $0.map(\.client) }) {
             client.close()
         }
         loops.shutdown()
