@@ -132,10 +132,15 @@ public final class RedisClient: Sendable {
     /// (Redis 6.2+).
     /// - Returns: the value's bytes, or nil when the key does not exist (then no key is created).
     nonisolated(nonsending) public func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
-        // Encoded straight from its parts: the session store sends this on every request.
-        var command = RedisCommand(count: 4, payload: key.utf8.count + 16)
+        try await get(prefix: key, id: "", refreshingExpiry: seconds)
+    }
+
+    /// ``get(_:refreshingExpiry:)`` of the key `prefix + id`, encoded straight from its parts: the session store
+    /// sends this on every request, and the key need not become a String of its own.
+    nonisolated(nonsending) func get(prefix: String, id: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
+        var command = RedisCommand(count: 4, payload: prefix.utf8.count + id.utf8.count + 16)
         command.append(Keyword.getex)
-        command.append(key)
+        command.append(prefix, id)
         command.append(Keyword.ex)
         command.append(seconds)
         return try optionalBytes(await send(command, name: "GETEX"), command: "GETEX")
@@ -265,6 +270,14 @@ public struct RedisScript: Sendable, Hashable {
         keys: [String], arguments: [[UInt8]],
         through send: nonisolated(nonsending) ([[UInt8]]) async throws -> RedisValue
     ) async throws -> RedisValue {
+        try await run(keyBytes: keys.map { Array($0.utf8) }, arguments: arguments, through: send)
+    }
+
+    /// ``run(keys:arguments:through:)`` with the keys as bytes.
+    nonisolated(nonsending) func run(
+        keyBytes keys: [[UInt8]], arguments: [[UInt8]],
+        through send: nonisolated(nonsending) ([[UInt8]]) async throws -> RedisValue
+    ) async throws -> RedisValue {
         // Each command built in one array (not a tail joined to a head): a session save sends one on every write.
         func command(_ name: [UInt8], _ script: [UInt8]) -> [[UInt8]] {
             var command: [[UInt8]] = []
@@ -272,7 +285,7 @@ public struct RedisScript: Sendable, Hashable {
             command.append(name)
             command.append(script)
             command.append(decimal(keys.count))
-            for key in keys { command.append(Array(key.utf8)) }
+            command.append(contentsOf: keys)
             command.append(contentsOf: arguments)
             return command
         }
@@ -412,6 +425,14 @@ struct RedisCommand: Sendable {
     mutating func append(_ argument: String) {
         startArgument(length: argument.utf8.count)
         bytes.append(contentsOf: argument.utf8)
+        appendNewline()
+    }
+
+    /// Appends one argument made of the UTF-8 bytes of `first` then those of `second` (a prefixed key).
+    mutating func append(_ first: String, _ second: String) {
+        startArgument(length: first.utf8.count + second.utf8.count)
+        bytes.append(contentsOf: first.utf8)
+        bytes.append(contentsOf: second.utf8)
         appendNewline()
     }
 

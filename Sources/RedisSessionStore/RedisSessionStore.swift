@@ -117,6 +117,15 @@ public final class RedisSessionStore: SessionStore {
     /// The Redis key of a session.
     public func key(for id: String) -> String { prefix + id }
 
+    /// ``key(for:)`` as bytes, made in one buffer (not a String first, then its bytes).
+    func keyBytes(for id: String) -> [UInt8] {
+        var key: [UInt8] = []
+        key.reserveCapacity(prefix.utf8.count + id.utf8.count)
+        key.append(contentsOf: prefix.utf8)
+        key.append(contentsOf: id.utf8)
+        return key
+    }
+
     /// The command timeout: a request's session calls share one timeout's worth of Redis time (see
     /// ``RedisTimeBudget``), so a slow load leaves less time for the save and a request never waits on Redis longer
     /// than the timeout in all.
@@ -144,7 +153,7 @@ public final class RedisSessionStore: SessionStore {
         let bytes: [UInt8]?
         do {
             if let refresh, refresh > 0 {
-                bytes = try await client.get(key(for: id), refreshingExpiry: refresh)
+                bytes = try await client.get(prefix: prefix, id: id, refreshingExpiry: refresh)
             } else {
                 bytes = try await client.get(key(for: id))
             }
@@ -163,14 +172,14 @@ public final class RedisSessionStore: SessionStore {
     /// key (destroyed or expired meanwhile) is never re-created for a session that was loaded.
     public func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
         let client = try writeClient()
-        let key = key(for: id)
+        let key = keyBytes(for: id)
         var base = write.base
         for _ in 0..<RedisSessionStore.maximumCommitAttempts {
             let data = write.data(onto: base?.data.values ?? JSONObject())
             let seconds = ttl(for: data)
             guard seconds > 0 else {
                 // An expired cookie: connect-redis deletes instead of writing.
-                _ = try await client.write([Keyword.del, Array(key.utf8)], waitingFor: waitForReplicas)
+                _ = try await client.write([Keyword.del, key], waitingFor: waitForReplicas)
                 return .gone
             }
             let json = data.jsonBytes()
@@ -215,9 +224,9 @@ public final class RedisSessionStore: SessionStore {
 
     /// A script that writes `key`, through ``RedisSessionTarget/write(_:waitingFor:)`` so that `waitForReplicas`
     /// applies.
-    private func evalWriting(_ script: RedisScript, on client: any RedisSessionTarget, key: String,
+    private func evalWriting(_ script: RedisScript, on client: any RedisSessionTarget, key: [UInt8],
                              arguments: [[UInt8]]) async throws -> RedisValue {
-        try await script.run(keys: [key], arguments: arguments) {
+        try await script.run(keyBytes: [key], arguments: arguments) {
             try await client.write($0, waitingFor: waitForReplicas)
         }
     }

@@ -13,6 +13,9 @@ import EvServer
 protocol RedisSessionTarget: Sendable {
     func get(_ key: String) async throws -> [UInt8]?
     nonisolated(nonsending) func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]?
+    /// ``get(_:refreshingExpiry:)`` of the key `prefix + id`; a single server's client encodes it without making
+    /// the key a String first.
+    nonisolated(nonsending) func get(prefix: String, id: String, refreshingExpiry seconds: Int) async throws -> [UInt8]?
     @discardableResult func expire(_ key: String, after seconds: Int) async throws -> Bool
     /// DEL; on a cluster, keys of several slots are split into one DEL per slot.
     @discardableResult func delete(_ keys: [String]) async throws -> Int
@@ -52,6 +55,10 @@ extension RedisClient: RedisSessionTarget {
 }
 
 extension RedisClusterClient: RedisSessionTarget {
+    nonisolated(nonsending) func get(prefix: String, id: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
+        try await get(prefix + id, refreshingExpiry: seconds)
+    }
+
     func write(_ arguments: [[UInt8]], waitingFor replicas: Int) async throws -> RedisValue {
         guard replicas > 0 else { return try await send(arguments) }
         // One deadline for the write (with its redirections and retries) and its WAIT together; on the nodes'
