@@ -105,13 +105,16 @@ public final class RedisClient: Sendable {
     private func submit(name: String, command: RedisCommand, budget: RedisTimeBudget?,
                         continuation: CheckedContinuation<RedisValue, any Error>) {
         // The earlier of the caller's deadline and the end of its budget (task-locals: read on the caller's task).
-        let until = RedisDeadline.effective(at: .now, budget: budget)
         let connection = self.connection
         if loop.inLoop {
-            connection.submit(name: name, command: command, budget: until, continuation: continuation)
+            // One reading of the clock for both the budget's end and the command's start.
+            let now = ContinuousClock.now
+            connection.submit(name: name, command: command, budget: RedisDeadline.effective(at: now, budget: budget),
+                              now: now, continuation: continuation)
         } else {
+            let until = RedisDeadline.effective(at: .now, budget: budget)
             loop.execute {
-                connection.submit(name: name, command: command, budget: until, continuation: continuation)
+                connection.submit(name: name, command: command, budget: until, now: .now, continuation: continuation)
             }
         }
     }
@@ -677,15 +680,14 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
     /// - Parameter budget: the caller's own deadline (from ``RedisTimeBudget/current``), when it has one.
     func submit(name: String, arguments: [[UInt8]], budget: ContinuousClock.Instant?,
                 continuation: CheckedContinuation<RedisValue, any Error>) {
-        submit(name: name, command: RedisCommand(arguments), budget: budget, continuation: continuation)
+        submit(name: name, command: RedisCommand(arguments), budget: budget, now: .now, continuation: continuation)
     }
 
-    /// ``submit(name:arguments:budget:continuation:)`` of a command already encoded.
+    /// ``submit(name:arguments:budget:continuation:)`` of a command already encoded, at `now` (the command's start).
     func submit(name: String, command encoded: RedisCommand, budget: ContinuousClock.Instant?,
-                continuation: CheckedContinuation<RedisValue, any Error>) {
+                now: ContinuousClock.Instant, continuation: CheckedContinuation<RedisValue, any Error>) {
         loop.preconditionInLoop()
         if phase == .idle { start() }
-        let now = ContinuousClock.now
         if let budget, budget <= now {
             reject(continuation, name: name, error: RedisClientError.timeout.with("the request's Redis time is spent"),
                    outcome: .timeout)

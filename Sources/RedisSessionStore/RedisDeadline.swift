@@ -63,7 +63,8 @@ public enum RedisDeadline {
                           budget: RedisTimeBudget?) -> ContinuousClock.Instant? {
         guard let budget else { return current }
         let end = now() + budget.remaining
-        return current.map { min($0, end) } ?? end
+        guard let current else { return end }
+        return min(current, end)
     }
 }
 
