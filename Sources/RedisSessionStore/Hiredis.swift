@@ -101,12 +101,18 @@ final class HiredisConnection: @unchecked Sendable {
     /// Queues one command (written once connected); its reply goes to the delegate with `command`.
     /// - Throws: ``HiredisError`` when the context is gone or closing; the delegate then never hears of `command`.
     func send(_ arguments: [[UInt8]], command: PendingCommand) throws(HiredisError) {
+        try send(RedisCommand(arguments), command: command)
+    }
+
+    /// ``send(_:command:)`` of a command already encoded.
+    func send(_ encoded: RedisCommand, command: PendingCommand) throws(HiredisError) {
         loop.preconditionInLoop()
+        precondition(encoded.isComplete, "a RedisCommand is sent with fewer arguments than it announced")
         guard let context else { throw HiredisError("the connection is closed") }
         // passRetained: hiredis holds the +1 on the box until onReply takes it back, exactly once.
         let box = Unmanaged.passRetained(command).toOpaque()
-        let status = withArgv(arguments) { argc, argv, lengths in
-            redisAsyncCommandArgv(context, onReply, box, argc, argv, lengths)
+        let status = queue(encoded) { bytes, length in
+            redisAsyncFormattedCommand(context, onReply, box, bytes, length)
         }
         guard status == REDIS_OK else {
             Unmanaged<PendingCommand>.fromOpaque(box).release()   // no callback will come: drop our +1
@@ -271,32 +277,13 @@ private func errorText(of context: redisContext) -> String {
 
 // MARK: - Arguments
 
-/// Lays the arguments out in one buffer and calls `body` with hiredis's `argc`, `argv` and `argvlen`.
-/// Binary-safe: hiredis copies exactly `argvlen[i]` bytes of each argument, NULs included.
-private func withArgv<Result>(
-    _ arguments: [[UInt8]],
-    _ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> Result
-) -> Result {
-    var total = 0
-    for argument in arguments { total += argument.count }
-    var flat: [UInt8] = []
-    flat.reserveCapacity(total + 1)
-    for argument in arguments { flat.append(contentsOf: argument) }
-    flat.append(0)   // never empty, so the base address exists even when every argument is ""
-    let count = arguments.count
-    return flat.withUnsafeBufferPointer { bytes in
-        withUnsafeTemporaryAllocation(of: UnsafePointer<CChar>?.self, capacity: count) { argv in
-            withUnsafeTemporaryAllocation(of: Int.self, capacity: count) { lengths in
-                let base = UnsafeRawPointer(bytes.baseAddress!).assumingMemoryBound(to: CChar.self)
-                var offset = 0
-                for (index, argument) in arguments.enumerated() {
-                    argv.initializeElement(at: index, to: base + offset)
-                    lengths.initializeElement(at: index, to: argument.count)
-                    offset += argument.count
-                }
-                return body(Int32(count), argv.baseAddress!, UnsafePointer(lengths.baseAddress!))
-            }
-        }
+/// Calls `body` with the RESP bytes of `command` as hiredis takes a formatted command (`const char *`, length).
+/// hiredis copies them into its output buffer before returning (and finds the command's name in them, as it does
+/// in what it formats itself), so the pointer is not kept.
+private func queue(_ command: RedisCommand, _ body: (UnsafePointer<CChar>, Int) -> Int32) -> Int32 {
+    command.bytes.withUnsafeBufferPointer { bytes in
+        // Never empty: the header alone is "*<count>\r\n".
+        bytes.withMemoryRebound(to: CChar.self) { body($0.baseAddress!, $0.count) }
     }
 }
 
@@ -346,8 +333,8 @@ extension HiredisConnection {
         // so "one +1 per callback" does not hold. onPush finds the connection through `context.data` instead,
         // which holds its +1 until onDisconnect (the NULL calls come before that).
         let arguments = [Array("SUBSCRIBE".utf8)] + channels.map { Array($0.utf8) }
-        let status = withArgv(arguments) { argc, argv, lengths in
-            redisAsyncCommandArgv(context, onPush, nil, argc, argv, lengths)
+        let status = queue(RedisCommand(arguments)) { bytes, length in
+            redisAsyncFormattedCommand(context, onPush, nil, bytes, length)
         }
         guard status == REDIS_OK else { throw notQueued(context) }
     }

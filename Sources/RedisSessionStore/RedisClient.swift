@@ -80,22 +80,41 @@ public final class RedisClient: Sendable {
                 throw RedisClientError.unsupportedCommand.with(reason)
             }
         }
-        let connection = self.connection
-        // The earlier of the caller's deadline and the end of its budget; the wait counts against the budget,
-        // whether it ends in a reply or an error.
-        let budget = RedisTimeBudget.current
-        let start = budget == nil ? nil : ContinuousClock.now
-        let until = start.map { RedisDeadline.effective(at: $0, budget: budget) } ?? RedisDeadline.current
-        defer {
-            if let budget, let start { budget.record(ContinuousClock.now - start) }
+        return try await send(RedisCommand(arguments), name: name)
+    }
+
+    /// Sends a command already encoded; `name` is its upper-case name (for metrics and messages).
+    nonisolated(nonsending) func send(_ command: RedisCommand, name: String) async throws -> RedisValue {
+        // The wait counts against the caller's budget, whether it ends in a reply or an error.
+        guard let budget = RedisTimeBudget.current else {
+            return try await withCheckedThrowingContinuation { continuation in
+                submit(name: name, command: command, budget: nil, continuation: continuation)
+            }
         }
+        let start = RedisStopwatch.nanoseconds()
+        defer { budget.record(nanoseconds: RedisStopwatch.nanoseconds() - start) }
         return try await withCheckedThrowingContinuation { continuation in
-            if loop.inLoop {
-                connection.submit(name: name, arguments: arguments, budget: until, continuation: continuation)
-            } else {
-                loop.execute {
-                    connection.submit(name: name, arguments: arguments, budget: until, continuation: continuation)
-                }
+            submit(name: name, command: command, budget: budget, continuation: continuation)
+        }
+    }
+
+    // Out of line and synchronous on purpose: `ContinuousClock.Instant` comes from a library built for evolution, so
+    // its size is unknown to the compiler, and every instant that code inlined into `send` handled would be a task
+    // allocation of send's async frame (they are made on entry, whether used or not). Here they live on the stack.
+    @inline(never)
+    private func submit(name: String, command: RedisCommand, budget: RedisTimeBudget?,
+                        continuation: CheckedContinuation<RedisValue, any Error>) {
+        // The earlier of the caller's deadline and the end of its budget (task-locals: read on the caller's task).
+        let connection = self.connection
+        if loop.inLoop {
+            // One reading of the clock for both the budget's end and the command's start.
+            let now = ContinuousClock.now
+            connection.submit(name: name, command: command, budget: RedisDeadline.effective(at: now, budget: budget),
+                              now: now, continuation: continuation)
+        } else {
+            let until = RedisDeadline.effective(at: .now, budget: budget)
+            loop.execute {
+                connection.submit(name: name, command: command, budget: until, now: .now, continuation: continuation)
             }
         }
     }
@@ -116,8 +135,18 @@ public final class RedisClient: Sendable {
     /// (Redis 6.2+).
     /// - Returns: the value's bytes, or nil when the key does not exist (then no key is created).
     nonisolated(nonsending) public func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
-        try optionalBytes(await send([Keyword.getex, Array(key.utf8), Keyword.ex, decimal(seconds)]),
-                          command: "GETEX")
+        try await get(prefix: key, id: "", refreshingExpiry: seconds)
+    }
+
+    /// ``get(_:refreshingExpiry:)`` of the key `prefix + id`, encoded straight from its parts: the session store
+    /// sends this on every request, and the key need not become a String of its own.
+    nonisolated(nonsending) func get(prefix: String, id: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
+        var command = RedisCommand(count: 4, payload: prefix.utf8.count + id.utf8.count + 16)
+        command.append(Keyword.getex)
+        command.append(prefix, id)
+        command.append(Keyword.ex)
+        command.append(seconds)
+        return try optionalBytes(await send(command, name: "GETEX"), command: "GETEX")
     }
 
     /// [SET](https://redis.io/commands/set/) key value [EX seconds]
@@ -227,11 +256,14 @@ public struct RedisScript: Sendable, Hashable {
     public let source: String
     /// The lower-case hex SHA1 of the source.
     public let sha1: String
+    /// `sha1` as bytes, the argument of every EVALSHA.
+    private let sha1Bytes: [UInt8]
 
     /// Prepares a script.
     public init(_ source: String) {
         self.source = source
-        self.sha1 = String(decoding: RedisScript.sha1Hex(Array(source.utf8)), as: UTF8.self)
+        self.sha1Bytes = RedisScript.sha1Hex(Array(source.utf8))
+        self.sha1 = String(decoding: sha1Bytes, as: UTF8.self)
     }
 
     /// EVALSHA of the script with `keys` and `arguments` through `send`, then EVAL when the server answers
@@ -241,14 +273,29 @@ public struct RedisScript: Sendable, Hashable {
         keys: [String], arguments: [[UInt8]],
         through send: nonisolated(nonsending) ([[UInt8]]) async throws -> RedisValue
     ) async throws -> RedisValue {
-        var tail: [[UInt8]] = [decimal(keys.count)]
-        tail.reserveCapacity(1 + keys.count + arguments.count)
-        for key in keys { tail.append(Array(key.utf8)) }
-        tail += arguments
+        try await run(keyBytes: keys.map { Array($0.utf8) }, arguments: arguments, through: send)
+    }
+
+    /// ``run(keys:arguments:through:)`` with the keys as bytes.
+    nonisolated(nonsending) func run(
+        keyBytes keys: [[UInt8]], arguments: [[UInt8]],
+        through send: nonisolated(nonsending) ([[UInt8]]) async throws -> RedisValue
+    ) async throws -> RedisValue {
+        // Each command built in one array (not a tail joined to a head): a session save sends one on every write.
+        func command(_ name: [UInt8], _ script: [UInt8]) -> [[UInt8]] {
+            var command: [[UInt8]] = []
+            command.reserveCapacity(3 + keys.count + arguments.count)
+            command.append(name)
+            command.append(script)
+            command.append(decimal(keys.count))
+            command.append(contentsOf: keys)
+            command.append(contentsOf: arguments)
+            return command
+        }
         do {
-            return try await send([Keyword.evalsha, Array(sha1.utf8)] + tail)
+            return try await send(command(Keyword.evalsha, sha1Bytes))
         } catch let error as RedisError where error.code == "NOSCRIPT" {
-            return try await send([Keyword.eval, Array(source.utf8)] + tail)
+            return try await send(command(Keyword.eval, Array(source.utf8)))
         }
     }
 
@@ -301,8 +348,116 @@ enum Keyword {
     }
 }
 
-private func decimal(_ value: Int) -> [UInt8] {
-    Array(String(value).utf8)
+/// `value` in decimal, as Redis expects numbers.
+func decimal(_ value: Int) -> [UInt8] {
+    var digits: [UInt8] = []
+    digits.reserveCapacity(20)
+    appendDecimal(value, to: &digits)
+    return digits
+}
+
+/// Appends the decimal digits of `value` (and its sign) to `bytes`, without a String on the way.
+private func appendDecimal(_ value: Int, to bytes: inout [UInt8]) {
+    // Most are argument lengths and counts below 100: no loop for those.
+    if value >= 0, value < 100 {
+        if value >= 10 { bytes.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: value / 10)) }
+        bytes.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: value % 10))
+        return
+    }
+    if value < 0 { bytes.append(UInt8(ascii: "-")) }
+    let magnitude = value.magnitude
+    var divisor: UInt = 1
+    while divisor <= magnitude / 10 { divisor *= 10 }
+    while divisor > 0 {
+        bytes.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: magnitude / divisor % 10))
+        divisor /= 10
+    }
+}
+
+/// How many bytes `appendDecimal` writes for `value`.
+private func decimalLength(_ value: Int) -> Int {
+    var length = value < 0 ? 2 : 1
+    var rest = value.magnitude
+    while rest >= 10 {
+        rest /= 10
+        length += 1
+    }
+    return length
+}
+
+/// A command encoded as Redis reads it (RESP: `*<count>\r\n`, then `$<length>\r\n<bytes>\r\n` per argument),
+/// which hiredis queues as is (`redisAsyncFormattedCommand`).
+///
+/// Built in one buffer straight from its parts: no array per argument, and no second pass in which hiredis formats
+/// an argv with printf-style calls into a string of its own. Binary-safe: every argument is sent with its length.
+struct RedisCommand: Sendable {
+    /// The RESP bytes; complete once every announced argument was appended.
+    private(set) var bytes: [UInt8]
+    /// Arguments announced in the header and not appended yet.
+    private var missing: Int
+
+    /// Starts a command of `count` arguments (the name included), with room for `payload` bytes of arguments.
+    init(count: Int, payload: Int) {
+        precondition(count > 0, "a Redis command needs at least its name")
+        bytes = []
+        // Per argument: "$", up to 20 digits, two CRLFs.
+        bytes.reserveCapacity(payload + 24 * (count + 1))
+        missing = count
+        bytes.append(UInt8(ascii: "*"))
+        appendDecimal(count, to: &bytes)
+        appendNewline()
+    }
+
+    /// Encodes `arguments`, the command name first.
+    init(_ arguments: [[UInt8]]) {
+        var payload = 0
+        for argument in arguments { payload += argument.count }
+        self.init(count: arguments.count, payload: payload)
+        for argument in arguments { append(argument) }
+    }
+
+    var isComplete: Bool { missing == 0 }
+
+    mutating func append(_ argument: [UInt8]) {
+        startArgument(length: argument.count)
+        bytes.append(contentsOf: argument)
+        appendNewline()
+    }
+
+    /// Appends the UTF-8 bytes of `argument`.
+    mutating func append(_ argument: String) {
+        startArgument(length: argument.utf8.count)
+        bytes.append(contentsOf: argument.utf8)
+        appendNewline()
+    }
+
+    /// Appends one argument made of the UTF-8 bytes of `first` then those of `second` (a prefixed key).
+    mutating func append(_ first: String, _ second: String) {
+        startArgument(length: first.utf8.count + second.utf8.count)
+        bytes.append(contentsOf: first.utf8)
+        bytes.append(contentsOf: second.utf8)
+        appendNewline()
+    }
+
+    /// Appends `value` in decimal, as Redis expects numbers.
+    mutating func append(_ value: Int) {
+        startArgument(length: decimalLength(value))
+        appendDecimal(value, to: &bytes)
+        appendNewline()
+    }
+
+    private mutating func startArgument(length: Int) {
+        precondition(missing > 0, "more arguments than the RedisCommand announced")
+        missing -= 1
+        bytes.append(UInt8(ascii: "$"))
+        appendDecimal(length, to: &bytes)
+        appendNewline()
+    }
+
+    private mutating func appendNewline() {
+        bytes.append(UInt8(ascii: "\r"))
+        bytes.append(UInt8(ascii: "\n"))
+    }
 }
 
 /// The command name in upper case ASCII, for metrics, errors and the checks below.
@@ -335,9 +490,12 @@ private func unsupportedCommandReason(_ name: String, _ arguments: [[UInt8]]) ->
 
 /// One command given to hiredis: the box passed through `privdata`, back in the reply callback.
 final class PendingCommand {
+    // The caller's continuation is a `let` beside the role rather than the payload of `.caller`: the continuation's
+    // layout is not known at compile time (a library built for evolution), so an enum carrying it is copied and
+    // assigned through value witnesses on every look at the role, where this one is a plain byte.
     enum Role {
-        /// A caller's command.
-        case caller(CheckedContinuation<RedisValue, any Error>)
+        /// A caller's command, waiting for its reply (`caller`).
+        case caller
         /// A step of the connection handshake (AUTH, SELECT, PING).
         case handshake(HandshakeStep)
         /// Completed (answered, timed out or failed): a late reply is dropped.
@@ -345,28 +503,49 @@ final class PendingCommand {
     }
 
     var role: Role
+    private let caller: CheckedContinuation<RedisValue, any Error>?
     /// Upper-case command name, for metrics and messages.
     let name: String
     let start: ContinuousClock.Instant
     let deadline: ContinuousClock.Instant
+    /// How many replies the connection had received when this command was queued: the same count when it times
+    /// out means the connection has been silent since.
+    let repliesBefore: Int
     /// Fires at the caller's budget when that ends well before `deadline`; cancelled when the command completes.
     var budgetTimer: ScheduledTimer?
 
-    init(role: Role, name: String, start: ContinuousClock.Instant, deadline: ContinuousClock.Instant) {
+    /// A step of a handshake (or another command without a caller), `role` `.handshake`.
+    init(role: Role, name: String, start: ContinuousClock.Instant, deadline: ContinuousClock.Instant,
+         repliesBefore: Int = 0) {
         self.role = role
+        self.caller = nil
         self.name = name
         self.start = start
         self.deadline = deadline
+        self.repliesBefore = repliesBefore
+    }
+
+    /// A caller's command.
+    init(caller: CheckedContinuation<RedisValue, any Error>, name: String, start: ContinuousClock.Instant,
+         deadline: ContinuousClock.Instant, repliesBefore: Int) {
+        self.role = .caller
+        self.caller = caller
+        self.name = name
+        self.start = start
+        self.deadline = deadline
+        self.repliesBefore = repliesBefore
     }
 
     /// The caller still waiting, taken: from now on the command is done (a late reply is dropped) and its budget
     /// timer is cancelled. Nil when it was done already, or is a handshake step. Loop thread only.
     func takeCaller() -> CheckedContinuation<RedisValue, any Error>? {
-        guard case .caller(let continuation) = role else { return nil }
+        guard case .caller = role, let caller else { return nil }
         role = .done
-        budgetTimer?.cancel()
-        budgetTimer = nil
-        return continuation
+        if let budgetTimer {
+            budgetTimer.cancel()
+            self.budgetTimer = nil
+        }
+        return caller
     }
 
     /// Fails a caller still waiting. Only for paths that cannot happen if hiredis keeps its promises.
@@ -396,13 +575,12 @@ private final class Link {
     var handshakeRemaining = 0
     /// Why the client decided to drop this connection (timeout, failed AUTH, close); reported instead of hiredis's.
     var failure: String?
-    /// When the last reply (not a NULL) arrived: a connection that answers nothing while a command times out is
-    /// considered dead.
-    var lastReply: ContinuousClock.Instant
+    /// How many replies (not NULLs) arrived: a connection that answers nothing while a command times out is
+    /// considered dead (a count, not the time of the last reply: cheaper to keep on every reply).
+    var replies = 0
 
-    init(connection: HiredisConnection, now: ContinuousClock.Instant) {
+    init(connection: HiredisConnection) {
         self.connection = connection
-        self.lastReply = now
     }
 
     var count: Int { entries.count - head }
@@ -502,9 +680,14 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
     /// - Parameter budget: the caller's own deadline (from ``RedisTimeBudget/current``), when it has one.
     func submit(name: String, arguments: [[UInt8]], budget: ContinuousClock.Instant?,
                 continuation: CheckedContinuation<RedisValue, any Error>) {
+        submit(name: name, command: RedisCommand(arguments), budget: budget, now: .now, continuation: continuation)
+    }
+
+    /// ``submit(name:arguments:budget:continuation:)`` of a command already encoded, at `now` (the command's start).
+    func submit(name: String, command encoded: RedisCommand, budget: ContinuousClock.Instant?,
+                now: ContinuousClock.Instant, continuation: CheckedContinuation<RedisValue, any Error>) {
         loop.preconditionInLoop()
         if phase == .idle { start() }
-        let now = ContinuousClock.now
         if let budget, budget <= now {
             reject(continuation, name: name, error: RedisClientError.timeout.with("the request's Redis time is spent"),
                    outcome: .timeout)
@@ -526,10 +709,10 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
                 reject(continuation, name: name, error: RedisClientError.notConnected.with(detail))
                 return
             }
-            let command = PendingCommand(role: .caller(continuation), name: name, start: now,
-                                         deadline: now + configuration.commandTimeout)
+            let command = PendingCommand(caller: continuation, name: name, start: now,
+                                         deadline: now + configuration.commandTimeout, repliesBefore: link.replies)
             do {
-                try link.connection.send(arguments, command: command)
+                try link.connection.send(encoded, command: command)
             } catch {
                 // The connection is going away (hiredis refuses new commands while it tears a context down).
                 command.role = .done
@@ -574,7 +757,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             attemptFailed(error.description)
             return
         }
-        let link = Link(connection: connection, now: now)
+        let link = Link(connection: connection)
         self.link = link
         phase = .connecting
         // The handshake goes first so that commands queued while connecting run after AUTH and SELECT. Its
@@ -737,7 +920,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             }
             link.expired += 1
             guard let continuation = head.takeCaller() else { continue }   // answered early (its budget ended)
-            if link.lastReply < head.start, silentSince == nil { silentSince = head.start }
+            if link.replies == head.repliesBefore, silentSince == nil { silentSince = head.start }
             record(head.name, since: head.start, outcome: .timeout)
             let detail = "\(head.name) got no reply within \(milliseconds(configuration.commandTimeout)) ms"
             continuation.resume(throwing: RedisClientError.timeout.with(detail))
@@ -764,7 +947,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             complete(command, reply: reply, link: nil, reason: connection.failureReason)
             return
         }
-        if reply != nil { link.lastReply = .now }
+        if reply != nil { link.replies &+= 1 }
         link.remove(command)
         if case .handshake(let step) = command.role {
             command.role = .done
@@ -802,7 +985,9 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
 
     // MARK: Completing commands
 
-    private func complete(_ command: PendingCommand, reply: RedisValue?, link: Link?, reason: String?) {
+    // `reason` is only needed for a nil reply: not worked out for every reply.
+    private func complete(_ command: PendingCommand, reply: RedisValue?, link: Link?,
+                          reason: @autoclosure () -> String?) {
         guard let continuation = command.takeCaller() else { return }   // timed out earlier, or a handshake
         switch reply {
         case nil:
@@ -812,9 +997,9 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             if phase == .closed {
                 error = RedisClientError.connectionClosed.with("the client was closed")
             } else if let link, link.handshakeRemaining > 0 {
-                error = RedisClientError.connectFailed(reason ?? "connection closed")
+                error = RedisClientError.connectFailed(reason() ?? "connection closed")
             } else {
-                error = RedisClientError.connectionClosed.with(reason)
+                error = RedisClientError.connectionClosed.with(reason())
             }
             record(command.name, since: command.start, outcome: .connectionError)
             continuation.resume(throwing: error)

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Synchronization
 
 /// How long the current task may still wait on Redis in all, when something above the client has a budget of its
@@ -30,7 +35,12 @@ public final class RedisTimeBudget: Sendable {
     /// Adds the wait of one command.
     public func record(_ wait: Duration) {
         let (seconds, attoseconds) = wait.components
-        spentNanoseconds.add(seconds * 1_000_000_000 + attoseconds / 1_000_000_000, ordering: .relaxed)
+        record(nanoseconds: seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+
+    /// Adds the wait of one command, measured with ``RedisStopwatch``.
+    func record(nanoseconds: Int64) {
+        spentNanoseconds.add(nanoseconds, ordering: .relaxed)
     }
 }
 
@@ -49,9 +59,25 @@ public enum RedisDeadline {
     }
 
     /// ``effective`` as of `now`, for `budget`.
-    static func effective(at now: ContinuousClock.Instant, budget: RedisTimeBudget?) -> ContinuousClock.Instant? {
+    static func effective(at now: @autoclosure () -> ContinuousClock.Instant,
+                          budget: RedisTimeBudget?) -> ContinuousClock.Instant? {
         guard let budget else { return current }
-        let end = now + budget.remaining
-        return current.map { min($0, end) } ?? end
+        let end = now() + budget.remaining
+        guard let current else { return end }
+        return min(current, end)
+    }
+}
+
+/// A monotonic clock in nanoseconds, for measuring waits in async code.
+///
+/// Not `ContinuousClock`: its `Instant` comes from a library built for evolution, so its size is unknown to the
+/// compiler, and an async function keeps each instant it holds across an `await` in a task allocation of its own,
+/// copied through value witnesses; and turning the `Duration` between two of them into nanoseconds
+/// (`components`) is a 128-bit division. An `Int64` sits in the frame like any integer.
+enum RedisStopwatch {
+    static func nanoseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
     }
 }

@@ -117,6 +117,15 @@ public final class RedisSessionStore: SessionStore {
     /// The Redis key of a session.
     public func key(for id: String) -> String { prefix + id }
 
+    /// ``key(for:)`` as bytes, made in one buffer (not a String first, then its bytes).
+    func keyBytes(for id: String) -> [UInt8] {
+        var key: [UInt8] = []
+        key.reserveCapacity(prefix.utf8.count + id.utf8.count)
+        key.append(contentsOf: prefix.utf8)
+        key.append(contentsOf: id.utf8)
+        return key
+    }
+
     /// The command timeout: a request's session calls share one timeout's worth of Redis time (see
     /// ``RedisTimeBudget``), so a slow load leaves less time for the save and a request never waits on Redis longer
     /// than the timeout in all.
@@ -144,7 +153,7 @@ public final class RedisSessionStore: SessionStore {
         let bytes: [UInt8]?
         do {
             if let refresh, refresh > 0 {
-                bytes = try await client.get(key(for: id), refreshingExpiry: refresh)
+                bytes = try await client.get(prefix: prefix, id: id, refreshingExpiry: refresh)
             } else {
                 bytes = try await client.get(key(for: id))
             }
@@ -163,20 +172,20 @@ public final class RedisSessionStore: SessionStore {
     /// key (destroyed or expired meanwhile) is never re-created for a session that was loaded.
     public func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
         let client = try writeClient()
-        let key = key(for: id)
+        let key = keyBytes(for: id)
         var base = write.base
         for _ in 0..<RedisSessionStore.maximumCommitAttempts {
             let data = write.data(onto: base?.data.values ?? JSONObject())
             let seconds = ttl(for: data)
             guard seconds > 0 else {
                 // An expired cookie: connect-redis deletes instead of writing.
-                _ = try await client.write([Keyword.del, Array(key.utf8)], waitingFor: waitForReplicas)
+                _ = try await client.write([Keyword.del, key], waitingFor: waitForReplicas)
                 return .gone
             }
             let json = data.jsonBytes()
             let expected = base.map { RedisScript.sha1Hex($0.versionBytes) } ?? []
             let reply = try await evalWriting(RedisSessionStore.compareAndSet, on: client, key: key,
-                                              arguments: [expected, json, Array(String(seconds).utf8)])
+                                              arguments: [expected, json, decimal(seconds)])
             switch reply {
             case .integer(1):
                 return .saved(StoredSession(data: data, version: json, expiryRefreshed: true))
@@ -215,9 +224,9 @@ public final class RedisSessionStore: SessionStore {
 
     /// A script that writes `key`, through ``RedisSessionTarget/write(_:waitingFor:)`` so that `waitForReplicas`
     /// applies.
-    private func evalWriting(_ script: RedisScript, on client: any RedisSessionTarget, key: String,
+    private func evalWriting(_ script: RedisScript, on client: any RedisSessionTarget, key: [UInt8],
                              arguments: [[UInt8]]) async throws -> RedisValue {
-        try await script.run(keys: [key], arguments: arguments) {
+        try await script.run(keyBytes: [key], arguments: arguments) {
             try await client.write($0, waitingFor: waitForReplicas)
         }
     }
@@ -407,11 +416,12 @@ private enum ClientSource: Sendable {
 private final class PerLoopClients: Sendable {
     let configuration: RedisConfiguration
     // Keyed by the loop's identity; each client holds its loop strongly, so an identifier is never reused while
-    // its entry exists.
-    private let clients = Mutex<[ObjectIdentifier: RedisClient]>([:])
+    // its entry exists. A short list rather than a dictionary: there are as many loops as server threads, and
+    // comparing a few identities is cheaper than hashing one for the lookup every command makes.
+    private let clients = Mutex<[(loop: ObjectIdentifier, client: RedisClient)]>([])
     /// A second connection per loop for writes followed by WAIT, made only when asked for: WAIT blocks its
     /// connection, and the loop's reads must not queue behind it.
-    private let waitClients = Mutex<[ObjectIdentifier: RedisClient]>([:])
+    private let waitClients = Mutex<[(loop: ObjectIdentifier, client: RedisClient)]>([])
     private let loops = FallbackLoop(name: "redis-session-store")
 
     init(configuration: RedisConfiguration) {
@@ -429,21 +439,22 @@ private final class PerLoopClients: Sendable {
         return waitClients.withLock { Self.client(in: &$0, loop: loop, configuration: configuration) }
     }
 
-    private static func client(in clients: inout [ObjectIdentifier: RedisClient], loop: EventLoop,
+    private static func client(in clients: inout [(loop: ObjectIdentifier, client: RedisClient)], loop: EventLoop,
                                configuration: RedisConfiguration) -> RedisClient {
-        if let client = clients[ObjectIdentifier(loop)] { return client }
+        let id = ObjectIdentifier(loop)
+        for entry in clients where entry.loop == id { return entry.client }
         let client = RedisClient(configuration: configuration, loop: loop)
-        clients[ObjectIdentifier(loop)] = client
+        clients.append((id, client))
         return client
     }
 
     /// How many of the clients made so far are not connected.
     func disconnectedCount() -> Int {
-        clients.withLock { clients in clients.values.count { !$0.isConnected } }
+        clients.withLock { clients in clients.count { !$0.client.isConnected } }
     }
 
     deinit {
-        for client in clients.withLock({ Array($0.values) }) + waitClients.withLock({ Array($0.values) }) {
+        for client in clients.withLock({ $0.map(\.client) }) + waitClients.withLock({ $0.map(\.client) }) {
             client.close()
         }
         loops.shutdown()

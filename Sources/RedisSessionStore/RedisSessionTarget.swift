@@ -6,9 +6,16 @@ import EvServer
 
 /// The commands ``RedisSessionStore`` sends, with the operations whose shape differs on a cluster (listing,
 /// multi-key reads, WAIT on the node that took the write) spelled out.
+///
+/// The two commands of the request path are `nonisolated(nonsending)`: the store's call through the existential
+/// then runs on the caller's executor, so neither the witness nor the store, after the call returns, goes through
+/// an executor check (RedisClient's implementations are nonsending too; a cluster's get a hop in their thunk).
 protocol RedisSessionTarget: Sendable {
     func get(_ key: String) async throws -> [UInt8]?
-    func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]?
+    nonisolated(nonsending) func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]?
+    /// ``get(_:refreshingExpiry:)`` of the key `prefix + id`; a single server's client encodes it without making
+    /// the key a String first.
+    nonisolated(nonsending) func get(prefix: String, id: String, refreshingExpiry seconds: Int) async throws -> [UInt8]?
     @discardableResult func expire(_ key: String, after seconds: Int) async throws -> Bool
     /// DEL; on a cluster, keys of several slots are split into one DEL per slot.
     @discardableResult func delete(_ keys: [String]) async throws -> Int
@@ -17,7 +24,7 @@ protocol RedisSessionTarget: Sendable {
     func send(_ arguments: [[UInt8]]) async throws -> RedisValue
     /// A write on one key; then, when `replicas` > 0, `WAIT replicas <remaining deadline>` on the connection that
     /// took it, throwing ``RedisReplicationError`` when fewer replicas acknowledged in time.
-    func write(_ arguments: [[UInt8]], waitingFor replicas: Int) async throws -> RedisValue
+    nonisolated(nonsending) func write(_ arguments: [[UInt8]], waitingFor replicas: Int) async throws -> RedisValue
     /// One client per primary, to SCAN them all.
     func scanClients() async throws -> [RedisClient]
     /// The values of `keys` (MGET; on a cluster one MGET per slot), `.null` for a missing key, in `keys`' order.
@@ -25,7 +32,7 @@ protocol RedisSessionTarget: Sendable {
 }
 
 extension RedisClient: RedisSessionTarget {
-    func write(_ arguments: [[UInt8]], waitingFor replicas: Int) async throws -> RedisValue {
+    nonisolated(nonsending) func write(_ arguments: [[UInt8]], waitingFor replicas: Int) async throws -> RedisValue {
         guard replicas > 0 else { return try await send(arguments) }
         // One deadline for the write and its WAIT together, not one each.
         return try await withOneDeadline(orAfter: configuration.commandTimeout) { _ in
@@ -48,6 +55,10 @@ extension RedisClient: RedisSessionTarget {
 }
 
 extension RedisClusterClient: RedisSessionTarget {
+    nonisolated(nonsending) func get(prefix: String, id: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
+        try await get(prefix + id, refreshingExpiry: seconds)
+    }
+
     func write(_ arguments: [[UInt8]], waitingFor replicas: Int) async throws -> RedisValue {
         guard replicas > 0 else { return try await send(arguments) }
         // One deadline for the write (with its redirections and retries) and its WAIT together; on the nodes'
