@@ -77,7 +77,7 @@ public struct JSONObject: Sendable, Hashable {
     }
 
     /// Makes room for `count` members, so that building a small object allocates once.
-    mutating func reserveCapacity(_ count: Int) {
+    package mutating func reserveCapacity(_ count: Int) {
         entries.reserveCapacity(count)
     }
 
@@ -425,19 +425,78 @@ private enum ASCII {
     static let zero: UInt8 = 0x30, nine: UInt8 = 0x39
 }
 
-private struct JSONParser {
+/// An object key as the parser read it: where it is in the input when it was plain ASCII (no escapes), so that it
+/// can be compared with a known name without making a `String`; otherwise its decoded text.
+package struct JSONKey {
+    fileprivate let range: Range<Int>
+    fileprivate let decoded: String?
+}
+
+/// The JSON parser. ``JSONValue/init(parsing:)`` builds a whole tree with it; inside the package, a reader that wants
+/// a few known members of an object (a stored session's cookie) walks the object with ``parseObject(members:)``
+/// instead, so those members never become a tree. Both go through the same grammar code, errors and offsets.
+package struct JSONParser {
     let bytes: [UInt8]
     var position = 0
     var depth = 0
 
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    package init(_ bytes: [UInt8]) { self.bytes = bytes }
 
     mutating func parseDocument() throws(JSONParseError) -> JSONValue {
         skipWhitespace()
         let value = try parseValue()
+        try parseEnd()
+        return value
+    }
+
+    /// Parses the whole input. When it is an object, `member` is called for each member in order, positioned at its
+    /// value, and must parse that value (``parseValue()`` or ``parseObject(members:)``); a repeated key is passed
+    /// again. - Returns: whether the input is an object (when not, the value was parsed and dropped).
+    package mutating func parseDocument(
+        members member: (inout JSONParser, JSONKey) throws(JSONParseError) -> Void
+    ) throws(JSONParseError) -> Bool {
+        skipWhitespace()
+        let isObject = try parseObject(members: member)
+        try parseEnd()
+        return isObject
+    }
+
+    /// Parses the value at the current position. When it is an object, `member` is called for each member as in
+    /// ``parseDocument(members:)``. - Returns: whether it is an object (when not, the value was parsed and dropped).
+    package mutating func parseObject(
+        members member: (inout JSONParser, JSONKey) throws(JSONParseError) -> Void
+    ) throws(JSONParseError) -> Bool {
+        guard position < bytes.count, bytes[position] == ASCII.openBrace else {
+            _ = try parseValue()
+            return false
+        }
+        try parseMembers(member)
+        return true
+    }
+
+    /// Whether `key` is `name`, byte for byte (JavaScript's property-name identity).
+    package func key(_ key: JSONKey, is name: String) -> Bool {
+        if let decoded = key.decoded { return decoded.utf8Equals(name) }
+        // The length first: a literal's count is a few instructions, its span a call.
+        guard key.range.count == name.utf8.count else { return false }
+        let input = bytes.span, expected = name.utf8.span
+        var index = key.range.lowerBound
+        for offset in expected.indices {
+            guard input[index] == expected[offset] else { return false }
+            index += 1
+        }
+        return true
+    }
+
+    /// The text of `key`.
+    package func string(_ key: JSONKey) -> String {
+        if let decoded = key.decoded { return decoded }
+        return String(decoding: bytes[key.range], as: UTF8.self)
+    }
+
+    private mutating func parseEnd() throws(JSONParseError) {
         skipWhitespace()
         guard position == bytes.count else { throw JSONParseError(.trailingCharacters, at: position) }
-        return value
     }
 
     @inline(__always)
@@ -450,7 +509,7 @@ private struct JSONParser {
         }
     }
 
-    mutating func parseValue() throws(JSONParseError) -> JSONValue {
+    package mutating func parseValue() throws(JSONParseError) -> JSONValue {
         guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
         switch bytes[position] {
         case ASCII.quote: return .string(try parseString())
@@ -517,26 +576,37 @@ private struct JSONParser {
         }
     }
 
-    mutating func parseObject() throws(JSONParseError) -> JSONObject {
+    /// At a `{`: the object's grammar, calling `member` at each value (which the closure parses).
+    @inline(__always)
+    mutating func parseMembers(
+        _ member: (inout JSONParser, JSONKey) throws(JSONParseError) -> Void
+    ) throws(JSONParseError) {
         try enter()
         position += 1   // {
-        var object = JSONObject()
-        if try closes(ASCII.closeBrace) { return object }
-        // One allocation for the small objects sessions are made of, instead of growing 1, 2, 4, 8.
-        object.reserveCapacity(8)
+        if try closes(ASCII.closeBrace) { return }
         while true {
             guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
             guard bytes[position] == ASCII.quote else { throw JSONParseError(.unexpectedCharacter, at: position) }
-            let key = try parseString()
+            let key = try parseKey()
             skipWhitespace()
             guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
             guard bytes[position] == ASCII.colon else { throw JSONParseError(.unexpectedCharacter, at: position) }
             position += 1
             skipWhitespace()
-            let value = try parseValue()
-            object.updateValue(value, forKey: key)
-            if try endsAfterMember(ASCII.closeBrace) { return object }
+            try member(&self, key)
+            if try endsAfterMember(ASCII.closeBrace) { return }
         }
+    }
+
+    mutating func parseObject() throws(JSONParseError) -> JSONObject {
+        var object = JSONObject()
+        try parseMembers { parser, key throws(JSONParseError) in
+            // One allocation for the small objects sessions are made of, instead of growing 1, 2, 4, 8.
+            if object.isEmpty { object.reserveCapacity(8) }
+            let value = try parser.parseValue()
+            object.updateValue(value, forKey: parser.string(key))
+        }
+        return object
     }
 
     mutating func parseArray() throws(JSONParseError) -> [JSONValue] {
@@ -580,28 +650,40 @@ private struct JSONParser {
     }
 
     mutating func parseString() throws(JSONParseError) -> String {
+        string(try parseKey())
+    }
+
+    /// A string at its opening quote, as a key: a range of the input when it is plain ASCII.
+    mutating func parseKey() throws(JSONParseError) -> JSONKey {
         let open = position
-        position += 1   // "
-        let start = position
-        var ascii = true
-        // Fast path: no escapes, so the string is a slice of the input.
-        while position < bytes.count {
-            let byte = bytes[position]
-            if byte == ASCII.quote {
-                let slice = bytes[start..<position]
-                position += 1
-                if ascii { return String(decoding: slice, as: UTF8.self) }
-                guard let text = String(validating: slice, as: UTF8.self) else {
-                    throw JSONParseError(.invalidUTF8, at: open)
-                }
-                return text
-            }
-            if byte == ASCII.backslash { return try parseEscapedString(open: open, start: start) }
-            if byte < 0x20 { throw JSONParseError(.controlCharacter, at: position) }
-            if byte >= 0x80 { ascii = false }
-            position += 1
+        let start = position + 1
+        let (end, ascii) = try scanPlainRun(from: start)
+        if bytes[end] == ASCII.backslash {
+            position = end
+            return JSONKey(range: start..<end, decoded: try parseEscapedString(open: open, start: start))
         }
-        throw JSONParseError(.unexpectedEnd, at: position)
+        position = end + 1
+        if ascii { return JSONKey(range: start..<end, decoded: nil) }
+        guard let text = String(validating: bytes[start..<end], as: UTF8.self) else {
+            throw JSONParseError(.invalidUTF8, at: open)
+        }
+        return JSONKey(range: start..<end, decoded: text)
+    }
+
+    /// From `start` inside a string to the closing quote or the first backslash (the index returned), and whether
+    /// the bytes before it are all ASCII. Over a span: every key and string of every loaded session passes here.
+    func scanPlainRun(from start: Int) throws(JSONParseError) -> (end: Int, ascii: Bool) {
+        let input = bytes.span
+        var index = start
+        var high: UInt8 = 0
+        while index < input.count {
+            let byte = input[index]
+            if byte == ASCII.quote || byte == ASCII.backslash { return (index, high < 0x80) }
+            if byte < 0x20 { throw JSONParseError(.controlCharacter, at: index) }
+            high |= byte
+            index += 1
+        }
+        throw JSONParseError(.unexpectedEnd, at: index)
     }
 
     /// The slow path, from the first backslash on: decode into a buffer.

@@ -55,18 +55,31 @@ extension SessionData {
     /// fields are ignored; `expires` may have milliseconds or not, or be unreadable (then the cookie has no expiry).
     /// - Throws: ``SessionDecodingError`` when the value is not JSON, not an object, or has no object `cookie`.
     public init(json bytes: [UInt8]) throws(SessionDecodingError) {
-        let value: JSONValue
+        // One pass over the bytes with the JSON parser, member by member: the cookie's fields go straight into a
+        // SessionCookie (no tree, no key strings for them) and the other members into the values. This runs for
+        // every request that carries a session. It reads exactly what parsing the whole value and then taking
+        // `cookie` out would: a repeated key counts with its last value, and a repeated `cookie` starts over.
+        var values = JSONObject()
+        var cookie: SessionCookie?
+        var parser = JSONParser(bytes)
+        let isObject: Bool
         do {
-            value = try JSONValue(parsing: bytes)
+            isObject = try parser.parseDocument { parser, key throws(JSONParseError) in
+                if parser.key(key, is: "cookie") {
+                    cookie = try SessionCookie.parse(&parser)
+                } else {
+                    // One allocation for the handful of values a session holds, instead of growing 1, 2, 4, 8.
+                    if values.isEmpty { values.reserveCapacity(8) }
+                    let value = try parser.parseValue()
+                    values.updateValue(value, forKey: parser.string(key))
+                }
+            }
         } catch {
             throw .notJSON(error)
         }
-        // `consume`: the object's storage then has one owner, so removing "cookie" does not copy every member.
-        guard case .object(var object) = consume value else { throw .notAnObject }
-        guard case .object(let cookieObject)? = object.removeValue(forKey: "cookie") else {
-            throw .cookieNotAnObject
-        }
-        self.init(cookie: SessionCookie(json: cookieObject), values: object)
+        guard isObject else { throw .notAnObject }
+        guard let cookie else { throw .cookieNotAnObject }
+        self.init(cookie: cookie, values: values)
     }
 
     /// Reads a stored session from text (see ``init(json:)-([UInt8])``).
@@ -76,36 +89,40 @@ extension SessionData {
 }
 
 extension SessionCookie {
-    /// Reads express's cookie data the way `new Cookie(sess.cookie)` does: `path` defaults to "/", `httpOnly` to
-    /// true, `originalMaxAge` is kept as stored.
-    init(json object: JSONObject) {
-        self.init(originalMaxAge: nil, expires: nil, secure: nil, httpOnly: true, path: "/", domain: nil, sameSite: nil)
-        // One walk over the members (keys are unique in a JSONObject), not a lookup per field: this runs for every
-        // session loaded. `==` on these ASCII names is byte equality: the only non-ASCII characters canonically
-        // equivalent to ASCII ones are the Kelvin sign (K), U+037E (;) and U+1FEF (`), and no name here has those.
-        for (key, value) in object {
-            switch key {
-            case "originalMaxAge":
-                if let ms = value.doubleValue, ms.isFinite, abs(ms) < 9e15 {
-                    originalMaxAge = Int64(ms.rounded(.towardZero))
-                }
-            case "expires":
-                if let text = value.stringValue, let ms = ISO8601Milliseconds.parse(text) {
-                    expires = Date(javaScriptMilliseconds: ms)
-                }
-            case "secure":
-                secure = value.boolValue
-            case "httpOnly":
-                if let httpOnly = value.boolValue { self.httpOnly = httpOnly }
-            case "path":
-                if let path = value.stringValue { self.path = path }
-            case "domain":
-                domain = value.stringValue
-            case "sameSite":
-                sameSite = SessionCookie.sameSite(value)
-            default:
-                break
+    /// Parses express's cookie data (the value at the parser's position) the way `new Cookie(sess.cookie)` reads
+    /// it: `path` defaults to "/", `httpOnly` to true, `originalMaxAge` is kept as stored.
+    /// - Returns: nil when the value is not an object.
+    static func parse(_ parser: inout JSONParser) throws(JSONParseError) -> SessionCookie? {
+        var cookie = SessionCookie(originalMaxAge: nil, expires: nil, secure: nil, httpOnly: true, path: "/",
+                                   domain: nil, sameSite: nil)
+        let isObject = try parser.parseObject { parser, key throws(JSONParseError) in
+            let value = try parser.parseValue()
+            cookie.read(value, for: key, in: parser)
+        }
+        return isObject ? cookie : nil
+    }
+
+    /// Sets the field `key` from `value`. Each field is set from its value alone (a default when unreadable), so that
+    /// a field repeated in the JSON reads as its last value, as JSON.parse keeps it.
+    private mutating func read(_ value: JSONValue, for key: JSONKey, in parser: JSONParser) {
+        if parser.key(key, is: "originalMaxAge") {
+            if let ms = value.doubleValue, ms.isFinite, abs(ms) < 9e15 {
+                originalMaxAge = Int64(ms.rounded(.towardZero))
+            } else {
+                originalMaxAge = nil
             }
+        } else if parser.key(key, is: "expires") {
+            expires = value.stringValue.flatMap(ISO8601Milliseconds.parse).map { Date(javaScriptMilliseconds: $0) }
+        } else if parser.key(key, is: "secure") {
+            secure = value.boolValue
+        } else if parser.key(key, is: "httpOnly") {
+            httpOnly = value.boolValue ?? true
+        } else if parser.key(key, is: "path") {
+            path = value.stringValue ?? "/"
+        } else if parser.key(key, is: "domain") {
+            domain = value.stringValue
+        } else if parser.key(key, is: "sameSite") {
+            sameSite = SessionCookie.sameSite(value)
         }
     }
 
