@@ -811,9 +811,9 @@ extension JSONValue {
     /// Appends the value as JSON text to `out` (see ``serialized()``).
     public func serialize(into out: inout [UInt8]) {
         switch self {
-        case .null: out.append(contentsOf: "null".utf8)
-        case .bool(let value): out.append(contentsOf: value ? "true".utf8 : "false".utf8)
-        case .number(let literal): out.append(contentsOf: literal.utf8)
+        case .null: out.appendUTF8("null")
+        case .bool(let value): out.appendUTF8(value ? "true" : "false")
+        case .number(let literal): out.appendUTF8(literal)
         case .string(let value): JSONValue.serializeString(value, into: &out)
         case .array(let elements):
             out.append(ASCII.openBracket)
@@ -830,40 +830,55 @@ extension JSONValue {
 
     /// Appends `string` as a quoted, escaped JSON string (JSON.stringify's QuoteJSONString).
     public static func serializeString(_ string: String, into out: inout [UInt8]) {
-        out.append(ASCII.quote)
-        var needsEscaping = false
-        // A span, not the UTF-8 view's iterator: every key and string of every saved session passes here.
+        // Every key and string of every saved session passes here, and almost none needs escaping: copy from the
+        // span in one append (quotes included) until a byte that needs an escape, if any, and go on byte by byte
+        // from there.
         let bytes = string.utf8.span
-        for index in bytes.indices {
-            let byte = bytes[index]
-            if byte < 0x20 || byte == ASCII.quote || byte == ASCII.backslash {
-                needsEscaping = true
-                break
-            }
-        }
-        if !needsEscaping {
-            out.append(contentsOf: string.utf8)
-        } else {
-            for byte in string.utf8 {
-                switch byte {
-                case ASCII.quote: out.append(ASCII.backslash); out.append(ASCII.quote)
-                case ASCII.backslash: out.append(ASCII.backslash); out.append(ASCII.backslash)
-                case 0x08: out.append(ASCII.backslash); out.append(UInt8(ascii: "b"))
-                case 0x0C: out.append(ASCII.backslash); out.append(UInt8(ascii: "f"))
-                case 0x0A: out.append(ASCII.backslash); out.append(UInt8(ascii: "n"))
-                case 0x0D: out.append(ASCII.backslash); out.append(UInt8(ascii: "r"))
-                case 0x09: out.append(ASCII.backslash); out.append(UInt8(ascii: "t"))
-                case 0..<0x20:
-                    // Only 0x00-0x1F get here, so the high digit is 0 or 1 and the low one may be a-f.
-                    let low = byte & 0x0F
-                    out.append(contentsOf: [ASCII.backslash, UInt8(ascii: "u"), ASCII.zero, ASCII.zero])
-                    out.append(ASCII.zero + (byte >> 4))
-                    out.append(low < 10 ? ASCII.zero + low : UInt8(ascii: "a") + low - 10)
-                default: out.append(byte)
+        var escapeFrom = bytes.count
+        out.append(addingCapacity: bytes.count + 2) { out in
+            out.append(ASCII.quote)
+            for index in bytes.indices {
+                let byte = bytes[index]
+                if byte < 0x20 || byte == ASCII.quote || byte == ASCII.backslash {
+                    escapeFrom = index
+                    return
                 }
+                out.append(byte)
+            }
+            out.append(ASCII.quote)
+        }
+        guard escapeFrom < bytes.count else { return }
+        for index in escapeFrom..<bytes.count {
+            let byte = bytes[index]
+            switch byte {
+            case ASCII.quote: out.append(ASCII.backslash); out.append(ASCII.quote)
+            case ASCII.backslash: out.append(ASCII.backslash); out.append(ASCII.backslash)
+            case 0x08: out.append(ASCII.backslash); out.append(UInt8(ascii: "b"))
+            case 0x0C: out.append(ASCII.backslash); out.append(UInt8(ascii: "f"))
+            case 0x0A: out.append(ASCII.backslash); out.append(UInt8(ascii: "n"))
+            case 0x0D: out.append(ASCII.backslash); out.append(UInt8(ascii: "r"))
+            case 0x09: out.append(ASCII.backslash); out.append(UInt8(ascii: "t"))
+            case 0..<0x20:
+                // Only 0x00-0x1F get here, so the high digit is 0 or 1 and the low one may be a-f.
+                let low = byte & 0x0F
+                out.append(contentsOf: [ASCII.backslash, UInt8(ascii: "u"), ASCII.zero, ASCII.zero])
+                out.append(ASCII.zero + (byte >> 4))
+                out.append(low < 10 ? ASCII.zero + low : UInt8(ascii: "a") + low - 10)
+            default: out.append(byte)
             }
         }
         out.append(ASCII.quote)
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Appends the UTF-8 of `text`, copied from its span: `append(contentsOf: text.utf8)` walks the view as a
+    /// generic sequence, which costs about twice as much for the short pieces JSON is written in.
+    package mutating func appendUTF8(_ text: String) {
+        let source = text.utf8.span
+        append(addingCapacity: source.count) { out in
+            for index in source.indices { out.append(source[index]) }
+        }
     }
 }
 

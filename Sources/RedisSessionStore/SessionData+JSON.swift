@@ -151,36 +151,32 @@ extension SessionCookie {
 
     /// Appends express's `cookie.data` as JSON, in its field order, leaving out what JavaScript would leave undefined.
     func serialize(into out: inout [UInt8]) {
-        out.append(contentsOf: #"{"originalMaxAge":"#.utf8)
-        if let originalMaxAge { out.append(contentsOf: String(originalMaxAge).utf8) } else { out.append(contentsOf: "null".utf8) }
-        out.append(contentsOf: #","expires":"#.utf8)
+        out.appendUTF8(#"{"originalMaxAge":"#)
+        if let originalMaxAge { out.appendUTF8(String(originalMaxAge)) } else { out.appendUTF8("null") }
+        out.appendUTF8(#","expires":"#)
         if let expires {
             out.append(UInt8(ascii: "\""))
             ISO8601Milliseconds.format(expires.javaScriptMilliseconds, into: &out)
             out.append(UInt8(ascii: "\""))
         } else {
-            out.append(contentsOf: "null".utf8)
+            out.appendUTF8("null")
         }
-        if let secure { out.append(contentsOf: (secure ? #","secure":true"# : #","secure":false"#).utf8) }
-        out.append(contentsOf: (httpOnly ? #","httpOnly":true"# : #","httpOnly":false"#).utf8)
+        if let secure { out.appendUTF8(secure ? #","secure":true"# : #","secure":false"#) }
+        out.appendUTF8(httpOnly ? #","httpOnly":true"# : #","httpOnly":false"#)
         if let domain {
-            out.append(contentsOf: #","domain":"#.utf8)
+            out.appendUTF8(#","domain":"#)
             JSONValue.serializeString(domain, into: &out)
         }
-        out.append(contentsOf: #","path":"#.utf8)
+        out.appendUTF8(#","path":"#)
         JSONValue.serializeString(path, into: &out)
-        if let sameSite {
-            // express users configure the lower-case names ('lax'), which is what express stores.
-            let name: String = switch sameSite {
-            case .lax: "lax"
-            case .strict: "strict"
-            case .none: "none"
-            }
-            out.append(contentsOf: #","sameSite":""#.utf8)
-            out.append(contentsOf: name.utf8)
-            out.append(UInt8(ascii: "\""))
+        // express users configure the lower-case names ('lax'), which is what express stores. The last field and
+        // the closing brace go in one piece.
+        switch sameSite {
+        case .lax?: out.appendUTF8(#","sameSite":"lax"}"#)
+        case .strict?: out.appendUTF8(#","sameSite":"strict"}"#)
+        case SetCookie.SameSite.none?: out.appendUTF8(#","sameSite":"none"}"#)
+        case nil: out.append(UInt8(ascii: "}"))
         }
-        out.append(UInt8(ascii: "}"))
     }
 }
 
