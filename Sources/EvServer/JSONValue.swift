@@ -218,6 +218,7 @@ extension JSONObject: ExpressibleByDictionaryLiteral {
     /// Creates an object from key-value pairs; a repeated key keeps its first position and its last value.
     public init<S: Sequence>(_ pairs: S) where S.Element == (String, JSONValue) {
         self.init()
+        entries.reserveCapacity(pairs.underestimatedCount)   // one allocation for a literal, not one per doubling
         for (key, value) in pairs { updateValue(value, forKey: key) }
     }
 }
@@ -430,6 +431,14 @@ private enum ASCII {
 package struct JSONKey {
     fileprivate let range: Range<Int>
     fileprivate let decoded: String?
+
+    /// The key's length in UTF-8 bytes: a cheap first test before comparing it with several names.
+    package var utf8Count: Int { decoded?.utf8.count ?? range.count }
+
+    fileprivate init(range: Range<Int>, decoded: String?) {
+        self.range = range
+        self.decoded = decoded
+    }
 }
 
 /// The JSON parser. ``JSONValue/init(parsing:)`` builds a whole tree with it; inside the package, a reader that wants
@@ -477,7 +486,6 @@ package struct JSONParser {
     /// Whether `key` is `name`, byte for byte (JavaScript's property-name identity).
     package func key(_ key: JSONKey, is name: String) -> Bool {
         if let decoded = key.decoded { return decoded.utf8Equals(name) }
-        // The length first: a literal's count is a few instructions, its span a call.
         guard key.range.count == name.utf8.count else { return false }
         let input = bytes.span, expected = name.utf8.span
         var index = key.range.lowerBound

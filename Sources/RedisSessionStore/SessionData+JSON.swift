@@ -66,7 +66,7 @@ extension SessionData {
         do {
             isObject = try parser.parseDocument { parser, key throws(JSONParseError) in
                 if parser.key(key, is: "cookie") {
-                    cookie = try SessionCookie.parse(&parser)
+                    try SessionCookie.parse(&parser, into: &cookie)
                 } else {
                     // One allocation for the handful of values a session holds, instead of growing 1, 2, 4, 8.
                     if values.isEmpty { values.reserveCapacity(8) }
@@ -78,8 +78,8 @@ extension SessionData {
             throw .notJSON(error)
         }
         guard isObject else { throw .notAnObject }
-        guard let cookie else { throw .cookieNotAnObject }
-        self.init(cookie: cookie, values: values)
+        guard let cookie = consume cookie else { throw .cookieNotAnObject }
+        self.init(cookie: cookie, values: consume values)
     }
 
     /// Reads a stored session from text (see ``init(json:)-([UInt8])``).
@@ -89,40 +89,44 @@ extension SessionData {
 }
 
 extension SessionCookie {
-    /// Parses express's cookie data (the value at the parser's position) the way `new Cookie(sess.cookie)` reads
-    /// it: `path` defaults to "/", `httpOnly` to true, `originalMaxAge` is kept as stored.
-    /// - Returns: nil when the value is not an object.
-    static func parse(_ parser: inout JSONParser) throws(JSONParseError) -> SessionCookie? {
-        var cookie = SessionCookie(originalMaxAge: nil, expires: nil, secure: nil, httpOnly: true, path: "/",
-                                   domain: nil, sameSite: nil)
+    /// Parses express's cookie data (the value at the parser's position) into `cookie` the way `new Cookie(sess.cookie)`
+    /// reads it: `path` defaults to "/", `httpOnly` to true, `originalMaxAge` is kept as stored. `cookie` becomes nil
+    /// when the value is not an object. (Filled in place: returning it would copy the cookie, strings and all.)
+    static func parse(_ parser: inout JSONParser, into cookie: inout SessionCookie?) throws(JSONParseError) {
+        cookie = SessionCookie(originalMaxAge: nil, expires: nil, secure: nil, httpOnly: true, path: "/", domain: nil,
+                               sameSite: nil)
         let isObject = try parser.parseObject { parser, key throws(JSONParseError) in
             let value = try parser.parseValue()
-            cookie.read(value, for: key, in: parser)
+            cookie!.read(value, for: key, in: parser)
         }
-        return isObject ? cookie : nil
+        if !isObject { cookie = nil }
     }
 
     /// Sets the field `key` from `value`. Each field is set from its value alone (a default when unreadable), so that
     /// a field repeated in the JSON reads as its last value, as JSON.parse keeps it.
     private mutating func read(_ value: JSONValue, for key: JSONKey, in parser: JSONParser) {
-        if parser.key(key, is: "originalMaxAge") {
+        // The length picks the candidate names, so each field is compared with one or two names, not all seven.
+        switch key.utf8Count {
+        case 14 where parser.key(key, is: "originalMaxAge"):
             if let ms = value.doubleValue, ms.isFinite, abs(ms) < 9e15 {
                 originalMaxAge = Int64(ms.rounded(.towardZero))
             } else {
                 originalMaxAge = nil
             }
-        } else if parser.key(key, is: "expires") {
+        case 7 where parser.key(key, is: "expires"):
             expires = value.stringValue.flatMap(ISO8601Milliseconds.parse).map { Date(javaScriptMilliseconds: $0) }
-        } else if parser.key(key, is: "secure") {
+        case 6 where parser.key(key, is: "secure"):
             secure = value.boolValue
-        } else if parser.key(key, is: "httpOnly") {
+        case 8 where parser.key(key, is: "httpOnly"):
             httpOnly = value.boolValue ?? true
-        } else if parser.key(key, is: "path") {
+        case 4 where parser.key(key, is: "path"):
             path = value.stringValue ?? "/"
-        } else if parser.key(key, is: "domain") {
+        case 6 where parser.key(key, is: "domain"):
             domain = value.stringValue
-        } else if parser.key(key, is: "sameSite") {
+        case 8 where parser.key(key, is: "sameSite"):
             sameSite = SessionCookie.sameSite(value)
+        default:
+            break
         }
     }
 
