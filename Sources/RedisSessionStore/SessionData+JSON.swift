@@ -192,16 +192,15 @@ enum ISO8601Milliseconds {
         let msOfDay = ((milliseconds % 86_400_000) + 86_400_000) % 86_400_000
         let days = (milliseconds - msOfDay) / 86_400_000
         let (year, month, day) = CivilDate.civil(fromDays: days)
+        // The last `width` decimal digits of `value` (not negative), zero-padded; straight into `out`, without an
+        // array per field (a save with a max age formats a date every time).
         func append(_ value: Int64, width: Int) {
-            var digits = [UInt8](repeating: UInt8(ascii: "0"), count: width)
-            var rest = value
-            var index = width - 1
-            while rest > 0 && index >= 0 {
-                digits[index] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-                index -= 1
+            var divisor: Int64 = 1
+            for _ in 1..<width { divisor *= 10 }
+            while divisor > 0 {
+                out.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
+                divisor /= 10
             }
-            out.append(contentsOf: digits)
         }
         if year >= 0 && year <= 9999 {
             append(year, width: 4)
