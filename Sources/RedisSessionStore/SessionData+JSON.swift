@@ -108,11 +108,7 @@ extension SessionCookie {
         // The length picks the candidate names, so each field is compared with one or two names, not all seven.
         switch key.utf8Count {
         case 14 where parser.key(key, is: "originalMaxAge"):
-            if let ms = value.doubleValue, ms.isFinite, abs(ms) < 9e15 {
-                originalMaxAge = Int64(ms.rounded(.towardZero))
-            } else {
-                originalMaxAge = nil
-            }
+            originalMaxAge = SessionCookie.milliseconds(value)
         case 7 where parser.key(key, is: "expires"):
             expires = value.stringValue.flatMap(ISO8601Milliseconds.parse).map { Date(javaScriptMilliseconds: $0) }
         case 6 where parser.key(key, is: "secure"):
@@ -128,6 +124,18 @@ extension SessionCookie {
         default:
             break
         }
+    }
+
+    /// A stored `originalMaxAge` as whole milliseconds, read as JavaScript reads the number (truncated); nil when it
+    /// is not a number or beyond 9e15.
+    private static func milliseconds(_ value: JSONValue) -> Int64? {
+        // express stores whole milliseconds: an integer literal reads exactly without the general (and several
+        // times dearer) decimal-to-double conversion. Below 9e15 every integer is exact as a double too.
+        if case .number(let literal) = value, let ms = Int64(literal) {
+            return ms.magnitude < 9_000_000_000_000_000 ? ms : nil
+        }
+        guard let ms = value.doubleValue, ms.isFinite, abs(ms) < 9e15 else { return nil }
+        return Int64(ms.rounded(.towardZero))
     }
 
     /// The `cookie` package's reading of a stored `sameSite`.
@@ -233,7 +241,9 @@ enum ISO8601Milliseconds {
     /// or `±HH:mm` (a date-time without a zone is read as UTC here; JavaScript would use local time). Years may be
     /// expanded (`+YYYYYY`). Extra fraction digits are truncated to milliseconds. Nil when malformed.
     static func parse(_ text: String) -> Int64? {
-        let bytes = Array(text.utf8)
+        // Over the string's span with byte arguments: a stored session with a max age is parsed on every request,
+        // and an array copy plus `Character.asciiValue` per separator cost more than the rest of the parse.
+        let bytes = text.utf8.span
         var index = 0
         func digits(_ count: Int) -> Int64? {
             guard index + count <= bytes.count else { return nil }
@@ -246,8 +256,8 @@ enum ISO8601Milliseconds {
             }
             return value
         }
-        func consume(_ byte: Character) -> Bool {
-            guard index < bytes.count, bytes[index] == byte.asciiValue! else { return false }
+        func consume(_ byte: UInt8) -> Bool {
+            guard index < bytes.count, bytes[index] == byte else { return false }
             index += 1
             return true
         }
@@ -261,18 +271,18 @@ enum ISO8601Milliseconds {
             guard let y = digits(4) else { return nil }
             year = y
         }
-        guard consume("-"), let month = digits(2), consume("-"), let day = digits(2),
+        guard consume(UInt8(ascii: "-")), let month = digits(2), consume(UInt8(ascii: "-")), let day = digits(2),
               (1...12).contains(month), day >= 1, day <= daysInMonth(year: year, month: month) else { return nil }
         var msOfDay: Int64 = 0
         var offsetMinutes: Int64 = 0
         if index < bytes.count {
-            guard consume("T"), let hour = digits(2), consume(":"), let minute = digits(2),
+            guard consume(UInt8(ascii: "T")), let hour = digits(2), consume(UInt8(ascii: ":")), let minute = digits(2),
                   hour <= 24, minute <= 59 else { return nil }
             var second: Int64 = 0, millisecond: Int64 = 0
-            if consume(":") {
+            if consume(UInt8(ascii: ":")) {
                 guard let s = digits(2), s <= 59 else { return nil }
                 second = s
-                if consume(".") {
+                if consume(UInt8(ascii: ".")) {
                     var fractionDigits = 0
                     while index < bytes.count, bytes[index] >= 0x30, bytes[index] <= 0x39 {
                         if fractionDigits < 3 { millisecond = millisecond * 10 + Int64(bytes[index] - 0x30) }
@@ -285,12 +295,12 @@ enum ISO8601Milliseconds {
             }
             guard hour < 24 || (minute == 0 && second == 0 && millisecond == 0) else { return nil }
             msOfDay = ((hour * 60 + minute) * 60 + second) * 1000 + millisecond
-            if consume("Z") {
+            if consume(UInt8(ascii: "Z")) {
                 offsetMinutes = 0
             } else if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
                 let negative = bytes[index] == UInt8(ascii: "-")
                 index += 1
-                guard let offsetHour = digits(2), consume(":"), let offsetMinute = digits(2),
+                guard let offsetHour = digits(2), consume(UInt8(ascii: ":")), let offsetMinute = digits(2),
                       offsetHour <= 23, offsetMinute <= 59 else { return nil }
                 offsetMinutes = (offsetHour * 60 + offsetMinute) * (negative ? -1 : 1)
             }

@@ -17,6 +17,14 @@ import Testing
         #expect(data.cookie == SessionCookie(originalMaxAge: nil, expires: nil, sameSite: nil))
     }
 
+    @Test(arguments: [("604800000", 604_800_000 as Int64?), ("1.9", 1), ("-1.9", -1), ("1e3", 1000), ("-0", 0),
+                      ("8999999999999999", 8_999_999_999_999_999), ("9000000000000000", nil), ("-9e15", nil),
+                      ("99999999999999999999", nil), ("1e400", nil), ("null", nil), ("\"5\"", nil)])
+    func originalMaxAgeReadsAsJavaScriptTruncatesIt(literal: String, milliseconds: Int64?) throws {
+        let data = try SessionData(json: #"{"cookie":{"originalMaxAge":"# + literal + "}}")
+        #expect(data.cookie.originalMaxAge == milliseconds)
+    }
+
     @Test func aLaterCookieThatIsNotAnObjectFails() {
         #expect(throws: SessionDecodingError.self) { try SessionData(json: #"{"cookie":{},"cookie":null}"#) }
     }
