@@ -77,7 +77,7 @@ public struct JSONObject: Sendable, Hashable {
     }
 
     /// Makes room for `count` members, so that building a small object allocates once.
-    mutating func reserveCapacity(_ count: Int) {
+    package mutating func reserveCapacity(_ count: Int) {
         entries.reserveCapacity(count)
     }
 
@@ -218,6 +218,7 @@ extension JSONObject: ExpressibleByDictionaryLiteral {
     /// Creates an object from key-value pairs; a repeated key keeps its first position and its last value.
     public init<S: Sequence>(_ pairs: S) where S.Element == (String, JSONValue) {
         self.init()
+        entries.reserveCapacity(pairs.underestimatedCount)   // one allocation for a literal, not one per doubling
         for (key, value) in pairs { updateValue(value, forKey: key) }
     }
 }
@@ -425,19 +426,85 @@ private enum ASCII {
     static let zero: UInt8 = 0x30, nine: UInt8 = 0x39
 }
 
-private struct JSONParser {
+/// An object key as the parser read it: where it is in the input when it was plain ASCII (no escapes), so that it
+/// can be compared with a known name without making a `String`; otherwise its decoded text.
+package struct JSONKey {
+    fileprivate let range: Range<Int>
+    fileprivate let decoded: String?
+
+    /// The key's length in UTF-8 bytes: a cheap first test before comparing it with several names.
+    package var utf8Count: Int { decoded?.utf8.count ?? range.count }
+
+    fileprivate init(range: Range<Int>, decoded: String?) {
+        self.range = range
+        self.decoded = decoded
+    }
+}
+
+/// The JSON parser. ``JSONValue/init(parsing:)`` builds a whole tree with it; inside the package, a reader that wants
+/// a few known members of an object (a stored session's cookie) walks the object with ``parseObject(members:)``
+/// instead, so those members never become a tree. Both go through the same grammar code, errors and offsets.
+package struct JSONParser {
     let bytes: [UInt8]
     var position = 0
     var depth = 0
 
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    package init(_ bytes: [UInt8]) { self.bytes = bytes }
 
     mutating func parseDocument() throws(JSONParseError) -> JSONValue {
         skipWhitespace()
         let value = try parseValue()
+        try parseEnd()
+        return value
+    }
+
+    /// Parses the whole input. When it is an object, `member` is called for each member in order, positioned at its
+    /// value, and must parse that value (``parseValue()`` or ``parseObject(members:)``); a repeated key is passed
+    /// again. - Returns: whether the input is an object (when not, the value was parsed and dropped).
+    package mutating func parseDocument(
+        members member: (inout JSONParser, JSONKey) throws(JSONParseError) -> Void
+    ) throws(JSONParseError) -> Bool {
+        skipWhitespace()
+        let isObject = try parseObject(members: member)
+        try parseEnd()
+        return isObject
+    }
+
+    /// Parses the value at the current position. When it is an object, `member` is called for each member as in
+    /// ``parseDocument(members:)``. - Returns: whether it is an object (when not, the value was parsed and dropped).
+    package mutating func parseObject(
+        members member: (inout JSONParser, JSONKey) throws(JSONParseError) -> Void
+    ) throws(JSONParseError) -> Bool {
+        guard position < bytes.count, bytes[position] == ASCII.openBrace else {
+            _ = try parseValue()
+            return false
+        }
+        try parseMembers(member)
+        return true
+    }
+
+    /// Whether `key` is `name`, byte for byte (JavaScript's property-name identity).
+    package func key(_ key: JSONKey, is name: String) -> Bool {
+        if let decoded = key.decoded { return decoded.utf8Equals(name) }
+        guard key.range.count == name.utf8.count else { return false }
+        let input = bytes.span, expected = name.utf8.span
+        var index = key.range.lowerBound
+        for offset in expected.indices {
+            guard input[index] == expected[offset] else { return false }
+            index += 1
+        }
+        return true
+    }
+
+    /// The text of `key`.
+    package func string(_ key: JSONKey) -> String {
+        if let decoded = key.decoded { return decoded }
+        return String(decoding: bytes[key.range], as: UTF8.self)
+    }
+
+    private mutating func parseEnd() throws(JSONParseError) {
         skipWhitespace()
         guard position == bytes.count else { throw JSONParseError(.trailingCharacters, at: position) }
-        return value
     }
 
     @inline(__always)
@@ -450,7 +517,7 @@ private struct JSONParser {
         }
     }
 
-    mutating func parseValue() throws(JSONParseError) -> JSONValue {
+    package mutating func parseValue() throws(JSONParseError) -> JSONValue {
         guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
         switch bytes[position] {
         case ASCII.quote: return .string(try parseString())
@@ -517,26 +584,37 @@ private struct JSONParser {
         }
     }
 
-    mutating func parseObject() throws(JSONParseError) -> JSONObject {
+    /// At a `{`: the object's grammar, calling `member` at each value (which the closure parses).
+    @inline(__always)
+    mutating func parseMembers(
+        _ member: (inout JSONParser, JSONKey) throws(JSONParseError) -> Void
+    ) throws(JSONParseError) {
         try enter()
         position += 1   // {
-        var object = JSONObject()
-        if try closes(ASCII.closeBrace) { return object }
-        // One allocation for the small objects sessions are made of, instead of growing 1, 2, 4, 8.
-        object.reserveCapacity(8)
+        if try closes(ASCII.closeBrace) { return }
         while true {
             guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
             guard bytes[position] == ASCII.quote else { throw JSONParseError(.unexpectedCharacter, at: position) }
-            let key = try parseString()
+            let key = try parseKey()
             skipWhitespace()
             guard position < bytes.count else { throw JSONParseError(.unexpectedEnd, at: position) }
             guard bytes[position] == ASCII.colon else { throw JSONParseError(.unexpectedCharacter, at: position) }
             position += 1
             skipWhitespace()
-            let value = try parseValue()
-            object.updateValue(value, forKey: key)
-            if try endsAfterMember(ASCII.closeBrace) { return object }
+            try member(&self, key)
+            if try endsAfterMember(ASCII.closeBrace) { return }
         }
+    }
+
+    mutating func parseObject() throws(JSONParseError) -> JSONObject {
+        var object = JSONObject()
+        try parseMembers { parser, key throws(JSONParseError) in
+            // One allocation for the small objects sessions are made of, instead of growing 1, 2, 4, 8.
+            if object.isEmpty { object.reserveCapacity(8) }
+            let value = try parser.parseValue()
+            object.updateValue(value, forKey: parser.string(key))
+        }
+        return object
     }
 
     mutating func parseArray() throws(JSONParseError) -> [JSONValue] {
@@ -580,28 +658,40 @@ private struct JSONParser {
     }
 
     mutating func parseString() throws(JSONParseError) -> String {
+        string(try parseKey())
+    }
+
+    /// A string at its opening quote, as a key: a range of the input when it is plain ASCII.
+    mutating func parseKey() throws(JSONParseError) -> JSONKey {
         let open = position
-        position += 1   // "
-        let start = position
-        var ascii = true
-        // Fast path: no escapes, so the string is a slice of the input.
-        while position < bytes.count {
-            let byte = bytes[position]
-            if byte == ASCII.quote {
-                let slice = bytes[start..<position]
-                position += 1
-                if ascii { return String(decoding: slice, as: UTF8.self) }
-                guard let text = String(validating: slice, as: UTF8.self) else {
-                    throw JSONParseError(.invalidUTF8, at: open)
-                }
-                return text
-            }
-            if byte == ASCII.backslash { return try parseEscapedString(open: open, start: start) }
-            if byte < 0x20 { throw JSONParseError(.controlCharacter, at: position) }
-            if byte >= 0x80 { ascii = false }
-            position += 1
+        let start = position + 1
+        let (end, ascii) = try scanPlainRun(from: start)
+        if bytes[end] == ASCII.backslash {
+            position = end
+            return JSONKey(range: start..<end, decoded: try parseEscapedString(open: open, start: start))
         }
-        throw JSONParseError(.unexpectedEnd, at: position)
+        position = end + 1
+        if ascii { return JSONKey(range: start..<end, decoded: nil) }
+        guard let text = String(validating: bytes[start..<end], as: UTF8.self) else {
+            throw JSONParseError(.invalidUTF8, at: open)
+        }
+        return JSONKey(range: start..<end, decoded: text)
+    }
+
+    /// From `start` inside a string to the closing quote or the first backslash (the index returned), and whether
+    /// the bytes before it are all ASCII. Over a span: every key and string of every loaded session passes here.
+    func scanPlainRun(from start: Int) throws(JSONParseError) -> (end: Int, ascii: Bool) {
+        let input = bytes.span
+        var index = start
+        var high: UInt8 = 0
+        while index < input.count {
+            let byte = input[index]
+            if byte == ASCII.quote || byte == ASCII.backslash { return (index, high < 0x80) }
+            if byte < 0x20 { throw JSONParseError(.controlCharacter, at: index) }
+            high |= byte
+            index += 1
+        }
+        throw JSONParseError(.unexpectedEnd, at: index)
     }
 
     /// The slow path, from the first backslash on: decode into a buffer.
@@ -729,9 +819,9 @@ extension JSONValue {
     /// Appends the value as JSON text to `out` (see ``serialized()``).
     public func serialize(into out: inout [UInt8]) {
         switch self {
-        case .null: out.append(contentsOf: "null".utf8)
-        case .bool(let value): out.append(contentsOf: value ? "true".utf8 : "false".utf8)
-        case .number(let literal): out.append(contentsOf: literal.utf8)
+        case .null: out.appendUTF8("null")
+        case .bool(let value): out.appendUTF8(value ? "true" : "false")
+        case .number(let literal): out.appendUTF8(literal)
         case .string(let value): JSONValue.serializeString(value, into: &out)
         case .array(let elements):
             out.append(ASCII.openBracket)
@@ -748,40 +838,55 @@ extension JSONValue {
 
     /// Appends `string` as a quoted, escaped JSON string (JSON.stringify's QuoteJSONString).
     public static func serializeString(_ string: String, into out: inout [UInt8]) {
-        out.append(ASCII.quote)
-        var needsEscaping = false
-        // A span, not the UTF-8 view's iterator: every key and string of every saved session passes here.
+        // Every key and string of every saved session passes here, and almost none needs escaping: copy from the
+        // span in one append (quotes included) until a byte that needs an escape, if any, and go on byte by byte
+        // from there.
         let bytes = string.utf8.span
-        for index in bytes.indices {
-            let byte = bytes[index]
-            if byte < 0x20 || byte == ASCII.quote || byte == ASCII.backslash {
-                needsEscaping = true
-                break
-            }
-        }
-        if !needsEscaping {
-            out.append(contentsOf: string.utf8)
-        } else {
-            for byte in string.utf8 {
-                switch byte {
-                case ASCII.quote: out.append(ASCII.backslash); out.append(ASCII.quote)
-                case ASCII.backslash: out.append(ASCII.backslash); out.append(ASCII.backslash)
-                case 0x08: out.append(ASCII.backslash); out.append(UInt8(ascii: "b"))
-                case 0x0C: out.append(ASCII.backslash); out.append(UInt8(ascii: "f"))
-                case 0x0A: out.append(ASCII.backslash); out.append(UInt8(ascii: "n"))
-                case 0x0D: out.append(ASCII.backslash); out.append(UInt8(ascii: "r"))
-                case 0x09: out.append(ASCII.backslash); out.append(UInt8(ascii: "t"))
-                case 0..<0x20:
-                    // Only 0x00-0x1F get here, so the high digit is 0 or 1 and the low one may be a-f.
-                    let low = byte & 0x0F
-                    out.append(contentsOf: [ASCII.backslash, UInt8(ascii: "u"), ASCII.zero, ASCII.zero])
-                    out.append(ASCII.zero + (byte >> 4))
-                    out.append(low < 10 ? ASCII.zero + low : UInt8(ascii: "a") + low - 10)
-                default: out.append(byte)
+        var escapeFrom = bytes.count
+        out.append(addingCapacity: bytes.count + 2) { out in
+            out.append(ASCII.quote)
+            for index in bytes.indices {
+                let byte = bytes[index]
+                if byte < 0x20 || byte == ASCII.quote || byte == ASCII.backslash {
+                    escapeFrom = index
+                    return
                 }
+                out.append(byte)
+            }
+            out.append(ASCII.quote)
+        }
+        guard escapeFrom < bytes.count else { return }
+        for index in escapeFrom..<bytes.count {
+            let byte = bytes[index]
+            switch byte {
+            case ASCII.quote: out.append(ASCII.backslash); out.append(ASCII.quote)
+            case ASCII.backslash: out.append(ASCII.backslash); out.append(ASCII.backslash)
+            case 0x08: out.append(ASCII.backslash); out.append(UInt8(ascii: "b"))
+            case 0x0C: out.append(ASCII.backslash); out.append(UInt8(ascii: "f"))
+            case 0x0A: out.append(ASCII.backslash); out.append(UInt8(ascii: "n"))
+            case 0x0D: out.append(ASCII.backslash); out.append(UInt8(ascii: "r"))
+            case 0x09: out.append(ASCII.backslash); out.append(UInt8(ascii: "t"))
+            case 0..<0x20:
+                // Only 0x00-0x1F get here, so the high digit is 0 or 1 and the low one may be a-f.
+                let low = byte & 0x0F
+                out.append(contentsOf: [ASCII.backslash, UInt8(ascii: "u"), ASCII.zero, ASCII.zero])
+                out.append(ASCII.zero + (byte >> 4))
+                out.append(low < 10 ? ASCII.zero + low : UInt8(ascii: "a") + low - 10)
+            default: out.append(byte)
             }
         }
         out.append(ASCII.quote)
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Appends the UTF-8 of `text`, copied from its span: `append(contentsOf: text.utf8)` walks the view as a
+    /// generic sequence, which costs about twice as much for the short pieces JSON is written in.
+    package mutating func appendUTF8(_ text: String) {
+        let source = text.utf8.span
+        append(addingCapacity: source.count) { out in
+            for index in source.indices { out.append(source[index]) }
+        }
     }
 }
 

@@ -55,18 +55,31 @@ extension SessionData {
     /// fields are ignored; `expires` may have milliseconds or not, or be unreadable (then the cookie has no expiry).
     /// - Throws: ``SessionDecodingError`` when the value is not JSON, not an object, or has no object `cookie`.
     public init(json bytes: [UInt8]) throws(SessionDecodingError) {
-        let value: JSONValue
+        // One pass over the bytes with the JSON parser, member by member: the cookie's fields go straight into a
+        // SessionCookie (no tree, no key strings for them) and the other members into the values. This runs for
+        // every request that carries a session. It reads exactly what parsing the whole value and then taking
+        // `cookie` out would: a repeated key counts with its last value, and a repeated `cookie` starts over.
+        var values = JSONObject()
+        var cookie: SessionCookie?
+        var parser = JSONParser(bytes)
+        let isObject: Bool
         do {
-            value = try JSONValue(parsing: bytes)
+            isObject = try parser.parseDocument { parser, key throws(JSONParseError) in
+                if parser.key(key, is: "cookie") {
+                    try SessionCookie.parse(&parser, into: &cookie)
+                } else {
+                    // One allocation for the handful of values a session holds, instead of growing 1, 2, 4, 8.
+                    if values.isEmpty { values.reserveCapacity(8) }
+                    let value = try parser.parseValue()
+                    values.updateValue(value, forKey: parser.string(key))
+                }
+            }
         } catch {
             throw .notJSON(error)
         }
-        // `consume`: the object's storage then has one owner, so removing "cookie" does not copy every member.
-        guard case .object(var object) = consume value else { throw .notAnObject }
-        guard case .object(let cookieObject)? = object.removeValue(forKey: "cookie") else {
-            throw .cookieNotAnObject
-        }
-        self.init(cookie: SessionCookie(json: cookieObject), values: object)
+        guard isObject else { throw .notAnObject }
+        guard let cookie = consume cookie else { throw .cookieNotAnObject }
+        self.init(cookie: cookie, values: consume values)
     }
 
     /// Reads a stored session from text (see ``init(json:)-([UInt8])``).
@@ -76,37 +89,53 @@ extension SessionData {
 }
 
 extension SessionCookie {
-    /// Reads express's cookie data the way `new Cookie(sess.cookie)` does: `path` defaults to "/", `httpOnly` to
-    /// true, `originalMaxAge` is kept as stored.
-    init(json object: JSONObject) {
-        self.init(originalMaxAge: nil, expires: nil, secure: nil, httpOnly: true, path: "/", domain: nil, sameSite: nil)
-        // One walk over the members (keys are unique in a JSONObject), not a lookup per field: this runs for every
-        // session loaded. `==` on these ASCII names is byte equality: the only non-ASCII characters canonically
-        // equivalent to ASCII ones are the Kelvin sign (K), U+037E (;) and U+1FEF (`), and no name here has those.
-        for (key, value) in object {
-            switch key {
-            case "originalMaxAge":
-                if let ms = value.doubleValue, ms.isFinite, abs(ms) < 9e15 {
-                    originalMaxAge = Int64(ms.rounded(.towardZero))
-                }
-            case "expires":
-                if let text = value.stringValue, let ms = ISO8601Milliseconds.parse(text) {
-                    expires = Date(javaScriptMilliseconds: ms)
-                }
-            case "secure":
-                secure = value.boolValue
-            case "httpOnly":
-                if let httpOnly = value.boolValue { self.httpOnly = httpOnly }
-            case "path":
-                if let path = value.stringValue { self.path = path }
-            case "domain":
-                domain = value.stringValue
-            case "sameSite":
-                sameSite = SessionCookie.sameSite(value)
-            default:
-                break
-            }
+    /// Parses express's cookie data (the value at the parser's position) into `cookie` the way `new Cookie(sess.cookie)`
+    /// reads it: `path` defaults to "/", `httpOnly` to true, `originalMaxAge` is kept as stored. `cookie` becomes nil
+    /// when the value is not an object. (Filled in place: returning it would copy the cookie, strings and all.)
+    static func parse(_ parser: inout JSONParser, into cookie: inout SessionCookie?) throws(JSONParseError) {
+        cookie = SessionCookie(originalMaxAge: nil, expires: nil, secure: nil, httpOnly: true, path: "/", domain: nil,
+                               sameSite: nil)
+        let isObject = try parser.parseObject { parser, key throws(JSONParseError) in
+            let value = try parser.parseValue()
+            cookie!.read(value, for: key, in: parser)
         }
+        if !isObject { cookie = nil }
+    }
+
+    /// Sets the field `key` from `value`. Each field is set from its value alone (a default when unreadable), so that
+    /// a field repeated in the JSON reads as its last value, as JSON.parse keeps it.
+    private mutating func read(_ value: JSONValue, for key: JSONKey, in parser: JSONParser) {
+        // The length picks the candidate names, so each field is compared with one or two names, not all seven.
+        switch key.utf8Count {
+        case 14 where parser.key(key, is: "originalMaxAge"):
+            originalMaxAge = SessionCookie.milliseconds(value)
+        case 7 where parser.key(key, is: "expires"):
+            expires = value.stringValue.flatMap(ISO8601Milliseconds.parse).map { Date(javaScriptMilliseconds: $0) }
+        case 6 where parser.key(key, is: "secure"):
+            secure = value.boolValue
+        case 8 where parser.key(key, is: "httpOnly"):
+            httpOnly = value.boolValue ?? true
+        case 4 where parser.key(key, is: "path"):
+            path = value.stringValue ?? "/"
+        case 6 where parser.key(key, is: "domain"):
+            domain = value.stringValue
+        case 8 where parser.key(key, is: "sameSite"):
+            sameSite = SessionCookie.sameSite(value)
+        default:
+            break
+        }
+    }
+
+    /// A stored `originalMaxAge` as whole milliseconds, read as JavaScript reads the number (truncated); nil when it
+    /// is not a number or beyond 9e15.
+    private static func milliseconds(_ value: JSONValue) -> Int64? {
+        // express stores whole milliseconds: an integer literal reads exactly without the general (and several
+        // times dearer) decimal-to-double conversion. Below 9e15 every integer is exact as a double too.
+        if case .number(let literal) = value, let ms = Int64(literal) {
+            return ms.magnitude < 9_000_000_000_000_000 ? ms : nil
+        }
+        guard let ms = value.doubleValue, ms.isFinite, abs(ms) < 9e15 else { return nil }
+        return Int64(ms.rounded(.towardZero))
     }
 
     /// The `cookie` package's reading of a stored `sameSite`.
@@ -134,36 +163,32 @@ extension SessionCookie {
 
     /// Appends express's `cookie.data` as JSON, in its field order, leaving out what JavaScript would leave undefined.
     func serialize(into out: inout [UInt8]) {
-        out.append(contentsOf: #"{"originalMaxAge":"#.utf8)
-        if let originalMaxAge { out.append(contentsOf: String(originalMaxAge).utf8) } else { out.append(contentsOf: "null".utf8) }
-        out.append(contentsOf: #","expires":"#.utf8)
+        out.appendUTF8(#"{"originalMaxAge":"#)
+        if let originalMaxAge { out.appendUTF8(String(originalMaxAge)) } else { out.appendUTF8("null") }
+        out.appendUTF8(#","expires":"#)
         if let expires {
             out.append(UInt8(ascii: "\""))
             ISO8601Milliseconds.format(expires.javaScriptMilliseconds, into: &out)
             out.append(UInt8(ascii: "\""))
         } else {
-            out.append(contentsOf: "null".utf8)
+            out.appendUTF8("null")
         }
-        if let secure { out.append(contentsOf: (secure ? #","secure":true"# : #","secure":false"#).utf8) }
-        out.append(contentsOf: (httpOnly ? #","httpOnly":true"# : #","httpOnly":false"#).utf8)
+        if let secure { out.appendUTF8(secure ? #","secure":true"# : #","secure":false"#) }
+        out.appendUTF8(httpOnly ? #","httpOnly":true"# : #","httpOnly":false"#)
         if let domain {
-            out.append(contentsOf: #","domain":"#.utf8)
+            out.appendUTF8(#","domain":"#)
             JSONValue.serializeString(domain, into: &out)
         }
-        out.append(contentsOf: #","path":"#.utf8)
+        out.appendUTF8(#","path":"#)
         JSONValue.serializeString(path, into: &out)
-        if let sameSite {
-            // express users configure the lower-case names ('lax'), which is what express stores.
-            let name: String = switch sameSite {
-            case .lax: "lax"
-            case .strict: "strict"
-            case .none: "none"
-            }
-            out.append(contentsOf: #","sameSite":""#.utf8)
-            out.append(contentsOf: name.utf8)
-            out.append(UInt8(ascii: "\""))
+        // express users configure the lower-case names ('lax'), which is what express stores. The last field and
+        // the closing brace go in one piece.
+        switch sameSite {
+        case .lax?: out.appendUTF8(#","sameSite":"lax"}"#)
+        case .strict?: out.appendUTF8(#","sameSite":"strict"}"#)
+        case SetCookie.SameSite.none?: out.appendUTF8(#","sameSite":"none"}"#)
+        case nil: out.append(UInt8(ascii: "}"))
         }
-        out.append(UInt8(ascii: "}"))
     }
 }
 
@@ -175,16 +200,15 @@ enum ISO8601Milliseconds {
         let msOfDay = ((milliseconds % 86_400_000) + 86_400_000) % 86_400_000
         let days = (milliseconds - msOfDay) / 86_400_000
         let (year, month, day) = CivilDate.civil(fromDays: days)
+        // The last `width` decimal digits of `value` (not negative), zero-padded; straight into `out`, without an
+        // array per field (a save with a max age formats a date every time).
         func append(_ value: Int64, width: Int) {
-            var digits = [UInt8](repeating: UInt8(ascii: "0"), count: width)
-            var rest = value
-            var index = width - 1
-            while rest > 0 && index >= 0 {
-                digits[index] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-                index -= 1
+            var divisor: Int64 = 1
+            for _ in 1..<width { divisor *= 10 }
+            while divisor > 0 {
+                out.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
+                divisor /= 10
             }
-            out.append(contentsOf: digits)
         }
         if year >= 0 && year <= 9999 {
             append(year, width: 4)
@@ -217,7 +241,9 @@ enum ISO8601Milliseconds {
     /// or `±HH:mm` (a date-time without a zone is read as UTC here; JavaScript would use local time). Years may be
     /// expanded (`+YYYYYY`). Extra fraction digits are truncated to milliseconds. Nil when malformed.
     static func parse(_ text: String) -> Int64? {
-        let bytes = Array(text.utf8)
+        // Over the string's span with byte arguments: a stored session with a max age is parsed on every request,
+        // and an array copy plus `Character.asciiValue` per separator cost more than the rest of the parse.
+        let bytes = text.utf8.span
         var index = 0
         func digits(_ count: Int) -> Int64? {
             guard index + count <= bytes.count else { return nil }
@@ -230,8 +256,8 @@ enum ISO8601Milliseconds {
             }
             return value
         }
-        func consume(_ byte: Character) -> Bool {
-            guard index < bytes.count, bytes[index] == byte.asciiValue! else { return false }
+        func consume(_ byte: UInt8) -> Bool {
+            guard index < bytes.count, bytes[index] == byte else { return false }
             index += 1
             return true
         }
@@ -245,18 +271,18 @@ enum ISO8601Milliseconds {
             guard let y = digits(4) else { return nil }
             year = y
         }
-        guard consume("-"), let month = digits(2), consume("-"), let day = digits(2),
+        guard consume(UInt8(ascii: "-")), let month = digits(2), consume(UInt8(ascii: "-")), let day = digits(2),
               (1...12).contains(month), day >= 1, day <= daysInMonth(year: year, month: month) else { return nil }
         var msOfDay: Int64 = 0
         var offsetMinutes: Int64 = 0
         if index < bytes.count {
-            guard consume("T"), let hour = digits(2), consume(":"), let minute = digits(2),
+            guard consume(UInt8(ascii: "T")), let hour = digits(2), consume(UInt8(ascii: ":")), let minute = digits(2),
                   hour <= 24, minute <= 59 else { return nil }
             var second: Int64 = 0, millisecond: Int64 = 0
-            if consume(":") {
+            if consume(UInt8(ascii: ":")) {
                 guard let s = digits(2), s <= 59 else { return nil }
                 second = s
-                if consume(".") {
+                if consume(UInt8(ascii: ".")) {
                     var fractionDigits = 0
                     while index < bytes.count, bytes[index] >= 0x30, bytes[index] <= 0x39 {
                         if fractionDigits < 3 { millisecond = millisecond * 10 + Int64(bytes[index] - 0x30) }
@@ -269,12 +295,12 @@ enum ISO8601Milliseconds {
             }
             guard hour < 24 || (minute == 0 && second == 0 && millisecond == 0) else { return nil }
             msOfDay = ((hour * 60 + minute) * 60 + second) * 1000 + millisecond
-            if consume("Z") {
+            if consume(UInt8(ascii: "Z")) {
                 offsetMinutes = 0
             } else if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
                 let negative = bytes[index] == UInt8(ascii: "-")
                 index += 1
-                guard let offsetHour = digits(2), consume(":"), let offsetMinute = digits(2),
+                guard let offsetHour = digits(2), consume(UInt8(ascii: ":")), let offsetMinute = digits(2),
                       offsetHour <= 23, offsetMinute <= 59 else { return nil }
                 offsetMinutes = (offsetHour * 60 + offsetMinute) * (negative ? -1 : 1)
             }
