@@ -315,6 +315,10 @@ final class HTTPServer: @unchecked Sendable {
 
     /// Open connections, by their evhttp_connection.
     private var connections: [OpaquePointer: ClientConnection] = [:]
+    /// The connection whose bytes were scanned last. evhttp parses a request right after our input callback has
+    /// scanned its bytes, so this is nearly always the connection of the request `handle` gets, found without a
+    /// lookup in `connections` (it is that connection only while its `connection` is the request's).
+    private var lastScanned: ClientConnection?
     /// Connections whose bufferevent evhttp has just taken; `registerNewConnections` learns their evhttp_connection.
     private var unregistered: [ClientConnection] = []
     private var registerEvent: OpaquePointer?
@@ -419,7 +423,11 @@ final class HTTPServer: @unchecked Sendable {
         let connection = evhttp_request_get_connection(req)
         var client: ClientConnection?
         if let connection {
-            client = connections[connection]
+            if let last = lastScanned, last.connection == connection {
+                client = last
+            } else {
+                client = connections[connection]
+            }
             if client == nil && !unregistered.isEmpty {
                 registerNewConnections()
                 client = connections[connection]
@@ -756,6 +764,7 @@ final class HTTPServer: @unchecked Sendable {
             left -= count
             if left > 0 && evbuffer_ptr_set(buffer, &position, count, EVBUFFER_PTR_ADD) != 0 { break }
         }
+        lastScanned = client
         if client.scanner.position == .head && client.stampedRequest != client.scanner.completedRequests {
             // The first byte of a head: the header timeout counts from here.
             client.stampedRequest = client.scanner.completedRequests
@@ -982,6 +991,7 @@ final class HTTPServer: @unchecked Sendable {
         self.http = nil
         evhttp_free(http)   // connectionClosed runs for each connection
         connections.removeAll()
+        lastScanned = nil
         workers.close()
         finishDrain(false)
     }
