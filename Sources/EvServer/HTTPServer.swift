@@ -539,7 +539,7 @@ final class HTTPServer: @unchecked Sendable {
             logger.error("handler set an invalid status \(code); answering 500")
             code = 500
             reason = HTTPStatus.standardReason(500)
-        } else if reason.utf8.contains(where: { $0 == 13 || $0 == 10 }) {
+        } else if Self.hasLineBreak(reason) {
             reason = HTTPStatus.standardReason(code)   // CR/LF in the status line would split the response
         }
         // RFC 9110 6.4.1: no body in 1xx, 204 and 304 responses (evhttp would send one if we gave it).
@@ -570,11 +570,11 @@ final class HTTPServer: @unchecked Sendable {
         let hasDate = evhttp_find_header(output, "Date") != nil   // the handler's own, as evhttp checks
         if head {
             // The GET route answered; tell the client how long the body it did not ask for would be.
-            if bodyAllowed && !hasLength { addHeader(output, "Content-Length", String(parts.body.count)) }
+            if bodyAllowed && !hasLength { addContentLength(output, parts.body.count) }
             if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
         } else {
             if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
-            if bodyAllowed && http11 { addHeader(output, "Content-Length", String(parts.body.count)) }
+            if bodyAllowed && http11 { addContentLength(output, parts.body.count) }
             if bodyAllowed && !parts.body.isEmpty {
                 let buffer = evhttp_request_get_output_buffer(req)
                 parts.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
@@ -598,6 +598,34 @@ final class HTTPServer: @unchecked Sendable {
     @discardableResult
     private func addHeader(_ headers: UnsafeMutablePointer<evkeyvalq>?, _ name: String, _ value: String) -> Int32 {
         name.withCString { name in value.withCString { value in evhttp_add_header(headers, name, value) } }
+    }
+
+    /// Adds `Content-Length: count`, formatted in place: `String(count)` would make a string (through
+    /// `description`) for every reply.
+    private func addContentLength(_ headers: UnsafeMutablePointer<evkeyvalq>?, _ count: Int) {
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: 21) { text in
+            var value = count.magnitude
+            var start = 20
+            text[start] = 0
+            repeat {
+                start -= 1
+                text[start] = CChar(48 + value % 10)
+                value /= 10
+            } while value > 0
+            if count < 0 {   // never, for a body's length; here so that any Int formats as String(count) would
+                start -= 1
+                text[start] = CChar(45)
+            }
+            evhttp_add_header(headers, "Content-Length", text.baseAddress! + start)
+        }
+    }
+
+    /// Whether `text` contains a CR or LF, over a span of its UTF-8 (the view's generic search costs more than the
+    /// reason phrase it looks at).
+    private static func hasLineBreak(_ text: String) -> Bool {
+        let bytes = text.utf8.span
+        for index in bytes.indices where bytes[index] == 13 || bytes[index] == 10 { return true }
+        return false
     }
 
     /// `Date` as evhttp writes it (with its own evutil_date_rfc1123: `Sun, 06 Nov 1994 08:49:37 GMT`), remade when
