@@ -1109,32 +1109,23 @@ final class RequestWorkers<Job>: @unchecked Sendable {
     // callbacks run there) and by the workers, whose tasks prefer the loop, so their nonisolated code runs there.
 
     /// Workers waiting for a request, most recently parked last (the next request takes that one: its memory is
-    /// the warmest): the first `idleCount` of `maxIdle` slots. A buffer allocated once rather than an array: each
-    /// mutation of an array property costs a uniqueness check and a runtime exclusivity check, twice per request.
-    private let idle: UnsafeMutablePointer<UnsafeContinuation<Job?, Never>>
-    private var idleCount = 0
+    /// the warmest).
+    private var idle: [UnsafeContinuation<Job?, Never>] = []
     /// The most workers kept waiting. More requests than this at once start more workers, which end once their
     /// request is done instead of waiting: a burst does not leave its tasks behind.
     private let maxIdle: Int
     private var closed = false
 
     init(maxIdle: Int = 128) {
-        self.maxIdle = max(0, maxIdle)
-        idle = .allocate(capacity: self.maxIdle)
-    }
-
-    deinit {
-        // Continuations are trivial values: nothing to deinitialize. (close() has resumed every waiting one.)
-        idle.deallocate()
+        self.maxIdle = maxIdle
     }
 
     /// Hands `job` to a waiting worker, or, when none waits, to `start` (which starts a worker for it). Must be
     /// called on the loop thread.
     @inline(__always)
     func run(_ job: sending Job, orStart start: (sending Job) -> Void) {
-        if idleCount > 0 {
-            idleCount -= 1
-            (idle + idleCount).move().resume(returning: job)
+        if let worker = idle.popLast() {
+            worker.resume(returning: job)
         } else {
             start(job)
         }
@@ -1143,19 +1134,16 @@ final class RequestWorkers<Job>: @unchecked Sendable {
     /// Ends every waiting worker, and every busy one once its request is done. Must be called on the loop thread.
     func close() {
         closed = true
-        let waiting = (0..<idleCount).map { (idle + $0).move() }
-        idleCount = 0
+        let waiting = idle
+        idle.removeAll()
         for worker in waiting { worker.resume(returning: nil) }
     }
 
     /// Called by a worker between requests: the next job, or nil when the worker should end.
     @inline(__always)   // into the worker's loop: one async function entered fewer per request
     func next() async -> Job? {
-        if closed || idleCount >= maxIdle { return nil }
-        return await withUnsafeContinuation {
-            (idle + idleCount).initialize(to: $0)
-            idleCount += 1
-        }
+        if closed || idle.count >= maxIdle { return nil }
+        return await withUnsafeContinuation { idle.append($0) }
     }
 }
 
