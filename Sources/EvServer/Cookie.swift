@@ -199,8 +199,11 @@ func percentDecoded(_ input: Span<UInt8>, _ range: Range<Int>, plusAsSpace: Bool
     var ascii = true
     var malformed = false
     // Written through an output span: the decoded text is never longer than the input, so it never grows, and an
-    // append checks no uniqueness and no capacity beyond the span's own bound.
-    let bytes = [UInt8](capacity: range.count) { output in
+    // append checks no uniqueness and no capacity beyond the span's own bound. (Appended to an empty array rather
+    // than `Array(capacity:initializingWith:)`, whose allocation goes through the standard library's unspecialized
+    // generic code, at about twice the cost.)
+    var bytes: [UInt8] = []
+    bytes.append(addingCapacity: range.count) { output in
         var index = range.lowerBound
         let end = range.upperBound
         while index < end {
