@@ -110,9 +110,15 @@ public enum CookieParser {
     }
 
     /// A value percent-decoded; kept as received when that fails (the package's `tryDecode`).
+    ///
+    /// Decoded straight from the header's bytes: the session cookie (`s%3A…`) is decoded on every request, and a
+    /// copy of the raw value first would be one more string allocated and scanned.
     private static func decodedValue(_ header: String, _ range: Range<Int>) -> String {
-        let raw = text(header, range)
-        return raw.utf8.contains(UInt8(ascii: "%")) ? (percentDecode(raw) ?? raw) : raw
+        let bytes = header.utf8.span
+        for index in range where bytes[index] == UInt8(ascii: "%") {
+            return percentDecoded(bytes, range, plusAsSpace: false) ?? text(header, range)
+        }
+        return text(header, range)
     }
 
     /// The bytes at `range` of `header`. The range starts and ends at ASCII bytes (delimiters, spaces, quotes), so
@@ -175,6 +181,13 @@ public func percentDecode(_ text: String, plusAsSpace: Bool = false) -> String? 
     var first = 0
     while first < input.count && input[first] != percent && !(plusAsSpace && input[first] == plus) { first += 1 }
     guard first < input.count else { return text }
+    return percentDecoded(input, 0..<input.count, plusAsSpace: plusAsSpace)
+}
+
+/// `input[range]` with its `%XX` escapes decoded (and `+` as space when asked): what ``percentDecode(_:plusAsSpace:)``
+/// returns for the text of those bytes, nil included.
+func percentDecoded(_ input: Span<UInt8>, _ range: Range<Int>, plusAsSpace: Bool) -> String? {
+    let plus = UInt8(ascii: "+"), percent = UInt8(ascii: "%")
     func hex(_ c: UInt8) -> UInt8? {
         switch c {
         case 48...57: c - 48
@@ -183,23 +196,34 @@ public func percentDecode(_ text: String, plusAsSpace: Bool = false) -> String? 
         default: nil
         }
     }
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(input.count)
     var ascii = true
-    var index = 0
-    while index < input.count {
-        var c = input[index]
-        index += 1
-        if c == percent {
-            guard index + 1 < input.count, let h = hex(input[index]), let l = hex(input[index + 1]) else { return nil }
-            index += 2
-            c = h << 4 | l
-        } else if c == plus && plusAsSpace {
-            c = 32
+    var malformed = false
+    // Written through an output span: the decoded text is never longer than the input, so it never grows, and an
+    // append checks no uniqueness and no capacity beyond the span's own bound. (Appended to an empty array rather
+    // than `Array(capacity:initializingWith:)`, whose allocation goes through the standard library's unspecialized
+    // generic code, at about twice the cost.)
+    var bytes: [UInt8] = []
+    bytes.append(addingCapacity: range.count) { output in
+        var index = range.lowerBound
+        let end = range.upperBound
+        while index < end {
+            var c = input[index]
+            index += 1
+            if c == percent {
+                guard index + 1 < end, let h = hex(input[index]), let l = hex(input[index + 1]) else {
+                    malformed = true
+                    return
+                }
+                index += 2
+                c = h << 4 | l
+            } else if c == plus && plusAsSpace {
+                c = 32
+            }
+            if c >= 0x80 { ascii = false }
+            output.append(c)
         }
-        if c >= 0x80 { ascii = false }
-        bytes.append(c)
     }
+    if malformed { return nil }
     // ASCII is valid UTF-8 as it is; only other bytes need the check.
     return ascii ? String(decoding: bytes, as: UTF8.self) : String(validating: bytes, as: UTF8.self)
 }

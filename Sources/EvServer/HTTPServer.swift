@@ -297,9 +297,14 @@ final class HTTPServer: @unchecked Sendable {
     private var http: OpaquePointer?
     private var listener: OpaquePointer?
 
-    /// Requests handed to the application and not answered yet, by id, with their connection. The ids keep a late
-    /// reply from a task whose request `close()` already gave up on from touching freed memory.
-    private var inFlight: [UInt: (request: RequestPointer, connection: ClientConnection?)] = [:]
+    // Requests handed to the application and not answered yet. A connection carries one request at a time, so
+    // each one is kept by its connection (`ClientConnection.current`); only the few that no open connection holds
+    // are kept here, by id: those whose connection closed while the application worked (libevent detached them),
+    // and those of a connection the server does not know. The ids keep a late reply from a task whose request
+    // `close()` already gave up on from touching freed memory.
+    private var unheldRequests: [UInt: RequestPointer] = [:]
+    /// All requests in flight: held by a connection or in `unheldRequests`.
+    private var inFlightCount = 0
     private var nextID: UInt = 1
     /// Connections whose reply is queued but not yet written.
     private var flushingCount = 0
@@ -310,6 +315,10 @@ final class HTTPServer: @unchecked Sendable {
 
     /// Open connections, by their evhttp_connection.
     private var connections: [OpaquePointer: ClientConnection] = [:]
+    /// The connection whose bytes were scanned last. evhttp parses a request right after our input callback has
+    /// scanned its bytes, so this is nearly always the connection of the request `handle` gets, found without a
+    /// lookup in `connections` (it is that connection only while its `connection` is the request's).
+    private var lastScanned: ClientConnection?
     /// Connections whose bufferevent evhttp has just taken; `registerNewConnections` learns their evhttp_connection.
     private var unregistered: [ClientConnection] = []
     private var registerEvent: OpaquePointer?
@@ -414,16 +423,26 @@ final class HTTPServer: @unchecked Sendable {
         let connection = evhttp_request_get_connection(req)
         var client: ClientConnection?
         if let connection {
-            client = connections[connection]
+            if let last = lastScanned, last.connection == connection {
+                client = last
+            } else {
+                client = connections[connection]
+            }
             if client == nil && !unregistered.isEmpty {
                 registerNewConnections()
                 client = connections[connection]
             }
         }
-        inFlight[id] = (req, client)
+        inFlightCount += 1
+        if let client, client.current == nil {
+            client.current = (id, req)
+        } else {
+            unheldRequests[id] = req
+        }
         client?.inFlight += 1
         let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
-        let job = RequestJob(request: makeRequest(req, connection: connection, client: client), id: id, head: head)
+        let job = RequestJob(request: makeRequest(req, connection: connection, client: client), id: id,
+                             client: client, head: head)
         workers.run(job) { job in
             Task(executorPreference: loop) { [self] in await work(startingWith: job) }
         }
@@ -438,11 +457,10 @@ final class HTTPServer: @unchecked Sendable {
             let response = await pipeline.respond(to: job.request)
             // Nonisolated code of a task that prefers the loop runs on the loop, so this is the common path.
             if loop.inLoop {
-                reply(job.id, response, head: job.head)
+                reply(to: job, response)
             } else {
-                let box = ResponseBox(response)
-                let (id, head) = (job.id, job.head)
-                loop.execute { [self] in reply(id, box.response, head: head) }
+                let box = ResponseBox(job: job, response: response)
+                loop.execute { [self] in reply(to: box.job, box.response) }
             }
             guard let next = await workers.next() else { return }
             job = next
@@ -499,9 +517,19 @@ final class HTTPServer: @unchecked Sendable {
                        remoteAddress: remoteAddress, loop: loop)
     }
 
-    /// Writes `response` as the one reply to request `id`; does nothing if `close()` has given up on it.
-    private func reply(_ id: UInt, _ response: Response, head: Bool) {
-        guard let (req, client) = inFlight.removeValue(forKey: id) else { return }
+    /// Writes `response` as the one reply to `job`'s request; does nothing if `close()` has given up on it.
+    private func reply(to job: RequestJob, _ response: Response) {
+        let (id, client, head) = (job.id, job.client, job.head)
+        let req: RequestPointer
+        if let client, let current = client.current, current.id == id {
+            req = current.request
+            client.current = nil
+        } else if let unheld = unheldRequests.removeValue(forKey: id) {
+            req = unheld
+        } else {
+            return
+        }
+        inFlightCount -= 1
         client?.inFlight -= 1
         // One read of the response's storage for everything below (see Response.Parts).
         let parts = response.parts
@@ -511,7 +539,7 @@ final class HTTPServer: @unchecked Sendable {
             logger.error("handler set an invalid status \(code); answering 500")
             code = 500
             reason = HTTPStatus.standardReason(500)
-        } else if reason.utf8.contains(where: { $0 == 13 || $0 == 10 }) {
+        } else if Self.hasLineBreak(reason) {
             reason = HTTPStatus.standardReason(code)   // CR/LF in the status line would split the response
         }
         // RFC 9110 6.4.1: no body in 1xx, 204 and 304 responses (evhttp would send one if we gave it).
@@ -542,11 +570,11 @@ final class HTTPServer: @unchecked Sendable {
         let hasDate = evhttp_find_header(output, "Date") != nil   // the handler's own, as evhttp checks
         if head {
             // The GET route answered; tell the client how long the body it did not ask for would be.
-            if bodyAllowed && !hasLength { addHeader(output, "Content-Length", String(parts.body.count)) }
+            if bodyAllowed && !hasLength { addContentLength(output, parts.body.count) }
             if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
         } else {
             if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
-            if bodyAllowed && http11 { addHeader(output, "Content-Length", String(parts.body.count)) }
+            if bodyAllowed && http11 { addContentLength(output, parts.body.count) }
             if bodyAllowed && !parts.body.isEmpty {
                 let buffer = evhttp_request_get_output_buffer(req)
                 parts.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
@@ -570,6 +598,34 @@ final class HTTPServer: @unchecked Sendable {
     @discardableResult
     private func addHeader(_ headers: UnsafeMutablePointer<evkeyvalq>?, _ name: String, _ value: String) -> Int32 {
         name.withCString { name in value.withCString { value in evhttp_add_header(headers, name, value) } }
+    }
+
+    /// Adds `Content-Length: count`, formatted in place: `String(count)` would make a string (through
+    /// `description`) for every reply.
+    private func addContentLength(_ headers: UnsafeMutablePointer<evkeyvalq>?, _ count: Int) {
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: 21) { text in
+            var value = count.magnitude
+            var start = 20
+            text[start] = 0
+            repeat {
+                start -= 1
+                text[start] = CChar(48 + value % 10)
+                value /= 10
+            } while value > 0
+            if count < 0 {   // never, for a body's length; here so that any Int formats as String(count) would
+                start -= 1
+                text[start] = CChar(45)
+            }
+            evhttp_add_header(headers, "Content-Length", text.baseAddress! + start)
+        }
+    }
+
+    /// Whether `text` contains a CR or LF, over a span of its UTF-8 (the view's generic search costs more than the
+    /// reason phrase it looks at).
+    private static func hasLineBreak(_ text: String) -> Bool {
+        let bytes = text.utf8.span
+        for index in bytes.indices where bytes[index] == 13 || bytes[index] == 10 { return true }
+        return false
     }
 
     /// `Date` as evhttp writes it (with its own evutil_date_rfc1123: `Sun, 06 Nov 1994 08:49:37 GMT`), remade when
@@ -686,6 +742,12 @@ final class HTTPServer: @unchecked Sendable {
         guard let client = connections.removeValue(forKey: connection) else { return }
         client.connection = nil
         detach(client)
+        // Its request, if the application still works on it, lives on detached (see the top of this file); the
+        // server keeps it until the late reply, or until close() frees it.
+        if let current = client.current {
+            client.current = nil
+            unheldRequests[current.id] = current.request
+        }
         // A reply still queued on a closing connection will never be written: stop waiting for it.
         if client.flushing {
             client.flushing = false
@@ -730,6 +792,7 @@ final class HTTPServer: @unchecked Sendable {
             left -= count
             if left > 0 && evbuffer_ptr_set(buffer, &position, count, EVBUFFER_PTR_ADD) != 0 { break }
         }
+        lastScanned = client
         if client.scanner.position == .head && client.stampedRequest != client.scanner.completedRequests {
             // The first byte of a head: the header timeout counts from here.
             client.stampedRequest = client.scanner.completedRequests
@@ -855,7 +918,7 @@ final class HTTPServer: @unchecked Sendable {
     // MARK: Shutdown
 
     /// Requests answered and replies being written.
-    var pendingCount: Int { inFlight.count + flushingCount }
+    var pendingCount: Int { inFlightCount + flushingCount }
 
     /// Closes the listening socket: new connections are refused (by the other loops' sockets too, once every loop
     /// has closed its own). Open connections are served as before.
@@ -937,10 +1000,16 @@ final class HTTPServer: @unchecked Sendable {
         registerNewConnections()
         // Requests libevent detached from their dead connection belong to nobody but us now; the others go with
         // their connection in evhttp_free.
-        let detached = inFlight.values.map(\.request).filter { evhttp_request_get_connection($0) == nil }
-        if !inFlight.isEmpty { logger.warning("closing with \(inFlight.count) request(s) unanswered") }
-        inFlight.removeAll()
-        for client in connections.values { client.flushing = false }
+        var unanswered = Array(unheldRequests.values)
+        for client in connections.values {
+            if let current = client.current { unanswered.append(current.request) }
+            client.current = nil
+            client.flushing = false
+        }
+        let detached = unanswered.filter { evhttp_request_get_connection($0) == nil }
+        if inFlightCount > 0 { logger.warning("closing with \(inFlightCount) request(s) unanswered") }
+        unheldRequests.removeAll()
+        inFlightCount = 0
         flushingCount = 0
         for req in detached { evhttp_request_free(req) }
         if let registerEvent { event_free(registerEvent) }
@@ -950,6 +1019,7 @@ final class HTTPServer: @unchecked Sendable {
         self.http = nil
         evhttp_free(http)   // connectionClosed runs for each connection
         connections.removeAll()
+        lastScanned = nil
         workers.close()
         finishDrain(false)
     }
@@ -957,9 +1027,13 @@ final class HTTPServer: @unchecked Sendable {
 
 /// What the server knows about one client connection: from the moment evhttp asks for its bufferevent until evhttp
 /// frees it (or the server refuses it).
-fileprivate final class ClientConnection {
+fileprivate final class ClientConnection: @unchecked Sendable {
+    // @unchecked Sendable: like the server's, its vars are read and written only on the server's loop thread (by
+    // the server's callbacks, and by the request tasks, which prefer the loop, when they reply). A request's job
+    // carries it to the task only to hand it back to `reply`.
     // unowned(unsafe): the server frees every connection (evhttp_free in close(), which its deinit checks) before
-    // it goes, so a connection never outlives it; no reference counting on the per-request path.
+    // it goes, and a request's job that still holds a connection after that belongs to a task that holds the server
+    // too, so a connection never outlives it; no reference counting on the per-request path.
     unowned(unsafe) let server: HTTPServer
     let bufferevent: OpaquePointer
     /// The bufferevent's input buffer, where evhttp parses requests from.
@@ -972,6 +1046,8 @@ fileprivate final class ClientConnection {
     var answered = 0
     /// Requests handed to the application and not answered yet.
     var inFlight = 0
+    /// The request in flight and its id, while the server keeps it here (see `HTTPServer.unheldRequests`).
+    var current: (id: UInt, request: HTTPServer.RequestPointer)?
     /// The tick the current timeout counts from: the connection's start, the end of the last response, or the first
     /// byte of the current head.
     var since: Int
@@ -1071,18 +1147,20 @@ final class RequestWorkers<Job>: @unchecked Sendable {
     }
 }
 
-/// One request on its way to a worker: the request, its id in `inFlight`, and whether it is a HEAD request.
+/// One request on its way to a worker: the request, its id, its connection (which keeps the evhttp request until
+/// the reply, see `HTTPServer.unheldRequests`), and whether it is a HEAD request.
 private struct RequestJob {
     let request: Request
     let id: UInt
+    let client: ClientConnection?
     let head: Bool
 }
 
 /// Carries a finished response to the loop thread in the (unexpected) case the task ended elsewhere.
 private struct ResponseBox: @unchecked Sendable {
-    // @unchecked Sendable: the task that built the response hands it over and never touches it again.
+    // @unchecked Sendable: the task that built the response hands it and its job over and never touches them again.
+    let job: RequestJob
     let response: Response
-    init(_ response: Response) { self.response = response }
 }
 
 // MARK: - C callbacks

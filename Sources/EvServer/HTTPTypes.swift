@@ -143,9 +143,10 @@ extension String {
     @inlinable
     public func asciiCaseInsensitiveEquals(_ other: String) -> Bool {
         // Spans, not a zip over the two UTF-8 views: this runs for every header lookup, and the views' iterators
-        // cost several times more per byte.
+        // cost several times more per byte. The lengths first, without making spans: most comparisons (a header
+        // name against the one looked for) fail on them.
+        guard utf8.count == other.utf8.count else { return false }
         let a = utf8.span, b = other.utf8.span
-        guard a.count == b.count else { return false }
         for index in a.indices {
             let x = a[index], y = b[index]
             if x == y { continue }
