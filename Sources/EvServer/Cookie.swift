@@ -158,18 +158,48 @@ public enum URIParts {
 extension Date {
     /// RFC 1123 date, e.g. `Tue, 01 Dec 2026 10:00:00 GMT` (as `Date.prototype.toUTCString`).
     public var httpDate: String {
-        let days = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
-        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        // Written byte by byte from two small tables (every Set-Cookie with an expiry has one): interpolation made a
+        // string per field, and the name tables were arrays built on every call.
         let seconds = Int(timeIntervalSince1970.rounded(.down))
         let dayNumber = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
         let secondOfDay = seconds - dayNumber * 86400
-        let weekday = days[((dayNumber % 7) + 7) % 7]
         let (year, month, day) = CivilDate.civil(fromDays: Int64(dayNumber))
-        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        return "\(weekday), \(two(Int(day))) \(months[Int(month) - 1]) \(year) \(two(secondOfDay / 3600)):"
-            + "\(two(secondOfDay % 3600 / 60)):\(two(secondOfDay % 60)) GMT"
+        var out: [UInt8] = []
+        out.reserveCapacity(32)
+        func name(_ table: [UInt8], _ index: Int) {
+            out.append(table[3 * index]); out.append(table[3 * index + 1]); out.append(table[3 * index + 2])
+        }
+        func two(_ value: Int) {
+            out.append(UInt8(ascii: "0") + UInt8(value / 10)); out.append(UInt8(ascii: "0") + UInt8(value % 10))
+        }
+        name(httpDateWeekdays, ((dayNumber % 7) + 7) % 7)   // day 0, 1970-01-01, was a Thursday
+        out.append(contentsOf: ", ".utf8)
+        two(Int(day))
+        out.append(UInt8(ascii: " "))
+        name(httpDateMonths, Int(month) - 1)
+        out.append(UInt8(ascii: " "))
+        // As toUTCString: at least four digits, and a '-' before a year before 1 BC (`0999`, `-0001`, `10000`).
+        if (0...9999).contains(year) {
+            two(Int(year / 100)); two(Int(year % 100))
+        } else {
+            if year < 0 { out.append(UInt8(ascii: "-")) }
+            let digits = Array(String(year.magnitude).utf8)
+            out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: max(0, 4 - digits.count)))
+            out.append(contentsOf: digits)
+        }
+        out.append(UInt8(ascii: " "))
+        two(secondOfDay / 3600)
+        out.append(UInt8(ascii: ":"))
+        two(secondOfDay % 3600 / 60)
+        out.append(UInt8(ascii: ":"))
+        two(secondOfDay % 60)
+        out.append(contentsOf: " GMT".utf8)
+        return String(decoding: out, as: UTF8.self)
     }
 }
+
+private let httpDateWeekdays = Array("ThuFriSatSunMonTueWed".utf8)
+private let httpDateMonths = Array("JanFebMarAprMayJunJulAugSepOctNovDec".utf8)
 
 /// Decodes `%XX` escapes (and `+` as space when asked).
 /// - Returns: the decoded text, or nil when an escape is malformed (`%`, `%4`, `%zz`) or the decoded bytes are not

@@ -167,6 +167,14 @@ struct CookieParserTests {
             (253_402_300_799, "Fri, 31 Dec 9999 23:59:59 GMT"),
             (-1, "Wed, 31 Dec 1969 23:59:59 GMT"),
             (-86_400_000, "Fri, 07 Apr 1967 00:00:00 GMT"),
+            // Years padded to four digits, signed before 1 BC, as Node's toUTCString writes them:
+            (-30_610_224_000, "Wed, 01 Jan 1000 00:00:00 GMT"),
+            (-30_610_224_001, "Tue, 31 Dec 0999 23:59:59 GMT"),
+            (-62_009_366_400, "Sat, 01 Jan 0005 00:00:00 GMT"),
+            (-62_167_219_200, "Sat, 01 Jan 0000 00:00:00 GMT"),
+            (-62_198_755_200, "Fri, 01 Jan -0001 00:00:00 GMT"),
+            (-451_737_734_400, "Fri, 01 Jan -12345 00:00:00 GMT"),
+            (253_402_300_800, "Sat, 01 Jan 10000 00:00:00 GMT"),
         ]
         for (seconds, expected) in cases {
             #expect(Date(timeIntervalSince1970: seconds).httpDate == expected, "\(seconds)")
