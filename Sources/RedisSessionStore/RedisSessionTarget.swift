@@ -12,9 +12,8 @@ import EvServer
 /// an executor check (RedisClient's implementations are nonsending too; a cluster's get a hop in their thunk).
 protocol RedisSessionTarget: Sendable {
     func get(_ key: String) async throws -> [UInt8]?
-    nonisolated(nonsending) func get(_ key: String, refreshingExpiry seconds: Int) async throws -> [UInt8]?
-    /// ``get(_:refreshingExpiry:)`` of the key `prefix + id`; a single server's client encodes it without making
-    /// the key a String first.
+    /// GETEX of the key `prefix + id` (value and TTL refresh in one command); a single server's client encodes it
+    /// without making the key a String first.
     nonisolated(nonsending) func get(prefix: String, id: String, refreshingExpiry seconds: Int) async throws -> [UInt8]?
     @discardableResult func expire(_ key: String, after seconds: Int) async throws -> Bool
     /// DEL; on a cluster, keys of several slots are split into one DEL per slot.
