@@ -157,45 +157,48 @@ public enum URIParts {
 
 extension Date {
     /// RFC 1123 date, e.g. `Tue, 01 Dec 2026 10:00:00 GMT` (as `Date.prototype.toUTCString`).
-    public var httpDate: String {
-        // Written byte by byte from two small tables (every Set-Cookie with an expiry has one): interpolation made a
-        // string per field, and the name tables were arrays built on every call.
-        let seconds = Int(timeIntervalSince1970.rounded(.down))
-        let dayNumber = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
-        let secondOfDay = seconds - dayNumber * 86400
-        let (year, month, day) = CivilDate.civil(fromDays: Int64(dayNumber))
-        var out: [UInt8] = []
-        out.reserveCapacity(32)
-        func name(_ table: [UInt8], _ index: Int) {
-            out.append(table[3 * index]); out.append(table[3 * index + 1]); out.append(table[3 * index + 2])
-        }
-        func two(_ value: Int) {
-            out.append(UInt8(ascii: "0") + UInt8(value / 10)); out.append(UInt8(ascii: "0") + UInt8(value % 10))
-        }
-        name(httpDateWeekdays, ((dayNumber % 7) + 7) % 7)   // day 0, 1970-01-01, was a Thursday
-        out.append(contentsOf: ", ".utf8)
-        two(Int(day))
-        out.append(UInt8(ascii: " "))
-        name(httpDateMonths, Int(month) - 1)
-        out.append(UInt8(ascii: " "))
-        // As toUTCString: at least four digits, and a '-' before a year before 1 BC (`0999`, `-0001`, `10000`).
-        if (0...9999).contains(year) {
-            two(Int(year / 100)); two(Int(year % 100))
-        } else {
-            if year < 0 { out.append(UInt8(ascii: "-")) }
-            let digits = Array(String(year.magnitude).utf8)
-            out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: max(0, 4 - digits.count)))
-            out.append(contentsOf: digits)
-        }
-        out.append(UInt8(ascii: " "))
-        two(secondOfDay / 3600)
-        out.append(UInt8(ascii: ":"))
-        two(secondOfDay % 3600 / 60)
-        out.append(UInt8(ascii: ":"))
-        two(secondOfDay % 60)
-        out.append(contentsOf: " GMT".utf8)
-        return String(decoding: out, as: UTF8.self)
+    public var httpDate: String { EvServer.httpDate(secondsSince1970: Int(timeIntervalSince1970.rounded(.down))) }
+}
+
+/// The RFC 1123 date of a time in whole seconds since 1970 (as `Date.prototype.toUTCString` writes it): the one
+/// formatter for `Expires` and the server's `Date` header.
+func httpDate(secondsSince1970 seconds: Int) -> String {
+    // Written byte by byte from two small tables (every Set-Cookie with an expiry has one): interpolation made a
+    // string per field, and the name tables were arrays built on every call.
+    let dayNumber = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
+    let secondOfDay = seconds - dayNumber * 86400
+    let (year, month, day) = CivilDate.civil(fromDays: Int64(dayNumber))
+    var out: [UInt8] = []
+    out.reserveCapacity(32)
+    func name(_ table: [UInt8], _ index: Int) {
+        out.append(table[3 * index]); out.append(table[3 * index + 1]); out.append(table[3 * index + 2])
     }
+    func two(_ value: Int) {
+        out.append(UInt8(ascii: "0") + UInt8(value / 10)); out.append(UInt8(ascii: "0") + UInt8(value % 10))
+    }
+    name(httpDateWeekdays, ((dayNumber % 7) + 7) % 7)   // day 0, 1970-01-01, was a Thursday
+    out.append(contentsOf: ", ".utf8)
+    two(Int(day))
+    out.append(UInt8(ascii: " "))
+    name(httpDateMonths, Int(month) - 1)
+    out.append(UInt8(ascii: " "))
+    // As toUTCString: at least four digits, and a '-' before a year before 1 BC (`0999`, `-0001`, `10000`).
+    if (0...9999).contains(year) {
+        two(Int(year / 100)); two(Int(year % 100))
+    } else {
+        if year < 0 { out.append(UInt8(ascii: "-")) }
+        let digits = Array(String(year.magnitude).utf8)
+        out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: max(0, 4 - digits.count)))
+        out.append(contentsOf: digits)
+    }
+    out.append(UInt8(ascii: " "))
+    two(secondOfDay / 3600)
+    out.append(UInt8(ascii: ":"))
+    two(secondOfDay % 3600 / 60)
+    out.append(UInt8(ascii: ":"))
+    two(secondOfDay % 60)
+    out.append(contentsOf: " GMT".utf8)
+    return String(decoding: out, as: UTF8.self)
 }
 
 private let httpDateWeekdays = Array("ThuFriSatSunMonTueWed".utf8)

@@ -628,24 +628,14 @@ final class HTTPServer: @unchecked Sendable {
         return false
     }
 
-    /// `Date` as evhttp writes it (with its own evutil_date_rfc1123: `Sun, 06 Nov 1994 08:49:37 GMT`), remade when
-    /// the second changes.
+    /// `Date` as evhttp writes it (`Sun, 06 Nov 1994 08:49:37 GMT`), remade when the second changes.
     private func currentDate() -> String {
         let now = time(nil)
         if now != dateSecond {
             dateSecond = now
-            dateText = Self.rfc1123(now)
+            dateText = httpDate(secondsSince1970: Int(now))
         }
         return dateText
-    }
-
-    private static func rfc1123(_ seconds: time_t) -> String {
-        var now = seconds
-        var parts = tm()
-        gmtime_r(&now, &parts)
-        var text = [CChar](repeating: 0, count: 50)
-        let count = evutil_date_rfc1123(&text, text.count, &parts)
-        return String(decoding: text[..<max(0, Int(count))].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     fileprivate func responseWritten(_ client: ClientConnection) {
@@ -885,7 +875,7 @@ final class HTTPServer: @unchecked Sendable {
 
     /// A complete response with `Connection: close`.
     private static func errorResponse(_ status: HTTPStatus, body: String, extraHeaders: String = "") -> [UInt8] {
-        let head = "HTTP/1.1 \(status.code) \(status.reason)\r\nDate: \(rfc1123(time(nil)))\r\n"
+        let head = "HTTP/1.1 \(status.code) \(status.reason)\r\nDate: \(httpDate(secondsSince1970: Int(time(nil))))\r\n"
             + "Content-Type: application/json; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n"
             + extraHeaders + "Connection: close\r\n\r\n"
         return Array((head + body).utf8)
