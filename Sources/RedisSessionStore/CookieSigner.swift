@@ -65,15 +65,6 @@ public struct CookieSigner: Sendable {
     /// Characters in a signature: 32 bytes of HMAC-SHA256 in unpadded base64.
     static let signatureLength = 43
 
-    /// Compares without an early exit, so the time taken says nothing about where the first difference is. The length
-    /// of a signature is public (43 characters), so a length mismatch may return at once.
-    static func constantTimeEquals<A: Collection<UInt8>, B: Collection<UInt8>>(_ a: A, _ b: B) -> Bool {
-        guard a.count == b.count else { return false }
-        var difference: UInt8 = 0
-        for (x, y) in zip(a, b) { difference |= x ^ y }
-        return difference == 0
-    }
-
     /// JavaScript's `encodeURIComponent`: everything but `A-Z a-z 0-9 - _ . ! ~ * ' ( )` becomes `%XX` of its UTF-8
     /// bytes, in upper-case hex.
     public static func encodeURIComponent(_ text: String) -> String {

@@ -45,7 +45,8 @@ struct KeyedHMAC: Sendable {
         }
     }
 
-    /// ``authenticationCode(for:)-(Span<UInt8>)`` as an array (for tests and key set-up, not the request path).
+    /// ``authenticationCode(for:)-(Span<UInt8>)`` as an array (for the known-answer tests; the request path keeps
+    /// the inline code).
     func authenticationCode(for message: [UInt8]) -> [UInt8] {
         let code = authenticationCode(for: message.span)
         return (0..<32).map { code[$0] }

@@ -16,7 +16,7 @@ public enum SessionID {
                 word >>= 8
             }
         }
-        return Base64.encode(bytes.span, alphabet: Base64.urlAlphabet)
+        return Base64.encode(bytes, alphabet: Base64.urlAlphabet)
     }
 }
 

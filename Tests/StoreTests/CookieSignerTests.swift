@@ -122,9 +122,13 @@ import Testing
         }
     }
 
+    /// The signature compare `unsign` uses: the presented text against the encoding of the expected code.
     @Test func constantTimeCompareNeedsEqualLength() {
-        #expect(CookieSigner.constantTimeEquals(Array("abc".utf8), Array("abc".utf8)))
-        #expect(!CookieSigner.constantTimeEquals(Array("abc".utf8), Array("abd".utf8)))
-        #expect(!CookieSigner.constantTimeEquals(Array("abc".utf8), Array("abcd".utf8)))
+        func equals(_ encoded: String) -> Bool {   // [0xFB, 0xFF] encodes as "+/8"
+            Base64.constantTimeEquals(encodingOf: [0xFB, 0xFF].span, Array(encoded.utf8).span)
+        }
+        #expect(equals("+/8"))
+        #expect(!equals("+/9"))
+        #expect(!equals("+/8A"))
     }
 }
