@@ -760,23 +760,7 @@ final class SentinelTopology: Sendable {
     }
 
     private static func linkIsUp(replicaPort: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = loopbackAddress(port: replicaPort)
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard connected == 0 else { return false }
-        let command = Array("INFO replication\r\n".utf8)
-        guard write(fd, command, command.count) == command.count else { return false }
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let count = read(fd, &buffer, buffer.count)
-        guard count > 0 else { return false }
-        return String(decoding: buffer[..<count], as: UTF8.self).contains("master_link_status:up")
+        guard let reply = inlineCommandReply(port: replicaPort, "INFO replication", capacity: 4096) else { return false }
+        return String(decoding: reply, as: UTF8.self).contains("master_link_status:up")
     }
 }

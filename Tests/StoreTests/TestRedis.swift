@@ -119,8 +119,16 @@ final class PrivateRedis: Sendable {
 
 /// Whether something on 127.0.0.1:`port` answers a PING with a RESP reply (`+PONG` or an error such as NOAUTH).
 func redisAnswers(port: Int) -> Bool {
+    guard let reply = inlineCommandReply(port: port, "PING", capacity: 64), let first = reply.first else { return false }
+    return first == UInt8(ascii: "+") || first == UInt8(ascii: "-")
+}
+
+/// The first bytes (up to `capacity`) of the reply to an inline command sent to 127.0.0.1:`port` on a new
+/// connection, with no client library and a 200 ms read timeout; nil when nothing answers. For probing servers
+/// that may be down, paused or refusing.
+func inlineCommandReply(port: Int, _ command: String, capacity: Int) -> [UInt8]? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
+    guard fd >= 0 else { return nil }
     defer { close(fd) }
     var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -130,12 +138,12 @@ func redisAnswers(port: Int) -> Bool {
             connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
         }
     }
-    guard connected == 0 else { return false }
-    let ping = Array("PING\r\n".utf8)
-    guard write(fd, ping, ping.count) == ping.count else { return false }
-    var buffer = [UInt8](repeating: 0, count: 64)
+    guard connected == 0 else { return nil }
+    let line = Array((command + "\r\n").utf8)
+    guard write(fd, line, line.count) == line.count else { return nil }
+    var buffer = [UInt8](repeating: 0, count: capacity)
     let count = read(fd, &buffer, buffer.count)
-    return count > 0 && (buffer[0] == UInt8(ascii: "+") || buffer[0] == UInt8(ascii: "-"))
+    return count > 0 ? Array(buffer[..<count]) : nil
 }
 
 func loopbackAddress(port: Int) -> sockaddr_in {
