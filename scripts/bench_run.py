@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import resp  # scripts/resp.py: RESP without a client library
+
 ROOT = Path(__file__).resolve().parent.parent
 WRK_DIR = ROOT / "Benchmarks" / "wrk"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -47,42 +49,22 @@ def log(message):
     print(f"==> {message}", file=sys.stderr, flush=True)
 
 
-# MARK: - Redis (a minimal RESP client: the harness needs no Python packages)
+# MARK: - Redis (resp.py's connection: the harness needs no Python packages)
 
-class Redis:
+class Redis(resp.Connection):
+    """A kept connection whose error replies and failures are BenchErrors."""
+
     def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.file = self.sock.makefile("rb")
+        super().__init__(port, timeout=30)
 
     def __call__(self, *args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        self.sock.sendall(b"".join(out))
-        return self._read()
-
-    def _read(self):
-        line = self.file.readline()
-        if not line:
-            raise BenchError("redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise BenchError(f"redis: {rest.decode()}")
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = self.file.read(n + 2)
-            return data[:-2]
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._read() for _ in range(n)]
-        raise BenchError(f"redis: unexpected reply {line!r}")
+        try:
+            reply = super().__call__(*args)
+        except OSError as error:
+            raise BenchError(f"redis: {error}") from error
+        if isinstance(reply, Exception):
+            raise BenchError(f"redis: {reply}")
+        return reply
 
     def command_calls(self):
         """Calls per command since Redis started, from INFO commandstats (INFO itself left out)."""

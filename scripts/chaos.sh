@@ -38,11 +38,7 @@ cleanup() {
     # The load generator restarts redis-server (phase a): the pid file always names the current one.
     [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
     wait 2>/dev/null || true
-    if [ "$status" -eq 0 ] && [ "${CHAOS_KEEP:-0}" != "1" ]; then
-        rm -rf "$WORK"
-    else
-        log "logs and records kept in $WORK"
-    fi
+    remove_unless_kept "$WORK" "logs and records"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

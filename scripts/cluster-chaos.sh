@@ -32,7 +32,7 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     if [ -n "$CLUSTER_DIR" ]; then
-        if [ "$status" -ne 0 ] || [ "${CHAOS_KEEP:-0}" = "1" ]; then
+        if keeping_logs; then
             cp "$WORK"/evserver-*.log "$CLUSTER_DIR/" 2>/dev/null || true
             scripts/redis-cluster.sh stop-keep "$CLUSTER_DIR" 2>/dev/null || true
             log "logs kept in $CLUSTER_DIR"

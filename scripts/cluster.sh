@@ -80,13 +80,7 @@ done
 WORK="${CLUSTER_DIR:-$(mktemp -d -t evserver-cluster.XXXXXX)}"
 mkdir -p "$WORK"
 
-if [ "${CLUSTER_DETACH:-0}" != "1" ]; then
-    trap 'echo; log "stopping"; stop_dir "$WORK"; rm -rf "$WORK"' EXIT
-    trap 'exit 0' INT TERM
-else
-    # Detached: on a failure before the end, stop what was started; on success, leave it running.
-    trap 'rc=$?; if [ $rc -ne 0 ]; then stop_dir "$WORK"; fi' EXIT
-fi
+stop_on_exit "${CLUSTER_DETACH:-0}"
 
 start_redis "$REDIS_PORT" "$WORK" --appendonly yes
 

@@ -124,3 +124,24 @@ wait_ready() {
     tail -n 20 "$log_file" >&2
     die "evserver on :$port is not ready (log: $log_file)"
 }
+
+# stop_on_exit DETACH [WHAT]: the exit handling of the scripts that start a set of servers in $WORK (cluster.sh,
+# redis-cluster.sh, redis-sentinel.sh), with their stop_dir. In the foreground (DETACH not 1), Ctrl-C or any exit
+# stops them and removes $WORK; detached, only a failure before the end stops what was started, and on success it
+# is left running.
+stop_on_exit() {
+    if [ "$1" != "1" ]; then
+        trap "echo; log 'stopping${2:+ $2}'; stop_dir \"\$WORK\"; rm -rf \"\$WORK\"" EXIT
+        trap 'exit 0' INT TERM
+    else
+        trap 'rc=$?; if [ $rc -ne 0 ]; then stop_dir "$WORK"; fi' EXIT
+    fi
+}
+
+# keeping_logs: whether a chaos run keeps its logs: it failed ($status not 0) or CHAOS_KEEP=1.
+keeping_logs() { [ "${status:-1}" -ne 0 ] || [ "${CHAOS_KEEP:-0}" = "1" ]; }
+
+# remove_unless_kept DIR WHAT: removes DIR, or, when keeping_logs, keeps it and says where WHAT is.
+remove_unless_kept() {
+    if keeping_logs; then log "$2 kept in $1"; else rm -rf "$1"; fi
+}

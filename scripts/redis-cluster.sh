@@ -45,12 +45,7 @@ done
 
 WORK="${REDIS_CLUSTER_DIR:-$(mktemp -d -t evserver-redis-cluster.XXXXXX)}"
 mkdir -p "$WORK"
-if [ "${REDIS_CLUSTER_DETACH:-0}" != "1" ]; then
-    trap 'echo; log "stopping the Redis Cluster"; stop_dir "$WORK"; rm -rf "$WORK"' EXIT
-    trap 'exit 0' INT TERM
-else
-    trap 'rc=$?; if [ $rc -ne 0 ]; then stop_dir "$WORK"; fi' EXIT
-fi
+stop_on_exit "${REDIS_CLUSTER_DETACH:-0}" "the Redis Cluster"
 
 CLI_AUTH=()
 [ -n "${REDIS_PASSWORD:-}" ] && CLI_AUTH=(-a "$REDIS_PASSWORD" --no-auth-warning)

@@ -45,13 +45,7 @@ done
 
 WORK="${SENTINEL_DIR:-$(mktemp -d -t evserver-sentinel.XXXXXX)}"
 mkdir -p "$WORK"
-if [ "${SENTINEL_DETACH:-0}" != "1" ]; then
-    trap 'echo; log "stopping"; stop_dir "$WORK"; rm -rf "$WORK"' EXIT
-    trap 'exit 0' INT TERM
-else
-    # Detached: on a failure before the end, stop what was started; on success, leave it running.
-    trap 'rc=$?; if [ $rc -ne 0 ]; then stop_dir "$WORK"; fi' EXIT
-fi
+stop_on_exit "${SENTINEL_DETACH:-0}"
 
 # No 5 s pause before a full synchronisation (Redis's default): after a failover the old primary resyncs at once.
 start_redis "$PRIMARY_PORT" "$WORK/primary" --repl-diskless-sync-delay 0

@@ -36,11 +36,7 @@ cleanup() {
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
     [ -d "$WORK/sentinel" ] && scripts/redis-sentinel.sh stop "$WORK/sentinel" || true
     wait 2>/dev/null || true
-    if [ "$status" -eq 0 ] && [ "${CHAOS_KEEP:-0}" != "1" ]; then
-        rm -rf "$WORK"
-    else
-        log "logs kept in $WORK"
-    fi
+    remove_unless_kept "$WORK" "logs"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
