@@ -11,10 +11,12 @@ public enum RedisCommandOutcome: String, Sendable, Hashable, CaseIterable {
     case connectionError = "connection_error"
 }
 
-/// Where and how to connect to Redis, parsed from `redis://[[user]:password@]host[:port][/db]`.
+/// Where and how to connect to Redis, parsed from `redis://[[user]:password@]host[:port][/db]` (or `rediss://` for
+/// TLS).
 public struct RedisConfiguration: Sendable, Equatable {
-    /// Host name or IP address (IPv6 without brackets). A name is resolved at each connection attempt, on the
-    /// loop thread (hiredis 0.14 resolves synchronously): prefer an IP address or a name in /etc/hosts.
+    /// Host name or IP address (IPv6 without brackets). A name is resolved again at each connection attempt, off
+    /// the event loop (a resolver thread runs `getaddrinfo`), so an address that changed after a failover is found;
+    /// every address it returns is tried in turn.
     public var host: String
     public var port: Int
     /// The ACL user for `AUTH user password` (Redis 6+); nil authenticates as the default user.
@@ -23,8 +25,11 @@ public struct RedisConfiguration: Sendable, Equatable {
     public var password: String?
     /// The database selected with `SELECT` after connecting, when not 0.
     public var database: Int
+    /// TLS settings; nil talks plain text. `rediss://` URLs set it to the defaults (verification on, the system's
+    /// CAs).
+    public var tls: RedisTLSConfiguration?
     /// Deadline for each command; a command that misses it fails with `RedisClientError.timeout`.
-    /// Also the deadline for a connection attempt (TCP connect plus AUTH/SELECT).
+    /// Also the deadline for a connection attempt (name lookup, TCP connect, TLS handshake, AUTH/SELECT).
     public var commandTimeout: Duration
     /// How many commands may wait for a connection that is still being established; further commands fail at
     /// once with `RedisClientError.notConnected`.
@@ -35,8 +40,9 @@ public struct RedisConfiguration: Sendable, Equatable {
     public var onCommand: (@Sendable (_ name: String, _ duration: Duration, _ outcome: RedisCommandOutcome) -> Void)?
 
     public init(host: String = "127.0.0.1", port: Int = 6379, username: String? = nil, password: String? = nil,
-                database: Int = 0, commandTimeout: Duration = .seconds(1)) {
+                database: Int = 0, tls: RedisTLSConfiguration? = nil, commandTimeout: Duration = .seconds(1)) {
         self.host = host
+        self.tls = tls
         self.port = port
         self.username = username
         self.password = password
@@ -44,7 +50,8 @@ public struct RedisConfiguration: Sendable, Equatable {
         self.commandTimeout = commandTimeout
     }
 
-    /// Parses a `redis://` URL: `redis://[[user]:password@]host[:port][/db]`.
+    /// Parses a `redis://` URL: `redis://[[user]:password@]host[:port][/db]`, or `rediss://...` for TLS with
+    /// verification on and the system's CAs (set ``tls`` afterwards for other CAs or a client certificate).
     ///
     /// User and password are percent-decoded; an IPv6 host is written in brackets (`redis://[::1]:6380`).
     /// The port defaults to 6379 and the database to 0.
@@ -58,17 +65,18 @@ public struct RedisConfiguration: Sendable, Equatable {
         username = parsed.username
         password = parsed.password
         database = parsed.database
+        if parsed.usesTLS { tls = RedisTLSConfiguration() }
     }
 
     public static func == (lhs: RedisConfiguration, rhs: RedisConfiguration) -> Bool {
         lhs.host == rhs.host && lhs.port == rhs.port && lhs.username == rhs.username
-            && lhs.password == rhs.password && lhs.database == rhs.database
+            && lhs.password == rhs.password && lhs.database == rhs.database && lhs.tls == rhs.tls
             && lhs.commandTimeout == rhs.commandTimeout && lhs.connectingQueueLimit == rhs.connectingQueueLimit
     }
 
     /// The configuration as a URL with the password replaced by `***`, safe for logs.
     public var redactedURL: String {
-        var url = "redis://"
+        var url = tls == nil ? "redis://" : "rediss://"
         if username != nil || password != nil {
             url += username.map(percentEncoded) ?? ""
             url += password == nil ? "@" : ":***@"
@@ -107,6 +115,7 @@ private struct RedisURL {
     var username: String?
     var password: String?
     var database = 0
+    var usesTLS = false
 
     init(_ url: String) throws(RedisConfigurationError) {
         let text = Substring(url)
@@ -117,13 +126,12 @@ private struct RedisURL {
         let scheme = text[..<separator.lowerBound].lowercased()
         switch scheme {
         case "redis": break
-        case "rediss":
-            throw RedisConfigurationError(
-                "rediss:// (TLS) is not supported by this build; use redis:// through a TLS proxy such as stunnel")
+        case "rediss": usesTLS = true
         case "unix", "redis+unix", "redis-socket":
             throw RedisConfigurationError("Unix sockets are not supported; use redis://host:port")
         default:
-            throw RedisConfigurationError("unsupported scheme \"\(scheme.prefix(20))\" (expected redis://)")
+            throw RedisConfigurationError(
+                "unsupported scheme \"\(scheme.prefix(20))\" (expected redis:// or rediss:// for TLS)")
         }
         let rest = text[separator.upperBound...]
         if let mark = rest.firstIndex(where: { $0 == "?" || $0 == "#" }) {

@@ -13,6 +13,9 @@ public struct RedisSentinelConfiguration: Sendable {
     public var primary: RedisConfiguration
     /// The password of sentinels started with `requirepass`; nil when they need none.
     public var sentinelPassword: String?
+    /// TLS to the sentinels (sentinels with a `tls-port`); nil talks plain text to them. The primary's own TLS is
+    /// `primary.tls`. The `evserver` command uses one setting for both.
+    public var sentinelTLS: RedisTLSConfiguration?
     /// Deadline for each question to a sentinel and for each `ROLE` check of a primary.
     public var attemptTimeout: Duration = .milliseconds(500)
     /// How often the primary is checked again while all looks well, in case a failover announcement was missed.
@@ -30,12 +33,14 @@ public struct RedisSentinelConfiguration: Sendable {
     ///   - masterName: the monitored primary's name.
     ///   - primary: credentials, database and timeouts for the primary (host and port ignored).
     ///   - sentinelPassword: the sentinels' `requirepass`, if any.
+    ///   - sentinelTLS: TLS settings for the sentinels, if they speak TLS.
     public init(sentinels: [RedisAddress], masterName: String, primary: RedisConfiguration = .init(),
-                sentinelPassword: String? = nil) {
+                sentinelPassword: String? = nil, sentinelTLS: RedisTLSConfiguration? = nil) {
         self.sentinels = sentinels
         self.masterName = masterName
         self.primary = primary
         self.sentinelPassword = sentinelPassword
+        self.sentinelTLS = sentinelTLS
     }
 }
 
