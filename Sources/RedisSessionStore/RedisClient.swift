@@ -566,7 +566,7 @@ enum HandshakeStep {
 /// which is why one timer (armed for the oldest live entry) serves every command, and why the entries that
 /// already timed out form a prefix (`expired`).
 private final class Link {
-    let connection: HiredisConnection
+    let connection: RedisTransport
     private var entries: [PendingCommand?] = []
     private var head = 0
     /// How many of the first entries already timed out (their late replies are still due).
@@ -579,7 +579,7 @@ private final class Link {
     /// considered dead (a count, not the time of the last reply: cheaper to keep on every reply).
     var replies = 0
 
-    init(connection: HiredisConnection) {
+    init(connection: RedisTransport) {
         self.connection = connection
     }
 
@@ -629,7 +629,7 @@ private final class Link {
 ///
 /// Phases: idle -> connecting (TCP + handshake) -> ready; on loss or a failed attempt -> backing off -> connecting
 /// again; close() -> closed from anywhere. Only one hiredis connection exists at a time.
-final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
+final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     // @unchecked Sendable: everything but `isReady` is touched only on `loop`'s thread (each entry point calls
     // loop.preconditionInLoop(); RedisClient hops with loop.execute); `isReady` is an Atomic.
 
@@ -749,14 +749,9 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
     private func connect() {
         retryTimer = nil
         let now = ContinuousClock.now
-        let connection: HiredisConnection
-        do {
-            connection = try HiredisConnection(host: configuration.host, port: configuration.port, loop: loop,
-                                               delegate: self)
-        } catch {
-            attemptFailed(error.description)
-            return
-        }
+        let connection = RedisTransport(
+            endpoint: RedisEndpoint(host: configuration.host, port: configuration.port, tls: configuration.tls),
+            loop: loop, delegate: self)
         let link = Link(connection: connection)
         self.link = link
         phase = .connecting
@@ -914,8 +909,8 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         var silentSince: ContinuousClock.Instant?
         while let head = link.liveHead, head.deadline <= now {
             if case .handshake = head.role {
-                drop(link, because: "no answer within \(milliseconds(configuration.commandTimeout)) ms "
-                     + "(connect and \(head.name))")
+                let waiting = link.connection.pendingStage ?? "waiting for the reply to \(head.name)"
+                drop(link, because: "no answer within \(milliseconds(configuration.commandTimeout)) ms (\(waiting))")
                 return
             }
             link.expired += 1
@@ -933,14 +928,14 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         armDeadlineTimer()
     }
 
-    // MARK: HiredisConnectionDelegate
+    // MARK: RedisTransportDelegate
 
-    func hiredisDidConnect(_ connection: HiredisConnection) {
+    func transportDidConnect(_ connection: RedisTransport) {
         guard let link, link.connection === connection else { return }
         logger.trace("TCP connected; waiting for the handshake")
     }
 
-    func hiredis(_ connection: HiredisConnection, didReceive reply: RedisValue?, for command: PendingCommand) {
+    func transport(_ connection: RedisTransport, didReceive reply: RedisValue?, for command: PendingCommand) {
         guard let link, link.connection === connection else {
             // A connection we already let go of; cannot happen (a connection is gone before the next one starts),
             // but a caller must never hang.
@@ -957,7 +952,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         complete(command, reply: reply, link: link, reason: link.failure ?? connection.failureReason)
     }
 
-    func hiredisDidClose(_ connection: HiredisConnection, reason: String?) {
+    func transportDidClose(_ connection: RedisTransport, reason: String?) {
         guard let link, link.connection === connection else { return }
         self.link = nil
         deadlineTimer?.cancel()
