@@ -123,6 +123,11 @@ final class RedisTransport: @unchecked Sendable {
         }
     }
 
+    /// The address connected to, once open.
+    var connectedAddress: SocketAddress? {
+        state == .open && nextAddress > 0 && nextAddress <= addresses.count ? addresses[nextAddress - 1] : nil
+    }
+
     /// What the connection attempt is waiting for, for a timeout message; nil once open.
     var pendingStage: String? {
         switch state {
