@@ -18,11 +18,12 @@ extension ScaleSuites {
             defer { cluster.stop() }
             let tls = RedisTLSConfiguration(caFile: certificates.caFile)
             let prefix = "test:\(UUID().uuidString.prefix(8)):sess:"
-            // One seed: the other primaries are discovered (over TLS, at the TLS ports CLUSTER SLOTS names).
+            // One seed: the other primaries are discovered (over TLS, at the TLS ports CLUSTER SLOTS names). Each
+            // write waits for a replica's acknowledgement (WAIT 1): replication runs over TLS too.
             let store = RedisSessionStore(
                 cluster: RedisClusterConfiguration(seeds: [cluster.seeds[0]],
                                                    node: RedisConfiguration(tls: tls, commandTimeout: .seconds(2))),
-                prefix: prefix)
+                prefix: prefix, waitForReplicas: 1)
 
             var ids: [String] = []
             for index in 0..<30 {
@@ -43,7 +44,7 @@ extension ScaleSuites {
             #expect(Set(try await store.all().keys) == Set(ids))
             #expect(try await store.removeAll() == 30)
             #expect(try cluster.keyCounts().reduce(0, +) == 0)
-            print("RedisTLSTopologyTests: 30 sessions on a 3-primary TLS cluster, keys per primary \(perNode), "
+            print("RedisTLSTopologyTests: 30 sessions on a 6-node TLS cluster, keys per primary \(perNode), "
                   + "in \(ContinuousClock.now - started) with the cluster's start")
         }
 
@@ -113,8 +114,9 @@ extension ScaleSuites {
 
 // MARK: - A TLS Redis Cluster
 
-/// Three redis-server primaries in cluster mode (no replicas), TLS only on client port and cluster bus
-/// (`--tls-cluster yes`), joined by `redis-cli --tls --cluster create`. Killed by ``stop()`` (also on deinit).
+/// Six redis-server processes in cluster mode (3 primaries, 3 replicas), TLS only on client port, cluster bus
+/// (`--tls-cluster yes`) and replication (`--tls-replication yes`), joined by `redis-cli --tls --cluster create`.
+/// Killed by ``stop()`` (also on deinit).
 final class TLSRedisCluster: Sendable {
     let nodes: [PrivateRedis]
     let certificates: TestCertificates
@@ -127,14 +129,14 @@ final class TLSRedisCluster: Sendable {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var nodes: [PrivateRedis] = []
         do {
-            for index in 0..<3 {
+            for index in 0..<6 {
                 let nodeDirectory = "\(directory)/node-\(index)"
                 try FileManager.default.createDirectory(atPath: nodeDirectory, withIntermediateDirectories: true)
                 nodes.append(try PrivateRedis(arguments: [
                     "--dir", nodeDirectory,
                     "--cluster-enabled", "yes", "--cluster-config-file", "\(nodeDirectory)/nodes.conf",
                     "--cluster-node-timeout", "2000", "--cluster-port", "\(try TestRedis.unusedPort())",
-                    "--tls-cluster", "yes",
+                    "--tls-cluster", "yes", "--tls-replication", "yes", "--repl-diskless-sync-delay", "0",
                 ], tls: .serving(certificates.server, certificates: certificates)))
             }
         } catch {
@@ -149,7 +151,7 @@ final class TLSRedisCluster: Sendable {
         let tlsOptions = Array(RedisCLI.tlsArguments(port: nodes[0].port, certificates: certificates).dropFirst(4))
         let created = try ChildProcess.run(cli, tlsOptions + ["--cluster", "create"]
                                            + nodes.map { "127.0.0.1:\($0.port)" }
-                                           + ["--cluster-replicas", "0", "--cluster-yes"], timeout: .seconds(30))
+                                           + ["--cluster-replicas", "1", "--cluster-yes"], timeout: .seconds(30))
         guard created.status == .exited(0) else {
             stop()
             throw HarnessFailure("redis-cli --tls --cluster create failed (\(created.status)): "
@@ -157,7 +159,8 @@ final class TLSRedisCluster: Sendable {
         }
     }
 
-    /// Starts the cluster on a thread of its own and waits until every node says `cluster_state:ok`.
+    /// Starts the cluster on a thread of its own and waits until every node says `cluster_state:ok` and every
+    /// replica is in sync.
     static func start(certificates: TestCertificates) async throws -> TLSRedisCluster {
         let started = ContinuousClock.now
         let cluster = try await onThread { try TLSRedisCluster(certificates: certificates) }
@@ -173,7 +176,7 @@ final class TLSRedisCluster: Sendable {
             cluster.stop()
             throw error
         }
-        print("TLSRedisCluster: 3 TLS primaries up in \(ContinuousClock.now - started)")
+        print("TLSRedisCluster: 6 TLS nodes up and in sync in \(ContinuousClock.now - started)")
         return cluster
     }
 
@@ -185,15 +188,26 @@ final class TLSRedisCluster: Sendable {
     }
 
     private func isReady() throws -> Bool {
-        try nodes.allSatisfy { node in
+        var replicasInSync = 0
+        for node in nodes {
             let info = try RedisCLI.run(port: node.port, certificates: certificates, ["CLUSTER", "INFO"])
-            return info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            guard info.contains("cluster_state:ok"), info.contains("cluster_known_nodes:6") else { return false }
+            let replication = try RedisCLI.run(port: node.port, certificates: certificates, ["INFO", "replication"])
+            if replication.contains("role:slave"), replication.contains("master_link_status:up") { replicasInSync += 1 }
+        }
+        return replicasInSync == 3
+    }
+
+    /// The nodes that say they are primaries (`ROLE`).
+    func primaries() throws -> [PrivateRedis] {
+        try nodes.filter { node in
+            try RedisCLI.run(port: node.port, certificates: certificates, ["ROLE"]).hasPrefix("master\n")
         }
     }
 
-    /// DBSIZE of each node, through redis-cli.
+    /// DBSIZE of each primary, through redis-cli.
     func keyCounts() throws -> [Int] {
-        try nodes.map { node in
+        try primaries().map { node in
             let output = try RedisCLI.run(port: node.port, certificates: certificates, ["DBSIZE"])
             return Int(output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
         }
