@@ -115,7 +115,7 @@ final class PrivateRedis: Sendable {
             guard process.exitStatus == nil, ContinuousClock.now < deadline else {
                 stop()
                 throw PrivateRedis.Failure("the private redis-server on port \(port) did not start: "
-                                           + process.errorOutput.suffix(500))
+                                           + process.output.suffix(500) + process.errorOutput.suffix(500))
             }
             usleep(10_000)
         }
