@@ -121,8 +121,11 @@ final class PrivateRedis: Sendable {
         }
     }
 
-    /// Starts the server again with other TLS settings (another certificate, or plain text with nil).
+    /// Kills the server if it runs and starts it again with other TLS settings (another certificate, or plain
+    /// text with nil), on the same port.
     func start(tls: TLS?) throws {
+        // Killed and reaped first: the new process must find the port free.
+        stop()
         self.tls.withLock { $0 = tls }
         try start()
     }
