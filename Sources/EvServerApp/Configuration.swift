@@ -352,13 +352,16 @@ struct ServerOptions: ParsableArguments {
     /// - Throws: ``ConfigurationError`` naming the first bad or conflicting value.
     func resolveTLS(into config: inout AppConfiguration, environment: [String: String]) throws {
         let value = FlagOrVariable(environment: environment)
-        let switched = try value(redisTLS, "--redis-tls", "REDIS_TLS").map { v, name in (try Self.boolean(v, name), name) }
+        let switched = try value(redisTLS, "--redis-tls", "REDIS_TLS").map { v, name in
+            (try Self.boolean(v, name), name)
+        }
         if case .single = config.redisTopology {
             let urlIsTLS = config.redis.tls != nil
             if let (on, name) = switched, on != urlIsTLS {
-                throw ConfigurationError(on
-                    ? "\(name) true conflicts with a redis:// URL (plain text): with --redis-url the scheme decides; use rediss:// for TLS"
-                    : "\(name) false conflicts with a rediss:// URL (TLS): with --redis-url the scheme decides; use redis:// for plain text")
+                let conflict = on ? "true conflicts with a redis:// URL (plain text)"
+                                  : "false conflicts with a rediss:// URL (TLS)"
+                throw ConfigurationError("\(name) \(conflict): with --redis-url the scheme decides; use "
+                    + (on ? "rediss:// for TLS" : "redis:// for plain text"))
             }
         } else if switched?.0 == true {
             config.redis.tls = RedisTLSConfiguration()
@@ -380,7 +383,7 @@ struct ServerOptions: ParsableArguments {
         tls.serverName = serverName?.0
         if let (v, name) = insecure { tls.verifiesPeer = try !Self.boolean(v, name) }
         if let problem = tls.problem { throw ConfigurationError("redis tls: \(problem)") }
-        // Insecure with a CA file is allowed; the files are checked all the same, as a wrong path is a mistake either way.
+        // Insecure with a CA file is allowed; the files are checked all the same: a wrong path is a mistake either way.
         for case let (path, name)? in [caFile, certificateFile, keyFile] { try Self.checkReadable(path, name) }
         config.redis.tls = tls
     }
@@ -493,8 +496,8 @@ extension AppConfiguration {
     /// The startup warning for TLS without verification, nil when certificates are checked (or TLS is off).
     var redisTLSWarning: String? {
         guard store == .redis, let tls = redis.tls, !tls.verifiesPeer else { return nil }
-        return "Redis TLS certificate verification is OFF (--redis-tls-insecure): anyone on the network path to "
-            + "Redis can read and change sessions"
+        return "Redis TLS certificate verification is OFF (--redis-tls-insecure, REDIS_TLS_INSECURE): "
+            + "anyone on the network path to Redis can read and change sessions"
     }
 
     /// Where the sessions are, for the startup log line (never a password).

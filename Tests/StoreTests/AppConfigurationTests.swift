@@ -154,7 +154,8 @@ import Testing
     }
 
     @Test func redissURLTurnsTLSOnWithVerificationAndTheSystemCAs() throws {
-        let config = try resolve(["--secret", "s", "--redis-url", "rediss://:pw@my-cache.xxxxxx.use1.cache.amazonaws.com:6379"])
+        let config = try resolve(["--secret", "s",
+                                  "--redis-url", "rediss://:pw@my-cache.xxxxxx.use1.cache.amazonaws.com:6379"])
         #expect(config.redis.tls == RedisTLSConfiguration())
         #expect(config.redis.tls?.verifiesPeer == true)
         #expect(config.redis.host == "my-cache.xxxxxx.use1.cache.amazonaws.com" && config.redis.password == "pw")
@@ -247,7 +248,8 @@ import Testing
         (["--redis-url", "rediss://cache", "--redis-tls", "false"], "--redis-tls false conflicts with a rediss:// URL"),
         (["--redis-cluster", "10.0.0.1:7000", "--redis-tls", "maybe"], "--redis-tls: 'maybe' is not true or false"),
         (["--redis-tls-ca", "$CA"], "--redis-tls-ca needs a rediss:// URL or --redis-tls true"),
-        (["--redis-tls-cert", "$CERT", "--redis-tls-key", "$KEY"], "--redis-tls-cert needs a rediss:// URL or --redis-tls true"),
+        (["--redis-tls-cert", "$CERT", "--redis-tls-key", "$KEY"],
+         "--redis-tls-cert needs a rediss:// URL or --redis-tls true"),
         (["--redis-tls-key", "$KEY"], "--redis-tls-key needs a rediss:// URL or --redis-tls true"),
         (["--redis-tls-server-name", "cache"], "--redis-tls-server-name needs a rediss:// URL or --redis-tls true"),
         (["--redis-tls-insecure", "true"], "--redis-tls-insecure needs a rediss:// URL or --redis-tls true"),
@@ -275,7 +277,9 @@ import Testing
     func badTLSSettingsFailWithOneClearLine(arguments: [String], mentions: String) throws {
         let files = try TLSFiles()
         defer { files.remove() }
-        let error = #expect(throws: ConfigurationError.self) { try resolve(files.substitute(arguments) + ["--secret", "s"]) }
+        let error = #expect(throws: ConfigurationError.self) {
+            try resolve(files.substitute(arguments) + ["--secret", "s"])
+        }
         let message = error?.description ?? ""
         #expect(message.contains(files.substitute([mentions])[0]), "\(message)")
         #expect(!message.contains("\n"))
