@@ -141,6 +141,7 @@ final class TLSRedisCluster: Sendable {
             }
         } catch {
             for node in nodes { node.stop() }
+            try? FileManager.default.removeItem(atPath: directory)
             throw error
         }
         self.nodes = nodes
@@ -239,6 +240,7 @@ final class TLSSentinelTopology: Sendable {
                                                    "--replicaof", "127.0.0.1", "\(primary.port)"], tls: tls)
         } catch {
             primary.stop()
+            try? FileManager.default.removeItem(atPath: directory)
             throw error
         }
         // In sync before the sentinels start: their first INFO of the primary is how they learn of the replica.
@@ -248,6 +250,7 @@ final class TLSSentinelTopology: Sendable {
             guard ContinuousClock.now < deadline else {
                 replica.stop()
                 primary.stop()
+                try? FileManager.default.removeItem(atPath: directory)
                 throw HarnessFailure("the TLS replica on \(replica.port) did not sync with \(primary.port) in 10 s")
             }
             usleep(50_000)
@@ -262,6 +265,7 @@ final class TLSSentinelTopology: Sendable {
             for sentinel in sentinels { sentinel.stop() }
             replica.stop()
             primary.stop()
+            try? FileManager.default.removeItem(atPath: directory)
             throw error
         }
         self.sentinels = sentinels
