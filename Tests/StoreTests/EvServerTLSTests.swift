@@ -53,4 +53,38 @@ import RedisSessionStore
         #expect(refused.status != .exited(0))
         #expect(refused.error.contains("certificate verify failed"), "\(refused.error)")
     }
+
+    @Test func untrustedRedisCertificateIsOneLogLineAnd503sWithoutACrash() async throws {
+        let certificates = try TestCertificates.shared()
+        let redis = try await tlsRedis(certificates.unknownCA)
+        defer { redis.stop() }
+        let port = try TestRedis.unusedPort()
+        let process = try ChildProcess(EvServerExecutable.path(), [
+            "--host", "127.0.0.1", "--port", "\(port)", "--threads", "1", "--secret", EvServerProcess.secret,
+            "--redis-url", "rediss://localhost:\(redis.port)/0", "--redis-tls-ca", certificates.caFile,
+        ], name: "tls-untrusted", environment: ChildProcess.environmentWithoutEvServerSettings)
+        defer { process.terminate() }
+        let deadline = ContinuousClock.now + .seconds(20)
+        var healthy = 0
+        while healthy != 200, ContinuousClock.now < deadline, process.exitStatus == nil {
+            usleep(50_000)
+            healthy = (try? TestHTTPClient(port: port).request("GET", "/healthz").status) ?? 0
+        }
+        #expect(healthy == 200)
+        let client = try TestHTTPClient(port: port)
+        let started = ContinuousClock.now
+        let session = try client.request("GET", "/")
+        #expect(session.status == 503)
+        #expect(session.headers["Retry-After"] != nil)
+        #expect(ContinuousClock.now - started < .milliseconds(1500), "503 within the Redis deadline")
+        #expect(try client.request("GET", "/readyz").status == 503)
+        usleep(1_000_000)
+        #expect(process.exitStatus == nil, "still running")
+        let lines = process.errorOutput.split(separator: "\n").filter { $0.contains("not reachable") }
+        #expect(lines.first?.contains("certificate verify failed: unable to get local issuer certificate") == true,
+                "\(lines)")
+        // Back-off retries with the same reason are not logged again, per connection (the start-up connection and
+        // the loop's own).
+        #expect(lines.count <= 2, "\(lines)")
+    }
 }
