@@ -19,12 +19,15 @@ let package = Package(
                        providers: [.apt(["libevent-dev"]), .brew(["libevent"])]),
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis",
                        providers: [.apt(["libhiredis-dev"]), .brew(["hiredis"])]),
+        // libevent's TLS bufferevents (libevent_openssl) and OpenSSL: the TLS leg to Redis.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libevent_openssl",
+                       providers: [.apt(["libevent-dev", "libssl-dev"]), .brew(["libevent", "openssl@3"])]),
         .target(name: "EvServer", dependencies: [
             "CEvent",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "RedisSessionStore", dependencies: [
-            "EvServer", "CHiredis",
+            "EvServer", "CHiredis", "COpenSSL",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -20,7 +20,7 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
-ensure_build_deps() { ensure_packages libevent-dev libhiredis-dev redis-server pkg-config; }
+ensure_build_deps() { ensure_packages libevent-dev libhiredis-dev libssl-dev redis-server pkg-config openssl; }
 
 # ensure_chaos_tools: what the fault drivers need besides the build: redis-server and redis-cli, python3, curl.
 ensure_chaos_tools() {

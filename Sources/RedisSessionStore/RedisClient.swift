@@ -333,6 +333,8 @@ enum Keyword {
     static let auth = Array("AUTH".utf8)
     static let select = Array("SELECT".utf8)
     static let wait = Array("WAIT".utf8)
+    static let info = Array("INFO".utf8)
+    static let server = Array("server".utf8)
 
     /// The commands the session store sends on every request, with their names: a command given as one of these
     /// arrays (the same buffer, so the comparison ends at once) needs neither case folding nor the refusal check.
@@ -557,7 +559,8 @@ final class PendingCommand {
 enum HandshakeStep {
     case auth
     case select
-    case ping
+    /// `INFO server`: proves Redis answers, and names its version for the log.
+    case info
 }
 
 /// The commands sent on one hiredis connection and not yet answered, oldest first.
@@ -566,7 +569,7 @@ enum HandshakeStep {
 /// which is why one timer (armed for the oldest live entry) serves every command, and why the entries that
 /// already timed out form a prefix (`expired`).
 private final class Link {
-    let connection: HiredisConnection
+    let connection: RedisTransport
     private var entries: [PendingCommand?] = []
     private var head = 0
     /// How many of the first entries already timed out (their late replies are still due).
@@ -575,11 +578,13 @@ private final class Link {
     var handshakeRemaining = 0
     /// Why the client decided to drop this connection (timeout, failed AUTH, close); reported instead of hiredis's.
     var failure: String?
+    /// The server's version from the handshake's INFO, for the log.
+    var serverVersion: String?
     /// How many replies (not NULLs) arrived: a connection that answers nothing while a command times out is
     /// considered dead (a count, not the time of the last reply: cheaper to keep on every reply).
     var replies = 0
 
-    init(connection: HiredisConnection) {
+    init(connection: RedisTransport) {
         self.connection = connection
     }
 
@@ -629,7 +634,7 @@ private final class Link {
 ///
 /// Phases: idle -> connecting (TCP + handshake) -> ready; on loss or a failed attempt -> backing off -> connecting
 /// again; close() -> closed from anywhere. Only one hiredis connection exists at a time.
-final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
+final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     // @unchecked Sendable: everything but `isReady` is touched only on `loop`'s thread (each entry point calls
     // loop.preconditionInLoop(); RedisClient hops with loop.execute); `isReady` is an Atomic.
 
@@ -749,14 +754,9 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
     private func connect() {
         retryTimer = nil
         let now = ContinuousClock.now
-        let connection: HiredisConnection
-        do {
-            connection = try HiredisConnection(host: configuration.host, port: configuration.port, loop: loop,
-                                               delegate: self)
-        } catch {
-            attemptFailed(error.description)
-            return
-        }
+        let connection = RedisTransport(
+            endpoint: RedisEndpoint(host: configuration.host, port: configuration.port, tls: configuration.tls),
+            loop: loop, delegate: self)
         let link = Link(connection: connection)
         self.link = link
         phase = .connecting
@@ -789,17 +789,23 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         if configuration.database != 0 {
             steps.append((.select, [Keyword.select, decimal(configuration.database)]))
         }
-        // Neither: a PING, so that "ready" still means Redis answered (not just that the kernel accepted the TCP
-        // connection), and so that an attempt that never gets an answer fails by the deadline.
-        if steps.isEmpty { steps.append((.ping, [Keyword.ping])) }
+        // Always last: INFO server, so that "ready" means Redis answered (not just that the kernel accepted the
+        // TCP connection and, with TLS, the handshake), so that an attempt that never gets an answer fails by the
+        // deadline, and so that the log can say which Redis this is.
+        steps.append((.info, [Keyword.info, Keyword.server]))
         return steps
     }
 
     private func handshakeStepReplied(_ step: HandshakeStep, _ reply: RedisValue?, on link: Link) {
-        guard let reply else { return }   // the connection is going away; hiredisDidClose reports why
+        guard let reply else { return }   // the connection is going away; transportDidClose reports why
         if case .error(let message) = reply {
-            drop(link, because: handshakeFailure(step, message))
-            return
+            // INFO may be renamed away or refused by a managed Redis's ACL: Redis answered, which is what counts.
+            if step != .info || message.hasPrefix("NOAUTH") {
+                drop(link, because: handshakeFailure(step, message))
+                return
+            }
+        } else if step == .info {
+            link.serverVersion = Self.field("redis_version", in: reply)
         }
         link.handshakeRemaining -= 1
         if link.handshakeRemaining == 0, phase == .connecting {
@@ -813,25 +819,26 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
             return "authentication failed (\(message))"
         case .select:
             return "SELECT \(configuration.database) failed (\(message))"
-        case .ping where message.hasPrefix("NOAUTH"):
+        case .info where message.hasPrefix("NOAUTH"):
             return "Redis requires a password; put it in the Redis URL, redis://:password@host (\(message))"
-        case .ping:
-            return "PING failed (\(message))"
+        case .info:
+            return "INFO failed (\(message))"
         }
     }
 
     private func becomeReady() {
         phase = .ready
         isReady.store(true, ordering: .releasing)
+        let what = link.map(describe) ?? ""
         if everReady, let outageStart {
             let down = ContinuousClock.now - outageStart
-            logger.info("reconnected to Redis", metadata: [
+            logger.info("reconnected to Redis \(what)", metadata: [
                 "attempts": "\(attempts + 1)", "down_ms": "\(milliseconds(down))",
             ])
         } else if attempts > 0 {
-            logger.info("connected to Redis", metadata: ["attempts": "\(attempts + 1)"])
+            logger.info("connected to Redis \(what)", metadata: ["attempts": "\(attempts + 1)"])
         } else {
-            logger.info("connected to Redis")
+            logger.info("connected to Redis \(what)")
         }
         everReady = true
         attempts = 0
@@ -840,13 +847,34 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         loggedFailure = nil
     }
 
+    /// `at 10.0.0.5:6379 (single server, TLS, Redis 7.0.15)`: where a ready link goes, for the log.
+    private func describe(_ link: Link) -> String {
+        let address = link.connection.connectedAddress.map { "\($0)" } ?? configuration.redactedURL
+        let tls = configuration.tls == nil ? "plain text"
+            : configuration.tls!.verifiesPeer ? "TLS" : "TLS without verification"
+        return "at \(address) (\(configuration.role), \(tls), Redis \(link.serverVersion ?? "version unknown"))"
+    }
+
+    /// The value of `name:` in an INFO reply, e.g. `7.0.15` for `redis_version`.
+    static func field(_ name: String, in reply: RedisValue) -> String? {
+        guard let text = reply.string else { return nil }
+        for line in text.split(whereSeparator: \.isNewline) where line.hasPrefix(name + ":") {
+            let value = line.dropFirst(name.count + 1).filter { !$0.isWhitespace }
+            return value.isEmpty ? nil : String(value.prefix(64))
+        }
+        return nil
+    }
+
     /// A connection attempt failed before the connection was ready: wait, then try again.
     private func attemptFailed(_ reason: String) {
         lastError = reason
         if outageStart == nil { outageStart = .now }
         if loggedFailure != reason {
             loggedFailure = reason
-            logger.warning("cannot connect to Redis: \(reason); retrying with back-off")
+            logger.warning("""
+                Redis (\(configuration.role)) is not reachable: \(reason); commands fail fast while the client \
+                retries with back-off
+                """)
         } else {
             logger.debug("Redis connection attempt failed again: \(reason)")
         }
@@ -914,8 +942,8 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         var silentSince: ContinuousClock.Instant?
         while let head = link.liveHead, head.deadline <= now {
             if case .handshake = head.role {
-                drop(link, because: "no answer within \(milliseconds(configuration.commandTimeout)) ms "
-                     + "(connect and \(head.name))")
+                let waiting = link.connection.pendingStage ?? "waiting for the reply to \(head.name)"
+                drop(link, because: "no answer within \(milliseconds(configuration.commandTimeout)) ms (\(waiting))")
                 return
             }
             link.expired += 1
@@ -933,14 +961,14 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         armDeadlineTimer()
     }
 
-    // MARK: HiredisConnectionDelegate
+    // MARK: RedisTransportDelegate
 
-    func hiredisDidConnect(_ connection: HiredisConnection) {
+    func transportDidConnect(_ connection: RedisTransport) {
         guard let link, link.connection === connection else { return }
         logger.trace("TCP connected; waiting for the handshake")
     }
 
-    func hiredis(_ connection: HiredisConnection, didReceive reply: RedisValue?, for command: PendingCommand) {
+    func transport(_ connection: RedisTransport, didReceive reply: RedisValue?, for command: PendingCommand) {
         guard let link, link.connection === connection else {
             // A connection we already let go of; cannot happen (a connection is gone before the next one starts),
             // but a caller must never hang.
@@ -957,7 +985,7 @@ final class RedisConnection: HiredisConnectionDelegate, @unchecked Sendable {
         complete(command, reply: reply, link: link, reason: link.failure ?? connection.failureReason)
     }
 
-    func hiredisDidClose(_ connection: HiredisConnection, reason: String?) {
+    func transportDidClose(_ connection: RedisTransport, reason: String?) {
         guard let link, link.connection === connection else { return }
         self.link = nil
         deadlineTimer?.cancel()

@@ -289,7 +289,9 @@ public final class RedisClusterClient: Sendable {
             if let client = state.clients[key] { return client }
             var logger = self.logger
             logger[metadataKey: "node"] = "\(address)"
-            let client = RedisClient(configuration: configuration.node.pointing(to: address), loop: loop,
+            var node = configuration.node.pointing(to: address)
+            node.role = "cluster node"
+            let client = RedisClient(configuration: node, loop: loop,
                                      logger: logger)
             state.clients[key] = client
             return client

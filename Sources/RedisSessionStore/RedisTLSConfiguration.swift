@@ -4,7 +4,7 @@
 /// host (a DNS name, or an IP address for an IP literal). Files are read when a client starts and again when a
 /// connection attempt follows a change of one of them (off the event loop, on the resolver's thread), so a renewed
 /// certificate or CA bundle is picked up without a restart.
-public struct RedisTLSConfiguration: Sendable, Equatable {
+public struct RedisTLSConfiguration: Sendable, Hashable {
     /// A PEM file of the CA certificates to trust; nil trusts the system's bundle (OpenSSL's default file,
     /// `/etc/ssl/certs/ca-certificates.crt` on Debian, or `SSL_CERT_FILE`).
     public var caFile: String?

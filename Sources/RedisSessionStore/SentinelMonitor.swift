@@ -99,8 +99,10 @@ final class SentinelMonitor: @unchecked Sendable {
         for address in configuration.sentinels {
             var sentinel = RedisConfiguration(host: address.host, port: address.port,
                                               password: configuration.sentinelPassword,
+                                              tls: configuration.sentinelTLS,
                                               commandTimeout: configuration.attemptTimeout)
             sentinel.connectingQueueLimit = 64
+            sentinel.role = "sentinel"
             var logger = self.logger
             logger[metadataKey: "sentinel"] = "\(address)"
             sentinels.append(RedisClient(configuration: sentinel, loop: loop, logger: logger))
@@ -390,7 +392,8 @@ final class SentinelMonitor: @unchecked Sendable {
                                                 loop: loop)
         subscriptions[index] = subscription
         subscription.start(channels: [Self.switchChannel, Self.promotionChannel],
-                           password: configuration.sentinelPassword, timeout: configuration.attemptTimeout * 2)
+                           password: configuration.sentinelPassword, tls: configuration.sentinelTLS,
+                           timeout: configuration.attemptTimeout * 2)
     }
 
     /// A sentinel confirmed the subscription.
@@ -460,8 +463,8 @@ final class SentinelMonitor: @unchecked Sendable {
 // MARK: - The subscription connection
 
 /// One connection to a sentinel, subscribed to `+switch-master`, reporting to its monitor.
-final class SentinelSubscription: HiredisSubscriberDelegate, @unchecked Sendable {
-    // @unchecked Sendable: loop-confined like its HiredisConnection; it crosses threads only inside loop.execute
+final class SentinelSubscription: RedisSubscriberDelegate, @unchecked Sendable {
+    // @unchecked Sendable: loop-confined like its RedisTransport; it crosses threads only inside loop.execute
     // closures that run on that same loop.
     let address: RedisAddress
     /// The sentinel's index in the configuration.
@@ -469,7 +472,7 @@ final class SentinelSubscription: HiredisSubscriberDelegate, @unchecked Sendable
     private let loop: EventLoop
     // Weak: the monitor owns this subscription.
     private weak var monitor: SentinelMonitor?
-    private var connection: HiredisConnection?
+    private var connection: RedisTransport?
     private var confirmTimer: ScheduledTimer?
     private var failure: String?
     private var cancelled = false
@@ -484,17 +487,10 @@ final class SentinelSubscription: HiredisSubscriberDelegate, @unchecked Sendable
 
     /// Connects, sends `AUTH` when there is a password, then `SUBSCRIBE channels`; closes if no confirmation comes
     /// within `timeout`.
-    func start(channels: [String], password: String?, timeout: Duration) {
+    func start(channels: [String], password: String?, tls: RedisTLSConfiguration?, timeout: Duration) {
         loop.preconditionInLoop()
-        let connection: HiredisConnection
-        do {
-            connection = try HiredisConnection(host: address.host, port: address.port, loop: loop, delegate: self)
-        } catch {
-            // No callback will come: report on the next turn, so that the monitor is not re-entered.
-            let reason = error.description
-            loop.execute { [self] in monitor?.subscriptionClosed(self, reason: reason) }
-            return
-        }
+        let connection = RedisTransport(endpoint: RedisEndpoint(host: address.host, port: address.port, tls: tls),
+                                        loop: loop, delegate: self)
         self.connection = connection
         do {
             if let password {
@@ -527,11 +523,11 @@ final class SentinelSubscription: HiredisSubscriberDelegate, @unchecked Sendable
         connection?.free()
     }
 
-    // MARK: HiredisSubscriberDelegate
+    // MARK: RedisSubscriberDelegate
 
-    func hiredisDidConnect(_ connection: HiredisConnection) {}
+    func transportDidConnect(_ connection: RedisTransport) {}
 
-    func hiredis(_ connection: HiredisConnection, didReceive reply: RedisValue?, for command: PendingCommand) {
+    func transport(_ connection: RedisTransport, didReceive reply: RedisValue?, for command: PendingCommand) {
         // The AUTH reply (the only regular command sent here).
         command.role = .done
         if case .error(let message)? = reply {
@@ -539,7 +535,7 @@ final class SentinelSubscription: HiredisSubscriberDelegate, @unchecked Sendable
         }
     }
 
-    func hiredis(_ connection: HiredisConnection, didReceivePush push: RedisValue) {
+    func transport(_ connection: RedisTransport, didReceivePush push: RedisValue) {
         guard case .array(let parts) = push, let kind = parts.first?.string else { return }
         switch kind {
         case "subscribe":
@@ -558,7 +554,7 @@ final class SentinelSubscription: HiredisSubscriberDelegate, @unchecked Sendable
         }
     }
 
-    func hiredisDidClose(_ connection: HiredisConnection, reason: String?) {
+    func transportDidClose(_ connection: RedisTransport, reason: String?) {
         confirmTimer?.cancel()
         confirmTimer = nil
         self.connection = nil
