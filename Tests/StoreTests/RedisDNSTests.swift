@@ -46,7 +46,7 @@ extension ScaleSuites {
             #expect(refused.response?.headers["Retry-After"] != nil)
             #expect(refused.milliseconds < 1200, "GET / answered after \(refused.milliseconds) ms (deadline 1000)")
             #expect(recovered.response?.status == 200)
-            #expect(recovered.milliseconds < 4000, "GET / answered 200 \(recovered.milliseconds) ms after Redis started")
+            #expect(recovered.milliseconds < 4000, "GET / answered 200 \(recovered.milliseconds) ms after Redis was up")
 
             let cookie = try #require(recovered.response?.cookies["connect.sid"], "no session cookie once Redis is up")
             let id = try #require(DemoServer.sessionID(fromCookie: cookie))
@@ -76,10 +76,12 @@ extension ScaleSuites {
             }
             let (healthz, answers) = run
             let log = server.process.errorOutput
-            let warnings = log.split(whereSeparator: \.isNewline).filter { $0.contains("cannot resolve") }
+            // The warnings of the connection, not the per-request errors (which name the same reason).
+            let warnings = log.split(whereSeparator: \.isNewline)
+                .filter { $0.contains(" warning ") && $0.contains("cannot resolve") }
             print("RedisDNSTests unresolvable host: /healthz \(healthz); GET / "
                 + answers.map { "\($0.response?.status ?? 0) in \($0.milliseconds) ms" }.joined(separator: ", ")
-                + "; \(warnings.count) 'cannot resolve' line(s): \(warnings.first ?? "")")
+                + "; \(warnings.count) 'cannot resolve' warning(s): \(warnings.first ?? "")")
 
             #expect(healthz.p99 < 10, "/healthz p99 \(healthz.p99) ms while the Redis host fails to resolve")
             #expect(healthz.max <= SlowResolver.maxHealthzMilliseconds, "/healthz \(healthz)")
@@ -96,8 +98,8 @@ extension ScaleSuites {
 // MARK: - The preloaded resolver
 
 enum SlowResolver {
-    /// How long each `*.slow.test` lookup takes.
-    static let delayMilliseconds = 1500
+    /// How long each `*.slow.test` lookup takes: SLOWDNS_DELAY_MS from the test's environment, or 1500.
+    static let delayMilliseconds = ProcessInfo.processInfo.environment["SLOWDNS_DELAY_MS"].flatMap { Int($0) } ?? 1500
     /// The slowest `/healthz` allowed while a lookup is under way.
     static let maxHealthzMilliseconds = 10.0
 
