@@ -3,7 +3,7 @@ import EvServer
 import Logging
 import Synchronization
 
-/// An async Redis client: one hiredis connection attached to one ``EventLoop``, commands pipelined on it.
+/// An async Redis client: one connection (plain or TLS) on one ``EventLoop``, commands pipelined on it.
 ///
 /// The client connects in the background as soon as it is created. After the TCP connect it sends
 /// `AUTH [user] password` (when configured) and `SELECT db` (when not 0), or a `PING` when neither applies, and is
@@ -65,7 +65,7 @@ public final class RedisClient: Sendable {
     // they hop to the loop themselves when needed.
     /// Sends one command (arguments are binary-safe) and returns the reply.
     /// - Parameter arguments: the command name and its arguments, e.g. `[Array("GET".utf8), Array(key.utf8)]`.
-    /// - Returns: the reply, copied out of hiredis; `.null` for a nil reply.
+    /// - Returns: the reply, copied out of hiredis's reader; `.null` for a nil reply.
     /// - Throws: ``RedisError`` when Redis replies with an error; ``RedisClientError`` when no reply comes
     ///   (`.notConnected`, `.connectFailed`, `.connectionClosed`, `.timeout`) or for a command that would change
     ///   how the connection replies (`.unsupportedCommand`: SUBSCRIBE, MONITOR, CLIENT REPLY, SELECT, ...).
@@ -388,9 +388,9 @@ private func decimalLength(_ value: Int) -> Int {
 }
 
 /// A command encoded as Redis reads it (RESP: `*<count>\r\n`, then `$<length>\r\n<bytes>\r\n` per argument),
-/// which hiredis queues as is (`redisAsyncFormattedCommand`).
+/// which the transport writes as is.
 ///
-/// Built in one buffer straight from its parts: no array per argument, and no second pass in which hiredis formats
+/// Built in one buffer straight from its parts: no array per argument, and no second pass in which a library formats
 /// an argv with printf-style calls into a string of its own. Binary-safe: every argument is sent with its length.
 struct RedisCommand: Sendable {
     /// The RESP bytes; complete once every announced argument was appended.
@@ -468,7 +468,7 @@ func commandName(_ bytes: [UInt8]) -> String {
 }
 
 /// Why a command cannot go through this client, or nil. These commands change how the connection replies (or
-/// its state behind the client's back), which a pipelined request/reply connection cannot follow: hiredis 0.14
+/// its state behind the client's back), which a pipelined request/reply connection cannot follow: the transport
 /// would deliver several replies to one callback, or abort on a reply nobody asked for.
 private func unsupportedCommandReason(_ name: String, _ arguments: [[UInt8]]) -> String? {
     switch name {
@@ -490,7 +490,7 @@ private func unsupportedCommandReason(_ name: String, _ arguments: [[UInt8]]) ->
 
 // MARK: - The connection state machine
 
-/// One command given to hiredis: the box passed through `privdata`, back in the reply callback.
+/// One command given to the transport, handed back with its reply.
 final class PendingCommand {
     // The caller's continuation is a `let` beside the role rather than the payload of `.caller`: the continuation's
     // layout is not known at compile time (a library built for evolution), so an enum carrying it is copied and
@@ -550,7 +550,7 @@ final class PendingCommand {
         return caller
     }
 
-    /// Fails a caller still waiting. Only for paths that cannot happen if hiredis keeps its promises.
+    /// Fails a caller still waiting. Only for paths that cannot happen if the transport keeps its promises.
     func abandon() {
         takeCaller()?.resume(throwing: RedisClientError.connectionClosed)
     }
@@ -563,9 +563,9 @@ enum HandshakeStep {
     case info
 }
 
-/// The commands sent on one hiredis connection and not yet answered, oldest first.
+/// The commands sent on one connection and not yet answered, oldest first.
 ///
-/// hiredis answers in order, so a reply always belongs to the first entry. Deadlines grow with the order too,
+/// Redis answers in order, so a reply always belongs to the first entry. Deadlines grow with the order too,
 /// which is why one timer (armed for the oldest live entry) serves every command, and why the entries that
 /// already timed out form a prefix (`expired`).
 private final class Link {
@@ -576,7 +576,7 @@ private final class Link {
     var expired = 0
     /// Handshake steps not yet answered; the link is ready at 0.
     var handshakeRemaining = 0
-    /// Why the client decided to drop this connection (timeout, failed AUTH, close); reported instead of hiredis's.
+    /// Why the client decided to drop this connection (timeout, failed AUTH, close); reported instead of the transport's.
     var failure: String?
     /// The server's version from the handshake's INFO, for the log.
     var serverVersion: String?
@@ -606,7 +606,7 @@ private final class Link {
             head += 1
             if expired > 0 { expired -= 1 }
         } else if let index = entries[head...].firstIndex(where: { $0 === command }) {
-            // Out of order: cannot happen with hiredis, handled so that bookkeeping stays right regardless.
+            // Out of order: cannot happen with the transport, handled so that bookkeeping stays right regardless.
             if index - head < expired { expired -= 1 }
             entries.remove(at: index)
         }
@@ -630,10 +630,10 @@ private final class Link {
     }
 }
 
-/// The client's one logical connection: a state machine over successive hiredis connections.
+/// The client's one logical connection: a state machine over successive transports.
 ///
 /// Phases: idle -> connecting (TCP + handshake) -> ready; on loss or a failed attempt -> backing off -> connecting
-/// again; close() -> closed from anywhere. Only one hiredis connection exists at a time.
+/// again; close() -> closed from anywhere. Only one transport exists at a time.
 final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     // @unchecked Sendable: everything but `isReady` is touched only on `loop`'s thread (each entry point calls
     // loop.preconditionInLoop(); RedisClient hops with loop.execute); `isReady` is an Atomic.
@@ -719,7 +719,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
             do {
                 try link.connection.send(encoded, command: command)
             } catch {
-                // The connection is going away (hiredis refuses new commands while it tears a context down).
+                // The connection is going away (the transport refuses new commands once it closes).
                 command.role = .done
                 let reason = link.failure ?? link.connection.failureReason ?? error.description
                 let failure = phase == .connecting ? RedisClientError.connectFailed(reason)
@@ -892,7 +892,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         }
     }
 
-    /// Drops `link`'s connection: every command on it fails at once, then hiredisDidClose moves on.
+    /// Drops `link`'s connection: every command on it fails at once, then transportDidClose moves on.
     private func drop(_ link: Link, because reason: String) {
         if link.failure == nil { link.failure = reason }
         link.connection.free()
@@ -927,7 +927,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     }
 
     // A command that missed its deadline fails with `.timeout` at once; its reply, if it ever comes, is dropped
-    // (its box stays with hiredis until then, so replies keep matching their commands).
+    // (it stays in the transport's queue until then, so replies keep matching their commands).
     //
     // Whether to drop the connection as well: a timeout means Redis is either slow (a long script, a big
     // command, CLIENT PAUSE, a fork) or unreachable (a half-open TCP connection after a failover or a network
@@ -954,7 +954,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
             continuation.resume(throwing: RedisClientError.timeout.with(detail))
         }
         if let silentSince {
-            // Logged once, as the loss, by hiredisDidClose.
+            // Logged once, as the loss, by transportDidClose.
             drop(link, because: "Redis sent nothing for \(milliseconds(now - silentSince)) ms while a command waited")
             return
         }
@@ -990,7 +990,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         self.link = nil
         deadlineTimer?.cancel()
         deadlineTimer = nil
-        // hiredis gave every command its NULL reply before this; whatever is left would be a hiredis bug, and a
+        // The transport gave every command its nil reply before this; whatever is left would be a bug there, and a
         // caller must not hang on it.
         for command in link.removeAll() {
             complete(command, reply: nil, link: nil, reason: reason)

@@ -3,7 +3,7 @@ import EvServer
 import Logging
 import Synchronization
 
-/// A Redis Cluster client on the same hiredis connections as ``RedisClient``: one ``RedisClient`` per node per
+/// A Redis Cluster client on the same connections as ``RedisClient``: one ``RedisClient`` per node per
 /// ``EventLoop``, opened on first use from that loop, each command sent to the primary that serves its key's slot.
 ///
 /// - Routing: slot = CRC16(key) mod 16384 with `{hash tag}`s (``RedisClusterSlot``); the slot map comes from

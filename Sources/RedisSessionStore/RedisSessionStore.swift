@@ -428,7 +428,7 @@ private enum ClientSource: Sendable {
     case sentinel(SentinelClients)
 }
 
-/// One client per event loop, made lazily. hiredis connections belong to one loop thread, so each loop that
+/// One client per event loop, made lazily. Redis connections belong to one loop thread, so each loop that
 /// serves requests gets its own connection rather than hopping to a shared one.
 private final class PerLoopClients: Sendable {
     let configuration: RedisConfiguration
