@@ -663,14 +663,15 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     /// When the current outage began (nil while ready, and before the first connection).
     private var outageStart: ContinuousClock.Instant?
     private var everReady = false
-    /// The failure already logged as a warning during this outage: a repeat is logged at debug level only.
-    private var loggedFailure: String?
+    /// Decides how loudly connects and failures are logged, shared with the other connections of the same store.
+    private let connectionLog: RedisConnectionLog
 
     init(configuration: RedisConfiguration, loop: EventLoop, logger: Logger) {
         self.loop = loop
         self.configuration = configuration
         self.logger = logger
         self.logger[metadataKey: "redis"] = "\(configuration.redactedURL)"
+        self.connectionLog = configuration.connectionLog ?? RedisConnectionLog()
     }
 
     // MARK: Entry points (loop thread)
@@ -830,21 +831,21 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         phase = .ready
         isReady.store(true, ordering: .releasing)
         let what = link.map(describe) ?? ""
+        let level = connectionLog.levelForConnected()
         if everReady, let outageStart {
             let down = ContinuousClock.now - outageStart
-            logger.info("reconnected to Redis \(what)", metadata: [
+            logger.log(level: level, "reconnected to Redis \(what)", metadata: [
                 "attempts": "\(attempts + 1)", "down_ms": "\(milliseconds(down))",
             ])
         } else if attempts > 0 {
-            logger.info("connected to Redis \(what)", metadata: ["attempts": "\(attempts + 1)"])
+            logger.log(level: level, "connected to Redis \(what)", metadata: ["attempts": "\(attempts + 1)"])
         } else {
-            logger.info("connected to Redis \(what)")
+            logger.log(level: level, "connected to Redis \(what)")
         }
         everReady = true
         attempts = 0
         outageStart = nil
         lastError = nil
-        loggedFailure = nil
     }
 
     /// `at 10.0.0.5:6379 (single server, TLS, Redis 7.0.15)`: where a ready link goes, for the log.
@@ -869,13 +870,15 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     private func attemptFailed(_ reason: String) {
         lastError = reason
         if outageStart == nil { outageStart = .now }
-        if loggedFailure != reason {
-            loggedFailure = reason
+        switch connectionLog.levelForFailure(reason) {
+        case .warning:
             logger.warning("""
                 Redis (\(configuration.role)) is not reachable: \(reason); commands fail fast while the client \
                 retries with back-off
                 """)
-        } else {
+        case .info:
+            logger.info("Redis (\(configuration.role)) is still not reachable, now: \(reason)")
+        default:
             logger.debug("Redis connection attempt failed again: \(reason)")
         }
         attempts += 1
@@ -942,8 +945,15 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         var silentSince: ContinuousClock.Instant?
         while let head = link.liveHead, head.deadline <= now {
             if case .handshake = head.role {
+                let timeout = milliseconds(configuration.commandTimeout)
+                if link.connection.isResolving {
+                    // Worded like a failed lookup, so that the log reads the same whichever comes first.
+                    drop(link, because: "cannot resolve \(configuration.host) within \(timeout) ms (the lookup goes on; "
+                         + "the next attempt uses its answer)")
+                    return
+                }
                 let waiting = link.connection.pendingStage ?? "waiting for the reply to \(head.name)"
-                drop(link, because: "no answer within \(milliseconds(configuration.commandTimeout)) ms (\(waiting))")
+                drop(link, because: "no answer within \(timeout) ms (\(waiting))")
                 return
             }
             link.expired += 1
@@ -1003,8 +1013,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
             isReady.store(false, ordering: .releasing)
             lastError = why
             outageStart = .now
-            loggedFailure = why
-            logger.warning("lost the connection to Redis: \(why); reconnecting")
+            logger.log(level: connectionLog.levelForFailure(why), "lost the connection to Redis: \(why); reconnecting")
             scheduleReconnect()
         case .idle, .backingOff, .closed:
             break

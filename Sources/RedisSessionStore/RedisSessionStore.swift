@@ -442,6 +442,9 @@ private final class PerLoopClients: Sendable {
     private let loops = FallbackLoop(name: "redis-session-store")
 
     init(configuration: RedisConfiguration) {
+        var configuration = configuration
+        // One story in the log for all of the store's connections (one per loop, and the start-up one).
+        configuration.connectionLog = RedisConnectionLog()
         self.configuration = configuration
     }
 

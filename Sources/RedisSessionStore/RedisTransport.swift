@@ -128,6 +128,9 @@ final class RedisTransport: @unchecked Sendable {
         state == .open && nextAddress > 0 && nextAddress <= addresses.count ? addresses[nextAddress - 1] : nil
     }
 
+    /// Whether the attempt is still waiting for the name's addresses.
+    var isResolving: Bool { state == .resolving }
+
     /// What the connection attempt is waiting for, for a timeout message; nil once open.
     var pendingStage: String? {
         switch state {

@@ -55,6 +55,22 @@ extension ScaleSuites {
             #expect(try await client.get("sess:" + id) != nil, "the session was not stored")
         }
 
+        @Test func everyAddressOfTheNameIsTriedInTurn() async throws {
+            let shim = try SlowResolver.library()
+            let redis = try PrivateRedis()   // listens on 127.0.0.1 only: the name's first address, 127.0.0.2, refuses
+            let environment = SlowResolver.environment(shim).merging(["SLOWDNS_DELAY_MS": "20"]) { $1 }
+            let server = try await onThread {
+                try EvServerProcess(instance: "dns-two", redisPort: redis.port,
+                                    redisURL: "redis://two.redis.slow.test:\(redis.port)/0",
+                                    environment: environment, readinessPath: "/readyz")
+            }
+            defer { server.stop() }
+            let answer = try await onThread { try Timed.request(port: server.port, "/") }
+            #expect(answer.response?.status == 200)
+            #expect(server.process.errorOutput.contains("connected to Redis at 127.0.0.1:\(redis.port)"),
+                    "\(server.process.errorOutput.suffix(1500))")
+        }
+
         @Test func unresolvableRedisHostIsAnswered503AndWarnedOnce() async throws {
             let shim = try SlowResolver.library()
             let port = try TestRedis.unusedPort()

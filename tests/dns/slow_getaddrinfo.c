@@ -1,7 +1,8 @@
 // An LD_PRELOAD shim for Tests/StoreTests/RedisDNSTests.swift: a resolver that stalls.
 //
 // getaddrinfo for a name ending in ".slow.test" sleeps SLOWDNS_DELAY_MS (default 1500) and then answers 127.0.0.1,
-// except "nx.slow.test", which answers EAI_NONAME after the same delay. Every other name goes to the real
+// except "nx.slow.test", which answers EAI_NONAME after the same delay, and "two.*.slow.test", which answers
+// 127.0.0.2 then 127.0.0.1. Every other name goes to the real
 // getaddrinfo. Built by the test at run time:
 //
 //     cc -shared -fPIC -o slowdns.so slow_getaddrinfo.c -ldl
@@ -60,18 +61,27 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     int port = port_of(service, hints);
     if (port < 0) return EAI_SERVICE;
 
-    // One block for the addrinfo and its address, so the real freeaddrinfo (free of each node) releases it.
-    struct answer { struct addrinfo info; struct sockaddr_in address; };
-    struct answer *answer = calloc(1, sizeof *answer);
-    if (answer == NULL) return EAI_MEMORY;
-    answer->address.sin_family = AF_INET;
-    answer->address.sin_port = htons((unsigned short)port);
-    answer->address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    answer->info.ai_family = AF_INET;
-    answer->info.ai_socktype = hints != NULL && hints->ai_socktype != 0 ? hints->ai_socktype : SOCK_STREAM;
-    answer->info.ai_protocol = hints != NULL ? hints->ai_protocol : 0;
-    answer->info.ai_addrlen = sizeof answer->address;
-    answer->info.ai_addr = (struct sockaddr *)&answer->address;
-    *res = &answer->info;
+    // "two.<anything>.slow.test" answers 127.0.0.2 first (nothing listens there: refused), then 127.0.0.1: the
+    // client must try the second address. Every other name answers 127.0.0.1 alone.
+    int two = strncasecmp(node, "two.", 4) == 0;
+    unsigned long addresses[2] = { two ? 0x7F000002UL : INADDR_LOOPBACK, INADDR_LOOPBACK };
+    struct addrinfo *first = NULL, **link = &first;
+    for (int index = 0; index < (two ? 2 : 1); index++) {
+        // One block for the addrinfo and its address, so the real freeaddrinfo (free of each node) releases it.
+        struct answer { struct addrinfo info; struct sockaddr_in address; };
+        struct answer *answer = calloc(1, sizeof *answer);
+        if (answer == NULL) return EAI_MEMORY;
+        answer->address.sin_family = AF_INET;
+        answer->address.sin_port = htons((unsigned short)port);
+        answer->address.sin_addr.s_addr = htonl(addresses[index]);
+        answer->info.ai_family = AF_INET;
+        answer->info.ai_socktype = hints != NULL && hints->ai_socktype != 0 ? hints->ai_socktype : SOCK_STREAM;
+        answer->info.ai_protocol = hints != NULL ? hints->ai_protocol : 0;
+        answer->info.ai_addrlen = sizeof answer->address;
+        answer->info.ai_addr = (struct sockaddr *)&answer->address;
+        *link = &answer->info;
+        link = &answer->info.ai_next;
+    }
+    *res = first;
     return 0;
 }
