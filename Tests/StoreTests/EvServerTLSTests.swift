@@ -19,21 +19,18 @@ import RedisSessionStore
         ], name: "tls-e2e", environment: ChildProcess.environmentWithoutEvServerSettings)
         defer { process.terminate() }
 
-        let deadline = ContinuousClock.now + .seconds(20)
-        var ready = 0
-        while ready != 200, ContinuousClock.now < deadline, process.exitStatus == nil {
-            usleep(50_000)
-            ready = (try? TestHTTPClient(port: port).request("GET", "/readyz").status) ?? 0
-        }
+        let ready = try await onThread { waitFor(status: 200, path: "/readyz", port: port, process: process) }
         #expect(ready == 200, "evserver over TLS ready: \(process.errorOutput.suffix(1500))")
         #expect(process.errorOutput.contains("connected to Redis at 127.0.0.1:\(redis.port) (single server, TLS, Redis"),
                 "\(process.errorOutput.suffix(1500))")
 
-        let client = try TestHTTPClient(port: port)
-        let first = try client.request("GET", "/")
+        let (first, login) = try await onThread {
+            let client = try TestHTTPClient(port: port)
+            let first = try client.request("GET", "/")
+            let cookie = first.headers["Set-Cookie"]?.split(separator: ";").first.map(String.init) ?? ""
+            return (first, try client.request("GET", "/login", headers: ["Cookie": cookie]))
+        }
         #expect(first.status == 200)
-        let cookie = try #require(first.headers["Set-Cookie"]?.split(separator: ";").first.map(String.init))
-        let login = try client.request("GET", "/login", headers: ["Cookie": cookie])
         #expect(String(decoding: login.body, as: UTF8.self) == "Welcome Aditya@123")
 
         let executable = try EvServerExecutable.path()
@@ -64,21 +61,21 @@ import RedisSessionStore
             "--redis-url", "rediss://localhost:\(redis.port)/0", "--redis-tls-ca", certificates.caFile,
         ], name: "tls-untrusted", environment: ChildProcess.environmentWithoutEvServerSettings)
         defer { process.terminate() }
-        let deadline = ContinuousClock.now + .seconds(20)
-        var healthy = 0
-        while healthy != 200, ContinuousClock.now < deadline, process.exitStatus == nil {
-            usleep(50_000)
-            healthy = (try? TestHTTPClient(port: port).request("GET", "/healthz").status) ?? 0
-        }
+        let healthy = try await onThread { waitFor(status: 200, path: "/healthz", port: port, process: process) }
         #expect(healthy == 200)
-        let client = try TestHTTPClient(port: port)
-        let started = ContinuousClock.now
-        let session = try client.request("GET", "/")
+        let (session, elapsed, readiness) = try await onThread {
+            let client = try TestHTTPClient(port: port)
+            let started = ContinuousClock.now
+            let session = try client.request("GET", "/")
+            let elapsed = ContinuousClock.now - started
+            let readiness = try client.request("GET", "/readyz").status
+            usleep(1_000_000)
+            return (session, elapsed, readiness)
+        }
         #expect(session.status == 503)
         #expect(session.headers["Retry-After"] != nil)
-        #expect(ContinuousClock.now - started < .milliseconds(1500), "503 within the Redis deadline")
-        #expect(try client.request("GET", "/readyz").status == 503)
-        usleep(1_000_000)
+        #expect(elapsed < .milliseconds(1500), "503 within the Redis deadline")
+        #expect(readiness == 503)
         #expect(process.exitStatus == nil, "still running")
         let lines = process.errorOutput.split(separator: "\n").filter { $0.contains("not reachable") }
         #expect(lines.first?.contains("certificate verify failed: unable to get local issuer certificate") == true,
@@ -87,4 +84,16 @@ import RedisSessionStore
         // the loop's own).
         #expect(lines.count <= 2, "\(lines)")
     }
+}
+
+/// Polls `path` on 127.0.0.1:`port` until it answers `status` (20 s at most, or until the process ends); returns the
+/// last status seen (0: no answer). Blocking: call it through `onThread`.
+private func waitFor(status: Int, path: String, port: Int, process: ChildProcess) -> Int {
+    let deadline = ContinuousClock.now + .seconds(20)
+    var seen = 0
+    while seen != status, ContinuousClock.now < deadline, process.exitStatus == nil {
+        usleep(50_000)
+        seen = (try? TestHTTPClient(port: port).request("GET", path).status) ?? 0
+    }
+    return seen
 }

@@ -1,7 +1,9 @@
 import Foundation
 import Testing
 
-/// What `evserver` says about Redis when it starts, before any request: one line either way.
+/// What `evserver` says about Redis when it starts, before any request: one line either way. The waiting (sleeps,
+/// process polling) runs on a thread of its own (`onThread`), never on the test's cooperative threads: blocking
+/// those would delay every other test's timers.
 @Suite(.serialized) struct RedisStartupTests {
     private func start(redisPort: Int) throws -> (ChildProcess, port: Int) {
         let port = try TestRedis.unusedPort()
@@ -28,7 +30,11 @@ import Testing
         log.split(separator: "\n").filter { $0.contains(text) }
     }
 
-    @Test func redisUpAtStartIsNamedWithAddressModeTransportAndVersionBeforeAnyRequest() throws {
+    @Test func redisUpAtStartIsNamedWithAddressModeTransportAndVersionBeforeAnyRequest() async throws {
+        try await onThread { try redisUp() }
+    }
+
+    private func redisUp() throws {
         let redis = try PrivateRedis()
         let (process, _) = try start(redisPort: redis.port)
         defer { process.terminate() }
@@ -40,7 +46,11 @@ import Testing
         #expect(lines(of: log, containing: "not reachable").isEmpty, "\(log)")
     }
 
-    @Test func redisAwayAtStartIsOneWarningThenServingGoesOnAndRecovers() throws {
+    @Test func redisAwayAtStartIsOneWarningThenServingGoesOnAndRecovers() async throws {
+        try await onThread { try redisAway() }
+    }
+
+    private func redisAway() throws {
         let redis = try PrivateRedis()
         redis.stop()
         let (process, port) = try start(redisPort: redis.port)
