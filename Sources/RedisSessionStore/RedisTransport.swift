@@ -103,6 +103,12 @@ final class RedisTransport: @unchecked Sendable {
         // the transport alive.
         selfReference = Unmanaged.passRetained(self)
         let endpoint = self.endpoint
+        if endpoint.tls == nil, let address = Resolver.numericAddress(endpoint.host, port: endpoint.port) {
+            // An IP address and no TLS files to read: nothing that blocks, so no thread. Still on the next turn, so
+            // that no delegate call comes from inside init.
+            loop.execute { self.resolved(.success(([address], nil))) }
+            return
+        }
         Resolver.resolve(endpoint.host, port: endpoint.port) { [self] result in
             // On the resolver's worker thread: the TLS context is built (files read) here too, off the loop.
             let prepared: Result<([SocketAddress], TLSContext?), TransportFailure>

@@ -1,4 +1,3 @@
-import Dispatch
 import EvServer
 import Synchronization
 
@@ -9,7 +8,8 @@ import Darwin
 #endif
 
 // The resolver: the one file that calls getaddrinfo. A lookup may take seconds (a slow or unreachable DNS server,
-// a search list tried name by name), so it never runs on an event loop: a worker thread runs the system's
+// a search list tried name by name), so it never runs on an event loop: a thread of its own (not Dispatch's global
+// queue, whose few threads a hung lookup would hold while every other lookup queued behind it) runs the system's
 // getaddrinfo (so /etc/hosts, nsswitch and the resolver configuration apply exactly as for any other program) and
 // hands the answer back to the loop that asked, with `loop.execute`. Lookups of the same name and port that overlap
 // share one getaddrinfo call, so a name that hangs costs one blocked thread, not one per reconnect attempt.
@@ -78,19 +78,44 @@ enum Resolver {
             waiting[key] = known == nil ? [completion] : []
             return true
         }
-        if let known {
-            DispatchQueue.global().async { completion(.success(known)) }
+        if let known, !runDetached({ completion(.success(known)) }) {
+            completion(.failure(ResolverError(description: "cannot resolve \(host): no thread for the lookup")))
         }
         guard first else { return }
-        DispatchQueue.global().async {
+        let started = runDetached {
             let result = lookUp(host, port: port)
             if case .success(let addresses) = result { answers.withLock { $0[key] = addresses } }
             let completions = waiting.withLock { $0.removeValue(forKey: key) ?? [] }
             for completion in completions { completion(result) }
         }
+        if !started {
+            // Never run getaddrinfo here: the caller may be a loop.
+            let completions = waiting.withLock { $0.removeValue(forKey: key) ?? [] }
+            let failure = ResolverError(description: "cannot resolve \(host): no thread for the lookup")
+            for completion in completions { completion(.failure(failure)) }
+        }
     }
 
-    /// getaddrinfo, blocking: worker threads only.
+    /// The address of `host` when it is an IP literal, else nil. Parsing only (inet_pton): no lookup, no file read,
+    /// nothing that blocks, so fine on a loop. (getaddrinfo with AI_NUMERICHOST would do, but may read
+    /// /etc/gai.conf.) A scoped IPv6 address (`fe80::1%eth0`) goes to the resolver instead.
+    static func numericAddress(_ host: String, port: Int) -> SocketAddress? {
+        var v4 = sockaddr_in()
+        if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
+            v4.sin_family = sa_family_t(AF_INET)
+            v4.sin_port = in_port_t(UInt16(clamping: port).bigEndian)
+            return SocketAddress(storage: withUnsafeBytes(of: v4) { Array($0) })
+        }
+        var v6 = sockaddr_in6()
+        if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
+            v6.sin6_family = sa_family_t(AF_INET6)
+            v6.sin6_port = in_port_t(UInt16(clamping: port).bigEndian)
+            return SocketAddress(storage: withUnsafeBytes(of: v6) { Array($0) })
+        }
+        return nil
+    }
+
+    /// getaddrinfo, blocking: resolver threads only.
     private static func lookUp(_ host: String, port: Int) -> Result<[SocketAddress], ResolverError> {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
@@ -124,4 +149,37 @@ enum Resolver {
         }
         return .success(addresses)
     }
+}
+
+// MARK: - Threads
+
+/// Runs `body` on a new detached thread; false when no thread could be made (then `body` never runs). Lookups are
+/// rare (one per connection attempt, shared by overlapping attempts for the same name), so a thread each costs
+/// little and never waits behind another lookup.
+private func runDetached(_ body: @escaping @Sendable () -> Void) -> Bool {
+    // passRetained: the new thread holds the +1 on the box until it has taken the closure.
+    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    #if canImport(Darwin)
+    var thread: pthread_t? = nil
+    #else
+    var thread = pthread_t()
+    #endif
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+    defer { pthread_attr_destroy(&attributes) }
+    let status = pthread_create(&thread, &attributes, { raw in
+        Unmanaged<ThreadBody>.fromOpaque((raw as UnsafeMutableRawPointer?)!).takeRetainedValue().body()
+        return nil
+    }, box)
+    guard status == 0 else {
+        Unmanaged<ThreadBody>.fromOpaque(box).release()   // no thread took it: drop our +1
+        return false
+    }
+    return true
+}
+
+private final class ThreadBody: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }

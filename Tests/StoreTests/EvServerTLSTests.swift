@@ -7,7 +7,7 @@ import RedisSessionStore
 /// `--redis-tls-ca`. The seed flow through the server, then the `sessions` CLI over the same TLS.
 @Suite(.serialized) struct EvServerTLSTests {
     @Test func seedFlowAndSessionsCommandWorkOverRediss() async throws {
-        let certificates = try TestCertificates.shared()
+        let certificates = try await TestCertificates.forTests()
         let redis = try await tlsRedis(certificates.server)
         defer { redis.stop() }
         let url = "rediss://localhost:\(redis.port)/0"
@@ -52,7 +52,7 @@ import RedisSessionStore
     }
 
     @Test func untrustedRedisCertificateIsOneLogLineAnd503sWithoutACrash() async throws {
-        let certificates = try TestCertificates.shared()
+        let certificates = try await TestCertificates.forTests()
         let redis = try await tlsRedis(certificates.unknownCA)
         defer { redis.stop() }
         let port = try TestRedis.unusedPort()

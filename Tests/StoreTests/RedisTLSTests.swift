@@ -14,7 +14,7 @@ import RedisSessionStore
     // MARK: - The harness itself
 
     @Test func testCertificatesVerifyAsIntendedAndTLSServersAnswerRedisCLI() async throws {
-        let certificates = try TestCertificates.shared()
+        let certificates = try await TestCertificates.forTests()
         for pair in [certificates.server, certificates.client, certificates.wrongName] {
             let verdict = try certificates.verify(pair.certificate, caFile: certificates.caFile)
             #expect(verdict.ok, "\(verdict.output)")
@@ -49,7 +49,7 @@ import RedisSessionStore
     // MARK: - Sessions over TLS
 
     @Test func seedFlowStoresTheSessionInTheTLSRedis() async throws {
-        let certificates = try TestCertificates.shared()
+        let certificates = try await TestCertificates.forTests()
         let redis = try await tlsRedis(certificates.server)
         defer { redis.stop() }
         let configuration = try rediss(port: redis.port, caFile: certificates.caFile)
@@ -75,7 +75,7 @@ import RedisSessionStore
     }
 
     @Test func regenerateDestroyAndWriteThenReadWorkOverTLS() async throws {
-        let certificates = try TestCertificates.shared()
+        let certificates = try await TestCertificates.forTests()
         let redis = try await tlsRedis(certificates.server)
         defer { redis.stop() }
         let configuration = try rediss(port: redis.port, caFile: certificates.caFile)
@@ -124,7 +124,7 @@ import RedisSessionStore
     // MARK: - Mutual TLS
 
     @Test func mutualTLSServesAClientWithACertificateAndRefusesOneWithoutQuickly() async throws {
-        let certificates = try TestCertificates.shared()
+        let certificates = try await TestCertificates.forTests()
         let redis = try await tlsRedis(certificates.server, authClients: true)
         defer { redis.stop() }
 
@@ -166,7 +166,7 @@ import RedisSessionStore
 
     @Test(arguments: Mismatch.allCases)
     func mismatchFailsWithinTheTimeoutNamingTheReason(_ mismatch: Mismatch) async throws {
-        let certificates = try TestCertificates.shared()
+        let certificates = try await TestCertificates.forTests()
         let server: PrivateRedis
         switch mismatch {
         case .unknownCA: server = try await tlsRedis(certificates.unknownCA)
@@ -195,7 +195,7 @@ import RedisSessionStore
     }
 
     @Test func verificationOffAcceptsTheServerOfAnUnknownCA() async throws {
-        let certificates = try TestCertificates.shared()
+        let certificates = try await TestCertificates.forTests()
         let redis = try await tlsRedis(certificates.unknownCA)
         defer { redis.stop() }
         var configuration = RedisConfiguration(port: redis.port)
@@ -210,7 +210,7 @@ import RedisSessionStore
     // MARK: - Recovery
 
     @Test func serverWithAnUnknownCertificateReplacedByAGoodOneIsReachedByTheSameClient() async throws {
-        let certificates = try TestCertificates.shared()
+        let certificates = try await TestCertificates.forTests()
         let redis = try await tlsRedis(certificates.unknownCA)
         defer { redis.stop() }
         let client = RedisClient(configuration: try rediss(port: redis.port, caFile: certificates.caFile),
@@ -228,7 +228,7 @@ import RedisSessionStore
     }
 
     @Test func caFileRewrittenWithTheRightCAIsReadAgainOnReconnect() async throws {
-        let certificates = try TestCertificates.shared()
+        let certificates = try await TestCertificates.forTests()
         let redis = try await tlsRedis(certificates.server)
         defer { redis.stop() }
         let caFile = try certificates.copy(ofCA: certificates.otherCAFile)
@@ -259,7 +259,7 @@ enum TLSTestLoop {
 /// probe spawns redis-cli and sleeps).
 func tlsRedis(_ pair: TestCertificates.Pair, authClients: Bool = false,
               arguments: [String] = []) async throws -> PrivateRedis {
-    let certificates = try TestCertificates.shared()
+    let certificates = try await TestCertificates.forTests()
     return try await onThread {
         try PrivateRedis(arguments: arguments,
                          tls: .serving(pair, authClients: authClients, certificates: certificates))

@@ -13,7 +13,7 @@ extension ScaleSuites {
     @Suite struct RedisTLSTopologyTests {
         @Test func sessionsAreStoredAndLoadedOnEveryPrimaryOfATLSCluster() async throws {
             let started = ContinuousClock.now
-            let certificates = try TestCertificates.shared()
+            let certificates = try await TestCertificates.forTests()
             let cluster = try await TLSRedisCluster.start(certificates: certificates)
             defer { cluster.stop() }
             let tls = RedisTLSConfiguration(caFile: certificates.caFile)
@@ -50,7 +50,7 @@ extension ScaleSuites {
 
         @Test func writesResumeOnTheNewPrimaryAfterAForcedFailoverOverTLS() async throws {
             let started = ContinuousClock.now
-            let certificates = try TestCertificates.shared()
+            let certificates = try await TestCertificates.forTests()
             let topology = try await onThread { try TLSSentinelTopology(certificates: certificates) }
             defer { topology.stop() }
             try await topology.waitUntilSentinelsAgree()

@@ -38,6 +38,10 @@ struct TestCertificates: Sendable {
     /// - Throws: ``HarnessFailure`` naming the openssl command that failed, and its output.
     static func shared() throws -> TestCertificates { try made.get() }
 
+    /// ``shared()`` from async code: the first call runs openssl and waits for it, which must not hold one of the
+    /// few cooperative threads (every other test's timers would wait behind it).
+    static func forTests() async throws -> TestCertificates { try await onThread { try shared() } }
+
     private static let made: Result<TestCertificates, any Error> = Result {
         let directory = NSTemporaryDirectory() + "evserver-tls-\(getpid())-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
