@@ -333,13 +333,7 @@ final class RedisTransport: @unchecked Sendable {
         if head < pending.count, let command = pending[head] {
             pending[head] = nil
             head += 1
-            if head == pending.count {
-                pending.removeAll(keepingCapacity: true)
-                head = 0
-            } else if head >= 1024, head * 2 >= pending.count {
-                pending.removeFirst(head)
-                head = 0
-            }
+            compactTakenPrefix(&pending, head: &head)
             delegate?.transport(self, didReceive: reply, for: command)
         } else if subscribed, let subscriber = delegate as? any RedisSubscriberDelegate {
             subscriber.transport(self, didReceivePush: reply)
