@@ -47,7 +47,7 @@ class Connection:
     """One keep-alive HTTP/1.1 connection that sends a request and reads its whole response."""
 
     def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
 
@@ -151,9 +151,10 @@ def build_shim(out_dir):
     return library
 
 
-def callgrind_binary(binary, out_dir):
-    """Valgrind 3.19 cannot read the DWARF 5 that Swift emits: profile a copy without debug info (symbols stay)."""
-    stripped = out_dir / (Path(binary).name + ".stripped")
+def callgrind_binary(label, binary, out_dir):
+    """Valgrind 3.19 cannot read the DWARF 5 that Swift emits: profile a copy without debug info (symbols stay).
+    The copy is named after the label: two builds of one binary (evserver before and after a change) keep apart."""
+    stripped = out_dir / f"{label}.stripped"
     subprocess.run(["strip", "--strip-debug", "-o", str(stripped), binary], check=True)
     return str(stripped)
 
@@ -254,7 +255,9 @@ def main():
     opts.shim = build_shim(out_dir)
     specs = [s.split("=", 1) for s in opts.server]
     opts.originals = {label: os.path.abspath(path) for label, path in specs}
-    servers = [(label, callgrind_binary(os.path.abspath(path), out_dir)) for label, path in specs]
+    if len({label for label, _ in specs}) != len(specs):
+        p.error("server labels must differ")
+    servers = [(label, callgrind_binary(label, os.path.abspath(path), out_dir)) for label, path in specs]
     tls_servers = (opts.tls_servers.split(",") if opts.tls_servers
                    else [label for label, _ in servers if label.startswith("evserver")])
     results = {}
