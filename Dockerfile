@@ -3,13 +3,14 @@
 ARG SWIFT_VERSION=6.3
 FROM swift:${SWIFT_VERSION}-bookworm AS build
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libevent-dev libhiredis-dev pkg-config \
+    && apt-get install -y --no-install-recommends libevent-dev libhiredis-dev libssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Resolve dependencies first so source edits do not refetch them.
 COPY Package.swift ./
 COPY Sources/CEvent Sources/CEvent
 COPY Sources/CHiredis Sources/CHiredis
+COPY Sources/COpenSSL Sources/COpenSSL
 RUN swift package resolve
 COPY Sources Sources
 RUN swift build -c release --product evserver --static-swift-stdlib \
@@ -18,7 +19,8 @@ RUN swift build -c release --product evserver --static-swift-stdlib \
 # Runtime stage: slim Debian with only the C libraries' runtime packages, as a non-root user.
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libevent-2.1-7 libhiredis0.14 libstdc++6 curl ca-certificates \
+    && apt-get install -y --no-install-recommends libevent-2.1-7 libevent-openssl-2.1-7 libssl3 libhiredis0.14 libstdc++6 curl \
+        ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin evserver
 COPY --from=build /evserver /usr/local/bin/evserver

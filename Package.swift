@@ -3,6 +3,9 @@ import PackageDescription
 
 let package = Package(
     name: "EvServer",
+    // Built and tested on Linux only (Debian 12, x86_64, Swift 6.3: `make test`). The macOS minimum lets the
+    // manifest resolve there; nothing builds or tests this package on macOS (the Linux-only calls sit behind
+    // `#if os(Linux)`, with portable libevent fallbacks that have never been compiled).
     platforms: [.macOS(.v14)],
     products: [
         .library(name: "EvServer", targets: ["EvServer"]),

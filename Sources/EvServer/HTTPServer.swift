@@ -5,6 +5,8 @@ import Synchronization
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
@@ -164,8 +166,8 @@ public struct HTTPServerError: Error, Sendable, Equatable, CustomStringConvertib
 
 // MARK: - Listening sockets
 
-/// Creates the listening sockets: one per loop, all on the same port (SO_REUSEPORT lets the kernel spread new
-/// connections over them, so the loops never contend for an accept).
+/// Creates the listening sockets: one per loop, all on the same port (on Linux SO_REUSEPORT lets the kernel spread
+/// new connections over them, so the loops never contend for an accept).
 enum ListeningSockets {
     /// Opens `count` nonblocking listening sockets on `host:port`; port 0 picks a free port for all of them.
     /// - Returns: the descriptors (the caller owns them) and the bound port.
@@ -184,11 +186,25 @@ enum ListeningSockets {
         var descriptors: [Int32] = []
         var boundPort = port
         do {
+            #if os(Linux)
             for _ in 0..<count {
-                let fd = try bind(host: host, port: boundPort, backlog: backlog)
+                let fd = try listeningSocket(host: host, port: boundPort, backlog: backlog)
                 descriptors.append(fd)
                 if boundPort == 0 { boundPort = try localPort(of: fd, host: host) }
             }
+            #else
+            // Elsewhere SO_REUSEPORT does not spread connections (the BSDs hand them all to one of the sockets), so
+            // the loops share one socket, each through a descriptor of its own: every loop is woken for each new
+            // connection and one accepts it (libevent's listener retries on EAGAIN).
+            let fd = try listeningSocket(host: host, port: port, backlog: backlog)
+            descriptors.append(fd)
+            if boundPort == 0 { boundPort = try localPort(of: fd, host: host) }
+            for _ in 1..<count {
+                let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+                guard copy >= 0 else { throw systemError("fcntl", address: "\(host):\(boundPort)", errno: errno) }
+                descriptors.append(copy)
+            }
+            #endif
         } catch {
             for fd in descriptors { close(fd) }
             throw error
@@ -197,16 +213,16 @@ enum ListeningSockets {
     }
 
     private static func probe(host: String, port: Int) throws(HTTPServerError) {
-        let fd = try bind(host: host, port: port, backlog: nil)
+        let fd = try listeningSocket(host: host, port: port, backlog: nil)
         close(fd)
     }
 
-    /// socket + SO_REUSEADDR (+ SO_REUSEPORT when listening) + bind (+ listen). `backlog == nil` binds only.
-    private static func bind(host: String, port: Int, backlog: Int?) throws(HTTPServerError) -> Int32 {
+    /// socket + SO_REUSEADDR (+ SO_REUSEPORT on Linux when listening) + bind (+ listen). `backlog == nil` binds only.
+    private static func listeningSocket(host: String, port: Int, backlog: Int?) throws(HTTPServerError) -> Int32 {
         let address = "\(host.contains(":") ? "[\(host)]" : host):\(port)"
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_socktype = streamSocketType
         hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
         var list: UnsafeMutablePointer<addrinfo>?
         let rc = getaddrinfo(host.isEmpty ? nil : host, String(port), &hints, &list)
@@ -216,8 +232,7 @@ enum ListeningSockets {
         }
         defer { freeaddrinfo(list) }
 
-        let fd = socket(info.pointee.ai_family,
-                        Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = streamSocket(family: info.pointee.ai_family)
         guard fd >= 0 else { throw systemError("socket", address: address, errno: errno) }
         // The error of the `call` that just failed, once the socket is closed (errno read first: close may set it).
         func failed(_ call: String) -> HTTPServerError {
@@ -225,14 +240,41 @@ enum ListeningSockets {
             close(fd)
             return systemError(call, address: address, errno: error)
         }
-        var one: Int32 = 1
-        let size = socklen_t(MemoryLayout<Int32>.size)
-        guard setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, size) == 0,
-              backlog == nil || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, size) == 0
+        // SO_REUSEADDR; SO_REUSEPORT on Linux only (libevent's _port variant does nothing elsewhere, see `open`).
+        guard evutil_make_listen_socket_reuseable(fd) == 0,
+              backlog == nil || evutil_make_listen_socket_reuseable_port(fd) == 0
         else { throw failed("setsockopt") }
-        guard Glibc.bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else { throw failed("bind") }
+        guard bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else { throw failed("bind") }
         if let backlog, listen(fd, Int32(clamping: backlog)) != 0 { throw failed("listen") }
         return fd
+    }
+
+    /// A nonblocking, close-on-exec TCP socket, or -1 with errno set.
+    private static func streamSocket(family: Int32) -> Int32 {
+        #if os(Linux) && canImport(Glibc)
+        // Both flags at once: a child spawned by another thread in between (a test's redis-server, say) must not
+        // inherit the listening socket.
+        return socket(family, streamSocketType | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        #else
+        let fd = socket(family, streamSocketType, 0)
+        guard fd >= 0 else { return -1 }
+        guard evutil_make_socket_closeonexec(fd) == 0, evutil_make_socket_nonblocking(fd) == 0 else {
+            let error = errno
+            evutil_closesocket(fd)
+            errno = error
+            return -1
+        }
+        return fd
+        #endif
+    }
+
+    /// SOCK_STREAM as socket(2) takes it: Glibc imports it as an enum case, the other C libraries as an Int32.
+    private static var streamSocketType: Int32 {
+        #if canImport(Glibc)
+        Int32(SOCK_STREAM.rawValue)
+        #else
+        SOCK_STREAM
+        #endif
     }
 
     private static func localPort(of fd: Int32, host: String) throws(HTTPServerError) -> Int {
@@ -271,11 +313,27 @@ enum ListeningSockets {
     }
 
     /// Closes a descriptor that no server took.
-    static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+    static func close(_ fd: Int32) { evutil_closesocket(fd) }
 }
 
 /// Makes a write to a connection the peer has reset return EPIPE instead of killing the process.
 let ignoreBrokenPipe: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
+
+/// `send` flags that keep a write to a reset connection from raising SIGPIPE: MSG_NOSIGNAL on Linux; elsewhere
+/// nothing, and `ignoreBrokenPipe` covers it.
+private var noSignal: Int32 {
+    #if os(Linux)
+    Int32(MSG_NOSIGNAL)
+    #else
+    0
+    #endif
+}
+
+/// shutdown(2) for writing: the peer reads the end of the answer, and we go on reading what it still sends. At file
+/// scope because HTTPServer's own `close()` and friends would hide the libc names inside it.
+private func shutdownSending(_ fd: Int32) {
+    _ = shutdown(fd, Int32(SHUT_WR))
+}
 
 // MARK: - Server
 
@@ -808,7 +866,7 @@ final class HTTPServer: @unchecked Sendable {
         guard fd >= 0 else { return }
         let body = #"{"error":\#(jsonQuoted(rejection.message))}"#
         Self.writeBestEffort(fd, Self.errorResponse(rejection.status, body: body))
-        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+        shutdownSending(fd)
     }
 
     /// Answers a connection over `maxConnections` with a 503 and closes it, without reading its request.
@@ -893,7 +951,7 @@ final class HTTPServer: @unchecked Sendable {
         var offset = 0
         while offset < bytes.count {
             let sent = bytes[offset...].withUnsafeBytes {
-                send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                send(fd, $0.baseAddress, $0.count, noSignal | Int32(MSG_DONTWAIT))
             }
             if sent > 0 {
                 offset += sent

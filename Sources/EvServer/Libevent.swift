@@ -4,6 +4,8 @@ import Synchronization
 
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Musl)
+import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
@@ -25,8 +27,8 @@ public struct LibeventError: Error, CustomStringConvertible, Sendable {
 /// Redis reply and go on touching loop-owned objects without any hop.
 public final class EventLoop: @unchecked Sendable {
     // @unchecked Sendable: `base`, the events and `local` are touched only on the loop thread (checked by
-    // `preconditionInLoop`), `remote` and `isRunning` are behind Mutexes, and writing the eventfd is safe from any
-    // thread.
+    // `preconditionInLoop`), `remote` and `isRunning` are behind Mutexes, and writing the wake-up descriptor is safe
+    // from any thread.
 
     private enum Work: Sendable {
         case job(UnownedJob)
@@ -41,7 +43,7 @@ public final class EventLoop: @unchecked Sendable {
     private let base: OpaquePointer
     private var wakeEvent: OpaquePointer?
     private var drainEvent: OpaquePointer?
-    private let wakeFD: Int32
+    private let wakeUp: WakeUpChannel
     private let remote = Mutex(Remote())
     private var local: [Work] = []
     private var drainScheduled = false
@@ -66,20 +68,20 @@ public final class EventLoop: @unchecked Sendable {
             throw LibeventError("event_base_new_with_config failed")
         }
         self.base = base
-        let fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
-        guard fd >= 0 else {
+        do {
+            wakeUp = try WakeUpChannel()
+        } catch {
             event_base_free(base)
-            throw LibeventError("eventfd failed: errno \(errno)")
+            throw error
         }
-        self.wakeFD = fd
         // passUnretained: the loop owns both events and frees them in deinit, before it goes.
         let context = Unmanaged.passUnretained(self).toOpaque()
-        wakeEvent = event_new(base, fd, Int16(EV_READ | EV_PERSIST), onWake, context)
+        wakeEvent = event_new(base, wakeUp.readDescriptor, Int16(EV_READ | EV_PERSIST), onWake, context)
         drainEvent = event_new(base, -1, 0, onDrain, context)
         guard wakeEvent != nil, drainEvent != nil, event_add(wakeEvent, nil) == 0 else {
             if let wakeEvent { event_free(wakeEvent) }
             if let drainEvent { event_free(drainEvent) }
-            close(fd)
+            wakeUp.close()
             event_base_free(base)
             throw LibeventError("event_new for the loop's wake-up failed")
         }
@@ -88,7 +90,7 @@ public final class EventLoop: @unchecked Sendable {
     deinit {
         if let wakeEvent { event_free(wakeEvent) }
         if let drainEvent { event_free(drainEvent) }
-        close(wakeFD)
+        wakeUp.close()
         event_base_free(base)
     }
 
@@ -168,15 +170,11 @@ public final class EventLoop: @unchecked Sendable {
             defer { remote.signalled = true }
             return !remote.signalled
         }
-        if mustSignal {
-            var one: UInt64 = 1
-            _ = withUnsafeBytes(of: &one) { write(wakeFD, $0.baseAddress, 8) }
-        }
+        if mustSignal { wakeUp.signal() }
     }
 
     fileprivate func wake() {
-        var value: UInt64 = 0
-        _ = withUnsafeMutableBytes(of: &value) { read(wakeFD, $0.baseAddress, 8) }
+        wakeUp.clear()
         let work = remote.withLock { remote in
             remote.signalled = false
             return remote.work.isEmptyOrSwap()
@@ -222,6 +220,68 @@ extension Array {
         var taken: [Element] = []
         swap(&taken, &self)
         return taken
+    }
+}
+
+// MARK: - Waking a loop from another thread
+
+/// The descriptor another thread writes to wake a loop, and the one the loop watches. An eventfd on Linux (one
+/// descriptor, one 8-byte counter); elsewhere the two ends of an `evutil_socketpair`. Not libevent's own
+/// cross-thread notification: that needs `evthread_use_pthreads()`, which puts a mutex around every `event_base`
+/// call, on the request path too; the loop's queue takes its one lock per batch (see `submit`).
+private struct WakeUpChannel {
+    /// The descriptor the loop reads (watched by its wake event).
+    let readDescriptor: Int32
+    /// The descriptor other threads write; the same one as `readDescriptor` for an eventfd.
+    private let writeDescriptor: Int32
+
+    init() throws(LibeventError) {
+        #if os(Linux)
+        let fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard fd >= 0 else { throw LibeventError("eventfd failed: errno \(errno)") }
+        readDescriptor = fd
+        writeDescriptor = fd
+        #else
+        var pair: [Int32] = [-1, -1]
+        guard evutil_socketpair(AF_UNIX, SOCK_STREAM, 0, &pair) == 0 else {
+            throw LibeventError("evutil_socketpair failed: errno \(errno)")
+        }
+        guard pair.allSatisfy({ evutil_make_socket_nonblocking($0) == 0 && evutil_make_socket_closeonexec($0) == 0 })
+        else {
+            let error = errno
+            for fd in pair { evutil_closesocket(fd) }
+            throw LibeventError("cannot make the loop's wake-up sockets nonblocking: errno \(error)")
+        }
+        readDescriptor = pair[0]
+        writeDescriptor = pair[1]
+        #endif
+    }
+
+    /// Makes the read end readable. Safe from any thread; the caller writes at most once per `clear()`.
+    func signal() {
+        #if os(Linux)
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { write(writeDescriptor, $0.baseAddress, 8) }
+        #else
+        var one: UInt8 = 1
+        _ = send(writeDescriptor, &one, 1, 0)
+        #endif
+    }
+
+    /// Consumes the signals written so far. On the loop thread.
+    func clear() {
+        #if os(Linux)
+        var value: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &value) { read(readDescriptor, $0.baseAddress, 8) }
+        #else
+        var bytes: (UInt64, UInt64) = (0, 0)
+        _ = withUnsafeMutableBytes(of: &bytes) { recv(readDescriptor, $0.baseAddress, $0.count, 0) }
+        #endif
+    }
+
+    func close() {
+        evutil_closesocket(readDescriptor)
+        if writeDescriptor != readDescriptor { evutil_closesocket(writeDescriptor) }
     }
 }
 
@@ -310,9 +370,15 @@ public final class EventLoopThread: Sendable {
         let started = DispatchSemaphore(value: 0)
         // passRetained: the new thread holds the +1 on this box until it has read it.
         let box = Unmanaged.passRetained(ThreadStart(loop: loop, started: started)).toOpaque()
+        // pthread_t is an integer on Linux and a pointer that pthread_create takes as optional on Darwin; its start
+        // routine's argument is optional on Linux only (the `as` spelling compiles on both).
+        #if canImport(Darwin)
+        var tid: pthread_t? = nil
+        #else
         var tid = pthread_t()
+        #endif
         let rc = pthread_create(&tid, nil, { raw in
-            let start = Unmanaged<ThreadStart>.fromOpaque(raw!).takeRetainedValue()
+            let start = Unmanaged<ThreadStart>.fromOpaque((raw as UnsafeMutableRawPointer?)!).takeRetainedValue()
             start.loop.execute { _ = start.started.signal() }
             start.loop.run()
             return nil
@@ -349,6 +415,7 @@ extension timeval {
     /// `duration` as a timeval, negative durations as zero.
     init(_ duration: Duration) {
         let (seconds, attoseconds) = duration.components
-        self.init(tv_sec: Int(max(0, seconds)), tv_usec: Int(max(0, attoseconds) / 1_000_000_000_000))
+        // `.init`: suseconds_t is Int on Linux, Int32 on Darwin.
+        self.init(tv_sec: .init(max(0, seconds)), tv_usec: .init(max(0, attoseconds) / 1_000_000_000_000))
     }
 }

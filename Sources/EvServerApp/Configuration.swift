@@ -89,7 +89,7 @@ struct ServerOptions: ParsableArguments {
     var store: String?
 
     @Option(name: .customLong("redis-url"),
-            help: "redis://[user:password@]host:port/db (env REDIS_URL, default redis://127.0.0.1:6379/0).")
+            help: "redis://[user:password@]host:port/db, rediss:// for TLS (env REDIS_URL, default redis://127.0.0.1:6379/0).")
     var redisURL: String?
 
     @Option(help: "Comma-separated secrets; the first signs, all verify (env SESSION_SECRET, required).")
@@ -173,6 +173,30 @@ struct ServerOptions: ParsableArguments {
     @Option(name: .customLong("redis-password"),
             help: "Password for AUTH, any Redis mode; not together with one in --redis-url (env REDIS_PASSWORD).")
     var redisPassword: String?
+
+    @Option(name: .customLong("redis-tls"),
+            help: "TLS to the cluster nodes, or to the primary and the sentinels: true|false; with --redis-url the scheme decides (rediss://) (env REDIS_TLS, default false).")
+    var redisTLS: String?
+
+    @Option(name: .customLong("redis-tls-ca"),
+            help: "PEM CA bundle that Redis's certificate must chain to (env REDIS_TLS_CA_FILE, default: the system's trust store).")
+    var redisTLSCA: String?
+
+    @Option(name: .customLong("redis-tls-cert"),
+            help: "PEM client certificate for mutual TLS; needs --redis-tls-key (env REDIS_TLS_CERT_FILE).")
+    var redisTLSCert: String?
+
+    @Option(name: .customLong("redis-tls-key"),
+            help: "PEM private key of --redis-tls-cert (env REDIS_TLS_KEY_FILE).")
+    var redisTLSKey: String?
+
+    @Option(name: .customLong("redis-tls-server-name"),
+            help: "Name sent in SNI and checked against Redis's certificate (env REDIS_TLS_SERVER_NAME, default: the host connected to).")
+    var redisTLSServerName: String?
+
+    @Option(name: .customLong("redis-tls-insecure"),
+            help: "Skip verifying Redis's certificate: true|false; anyone on the path can then read and change sessions (env REDIS_TLS_INSECURE, default false).")
+    var redisTLSInsecure: String?
 
     @Option(name: .customLong("redis-wait-replicas"),
             help: "Replicas that must acknowledge each session write (WAIT) before it counts; else 503 (env REDIS_WAIT_REPLICAS, default 0).")
@@ -318,6 +342,62 @@ struct ServerOptions: ParsableArguments {
         }
         config.redisWaitReplicas = try value.integer(redisWaitReplicas, "--redis-wait-replicas", "REDIS_WAIT_REPLICAS",
                                                      in: 0...100) ?? config.redisWaitReplicas
+        try resolveTLS(into: &config, environment: environment)
+    }
+
+    /// Resolves the TLS settings (`--redis-tls*`) into `config.redis.tls`, once the mode is known. With
+    /// `--redis-url` the scheme decides (`rediss://`) and `--redis-tls` may only agree with it; with a cluster or
+    /// sentinels `--redis-tls` decides, for every node (or the primary) and the sentinels alike. The CA, certificate
+    /// and key files are checked here, before anything binds.
+    /// - Throws: ``ConfigurationError`` naming the first bad or conflicting value.
+    func resolveTLS(into config: inout AppConfiguration, environment: [String: String]) throws {
+        let value = FlagOrVariable(environment: environment)
+        let switched = try value(redisTLS, "--redis-tls", "REDIS_TLS").map { v, name in
+            (try Self.boolean(v, name), name)
+        }
+        if case .single = config.redisTopology {
+            let urlIsTLS = config.redis.tls != nil
+            if let (on, name) = switched, on != urlIsTLS {
+                let conflict = on ? "true conflicts with a redis:// URL (plain text)"
+                                  : "false conflicts with a rediss:// URL (TLS)"
+                throw ConfigurationError("\(name) \(conflict): with --redis-url the scheme decides; use "
+                    + (on ? "rediss:// for TLS" : "redis:// for plain text"))
+            }
+        } else if switched?.0 == true {
+            config.redis.tls = RedisTLSConfiguration()
+        }
+        let caFile = value(redisTLSCA, "--redis-tls-ca", "REDIS_TLS_CA_FILE")
+        let certificateFile = value(redisTLSCert, "--redis-tls-cert", "REDIS_TLS_CERT_FILE")
+        let keyFile = value(redisTLSKey, "--redis-tls-key", "REDIS_TLS_KEY_FILE")
+        let serverName = value(redisTLSServerName, "--redis-tls-server-name", "REDIS_TLS_SERVER_NAME")
+        let insecure = value(redisTLSInsecure, "--redis-tls-insecure", "REDIS_TLS_INSECURE")
+        guard var tls = config.redis.tls else {
+            if let (_, name) = caFile ?? certificateFile ?? keyFile ?? serverName ?? insecure {
+                throw ConfigurationError("\(name) needs a rediss:// URL or --redis-tls true")
+            }
+            return
+        }
+        tls.caFile = caFile?.0
+        tls.certificateFile = certificateFile?.0
+        tls.keyFile = keyFile?.0
+        tls.serverName = serverName?.0
+        if let (v, name) = insecure { tls.verifiesPeer = try !Self.boolean(v, name) }
+        if let problem = tls.problem { throw ConfigurationError("redis tls: \(problem)") }
+        // Insecure with a CA file is allowed; the files are checked all the same: a wrong path is a mistake either way.
+        for case let (path, name)? in [caFile, certificateFile, keyFile] { try Self.checkReadable(path, name) }
+        config.redis.tls = tls
+    }
+
+    /// Startup runs before the event loops, so reading the file system here blocks nothing.
+    static func checkReadable(_ path: String, _ name: String) throws {
+        var isDirectory = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ConfigurationError("\(name): '\(path)' does not exist")
+        }
+        guard !isDirectory else { throw ConfigurationError("\(name): '\(path)' is a directory, not a PEM file") }
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ConfigurationError("\(name): '\(path)' is not readable by this user")
+        }
     }
 
     static func integer(_ text: String, _ name: String, in range: ClosedRange<Int>) throws -> Int {
@@ -386,28 +466,56 @@ extension AppConfiguration {
     ///   - redis: the connection settings to use (``redis`` with a metrics hook, say).
     ///   - scanCount: the SCAN COUNT hint.
     func makeRedisStore(redis: RedisConfiguration, scanCount: Int = 100) -> RedisSessionStore {
-        switch redisTopology {
-        case .single:
+        switch redisDeployment(redis: redis) {
+        case .single(let redis):
             return RedisSessionStore(configuration: redis, prefix: prefix, ttl: idleTimeout, scanCount: scanCount,
                                      waitForReplicas: redisWaitReplicas)
-        case .cluster(let seeds):
-            return RedisSessionStore(cluster: RedisClusterConfiguration(seeds: seeds, node: redis), prefix: prefix,
-                                     ttl: idleTimeout, scanCount: scanCount, waitForReplicas: redisWaitReplicas)
-        case .sentinel(let sentinels, let masterName, let password):
-            let sentinel = RedisSentinelConfiguration(sentinels: sentinels, masterName: masterName, primary: redis,
-                                                      sentinelPassword: password)
+        case .cluster(let cluster):
+            return RedisSessionStore(cluster: cluster, prefix: prefix, ttl: idleTimeout, scanCount: scanCount,
+                                     waitForReplicas: redisWaitReplicas)
+        case .sentinel(let sentinel):
             return RedisSessionStore(sentinel: sentinel, prefix: prefix, ttl: idleTimeout, scanCount: scanCount,
                                      waitForReplicas: redisWaitReplicas)
         }
+    }
+
+    /// The library configuration of ``redisTopology`` around `redis`. One TLS setting covers everything: the
+    /// cluster's nodes, or Sentinel's primary and the sentinels themselves.
+    func redisDeployment(redis: RedisConfiguration) -> RedisDeployment {
+        switch redisTopology {
+        case .single:
+            return .single(redis)
+        case .cluster(let seeds):
+            return .cluster(RedisClusterConfiguration(seeds: seeds, node: redis))
+        case .sentinel(let sentinels, let masterName, let password):
+            return .sentinel(RedisSentinelConfiguration(sentinels: sentinels, masterName: masterName, primary: redis,
+                                                        sentinelPassword: password, sentinelTLS: redis.tls))
+        }
+    }
+
+    /// The startup warning for TLS without verification, nil when certificates are checked (or TLS is off).
+    var redisTLSWarning: String? {
+        guard store == .redis, let tls = redis.tls, !tls.verifiesPeer else { return nil }
+        return "Redis TLS certificate verification is OFF (--redis-tls-insecure, REDIS_TLS_INSECURE): "
+            + "anyone on the network path to Redis can read and change sessions"
     }
 
     /// Where the sessions are, for the startup log line (never a password).
     var redisDescription: String {
         switch redisTopology {
         case .single: return redis.redactedURL
-        case .cluster(let seeds): return "cluster " + seeds.map(\.description).joined(separator: ",")
+        case .cluster(let seeds): return "cluster " + seeds.map(\.description).joined(separator: ",") + tlsMark
         case .sentinel(let sentinels, let name, _):
-            return "sentinel \(name)@" + sentinels.map(\.description).joined(separator: ",")
+            return "sentinel \(name)@" + sentinels.map(\.description).joined(separator: ",") + tlsMark
         }
     }
+
+    private var tlsMark: String { redis.tls == nil ? "" : " (TLS)" }
+}
+
+/// The Redis deployment the store is built on, as the library configures it.
+enum RedisDeployment: Sendable {
+    case single(RedisConfiguration)
+    case cluster(RedisClusterConfiguration)
+    case sentinel(RedisSentinelConfiguration)
 }

@@ -20,6 +20,7 @@ struct EvServerCommand: AsyncParsableCommand {
         discussion: """
             Every option also reads an environment variable (shown in its help); the flag wins.
             Example: evserver --secret "$(openssl rand -hex 32)" --redis-url redis://127.0.0.1:6379/0
+            TLS: --redis-url "rediss://:$REDIS_PASSWORD@host:6379"; with --redis-cluster or --redis-sentinel: --redis-tls true
             Inspect sessions: evserver sessions list|show -- ID|count|destroy -- ID|clear --yes
             """,
         subcommands: [SessionsCommand.self]
@@ -35,6 +36,7 @@ struct EvServerCommand: AsyncParsableCommand {
         if config.secrets.contains(where: { $0.utf8.count < 32 }) {
             logger.warning("a session secret is shorter than 32 bytes; use at least 32 random bytes in production")
         }
+        if let warning = config.redisTLSWarning { logger.warning("\(warning)") }
         let demo = try DemoApp(configuration: config)
         let app = demo.makeApplication()
         logger.info("evserver starting", metadata: [

@@ -9,7 +9,7 @@ import Synchronization
 
 /// The event loop for callers outside any loop (tests, scripts, startup checks): the calling task's
 /// ``EventLoop/current`` when there is one, else a loop thread of its own, started on first use and joined when this
-/// goes away. hiredis connections belong to one loop, so the Redis clients made per loop need a loop even for such
+/// goes away. Redis connections belong to one loop, so the Redis clients made per loop need a loop even for such
 /// callers.
 final class FallbackLoop: Sendable {
     private let name: String

@@ -3,7 +3,7 @@ import EvServer
 import Logging
 import Synchronization
 
-/// An async Redis client: one hiredis connection attached to one ``EventLoop``, commands pipelined on it.
+/// An async Redis client: one connection (plain or TLS) on one ``EventLoop``, commands pipelined on it.
 ///
 /// The client connects in the background as soon as it is created. After the TCP connect it sends
 /// `AUTH [user] password` (when configured) and `SELECT db` (when not 0), or a `PING` when neither applies, and is
@@ -65,7 +65,7 @@ public final class RedisClient: Sendable {
     // they hop to the loop themselves when needed.
     /// Sends one command (arguments are binary-safe) and returns the reply.
     /// - Parameter arguments: the command name and its arguments, e.g. `[Array("GET".utf8), Array(key.utf8)]`.
-    /// - Returns: the reply, copied out of hiredis; `.null` for a nil reply.
+    /// - Returns: the reply, copied out of hiredis's reader; `.null` for a nil reply.
     /// - Throws: ``RedisError`` when Redis replies with an error; ``RedisClientError`` when no reply comes
     ///   (`.notConnected`, `.connectFailed`, `.connectionClosed`, `.timeout`) or for a command that would change
     ///   how the connection replies (`.unsupportedCommand`: SUBSCRIBE, MONITOR, CLIENT REPLY, SELECT, ...).
@@ -333,6 +333,8 @@ enum Keyword {
     static let auth = Array("AUTH".utf8)
     static let select = Array("SELECT".utf8)
     static let wait = Array("WAIT".utf8)
+    static let info = Array("INFO".utf8)
+    static let server = Array("server".utf8)
 
     /// The commands the session store sends on every request, with their names: a command given as one of these
     /// arrays (the same buffer, so the comparison ends at once) needs neither case folding nor the refusal check.
@@ -386,9 +388,9 @@ private func decimalLength(_ value: Int) -> Int {
 }
 
 /// A command encoded as Redis reads it (RESP: `*<count>\r\n`, then `$<length>\r\n<bytes>\r\n` per argument),
-/// which hiredis queues as is (`redisAsyncFormattedCommand`).
+/// which the transport writes as is.
 ///
-/// Built in one buffer straight from its parts: no array per argument, and no second pass in which hiredis formats
+/// Built in one buffer straight from its parts: no array per argument, and no second pass in which a library formats
 /// an argv with printf-style calls into a string of its own. Binary-safe: every argument is sent with its length.
 struct RedisCommand: Sendable {
     /// The RESP bytes; complete once every announced argument was appended.
@@ -466,7 +468,7 @@ func commandName(_ bytes: [UInt8]) -> String {
 }
 
 /// Why a command cannot go through this client, or nil. These commands change how the connection replies (or
-/// its state behind the client's back), which a pipelined request/reply connection cannot follow: hiredis 0.14
+/// its state behind the client's back), which a pipelined request/reply connection cannot follow: the transport
 /// would deliver several replies to one callback, or abort on a reply nobody asked for.
 private func unsupportedCommandReason(_ name: String, _ arguments: [[UInt8]]) -> String? {
     switch name {
@@ -488,7 +490,7 @@ private func unsupportedCommandReason(_ name: String, _ arguments: [[UInt8]]) ->
 
 // MARK: - The connection state machine
 
-/// One command given to hiredis: the box passed through `privdata`, back in the reply callback.
+/// One command given to the transport, handed back with its reply.
 final class PendingCommand {
     // The caller's continuation is a `let` beside the role rather than the payload of `.caller`: the continuation's
     // layout is not known at compile time (a library built for evolution), so an enum carrying it is copied and
@@ -548,7 +550,7 @@ final class PendingCommand {
         return caller
     }
 
-    /// Fails a caller still waiting. Only for paths that cannot happen if hiredis keeps its promises.
+    /// Fails a caller still waiting. Only for paths that cannot happen if the transport keeps its promises.
     func abandon() {
         takeCaller()?.resume(throwing: RedisClientError.connectionClosed)
     }
@@ -557,12 +559,13 @@ final class PendingCommand {
 enum HandshakeStep {
     case auth
     case select
-    case ping
+    /// `INFO server`: proves Redis answers, and names its version for the log.
+    case info
 }
 
-/// The commands sent on one hiredis connection and not yet answered, oldest first.
+/// The commands sent on one connection and not yet answered, oldest first.
 ///
-/// hiredis answers in order, so a reply always belongs to the first entry. Deadlines grow with the order too,
+/// Redis answers in order, so a reply always belongs to the first entry. Deadlines grow with the order too,
 /// which is why one timer (armed for the oldest live entry) serves every command, and why the entries that
 /// already timed out form a prefix (`expired`).
 private final class Link {
@@ -573,8 +576,10 @@ private final class Link {
     var expired = 0
     /// Handshake steps not yet answered; the link is ready at 0.
     var handshakeRemaining = 0
-    /// Why the client decided to drop this connection (timeout, failed AUTH, close); reported instead of hiredis's.
+    /// Why the client decided to drop this connection (timeout, failed AUTH, close); reported instead of the transport's.
     var failure: String?
+    /// The server's version from the handshake's INFO, for the log.
+    var serverVersion: String?
     /// How many replies (not NULLs) arrived: a connection that answers nothing while a command times out is
     /// considered dead (a count, not the time of the last reply: cheaper to keep on every reply).
     var replies = 0
@@ -601,7 +606,7 @@ private final class Link {
             head += 1
             if expired > 0 { expired -= 1 }
         } else if let index = entries[head...].firstIndex(where: { $0 === command }) {
-            // Out of order: cannot happen with hiredis, handled so that bookkeeping stays right regardless.
+            // Out of order: cannot happen with the transport, handled so that bookkeeping stays right regardless.
             if index - head < expired { expired -= 1 }
             entries.remove(at: index)
         }
@@ -625,10 +630,10 @@ private final class Link {
     }
 }
 
-/// The client's one logical connection: a state machine over successive hiredis connections.
+/// The client's one logical connection: a state machine over successive transports.
 ///
 /// Phases: idle -> connecting (TCP + handshake) -> ready; on loss or a failed attempt -> backing off -> connecting
-/// again; close() -> closed from anywhere. Only one hiredis connection exists at a time.
+/// again; close() -> closed from anywhere. Only one transport exists at a time.
 final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     // @unchecked Sendable: everything but `isReady` is touched only on `loop`'s thread (each entry point calls
     // loop.preconditionInLoop(); RedisClient hops with loop.execute); `isReady` is an Atomic.
@@ -658,14 +663,15 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     /// When the current outage began (nil while ready, and before the first connection).
     private var outageStart: ContinuousClock.Instant?
     private var everReady = false
-    /// The failure already logged as a warning during this outage: a repeat is logged at debug level only.
-    private var loggedFailure: String?
+    /// Decides how loudly connects and failures are logged, shared with the other connections of the same store.
+    private let connectionLog: RedisConnectionLog
 
     init(configuration: RedisConfiguration, loop: EventLoop, logger: Logger) {
         self.loop = loop
         self.configuration = configuration
         self.logger = logger
         self.logger[metadataKey: "redis"] = "\(configuration.redactedURL)"
+        self.connectionLog = configuration.connectionLog ?? RedisConnectionLog()
     }
 
     // MARK: Entry points (loop thread)
@@ -714,7 +720,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
             do {
                 try link.connection.send(encoded, command: command)
             } catch {
-                // The connection is going away (hiredis refuses new commands while it tears a context down).
+                // The connection is going away (the transport refuses new commands once it closes).
                 command.role = .done
                 let reason = link.failure ?? link.connection.failureReason ?? error.description
                 let failure = phase == .connecting ? RedisClientError.connectFailed(reason)
@@ -784,17 +790,23 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         if configuration.database != 0 {
             steps.append((.select, [Keyword.select, decimal(configuration.database)]))
         }
-        // Neither: a PING, so that "ready" still means Redis answered (not just that the kernel accepted the TCP
-        // connection), and so that an attempt that never gets an answer fails by the deadline.
-        if steps.isEmpty { steps.append((.ping, [Keyword.ping])) }
+        // Always last: INFO server, so that "ready" means Redis answered (not just that the kernel accepted the
+        // TCP connection and, with TLS, the handshake), so that an attempt that never gets an answer fails by the
+        // deadline, and so that the log can say which Redis this is.
+        steps.append((.info, [Keyword.info, Keyword.server]))
         return steps
     }
 
     private func handshakeStepReplied(_ step: HandshakeStep, _ reply: RedisValue?, on link: Link) {
-        guard let reply else { return }   // the connection is going away; hiredisDidClose reports why
+        guard let reply else { return }   // the connection is going away; transportDidClose reports why
         if case .error(let message) = reply {
-            drop(link, because: handshakeFailure(step, message))
-            return
+            // INFO may be renamed away or refused by a managed Redis's ACL: Redis answered, which is what counts.
+            if step != .info || message.hasPrefix("NOAUTH") {
+                drop(link, because: handshakeFailure(step, message))
+                return
+            }
+        } else if step == .info {
+            link.serverVersion = Self.field("redis_version", in: reply)
         }
         link.handshakeRemaining -= 1
         if link.handshakeRemaining == 0, phase == .connecting {
@@ -808,41 +820,65 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
             return "authentication failed (\(message))"
         case .select:
             return "SELECT \(configuration.database) failed (\(message))"
-        case .ping where message.hasPrefix("NOAUTH"):
+        case .info where message.hasPrefix("NOAUTH"):
             return "Redis requires a password; put it in the Redis URL, redis://:password@host (\(message))"
-        case .ping:
-            return "PING failed (\(message))"
+        case .info:
+            return "INFO failed (\(message))"
         }
     }
 
     private func becomeReady() {
         phase = .ready
         isReady.store(true, ordering: .releasing)
+        let what = link.map(describe) ?? ""
+        let level = connectionLog.levelForConnected()
         if everReady, let outageStart {
             let down = ContinuousClock.now - outageStart
-            logger.info("reconnected to Redis", metadata: [
+            logger.log(level: level, "reconnected to Redis \(what)", metadata: [
                 "attempts": "\(attempts + 1)", "down_ms": "\(milliseconds(down))",
             ])
         } else if attempts > 0 {
-            logger.info("connected to Redis", metadata: ["attempts": "\(attempts + 1)"])
+            logger.log(level: level, "connected to Redis \(what)", metadata: ["attempts": "\(attempts + 1)"])
         } else {
-            logger.info("connected to Redis")
+            logger.log(level: level, "connected to Redis \(what)")
         }
         everReady = true
         attempts = 0
         outageStart = nil
         lastError = nil
-        loggedFailure = nil
+    }
+
+    /// `at 10.0.0.5:6379 (single server, TLS, Redis 7.0.15)`: where a ready link goes, for the log.
+    private func describe(_ link: Link) -> String {
+        let address = link.connection.connectedAddress.map { "\($0)" } ?? configuration.redactedURL
+        let tls = configuration.tls == nil ? "plain text"
+            : configuration.tls!.verifiesPeer ? "TLS" : "TLS without verification"
+        return "at \(address) (\(configuration.role), \(tls), Redis \(link.serverVersion ?? "version unknown"))"
+    }
+
+    /// The value of `name:` in an INFO reply, e.g. `7.0.15` for `redis_version`.
+    static func field(_ name: String, in reply: RedisValue) -> String? {
+        guard let text = reply.string else { return nil }
+        for line in text.split(whereSeparator: \.isNewline) where line.hasPrefix(name + ":") {
+            let value = line.dropFirst(name.count + 1).filter { !$0.isWhitespace }
+            return value.isEmpty ? nil : String(value.prefix(64))
+        }
+        return nil
     }
 
     /// A connection attempt failed before the connection was ready: wait, then try again.
     private func attemptFailed(_ reason: String) {
         lastError = reason
         if outageStart == nil { outageStart = .now }
-        if loggedFailure != reason {
-            loggedFailure = reason
-            logger.warning("cannot connect to Redis: \(reason); retrying with back-off")
-        } else {
+        switch connectionLog.levelForFailure(reason) {
+        case .warning:
+            logger.warning("""
+                Redis (\(configuration.role)) is not reachable: \(reason); commands fail fast while the client \
+                retries with back-off
+                """)
+        case .info:
+            logger.info("Redis (\(configuration.role)) is still not reachable, now: \(reason)")
+        default:
             logger.debug("Redis connection attempt failed again: \(reason)")
         }
         attempts += 1
@@ -859,7 +895,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         }
     }
 
-    /// Drops `link`'s connection: every command on it fails at once, then hiredisDidClose moves on.
+    /// Drops `link`'s connection: every command on it fails at once, then transportDidClose moves on.
     private func drop(_ link: Link, because reason: String) {
         if link.failure == nil { link.failure = reason }
         link.connection.free()
@@ -894,7 +930,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     }
 
     // A command that missed its deadline fails with `.timeout` at once; its reply, if it ever comes, is dropped
-    // (its box stays with hiredis until then, so replies keep matching their commands).
+    // (it stays in the transport's queue until then, so replies keep matching their commands).
     //
     // Whether to drop the connection as well: a timeout means Redis is either slow (a long script, a big
     // command, CLIENT PAUSE, a fork) or unreachable (a half-open TCP connection after a failover or a network
@@ -909,8 +945,15 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         var silentSince: ContinuousClock.Instant?
         while let head = link.liveHead, head.deadline <= now {
             if case .handshake = head.role {
+                let timeout = milliseconds(configuration.commandTimeout)
+                if link.connection.isResolving {
+                    // Worded like a failed lookup, so that the log reads the same whichever comes first.
+                    drop(link, because: "cannot resolve \(configuration.host) within \(timeout) ms (the lookup goes on; "
+                         + "the next attempt uses its answer)")
+                    return
+                }
                 let waiting = link.connection.pendingStage ?? "waiting for the reply to \(head.name)"
-                drop(link, because: "no answer within \(milliseconds(configuration.commandTimeout)) ms (\(waiting))")
+                drop(link, because: "no answer within \(timeout) ms (\(waiting))")
                 return
             }
             link.expired += 1
@@ -921,7 +964,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
             continuation.resume(throwing: RedisClientError.timeout.with(detail))
         }
         if let silentSince {
-            // Logged once, as the loss, by hiredisDidClose.
+            // Logged once, as the loss, by transportDidClose.
             drop(link, because: "Redis sent nothing for \(milliseconds(now - silentSince)) ms while a command waited")
             return
         }
@@ -957,7 +1000,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         self.link = nil
         deadlineTimer?.cancel()
         deadlineTimer = nil
-        // hiredis gave every command its NULL reply before this; whatever is left would be a hiredis bug, and a
+        // The transport gave every command its nil reply before this; whatever is left would be a bug there, and a
         // caller must not hang on it.
         for command in link.removeAll() {
             complete(command, reply: nil, link: nil, reason: reason)
@@ -970,8 +1013,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
             isReady.store(false, ordering: .releasing)
             lastError = why
             outageStart = .now
-            loggedFailure = why
-            logger.warning("lost the connection to Redis: \(why); reconnecting")
+            logger.log(level: connectionLog.levelForFailure(why), "lost the connection to Redis: \(why); reconnecting")
             scheduleReconnect()
         case .idle, .backingOff, .closed:
             break

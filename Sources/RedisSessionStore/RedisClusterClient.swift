@@ -3,7 +3,7 @@ import EvServer
 import Logging
 import Synchronization
 
-/// A Redis Cluster client on the same hiredis connections as ``RedisClient``: one ``RedisClient`` per node per
+/// A Redis Cluster client on the same connections as ``RedisClient``: one ``RedisClient`` per node per
 /// ``EventLoop``, opened on first use from that loop, each command sent to the primary that serves its key's slot.
 ///
 /// - Routing: slot = CRC16(key) mod 16384 with `{hash tag}`s (``RedisClusterSlot``); the slot map comes from
@@ -289,7 +289,9 @@ public final class RedisClusterClient: Sendable {
             if let client = state.clients[key] { return client }
             var logger = self.logger
             logger[metadataKey: "node"] = "\(address)"
-            let client = RedisClient(configuration: configuration.node.pointing(to: address), loop: loop,
+            var node = configuration.node.pointing(to: address)
+            node.role = "cluster node"
+            let client = RedisClient(configuration: node, loop: loop,
                                      logger: logger)
             state.clients[key] = client
             return client

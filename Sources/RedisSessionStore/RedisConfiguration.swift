@@ -38,6 +38,12 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// how it ended; e.g. to export Prometheus metrics. Keep it cheap: it runs on the event loop.
     /// Not part of equality.
     public var onCommand: (@Sendable (_ name: String, _ duration: Duration, _ outcome: RedisCommandOutcome) -> Void)?
+    /// What this server is to the client, for the log ("single server", "cluster node", "Sentinel primary",
+    /// "sentinel"). Not part of equality.
+    var role = "single server"
+    /// Shared by the connections of one store to this server, so that they log an outage once; nil: the client's
+    /// own. Not part of equality.
+    var connectionLog: RedisConnectionLog?
 
     public init(host: String = "127.0.0.1", port: Int = 6379, username: String? = nil, password: String? = nil,
                 database: Int = 0, tls: RedisTLSConfiguration? = nil, commandTimeout: Duration = .seconds(1)) {

@@ -179,6 +179,7 @@ final class SentinelState: Sendable {
     /// The primary's configuration at `address`, its metrics hook also telling the monitor of failed commands.
     private func primaryConfiguration(_ address: RedisAddress, generation: Int) -> RedisConfiguration {
         var configuration = self.configuration.primary.pointing(to: address)
+        configuration.role = "Sentinel primary \(self.configuration.masterName)"
         let userHook = configuration.onCommand
         // Weak: the clients (and so this hook) belong to the state.
         configuration.onCommand = { [weak self] name, duration, outcome in

@@ -39,6 +39,8 @@ public final class RedisSessionStore: SessionStore {
     public let waitForReplicas: Int
     private let clients: ClientSource
     private let logger: Logger
+    /// Whether ``connectInBackground()`` ran.
+    private let connecting = Atomic<Bool>(false)
 
     /// A store on one client, used from whatever loop calls it.
     /// - Parameters:
@@ -112,6 +114,21 @@ public final class RedisSessionStore: SessionStore {
 
     deinit {
         if case .sentinel(let sentinel) = clients { sentinel.close() }
+    }
+
+    /// Connects now rather than at the first request, so that the log says at once whether Redis answers, in one
+    /// line either way: `connected to Redis at 10.0.0.5:6379 (single server, TLS, Redis 7.0.15)`, or
+    /// `Redis (single server) is not reachable: <reason>; ...` after which the connection keeps retrying with
+    /// back-off (and says so when it succeeds) while session requests fail fast. ``SessionMiddleware`` calls it
+    /// when it is made. Returns at once; later calls do nothing. A store made on a given client leaves it alone.
+    public func connectInBackground() {
+        guard !connecting.exchange(true, ordering: .relaxed) else { return }
+        if case .single = clients { return }
+        Task.detached { [self] in
+            // Outside any loop: the store's own loop thread connects (the clients of the server's loops connect on
+            // their first request). The outcome is logged by the client; nothing to do with it here.
+            _ = try? await self.client().ping()
+        }
     }
 
     /// The Redis key of a session.
@@ -411,7 +428,7 @@ private enum ClientSource: Sendable {
     case sentinel(SentinelClients)
 }
 
-/// One client per event loop, made lazily. hiredis connections belong to one loop thread, so each loop that
+/// One client per event loop, made lazily. Redis connections belong to one loop thread, so each loop that
 /// serves requests gets its own connection rather than hopping to a shared one.
 private final class PerLoopClients: Sendable {
     let configuration: RedisConfiguration
@@ -425,6 +442,9 @@ private final class PerLoopClients: Sendable {
     private let loops = FallbackLoop(name: "redis-session-store")
 
     init(configuration: RedisConfiguration) {
+        var configuration = configuration
+        // One story in the log for all of the store's connections (one per loop, and the start-up one).
+        configuration.connectionLog = RedisConnectionLog()
         self.configuration = configuration
     }
 

@@ -16,7 +16,8 @@ public struct RedisTLSConfiguration: Sendable, Hashable {
     /// host; in cluster and Sentinel modes, each node's address as the cluster or the sentinels announce it).
     public var serverName: String?
     /// Whether the server's certificate is checked (chain and name). Turning it off accepts any server, an
-    /// attacker's included: the client logs a warning when it starts. For tests and migrations only.
+    /// attacker's included: the connection's log line says "TLS without verification" (and `evserver` warns at
+    /// start). For tests and migrations only.
     public var verifiesPeer: Bool
 
     /// - Parameters:

@@ -123,6 +123,14 @@ final class RedisTransport: @unchecked Sendable {
         }
     }
 
+    /// The address connected to, once open.
+    var connectedAddress: SocketAddress? {
+        state == .open && nextAddress > 0 && nextAddress <= addresses.count ? addresses[nextAddress - 1] : nil
+    }
+
+    /// Whether the attempt is still waiting for the name's addresses.
+    var isResolving: Bool { state == .resolving }
+
     /// What the connection attempt is waiting for, for a timeout message; nil once open.
     var pendingStage: String? {
         switch state {
@@ -392,39 +400,47 @@ final class RedisTransport: @unchecked Sendable {
         let handshaking = state == .connecting
         if endpoint.tls != nil {
             var errors: [UInt] = []
-            while errors.count < 8 {
+            for _ in 0..<16 {
                 let code = bufferevent_get_openssl_error(bufferevent)
                 if code == 0 { break }
-                errors.append(code)
+                // libevent puts SSL_get_error's small result (SSL_ERROR_SSL, SSL_ERROR_SYSCALL) in the same list as
+                // OpenSSL's packed error codes: only the latter name a reason.
+                if code > 255 { errors.append(code) }
             }
             let ssl = bufferevent_openssl_get_ssl(bufferevent)
             if let reason = tlsFailure(ssl: ssl, errors: errors, verifiesPeer: tlsContext?.verifiesPeer ?? true) {
                 return handshaking ? "TLS handshake failed: \(reason)" : "TLS error: \(reason)"
             }
         }
+        let text: String
         if events & Int16(BEV_EVENT_EOF) != 0 || (events & Int16(BEV_EVENT_ERROR) != 0 && saved == 0
                                                   && immediateConnectError == 0) {
             if handshaking, endpoint.tls != nil {
                 return "the server closed the connection during the TLS handshake (a plain-text port? use redis://)"
             }
-            if !receivedAny, endpoint.tls == nil {
-                return "Server closed the connection before answering (a TLS port? use rediss://)"
+            text = "Server closed the connection"
+        } else {
+            var code = saved
+            if handshaking, let fd = Optional(bufferevent_getfd(bufferevent)), fd >= 0 {
+                var socketError: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                if getsockopt(fd, SOL_SOCKET, SO_ERROR, &socketError, &length) == 0, socketError != 0 {
+                    code = socketError
+                }
             }
-            return "Server closed the connection"
+            if handshaking, code == 0 || code == EAGAIN || code == EINPROGRESS { code = immediateConnectError }
+            text = code == 0 ? "connection failed" : String(cString: strerror(code))
         }
-        var code = saved
-        if handshaking, let fd = Optional(bufferevent_getfd(bufferevent)), fd >= 0 {
-            var socketError: Int32 = 0
-            var length = socklen_t(MemoryLayout<Int32>.size)
-            if getsockopt(fd, SOL_SOCKET, SO_ERROR, &socketError, &length) == 0, socketError != 0 { code = socketError }
+        guard !handshaking, !receivedAny else { return text }
+        // Closed right after connecting, before any reply. A TLS port resets a connection that spoke plain text to
+        // it; with TLS 1.3 the client's handshake is over before the server checks the client's certificate, so a
+        // server that requires one (tls-auth-clients yes) closes here, its alert often lost with the reset.
+        if endpoint.tls == nil { return text + " before answering (a TLS port? use rediss://)" }
+        if endpoint.tls?.certificateFile == nil {
+            return text + " right after the TLS handshake (does the server require a client certificate? "
+                + "set the TLS certificate and key)"
         }
-        if handshaking, code == 0 || code == EAGAIN || code == EINPROGRESS { code = immediateConnectError }
-        let text = code == 0 ? "connection failed" : String(cString: strerror(code))
-        // A TLS port resets a connection that spoke plain text to it.
-        if !handshaking, !receivedAny, endpoint.tls == nil, code == ECONNRESET {
-            return text + " before answering (a TLS port? use rediss://)"
-        }
-        return text
+        return text + " right after the TLS handshake (is the client certificate trusted by the server?)"
     }
 }
 

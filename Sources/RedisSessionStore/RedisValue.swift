@@ -1,4 +1,4 @@
-/// A reply from Redis (RESP2), copied out of hiredis's memory before the reply callback returned.
+/// A reply from Redis (RESP2), copied out of hiredis's reader before its reply object is freed.
 ///
 /// A top-level `-ERR` reply never reaches callers as a value: ``RedisClient`` throws it as ``RedisError``.
 /// `.error` only appears nested, e.g. inside an array returned by a Lua script or `EXEC`.

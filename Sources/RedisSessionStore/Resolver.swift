@@ -13,6 +13,11 @@ import Darwin
 // getaddrinfo (so /etc/hosts, nsswitch and the resolver configuration apply exactly as for any other program) and
 // hands the answer back to the loop that asked, with `loop.execute`. Lookups of the same name and port that overlap
 // share one getaddrinfo call, so a name that hangs costs one blocked thread, not one per reconnect attempt.
+//
+// The last good answer for each name is kept and given at once to the next attempt while a new lookup runs
+// ("stale while revalidate"): a resolver slower than the connect deadline would otherwise fail every attempt, and
+// a resolver that is down for a while does not take Redis down with it. An address that changed (a failover, a
+// rescheduled container) is still found: the attempt after the new answer arrives uses it.
 
 /// One address a name resolved to, as the bytes of a `sockaddr_in` or `sockaddr_in6`.
 struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
@@ -56,22 +61,30 @@ enum Resolver {
 
     /// Lookups in progress, with everyone waiting for each.
     private static let waiting = Mutex<[Key: [Completion]]>([:])
+    /// The last successful answer for each name and port.
+    private static let answers = Mutex<[Key: [SocketAddress]]>([:])
 
-    /// Resolves `host` for TCP port `port` on a worker thread, then calls `completion` there (callers hop to their
-    /// loop). An IP literal is not looked up. Addresses come in the resolver's order, duplicates removed.
+    /// Resolves `host` for TCP port `port`, then calls `completion` on a worker thread (callers hop to their loop):
+    /// at once with the last good answer when there is one (a new lookup then runs for the next caller), else when
+    /// the lookup ends. Addresses come in the resolver's order, duplicates removed.
     static func resolve(_ host: String, port: Int, completion: @escaping Completion) {
         let key = Key(host: host, port: port)
+        let known = answers.withLock { $0[key] }
         let first = waiting.withLock { waiting -> Bool in
             if waiting[key] != nil {
-                waiting[key]!.append(completion)
+                if known == nil { waiting[key]!.append(completion) }
                 return false
             }
-            waiting[key] = [completion]
+            waiting[key] = known == nil ? [completion] : []
             return true
+        }
+        if let known {
+            DispatchQueue.global().async { completion(.success(known)) }
         }
         guard first else { return }
         DispatchQueue.global().async {
             let result = lookUp(host, port: port)
+            if case .success(let addresses) = result { answers.withLock { $0[key] = addresses } }
             let completions = waiting.withLock { $0.removeValue(forKey: key) ?? [] }
             for completion in completions { completion(result) }
         }

@@ -102,6 +102,7 @@ final class SentinelMonitor: @unchecked Sendable {
                                               tls: configuration.sentinelTLS,
                                               commandTimeout: configuration.attemptTimeout)
             sentinel.connectingQueueLimit = 64
+            sentinel.role = "sentinel"
             var logger = self.logger
             logger[metadataKey: "sentinel"] = "\(address)"
             sentinels.append(RedisClient(configuration: sentinel, loop: loop, logger: logger))

@@ -210,6 +210,8 @@ public struct SessionMiddleware: Middleware {
         self.configuration = configuration
         self.store = store
         self.metrics = metrics
+        // Say at start whether Redis answers, rather than at the first request.
+        (store as? RedisSessionStore)?.connectInBackground()
     }
 
     /// The express example's shape: `session({ store, secret, resave: false, saveUninitialized: false })`.

@@ -128,7 +128,10 @@ private func errorText(_ code: UInt) -> String {
     if let reason = ERR_reason_error_string(code) { return String(cString: reason) }
     var buffer = [CChar](repeating: 0, count: 256)
     ERR_error_string_n(code, &buffer, buffer.count)
-    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    // "error:80000002:system library::No such file or directory": the part after the last "::" is the reason.
+    if let separator = text.ranges(of: "::").last { return String(text[separator.upperBound...]) }
+    return text
 }
 
 /// Empties this thread's OpenSSL error queue, returning the first error as text.

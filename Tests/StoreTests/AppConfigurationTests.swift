@@ -1,4 +1,13 @@
 import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+import RedisSessionStore
 import Testing
 @testable import EvServerApp
 
@@ -93,5 +102,245 @@ import Testing
     @Test func missingSecretRefusesToStart() throws {
         let error = #expect(throws: ConfigurationError.self) { try resolve([]) }
         #expect(error?.description.contains("SESSION_SECRET") == true)
+    }
+
+    // MARK: - TLS to Redis
+
+    /// PEM-named files that exist (their content is never parsed here) and a directory, in a fresh temp directory.
+    struct TLSFiles {
+        let directory: String
+        var ca: String { directory + "/ca.pem" }
+        var certificate: String { directory + "/client.crt" }
+        var key: String { directory + "/client.key" }
+        var unreadable: String { directory + "/unreadable.pem" }
+
+        init() throws {
+            directory = FileManager.default.temporaryDirectory.path + "/evserver-tls-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            for path in [ca, certificate, key, unreadable] {
+                #expect(FileManager.default.createFile(atPath: path, contents: Data("-----BEGIN-----\n".utf8)))
+            }
+            try FileManager.default.setAttributes([.posixPermissions: 0], ofItemAtPath: unreadable)
+        }
+
+        /// `$CA`, `$CERT`, `$KEY`, `$DIR`, `$UNREADABLE` in `arguments` replaced by the paths.
+        func substitute(_ arguments: [String]) -> [String] {
+            arguments.map {
+                $0.replacing("$CA", with: ca).replacing("$CERT", with: certificate)
+                    .replacing("$KEY", with: key).replacing("$DIR", with: directory)
+                    .replacing("$UNREADABLE", with: unreadable)
+            }
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    @Test func plainByDefaultInEveryMode() throws {
+        #expect(try resolve(["--secret", "s"]).redis.tls == nil)
+        let cluster = try resolve(["--secret", "s", "--redis-cluster", "10.0.0.1:7000"])
+        guard case .cluster(let configuration) = cluster.redisDeployment(redis: cluster.redis) else {
+            Issue.record("not a cluster: \(cluster.redisTopology)")
+            return
+        }
+        #expect(configuration.node.tls == nil)
+        let sentinel = try resolve(["--secret", "s", "--redis-sentinel", "10.0.0.1:26379", "--sentinel-master", "m",
+                                    "--redis-tls", "false"])
+        guard case .sentinel(let configuration) = sentinel.redisDeployment(redis: sentinel.redis) else {
+            Issue.record("not Sentinel: \(sentinel.redisTopology)")
+            return
+        }
+        #expect(configuration.primary.tls == nil && configuration.sentinelTLS == nil)
+        #expect(sentinel.redisTLSWarning == nil)
+    }
+
+    @Test func redissURLTurnsTLSOnWithVerificationAndTheSystemCAs() throws {
+        let config = try resolve(["--secret", "s",
+                                  "--redis-url", "rediss://:pw@my-cache.xxxxxx.use1.cache.amazonaws.com:6379"])
+        #expect(config.redis.tls == RedisTLSConfiguration())
+        #expect(config.redis.tls?.verifiesPeer == true)
+        #expect(config.redis.host == "my-cache.xxxxxx.use1.cache.amazonaws.com" && config.redis.password == "pw")
+        #expect(config.redisDescription == "rediss://:***@my-cache.xxxxxx.use1.cache.amazonaws.com:6379")
+        #expect(config.redisTLSWarning == nil)
+        // --redis-tls may repeat what the scheme says.
+        #expect(try resolve(["--secret", "s", "--redis-url", "rediss://h", "--redis-tls", "true"]).redis.tls != nil)
+        #expect(try resolve(["--secret", "s", "--redis-tls", "false"]).redis.tls == nil)
+    }
+
+    @Test func tlsFlagsAndVariablesResolveAndFlagsWin() throws {
+        let files = try TLSFiles()
+        defer { files.remove() }
+        let flagged = try resolve(["--secret", "s", "--redis-url", "rediss://cache:6380", "--redis-tls-ca", files.ca,
+                                   "--redis-tls-cert", files.certificate, "--redis-tls-key", files.key,
+                                   "--redis-tls-server-name", "cache.internal", "--redis-tls-insecure", "false"])
+        #expect(flagged.redis.tls == RedisTLSConfiguration(caFile: files.ca, certificateFile: files.certificate,
+                                                           keyFile: files.key, serverName: "cache.internal"))
+
+        let environment = [
+            "REDIS_URL": "rediss://cache:6380", "REDIS_TLS": "true", "REDIS_TLS_CA_FILE": files.ca,
+            "REDIS_TLS_CERT_FILE": files.certificate, "REDIS_TLS_KEY_FILE": files.key,
+            "REDIS_TLS_SERVER_NAME": "from-env.internal", "REDIS_TLS_INSECURE": "true",
+        ]
+        let fromEnvironment = try resolve(["--secret", "s"], environment)
+        #expect(fromEnvironment.redis.tls == RedisTLSConfiguration(
+            caFile: files.ca, certificateFile: files.certificate, keyFile: files.key, serverName: "from-env.internal",
+            verifiesPeer: false))
+
+        let overridden = try resolve(["--secret", "s", "--redis-tls-server-name", "flag.internal",
+                                      "--redis-tls-insecure", "false", "--redis-tls-ca", files.certificate], environment)
+        #expect(overridden.redis.tls?.serverName == "flag.internal")
+        #expect(overridden.redis.tls?.verifiesPeer == true)
+        #expect(overridden.redis.tls?.caFile == files.certificate)
+        #expect(overridden.redis.tls?.keyFile == files.key)
+    }
+
+    @Test func clusterWithRedisTLSSetsTheNodesTLS() throws {
+        let files = try TLSFiles()
+        defer { files.remove() }
+        let expected = RedisTLSConfiguration(caFile: files.ca, serverName: "cluster.internal")
+        for config in [
+            try resolve(["--secret", "s", "--redis-cluster", "10.0.0.1:7000,10.0.0.2:7000", "--redis-tls", "true",
+                         "--redis-tls-ca", files.ca, "--redis-tls-server-name", "cluster.internal"]),
+            try resolve(["--secret", "s"], ["REDIS_CLUSTER": "10.0.0.1:7000", "REDIS_TLS": "yes",
+                                            "REDIS_TLS_CA_FILE": files.ca, "REDIS_TLS_SERVER_NAME": "cluster.internal"]),
+        ] {
+            guard case .cluster(let cluster) = config.redisDeployment(redis: config.redis) else {
+                Issue.record("not a cluster: \(config.redisTopology)")
+                continue
+            }
+            #expect(cluster.node.tls == expected)
+            #expect(config.redisDescription.hasSuffix("(TLS)"), "\(config.redisDescription)")
+        }
+    }
+
+    @Test func sentinelWithRedisTLSSetsThePrimaryAndTheSentinelsTLS() throws {
+        let files = try TLSFiles()
+        defer { files.remove() }
+        let config = try resolve(["--secret", "s", "--redis-sentinel", "10.0.0.1:26379,10.0.0.2:26379",
+                                  "--sentinel-master", "mymaster", "--redis-tls", "true",
+                                  "--redis-tls-cert", files.certificate, "--redis-tls-key", files.key])
+        guard case .sentinel(let sentinel) = config.redisDeployment(redis: config.redis) else {
+            Issue.record("not Sentinel: \(config.redisTopology)")
+            return
+        }
+        let expected = RedisTLSConfiguration(certificateFile: files.certificate, keyFile: files.key)
+        #expect(sentinel.primary.tls == expected)
+        #expect(sentinel.sentinelTLS == expected)
+        #expect(sentinel.masterName == "mymaster")
+    }
+
+    @Test func insecureTLSIsAllowedWithACAFileAndWarnsLoudly() throws {
+        let files = try TLSFiles()
+        defer { files.remove() }
+        let config = try resolve(["--secret", "s", "--redis-url", "rediss://cache", "--redis-tls-insecure", "true",
+                                  "--redis-tls-ca", files.ca])
+        #expect(config.redis.tls == RedisTLSConfiguration(caFile: files.ca, verifiesPeer: false))
+        let warning = try #require(config.redisTLSWarning)
+        #expect(warning.contains("verification is OFF") && warning.contains("read and change sessions"))
+        #expect(!warning.contains("\n"))
+        // The memory store talks to no Redis: nothing to warn about.
+        #expect(try resolve(["--secret", "s", "--store", "memory", "--redis-url", "rediss://cache",
+                             "--redis-tls-insecure", "true"]).redisTLSWarning == nil)
+    }
+
+    @Test(arguments: [
+        (["--redis-tls", "true"], "--redis-tls true conflicts with a redis:// URL"),
+        (["--redis-url", "redis://cache", "--redis-tls", "on"], "--redis-tls true conflicts with a redis:// URL"),
+        (["--redis-url", "rediss://cache", "--redis-tls", "false"], "--redis-tls false conflicts with a rediss:// URL"),
+        (["--redis-cluster", "10.0.0.1:7000", "--redis-tls", "maybe"], "--redis-tls: 'maybe' is not true or false"),
+        (["--redis-tls-ca", "$CA"], "--redis-tls-ca needs a rediss:// URL or --redis-tls true"),
+        (["--redis-tls-cert", "$CERT", "--redis-tls-key", "$KEY"],
+         "--redis-tls-cert needs a rediss:// URL or --redis-tls true"),
+        (["--redis-tls-key", "$KEY"], "--redis-tls-key needs a rediss:// URL or --redis-tls true"),
+        (["--redis-tls-server-name", "cache"], "--redis-tls-server-name needs a rediss:// URL or --redis-tls true"),
+        (["--redis-tls-insecure", "true"], "--redis-tls-insecure needs a rediss:// URL or --redis-tls true"),
+        (["--redis-cluster", "10.0.0.1:7000", "--redis-tls", "false", "--redis-tls-ca", "$CA"],
+         "--redis-tls-ca needs a rediss:// URL or --redis-tls true"),
+        (["--redis-sentinel", "10.0.0.1:26379", "--sentinel-master", "m", "--redis-tls-ca", "$CA"],
+         "--redis-tls-ca needs a rediss:// URL or --redis-tls true"),
+        (["--redis-url", "rediss://cache", "--redis-tls-insecure", "perhaps"],
+         "--redis-tls-insecure: 'perhaps' is not true or false"),
+        (["--redis-url", "rediss://cache", "--redis-tls-cert", "$CERT"],
+         "redis tls: a TLS client certificate needs its key file"),
+        (["--redis-cluster", "10.0.0.1:7000", "--redis-tls", "true", "--redis-tls-key", "$KEY"],
+         "redis tls: a TLS client key file needs its certificate file"),
+        (["--redis-url", "rediss://cache", "--redis-tls-ca", ""], "redis tls: the TLS CA file path is empty"),
+        (["--redis-url", "rediss://cache", "--redis-tls-server-name", "my cache"], "redis tls: invalid TLS server name"),
+        (["--redis-url", "rediss://cache", "--redis-tls-ca", "$DIR/missing.pem"],
+         "--redis-tls-ca: '$DIR/missing.pem' does not exist"),
+        (["--redis-url", "rediss://cache", "--redis-tls-cert", "$CERT", "--redis-tls-key", "$DIR/nope.key"],
+         "--redis-tls-key: '$DIR/nope.key' does not exist"),
+        (["--redis-url", "rediss://cache", "--redis-tls-cert", "$DIR", "--redis-tls-key", "$KEY"],
+         "--redis-tls-cert: '$DIR' is a directory"),
+        (["--redis-url", "rediss://cache", "--redis-tls-insecure", "true", "--redis-tls-ca", "$DIR/gone.pem"],
+         "--redis-tls-ca: '$DIR/gone.pem' does not exist"),
+    ])
+    func badTLSSettingsFailWithOneClearLine(arguments: [String], mentions: String) throws {
+        let files = try TLSFiles()
+        defer { files.remove() }
+        let error = #expect(throws: ConfigurationError.self) {
+            try resolve(files.substitute(arguments) + ["--secret", "s"])
+        }
+        let message = error?.description ?? ""
+        #expect(message.contains(files.substitute([mentions])[0]), "\(message)")
+        #expect(!message.contains("\n"))
+    }
+
+    @Test(arguments: [
+        (["REDIS_TLS": "true"], "REDIS_TLS true conflicts with a redis:// URL"),
+        (["REDIS_URL": "rediss://cache", "REDIS_TLS": "0"], "REDIS_TLS false conflicts with a rediss:// URL"),
+        (["REDIS_TLS_CA_FILE": "$CA"], "REDIS_TLS_CA_FILE needs a rediss:// URL or --redis-tls true"),
+        (["REDIS_TLS_CERT_FILE": "$CERT", "REDIS_TLS_KEY_FILE": "$KEY"],
+         "REDIS_TLS_CERT_FILE needs a rediss:// URL or --redis-tls true"),
+        (["REDIS_TLS_SERVER_NAME": "cache"], "REDIS_TLS_SERVER_NAME needs a rediss:// URL or --redis-tls true"),
+        (["REDIS_TLS_INSECURE": "true"], "REDIS_TLS_INSECURE needs a rediss:// URL or --redis-tls true"),
+        (["REDIS_CLUSTER": "10.0.0.1:7000", "REDIS_TLS": "true", "REDIS_TLS_CA_FILE": "$DIR/missing.pem"],
+         "REDIS_TLS_CA_FILE: '$DIR/missing.pem' does not exist"),
+    ])
+    func badTLSVariablesFailNamingTheVariable(environment: [String: String], mentions: String) throws {
+        let files = try TLSFiles()
+        defer { files.remove() }
+        let substituted = environment.mapValues { files.substitute([$0])[0] }
+        let error = #expect(throws: ConfigurationError.self) { try resolve(["--secret", "s"], substituted) }
+        let message = error?.description ?? ""
+        #expect(message.contains(files.substitute([mentions])[0]), "\(message)")
+        #expect(!message.contains("\n"))
+    }
+
+    // Root reads any file whatever its mode, so the check can only be seen failing as another user.
+    @Test(.enabled(if: geteuid() != 0, "root can read a file of mode 000"))
+    func unreadableCAFileFailsWithOneClearLine() throws {
+        let files = try TLSFiles()
+        defer { files.remove() }
+        let error = #expect(throws: ConfigurationError.self) {
+            try resolve(["--secret", "s", "--redis-url", "rediss://cache", "--redis-tls-ca", files.unreadable])
+        }
+        #expect(error?.description == "--redis-tls-ca: '\(files.unreadable)' is not readable by this user")
+    }
+
+    @Test func sessionsCommandResolvesTheTLSFlagsToo() throws {
+        let files = try TLSFiles()
+        defer { files.remove() }
+        let config = try SessionsOptions.parse(["--redis-cluster", "10.0.0.1:7000", "--redis-tls", "true",
+                                                "--redis-tls-ca", files.ca]).resolve()
+        guard case .cluster(let cluster) = config.redisDeployment(redis: config.redis) else {
+            Issue.record("not a cluster: \(config.redisTopology)")
+            return
+        }
+        #expect(cluster.node.tls == RedisTLSConfiguration(caFile: files.ca))
+        let error = #expect(throws: ConfigurationError.self) {
+            try SessionsOptions.parse(["--redis-url", "redis://cache", "--redis-tls-ca", files.ca]).resolve()
+        }
+        #expect(error?.description == "--redis-tls-ca needs a rediss:// URL or --redis-tls true")
+    }
+
+    @Test func helpListsEveryTLSFlagWithItsVariable() {
+        let help = EvServerCommand.helpMessage(columns: 1000)
+        for (flag, variable) in [("--redis-tls ", "REDIS_TLS,"), ("--redis-tls-ca", "REDIS_TLS_CA_FILE"),
+                                 ("--redis-tls-cert", "REDIS_TLS_CERT_FILE"), ("--redis-tls-key", "REDIS_TLS_KEY_FILE"),
+                                 ("--redis-tls-server-name", "REDIS_TLS_SERVER_NAME"),
+                                 ("--redis-tls-insecure", "REDIS_TLS_INSECURE")] {
+            #expect(help.contains(flag), "\(flag) missing from --help")
+            #expect(help.contains("env \(variable)"), "\(variable) missing from --help")
+        }
     }
 }

@@ -484,34 +484,40 @@ final class EvServerProcess: Sendable {
     let port: Int
     let process: ChildProcess
 
+    /// - Parameters:
+    ///   - redisURL: the `--redis-url`; `redis://127.0.0.1:<redisPort>/0` if nil.
+    ///   - environment: variables added to the child's environment (e.g. `LD_PRELOAD`).
+    ///   - readinessPath: the path polled until it answers 200 (`/healthz` for a server whose store is down).
     init(instance: String, redisPort: Int, prefix: String = "sess:", threads: Int = 1,
-         arguments: [String] = []) throws {
+         arguments: [String] = [], redisURL: String? = nil, environment: [String: String] = [:],
+         readinessPath: String = "/readyz") throws {
         self.instance = instance
         port = try TestRedis.unusedPort()
         process = try ChildProcess(EvServerExecutable.path(), [
             "--host", "127.0.0.1", "--port", "\(port)", "--instance", instance, "--threads", "\(threads)",
-            "--secret", Self.secret, "--redis-url", "redis://127.0.0.1:\(redisPort)/0", "--prefix", prefix,
-        ] + arguments, name: instance, environment: ChildProcess.environmentWithoutEvServerSettings)
-        try waitUntilReady()
+            "--secret", Self.secret, "--redis-url", redisURL ?? "redis://127.0.0.1:\(redisPort)/0", "--prefix", prefix,
+        ] + arguments, name: instance,
+        environment: ChildProcess.environmentWithoutEvServerSettings.merging(environment) { $1 })
+        try waitUntilReady(path: readinessPath)
     }
 
     deinit { stop() }
 
-    /// Polls `/readyz` until it answers 200; fails at once if the process exits.
-    func waitUntilReady(timeout: Duration = .seconds(20)) throws {
+    /// Polls `path` (`/readyz`) until it answers 200; fails at once if the process exits.
+    func waitUntilReady(path: String = "/readyz", timeout: Duration = .seconds(20)) throws {
         let deadline = ContinuousClock.now + timeout
         while true {
             if let status = process.exitStatus {
                 throw HarnessFailure("evserver \(instance) ended (\(status)) before answering on port \(port): "
                     + String(process.errorOutput.suffix(2000)))
             }
-            if let ready = try? TestHTTPClient(port: port, timeout: .seconds(2)).request("GET", "/readyz"),
+            if let ready = try? TestHTTPClient(port: port, timeout: .seconds(2)).request("GET", path),
                ready.status == 200 {
                 return
             }
             guard ContinuousClock.now < deadline else {
                 stop()
-                throw HarnessFailure("evserver \(instance) did not answer /readyz on port \(port) within \(timeout): "
+                throw HarnessFailure("evserver \(instance) did not answer \(path) on port \(port) within \(timeout): "
                     + String(process.errorOutput.suffix(2000)))
             }
             usleep(20_000)

@@ -9,6 +9,7 @@ import Testing
         var username: String?
         var password: String?
         var database = 0
+        var tls: RedisTLSConfiguration?
         var description: String { url }
     }
 
@@ -27,6 +28,11 @@ import Testing
         Valid(url: "redis://host/", host: "host"),
         Valid(url: "redis://:@host:65535", host: "host", port: 65535),
         Valid(url: "redis://host/15", host: "host", database: 15),
+        Valid(url: "rediss://:pw@my-cache.xxxxxx.use1.cache.amazonaws.com:6379",
+              host: "my-cache.xxxxxx.use1.cache.amazonaws.com", password: "pw", tls: RedisTLSConfiguration()),
+        Valid(url: "rediss://default:pw@[::1]:6380/3", host: "::1", port: 6380, username: "default", password: "pw",
+              database: 3, tls: RedisTLSConfiguration()),
+        Valid(url: "REDISS://Host", host: "Host", tls: RedisTLSConfiguration()),
     ]
 
     @Test(arguments: validURLs)
@@ -37,6 +43,8 @@ import Testing
         #expect(configuration.username == expected.username)
         #expect(configuration.password == expected.password)
         #expect(configuration.database == expected.database)
+        #expect(configuration.tls == expected.tls)
+        #expect(configuration.tls?.verifiesPeer ?? true)
         #expect(configuration.commandTimeout == .seconds(1))
     }
 
@@ -50,8 +58,10 @@ import Testing
     static let invalidURLs: [Invalid] = [
         Invalid(url: "", problem: "empty"),
         Invalid(url: "localhost:6379", problem: "missing scheme"),
-        Invalid(url: "rediss://host:6379", problem: "rediss:// (TLS) is not supported"),
-        Invalid(url: "http://host", problem: "unsupported scheme \"http\""),
+        Invalid(url: "http://host", problem: "unsupported scheme \"http\" (expected redis:// or rediss:// for TLS)"),
+        Invalid(url: "redis+tls://host", problem: "unsupported scheme \"redis+tls\""),
+        Invalid(url: "rediss://host:0", problem: "port 0 is out of range (1-65535)"),
+        Invalid(url: "rediss://user@host", problem: "user name without a password"),
         Invalid(url: "unix:///tmp/redis.sock", problem: "Unix sockets are not supported"),
         Invalid(url: "redis://host:0", problem: "port 0 is out of range (1-65535)"),
         Invalid(url: "redis://host:70000", problem: "port 70000 is out of range (1-65535)"),
@@ -93,7 +103,7 @@ import Testing
 
     @Test(arguments: [
         "redis://:sekret@host:70000",
-        "rediss://:sekret@host",
+        "rediss://:sekret@host:70000",
         "redis://user:sekret@host/x",
         "redis://user:sekret@ho st",
         "redis://user:sekret@host?x=1",
@@ -116,6 +126,16 @@ import Testing
         #expect(RedisConfiguration(host: "::1", password: "x").redactedURL == "redis://:***@[::1]:6379")
     }
 
+    @Test func redactedURLKeepsTheTLSScheme() throws {
+        let configuration = try RedisConfiguration(url: "rediss://alice:sekret@cache:6380/2")
+        #expect(configuration.redactedURL == "rediss://alice:***@cache:6380/2")
+        #expect(RedisConfiguration(host: "cache", tls: RedisTLSConfiguration(caFile: "/ca.pem")).redactedURL
+            == "rediss://cache:6379")
+        var plain = configuration
+        plain.tls = nil
+        #expect(plain.redactedURL == "redis://alice:***@cache:6380/2")
+    }
+
     @Test func equalityIgnoresTheMetricsHook() {
         var a = RedisConfiguration(host: "h", port: 1)
         a.onCommand = { _, _, _ in }
@@ -123,6 +143,7 @@ import Testing
         #expect(a == b)
         #expect(a != RedisConfiguration(host: "h", port: 2))
         #expect(a != RedisConfiguration(host: "h", port: 1, commandTimeout: .milliseconds(5)))
+        #expect(a != RedisConfiguration(host: "h", port: 1, tls: RedisTLSConfiguration()))
     }
 
     @Test func urlParsingKeepsDefaultsForTheRest() throws {

@@ -615,7 +615,9 @@ final class PrivateSentinel: Sendable {
 
     var address: RedisAddress { RedisAddress(host: "127.0.0.1", port: port) }
 
-    init(monitoring primaryPort: Int, quorum: Int, password: String? = nil) throws {
+    /// - Parameter tls: TLS on `port` instead of plain text (`--port 0 --tls-port port` plus its arguments; add
+    ///   `--tls-replication yes` there for a sentinel that talks TLS to the servers it monitors).
+    init(monitoring primaryPort: Int, quorum: Int, password: String? = nil, tls: PrivateRedis.TLS? = nil) throws {
         guard let executable = ChildProcess.find("redis-server") else {
             throw PrivateRedis.Failure("redis-server is not installed (apt-get install redis-server); "
                                        + "the sentinels run as redis-server --sentinel")
@@ -636,11 +638,13 @@ final class PrivateSentinel: Sendable {
             """
         let path = directory + "/sentinel.conf"
         try configuration.write(toFile: path, atomically: true, encoding: .utf8)
-        let process = try ChildProcess(executable, [path, "--sentinel", "--loglevel", "warning"],
+        let listening = tls.map { ["--port", "0", "--tls-port", "\(port)"] + $0.arguments } ?? []
+        let process = try ChildProcess(executable, [path, "--sentinel", "--loglevel", "warning"] + listening,
                                        name: "redis-sentinel")
         child.withLock { $0 = process }
+        let answers = tls?.probe ?? { redisAnswers(port: $0) }
         let deadline = ContinuousClock.now + .seconds(5)
-        while !redisAnswers(port: port) {
+        while !answers(port) {
             guard process.exitStatus == nil, ContinuousClock.now < deadline else {
                 let output = process.output.suffix(500) + process.errorOutput.suffix(500)
                 stop()

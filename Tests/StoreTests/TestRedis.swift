@@ -68,15 +68,25 @@ private enum SharedTestClient {
 ///
 /// A ``ChildProcess`` (posix_spawn, not Foundation's Process: see there), so SIGTERM and SIGKILL reach it.
 final class PrivateRedis: Sendable {
+    /// TLS on `port` instead of plain text (`--tls-port port --port 0` plus `arguments`, the certificate files),
+    /// and how to tell that the server answers there (the default probe speaks plain text).
+    struct TLS: Sendable {
+        var arguments: [String]
+        var probe: @Sendable (_ port: Int) -> Bool
+    }
+
     let port: Int
     private let arguments: [String]
+    /// Changed by ``start(tls:)``.
+    private let tls: Mutex<TLS?>
     private let child = Mutex<ChildProcess?>(nil)
     /// The server's working directory, its own: a dump.rdb written there (by a replica's full sync, say) must never
     /// be loaded by another test's server, as one left in a shared /tmp would be.
     let directory: String
 
-    init(arguments: [String] = []) throws {
+    init(arguments: [String] = [], tls: TLS? = nil) throws {
         self.arguments = arguments
+        self.tls = Mutex(tls)
         self.port = try TestRedis.unusedPort()
         directory = NSTemporaryDirectory() + "evserver-redis-\(port)-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -93,19 +103,31 @@ final class PrivateRedis: Sendable {
         guard let executable = ChildProcess.find("redis-server") else {
             throw PrivateRedis.Failure("redis-server is not installed (apt-get install redis-server)")
         }
-        let process = try ChildProcess(executable, ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "",
-                                                    "--appendonly", "no", "--daemonize", "no", "--dir", directory,
-                                                    "--loglevel", "warning"] + arguments)
+        let tls = self.tls.withLock { $0 }
+        let listening = tls.map { ["--port", "0", "--tls-port", "\(port)"] + $0.arguments } ?? ["--port", "\(port)"]
+        let process = try ChildProcess(executable, listening + ["--bind", "127.0.0.1", "--save", "",
+                                                                "--appendonly", "no", "--daemonize", "no", "--dir",
+                                                                directory, "--loglevel", "warning"] + arguments)
         child.withLock { $0 = process }
+        let answers = tls?.probe ?? { redisAnswers(port: $0) }
         let deadline = ContinuousClock.now + .seconds(5)
-        while !redisAnswers(port: port) {
+        while !answers(port) {
             guard process.exitStatus == nil, ContinuousClock.now < deadline else {
                 stop()
                 throw PrivateRedis.Failure("the private redis-server on port \(port) did not start: "
-                                           + process.errorOutput.suffix(500))
+                                           + process.output.suffix(500) + process.errorOutput.suffix(500))
             }
             usleep(10_000)
         }
+    }
+
+    /// Kills the server if it runs and starts it again with other TLS settings (another certificate, or plain
+    /// text with nil), on the same port.
+    func start(tls: TLS?) throws {
+        // Killed and reaped first: the new process must find the port free.
+        stop()
+        self.tls.withLock { $0 = tls }
+        try start()
     }
 
     /// Kills the server (SIGKILL: an abrupt death, as a crash or an OOM kill would be) and reaps it. Idempotent.
