@@ -2,7 +2,9 @@
 # make bench: evserver (release build) against a hand-written C reference server, under wrk, with a private
 # redis-server. Prints a markdown table and writes it to bench-results/. See BENCHMARKS.md.
 #
-#   scripts/bench.sh                 the four scenarios (hello, read, write, create) -> bench-results/latest.md
+#   scripts/bench.sh                 the scenarios (hello, read, read-tls, write, create) -> bench-results/latest.md
+#                                    read-tls: `read` with evserver on a second, TLS-only redis-server (rediss://,
+#                                    certificates from scripts/tls_certs.sh), compared with evserver's plain `read`
 #   scripts/bench.sh --threads 2     the same with both servers on 2 threads        -> bench-results/threads-2.md
 #   scripts/bench.sh --memory        RSS growth (200k vs 2M writes) and 10k idle connections -> bench-results/memory.md
 #   scripts/bench.sh --growth | --idle          one of the two memory checks
@@ -18,7 +20,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-mode=scenarios threads=1 smoke=0 build=1 servers=evserver,reference scenarios=hello,read,write,create evserver=""
+mode=scenarios threads=1 smoke=0 build=1 servers=evserver,reference scenarios=hello,read,read-tls,write,create evserver=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) threads="$2"; shift ;;
@@ -56,7 +58,7 @@ elif [ "${BENCH_PIN:-1}" = 1 ] && [ "$smoke" = 0 ]; then
 fi
 
 # Build what is measured.
-server_args=()
+server_args=() tls_labels=()
 reference_bin="$ROOT/.build-bench/reference"
 n=0
 IFS=, read -ra names <<< "$servers"
@@ -74,7 +76,8 @@ for name in "${names[@]}"; do
                 evserver="$(swift build -c release --show-bin-path)/evserver"
             fi
             [ -x "$evserver" ] || die "no evserver binary at $evserver"
-            server_args+=("$label=$evserver") ;;
+            server_args+=("$label=$evserver")
+            tls_labels+=("$label") ;;
         reference)
             if [ "$build" = 1 ]; then make -s -C Benchmarks/reference >&2 || die "building the C reference failed"; fi
             [ -x "$reference_bin" ] || die "no reference binary at $reference_bin"
@@ -106,6 +109,7 @@ cleanup() {
     for f in "$WORK"/pids/*.pid; do
         [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
     done
+    stop_redis "$WORK/redis-tls"
     stop_redis "$WORK"
     if [ "$status" = 0 ]; then rm -rf "$WORK"; else log "logs kept in $WORK"; fi
 }
@@ -118,6 +122,30 @@ start_redis "$redis_port" "$WORK"
 [ -n "$client_cpus" ] && taskset -a -p -c "$client_cpus" "$(cat "$WORK/redis.pid")" >/dev/null
 log "redis-server on 127.0.0.1:$redis_port${client_cpus:+ (CPU $client_cpus)}; servers: ${server_args[*]}"
 
+# read-tls: a second redis-server that only speaks TLS, with a CA and certificate made now (scripts/tls_certs.sh),
+# for the servers that can use it (evserver; the C reference has no TLS).
+tls_flags=()
+if [ "$mode" != growth ] && [ "$mode" != idle ] && [ "$mode" != memory ] && [[ ",$scenarios," == *,read-tls,* ]] \
+        && [ ${#tls_labels[@]} -gt 0 ]; then
+    scripts/tls_certs.sh "$WORK/tls" || die "could not make the TLS certificates"
+    tls_port="$(free_port)"
+    mkdir -p "$WORK/redis-tls"
+    redis-server --port 0 --tls-port "$tls_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis-tls" \
+        --tls-cert-file "$WORK/tls/server.crt" --tls-key-file "$WORK/tls/server.key" \
+        --tls-ca-cert-file "$WORK/tls/ca.crt" --tls-auth-clients no \
+        --daemonize yes --pidfile "$WORK/redis-tls/redis.pid" --logfile "$WORK/redis-tls/redis.log" >/dev/null \
+        || die "redis-server with TLS failed to start (see $WORK/redis-tls/redis.log; needs a Redis built with TLS)"
+    for _ in $(seq 1 100); do
+        [ "$(redis-cli --tls --cacert "$WORK/tls/ca.crt" -p "$tls_port" ping 2>/dev/null)" = PONG ] && break
+        sleep 0.05
+    done
+    [ "$(redis-cli --tls --cacert "$WORK/tls/ca.crt" -p "$tls_port" ping 2>/dev/null)" = PONG ] \
+        || die "the TLS redis-server on port $tls_port did not answer PING (see $WORK/redis-tls/redis.log)"
+    [ -n "$client_cpus" ] && taskset -a -p -c "$client_cpus" "$(cat "$WORK/redis-tls/redis.pid")" >/dev/null
+    log "redis-server with TLS on 127.0.0.1:$tls_port (CA $WORK/tls/ca.crt) for read-tls: ${tls_labels[*]}"
+    tls_flags=(--tls-redis-port "$tls_port" --tls-ca "$WORK/tls/ca.crt" --tls-servers "$(IFS=,; echo "${tls_labels[*]}")")
+fi
+
 server_flags=()
 for s in "${server_args[@]}"; do server_flags+=(--server "$s"); done
 # The driver runs in the background and the script waits for it: a trapped signal interrupts `wait` at once,
@@ -128,7 +156,7 @@ run() {
         --server-cpus "$server_cpus" --client-cpus "$client_cpus" \
         --checkpoints "${BENCH_CHECKPOINTS:-200000,2000000}" --idle-connections "${BENCH_IDLE_CONNECTIONS:-10000}" \
         --wait-quiet "${BENCH_WAIT_QUIET:-0}" --retry-noisy "${BENCH_RETRY_NOISY:-0}" \
-        "${server_flags[@]}" "$@" &
+        "${server_flags[@]}" "${tls_flags[@]}" "$@" &
     child=$!
     wait "$child"
 }

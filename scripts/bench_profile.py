@@ -9,6 +9,10 @@ requests, so Ir/request compares them without wall-clock noise.
   scripts/bench_profile.py --redis-port 6421 --server evserver=.build/release/evserver \
       --server reference=.build-bench/reference [--scenarios hello,read] [--requests 4000] [--keep DIR]
 
+`read-tls` is `read` over `rediss://` to a TLS-only redis-server given by --tls-redis-port and --tls-ca (as
+bench.sh starts one, certificates from scripts/tls_certs.sh); only the servers named by --tls-servers (default:
+those labelled evserver...) run it.
+
 Needs valgrind, cc and strip, and a running redis-server on --redis-port (it is FLUSHALLed: use a private one).
 With --keep, the callgrind files stay in DIR for `callgrind_annotate --inclusive=yes DIR/<server>-<scenario>.callgrind`
 (symbols are mangled: pipe through `swift demangle --simplified`). See BENCHMARKS.md, "Profile".
@@ -19,15 +23,18 @@ import re
 import selectors
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import resp
 from resp import command as redis_command
 
-SCENARIOS = {"hello": "/hello", "read": "/login", "write": "/views", "create": "/"}
+SCENARIOS = {"hello": "/hello", "read": "/login", "write": "/views", "create": "/", "read-tls": "/login"}
+TLS_SCENARIOS = {"read-tls"}
 
 
 def free_port():
@@ -40,7 +47,7 @@ class Connection:
     """One keep-alive HTTP/1.1 connection that sends a request and reads its whole response."""
 
     def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
 
@@ -92,6 +99,21 @@ def drive(port, path, count, connections, cookies):
         c.sock.close()
 
 
+def wait_for_store(port, deadline):
+    """Waits until GET / answers 200: under valgrind, the first Redis connection (a TLS one above all: the CA file
+    is read and the handshake runs instrumented) can outlast the server's connect timeout, and it retries."""
+    while True:
+        c = Connection(port)
+        c.send("/")
+        status, _, _ = c.receive()
+        c.sock.close()
+        if status == 200:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"GET / still answers {status}")
+        time.sleep(0.5)
+
+
 def prime(port, count):
     c = Connection(port)
     cookies = []
@@ -129,11 +151,24 @@ def build_shim(out_dir):
     return library
 
 
-def callgrind_binary(binary, out_dir):
-    """Valgrind 3.19 cannot read the DWARF 5 that Swift emits: profile a copy without debug info (symbols stay)."""
-    stripped = out_dir / (Path(binary).name + ".stripped")
+def callgrind_binary(label, binary, out_dir):
+    """Valgrind 3.19 cannot read the DWARF 5 that Swift emits: profile a copy without debug info (symbols stay).
+    The copy is named after the label: two builds of one binary (evserver before and after a change) keep apart."""
+    stripped = out_dir / f"{label}.stripped"
     subprocess.run(["strip", "--strip-debug", "-o", str(stripped), binary], check=True)
     return str(stripped)
+
+
+def flushall(opts, tls):
+    if not tls:
+        redis_command(opts.redis_port, "FLUSHALL", timeout=10)
+        return
+    context = ssl.create_default_context(cafile=opts.tls_ca)
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", opts.tls_redis_port), timeout=10),
+                             server_hostname="127.0.0.1") as sock:
+        sock.sendall(resp.encode(["FLUSHALL"]))
+        if not sock.recv(64).startswith(b"+OK"):
+            raise RuntimeError("FLUSHALL over TLS failed")
 
 
 def measure(label, binary, scenario, opts, out_dir):
@@ -141,11 +176,21 @@ def measure(label, binary, scenario, opts, out_dir):
     base = out_dir / f"{label}-{scenario}"
     for old in out_dir.glob(f"{label}-{scenario}.out*"):
         old.unlink()
+    tls = scenario in TLS_SCENARIOS
+    redis_url = (f"rediss://127.0.0.1:{opts.tls_redis_port}/0" if tls
+                 else f"redis://127.0.0.1:{opts.redis_port}/0")
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={base}.out",
-           binary, "--port", str(port), "--threads", "1", "--redis-url", f"redis://127.0.0.1:{opts.redis_port}/0",
+           binary, "--port", str(port), "--threads", "1", "--redis-url", redis_url,
            "--secret", "bench-secret", "--instance", "bench"]
-    log = open(f"{base}.log", "wb")
     env = dict(os.environ, LD_PRELOAD=str(opts.shim))
+    if tls:
+        # --redis-tls-ca where the binary has it, else OpenSSL's default CA file, which evserver reads by default.
+        help_text = subprocess.run([opts.originals[label], "--help"], capture_output=True, text=True).stdout
+        if "--redis-tls-ca" in help_text:
+            cmd += ["--redis-tls-ca", opts.tls_ca]
+        else:
+            env["SSL_CERT_FILE"] = opts.tls_ca
+    log = open(f"{base}.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -160,9 +205,10 @@ def measure(label, binary, scenario, opts, out_dir):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{label} did not start; see {base}.log")
                 time.sleep(0.2)
-        redis_command(opts.redis_port, "FLUSHALL", timeout=10)
+        wait_for_store(port, deadline)
+        flushall(opts, tls)
         path = SCENARIOS[scenario]
-        cookies = prime(port, 256) if scenario in ("read", "write") else None
+        cookies = prime(port, 256) if scenario in ("read", "write", "read-tls") else None
         drive(port, path, opts.warmup, opts.connections, cookies)
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
         drive(port, path, opts.requests, opts.connections, cookies)
@@ -191,26 +237,43 @@ def main():
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--keep", help="directory for the callgrind files (default: a temporary one, removed)")
+    p.add_argument("--tls-redis-port", type=int, help="read-tls: a redis-server with only a TLS port")
+    p.add_argument("--tls-ca", help="read-tls: the CA file that signed its certificate")
+    p.add_argument("--tls-servers", help="read-tls: labels of the servers that run it (default: evserver*)")
     opts = p.parse_args()
+    scenarios = opts.scenarios.split(",")
+    for scenario in scenarios:
+        if scenario not in SCENARIOS:
+            p.error(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
+    if TLS_SCENARIOS & set(scenarios) and not (opts.tls_redis_port and opts.tls_ca):
+        p.error("read-tls needs --tls-redis-port and --tls-ca")
     for tool in ("valgrind", "callgrind_control", "cc", "strip"):
         if not shutil.which(tool):
             sys.exit(f"bench_profile: {tool} not found (apt-get install valgrind gcc binutils)")
     out_dir = Path(opts.keep or tempfile.mkdtemp(prefix="evserver-profile."))
     out_dir.mkdir(parents=True, exist_ok=True)
     opts.shim = build_shim(out_dir)
-    servers = [(label, callgrind_binary(os.path.abspath(path), out_dir))
-               for label, path in (s.split("=", 1) for s in opts.server)]
+    specs = [s.split("=", 1) for s in opts.server]
+    opts.originals = {label: os.path.abspath(path) for label, path in specs}
+    if len({label for label, _ in specs}) != len(specs):
+        p.error("server labels must differ")
+    servers = [(label, callgrind_binary(label, os.path.abspath(path), out_dir)) for label, path in specs]
+    tls_servers = (opts.tls_servers.split(",") if opts.tls_servers
+                   else [label for label, _ in servers if label.startswith("evserver")])
     results = {}
-    for scenario in opts.scenarios.split(","):
+    for scenario in scenarios:
         for label, binary in servers:
+            if scenario in TLS_SCENARIOS and label not in tls_servers:
+                continue
             ir = measure(label, binary, scenario, opts, out_dir)
             results[(label, scenario)] = ir
             print(f"{scenario:7} {label:12} {ir:10,.0f} Ir/request", flush=True)
     print()
     print("| scenario | " + " | ".join(label for label, _ in servers) + " |")
     print("|---|" + "--:|" * len(servers))
-    for scenario in opts.scenarios.split(","):
-        print(f"| {scenario} | " + " | ".join(f"{results[(l, scenario)]:,.0f}" for l, _ in servers) + " |")
+    for scenario in scenarios:
+        print(f"| {scenario} | " + " | ".join(f"{results[(l, scenario)]:,.0f}" if (l, scenario) in results else "-"
+                                                for l, _ in servers) + " |")
     if not opts.keep:
         for f in out_dir.iterdir():
             f.unlink()

@@ -2,7 +2,10 @@
 """Runs EvServer's benchmarks; scripts/bench.sh builds the servers, starts Redis, and calls this.
 
 Modes:
-  scenarios  wrk on hello/read/write/create against each server: req/s, p50/p99, Redis commands, CPU, peak RSS
+  scenarios  wrk on hello/read/read-tls/write/create against each server: req/s, p50/p99, Redis commands, CPU,
+             peak RSS. `read-tls` is `read` against a second redis-server that speaks TLS only (--tls-redis-port,
+             `rediss://`); only the servers named by --tls-servers run it (the C reference has no TLS), and its
+             ratios are against the same server's plain-text `read` of this run.
   growth     RSS after 200k vs after 2M requests of the `write` scenario
   idle       RSS added by 10,000 idle keep-alive connections
 
@@ -19,6 +22,7 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -37,7 +41,10 @@ SCENARIOS = {
     "read": ("/login", "one", "Welcome Aditya@123"),
     "write": ("/views", "many", None),  # {"views":n,"instance":"bench"}
     "create": ("/", "none", "Thanks for visiting"),
+    "read-tls": ("/login", "one", "Welcome Aditya@123"),
 }
+# Scenarios run against the TLS redis-server, and the plain-text scenario each one is compared with.
+TLS_TWIN = {"read-tls": "read"}
 VIEWS_BODY = re.compile(r'^\{"views":(\d+),"instance":"' + INSTANCE + r'"\}$')
 
 
@@ -54,8 +61,15 @@ def log(message):
 class Redis(resp.Connection):
     """A kept connection whose error replies and failures are BenchErrors."""
 
-    def __init__(self, port):
-        super().__init__(port, timeout=30)
+    def __init__(self, port, tls_ca=None):
+        if tls_ca is None:
+            super().__init__(port, timeout=30)
+            return
+        # resp.Connection over TLS (verified against the benchmark's CA): the TLS redis-server has no plain port.
+        context = ssl.create_default_context(cafile=tls_ca)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        self.reader = self.sock.makefile("rb")
 
     def __call__(self, *args):
         try:
@@ -119,22 +133,31 @@ def pinned(cpus, cmd):
 class Server:
     """One server process, started fresh for each measurement so its peak RSS belongs to that run."""
 
-    def __init__(self, label, binary, opts):
-        self.label, self.binary, self.opts = label, binary, opts
+    def __init__(self, label, binary, opts, tls=False):
+        self.label, self.binary, self.opts, self.tls = label, binary, opts, tls
         self.proc = None
 
     def start(self):
         self.port = free_port()
-        cmd = pinned(self.opts.server_cpus, [
-            self.binary, "--port", str(self.port), "--threads", str(self.opts.threads),
-            "--redis-url", f"redis://127.0.0.1:{self.opts.redis_port}/0",
-            "--secret", self.opts.secret, "--instance", INSTANCE])
+        redis = (f"rediss://127.0.0.1:{self.opts.tls_redis_port}/0" if self.tls
+                 else f"redis://127.0.0.1:{self.opts.redis_port}/0")
+        cmd = [self.binary, "--port", str(self.port), "--threads", str(self.opts.threads), "--redis-url", redis,
+               "--secret", self.opts.secret, "--instance", INSTANCE]
+        env_tls = {}
+        if self.tls:
+            # The CA that signed the TLS redis-server's certificate: --redis-tls-ca where the binary has it, else
+            # OpenSSL's default CA file (SSL_CERT_FILE), which evserver's default verification reads.
+            if tls_ca_flag(self.binary):
+                cmd += ["--redis-tls-ca", self.opts.tls_ca]
+            else:
+                env_tls["SSL_CERT_FILE"] = self.opts.tls_ca
+        cmd = pinned(self.opts.server_cpus, cmd)
         self.log_path = Path(self.opts.work) / f"{self.label}.log"
         self.log_file = open(self.log_path, "ab")
         # taskset execs the server, so the pid is the server's.
         # evserver caps open connections per loop (10,000 by default); the idle check holds that many and then
         # asks for one more answer, so the cap is raised above it (the C reference has no cap and ignores this).
-        env = dict(os.environ, EVSERVER_MAX_CONNECTIONS=str(self.opts.idle_connections + 1000))
+        env = dict(os.environ, EVSERVER_MAX_CONNECTIONS=str(self.opts.idle_connections + 1000), **env_tls)
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env)
         self.pid_file = Path(self.opts.work) / "pids" / f"{self.label}.pid"
@@ -179,6 +202,20 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+_tls_ca_flag = {}
+
+
+def tls_ca_flag(binary):
+    """Whether the binary takes --redis-tls-ca (its --help names it); older evservers only have SSL_CERT_FILE."""
+    if binary not in _tls_ca_flag:
+        try:
+            run = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10)
+            _tls_ca_flag[binary] = "--redis-tls-ca" in run.stdout + run.stderr
+        except (OSError, subprocess.TimeoutExpired):
+            _tls_ca_flag[binary] = False
+    return _tls_ca_flag[binary]
 
 
 # MARK: - HTTP
@@ -291,9 +328,11 @@ def wait_quiet(limit):
 
 def run_scenario(opts, redis, label, binary, scenario):
     path, needs, _ = SCENARIOS[scenario]
+    tls = scenario in TLS_TWIN
+    redis, redis_pid = (opts.tls_redis, opts.tls_redis_pid) if tls else (redis, opts.redis_pid)
     wait_quiet(opts.wait_quiet)
     redis("FLUSHALL")  # every run starts from the same, empty store
-    with Server(label, binary, opts) as server:
+    with Server(label, binary, opts, tls=tls) as server:
         cookie, cookie_file, ids, cookies = None, None, [], []
         if needs == "one":
             cookie = prime_sessions(server.port, 1)[0]
@@ -310,13 +349,13 @@ def run_scenario(opts, redis, label, binary, scenario):
         keys_before = redis("DBSIZE")
         calls_before = redis.command_calls()
         cpu_before, _, _ = read_proc(server.proc.pid)
-        redis_before, _, _ = read_proc(opts.redis_pid)
+        redis_before, _, _ = read_proc(redis_pid)
         wrk_before, busy_before = children_cpu(), cpu_busy()
         t0 = time.monotonic()
         result = wrk(opts, server.port, path, opts.duration, cookie, cookie_file)
         wall = time.monotonic() - t0
         cpu_after, rss, hwm = read_proc(server.proc.pid)
-        redis_after, _, _ = read_proc(opts.redis_pid)
+        redis_after, _, _ = read_proc(redis_pid)
         wrk_cpu, busy_after = children_cpu() - wrk_before, cpu_busy()
         calls_after = redis.command_calls()
         requests = max(result["requests"], 1)
@@ -338,6 +377,7 @@ def run_scenario(opts, redis, label, binary, scenario):
             "cpu_us_per_req": (cpu_after - cpu_before) * 1e6 / requests,
             "cpu_percent": (cpu_after - cpu_before) * 100 / wall,
             "rss_kb": rss, "peak_rss_kb": hwm, "headers": headers,
+            "tls_ca": ("--redis-tls-ca" if tls_ca_flag(binary) else "SSL_CERT_FILE") if tls else None,
             # Who used the CPUs during the run: with everything pinned, the busy time of the machine minus
             # the server, wrk and Redis is someone else's load, which skews the numbers.
             "wrk_cpu_percent": wrk_cpu * 100 / wall, "redis_cpu_percent": (redis_after - redis_before) * 100 / wall,
@@ -368,7 +408,9 @@ def scenarios_report(opts, rows):
     out = [f"# EvServer benchmark: {opts.title}", "", metadata(opts), "",
            f"`wrk -t1 -c{opts.connections} -d{opts.duration} --latency` (keep-alive), {opts.warmup} warm-up; "
            f"server `--threads {opts.threads}`{pin_note(opts)}. "
-           f"Ratios are {subject} / {baseline} (1.00 = parity, below 1 = {subject} slower).", "",
+           f"Ratios are {subject} / {baseline} (1.00 = parity, below 1 = {subject} slower)"
+           + ("; on `read-tls` rows they are the same server's TLS / plain-text `read` of this run (the C reference "
+              "has no TLS)." if any(s in TLS_TWIN for s in opts.scenarios) else "."), "",
            "| scenario | server | req/s | p50 | p99 | req/s ratio | Redis cmds/req | CPU µs/req | CPU ratio "
            "| server CPU | peak RSS | errors |",
            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
@@ -377,15 +419,21 @@ def scenarios_report(opts, rows):
             r = by.get((scenario, label))
             if r is None:
                 continue
-            base = by.get((scenario, baseline))
+            if scenario in TLS_TWIN:
+                base = by.get((TLS_TWIN[scenario], label))
+                compare = base is not None
+            else:
+                base = by.get((scenario, baseline))
+                compare = base is not None and label != baseline
             rps_ratio = cpu_ratio = ""
-            if base and label != baseline:
+            if compare:
                 rps_ratio = f"**{r['rps'] / base['rps']:.2f}**"
                 cpu_ratio = f"{base['cpu_us_per_req'] / r['cpu_us_per_req']:.2f}" if r["cpu_us_per_req"] else "-"
             out.append(f"| {scenario} | {label} | {r['rps']:,.0f} | {fmt_latency(r['p50_us'])} | "
                        f"{fmt_latency(r['p99_us'])} | {rps_ratio} | {r['redis_sent_per_req']:.2f} | "
                        f"{r['cpu_us_per_req']:.1f} | {cpu_ratio} | {r['cpu_percent']:.0f}% | "
                        f"{fmt_mb(r['peak_rss_kb'])} | {r['errors']} |")
+    out += tls_section(opts, by)
     out += ["", "Redis commands per request, by command (`*` = run by Redis inside the compare-and-set script, "
             "not sent by the server):", ""]
     for r in rows:
@@ -417,6 +465,33 @@ def scenarios_report(opts, rows):
     out += ["- every run answered 200 with the expected body before it was measured; `errors` counts wrk's "
             "socket errors, timeouts and non-2xx replies", ""]
     return "\n".join(out)
+
+
+def tls_section(opts, by):
+    """TLS against plain text: each TLS scenario next to its plain-text twin, same server, same run."""
+    pairs = [(tls, plain, label) for tls, plain in TLS_TWIN.items() if tls in opts.scenarios
+             for label in opts.labels if (tls, label) in by and (plain, label) in by]
+    skipped = [tls for tls in TLS_TWIN if tls in opts.scenarios and not any(t == tls for t, _, _ in pairs)]
+    out = []
+    if pairs:
+        out += ["", "Redis over TLS (`rediss://`, a second redis-server with only a TLS port) against plain text, "
+                "same server, same run; goal 0.80 or better by req/s:", "",
+                "| scenario | server | plain req/s | TLS req/s | req/s ratio | plain CPU µs/req | TLS CPU µs/req "
+                "| CPU ratio | redis CPU plain | redis CPU TLS | CA given by | verdict |",
+                "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
+        for tls, plain, label in pairs:
+            t, p = by[(tls, label)], by[(plain, label)]
+            ratio = t["rps"] / p["rps"]
+            out.append(f"| {tls} | {label} | {p['rps']:,.0f} | {t['rps']:,.0f} | **{ratio:.2f}** | "
+                       f"{p['cpu_us_per_req']:.1f} | {t['cpu_us_per_req']:.1f} | "
+                       f"{p['cpu_us_per_req'] / t['cpu_us_per_req']:.2f} | {p['redis_cpu_percent']:.0f}% | "
+                       f"{t['redis_cpu_percent']:.0f}% | `{t['tls_ca']}` | {'pass' if ratio >= 0.8 else 'MISSED'} |")
+    for tls in skipped:
+        if any(scenario == tls for scenario, _ in by):
+            out += ["", f"`{tls}` has no plain-text `{TLS_TWIN[tls]}` of the same server beside it: no ratio."]
+        else:
+            out += ["", f"`{tls}` was not run: none of the servers measured here speaks TLS to Redis."]
+    return out
 
 
 # MARK: - Memory modes
@@ -536,7 +611,10 @@ def main():
     p.add_argument("--redis-port", type=int, required=True)
     p.add_argument("--out", required=True, help="markdown report (a .json with the raw numbers goes beside it)")
     p.add_argument("--title", default="evserver vs the C reference")
-    p.add_argument("--scenarios", default="hello,read,write,create")
+    p.add_argument("--scenarios", default="hello,read,read-tls,write,create")
+    p.add_argument("--tls-redis-port", type=int, help="the TLS-only redis-server of the TLS scenarios")
+    p.add_argument("--tls-ca", help="the CA file that signed that redis-server's certificate")
+    p.add_argument("--tls-servers", default="", help="labels of the servers that run the TLS scenarios")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--duration", default="10s")
     p.add_argument("--warmup", default="2s")
@@ -565,6 +643,10 @@ def main():
     if len(set(opts.labels)) != len(opts.labels):
         p.error("server labels must differ")
     opts.checkpoints = [int(x) for x in opts.checkpoints.split(",")]
+    opts.tls_servers = [label for label in opts.tls_servers.split(",") if label]
+    tls_wanted = opts.mode == "scenarios" and any(s in TLS_TWIN for s in opts.scenarios)
+    if tls_wanted and opts.tls_servers and not (opts.tls_redis_port and opts.tls_ca):
+        p.error("the TLS scenarios need --tls-redis-port and --tls-ca (or no --tls-servers)")
     opts.secret = os.urandom(18).hex()
     seconds(opts.duration), seconds(opts.warmup)
     (Path(opts.work) / "pids").mkdir(parents=True, exist_ok=True)
@@ -579,12 +661,23 @@ def main():
             "other processes will skew the numbers (runs they disturb are flagged in the report)")
     redis = Redis(opts.redis_port)
     opts.redis_pid = int(re.search(r"process_id:(\d+)", redis("INFO", "server").decode()).group(1))
+    if tls_wanted and opts.tls_servers:
+        try:
+            opts.tls_redis = Redis(opts.tls_redis_port, tls_ca=opts.tls_ca)
+        except (OSError, ssl.SSLError) as error:
+            print(f"error: the TLS redis-server on port {opts.tls_redis_port}: {error}", file=sys.stderr)
+            return 1
+        opts.tls_redis_pid = int(re.search(r"process_id:(\d+)", opts.tls_redis("INFO", "server").decode()).group(1))
+    elif tls_wanted:
+        log("no server here speaks TLS to Redis (--tls-servers): the TLS scenarios are skipped")
     report, raw = "", {}
     try:
         if opts.mode == "scenarios":
             rows = []
             for scenario in opts.scenarios:
                 for label, binary in servers:
+                    if scenario in TLS_TWIN and label not in opts.tls_servers:
+                        continue
                     log(f"{scenario} / {label}")
                     r = run_scenario(opts, redis, label, binary, scenario)
                     for attempt in range(opts.retry_noisy):
