@@ -20,13 +20,19 @@ extension TestRedis {
     /// kernel picks for port 0 is an ephemeral one, and any test's outgoing connection can take it as its local port
     /// before the server that was meant to listen there binds it (a redis-server then fails to start). Random
     /// ports in 20000-32767, each checked by binding it, with the kernel's pick as the last resort.
+    ///
+    /// A port is handed out once per test process: tests run in parallel, and between this check and the server's
+    /// own bind another test could otherwise be given the same port ("Address already in use").
     static func unusedPort() throws -> Int {
         for _ in 0..<64 {
             let candidate = Int.random(in: 20000...32767)
-            if bindable(candidate) { return candidate }
+            guard bindable(candidate) else { continue }
+            if handedOut.withLock({ $0.insert(candidate).inserted }) { return candidate }
         }
         return try kernelPickedPort()
     }
+
+    private static let handedOut = Mutex<Set<Int>>([])
 
     private static func bindable(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
