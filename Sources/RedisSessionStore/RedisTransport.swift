@@ -83,6 +83,7 @@ final class RedisTransport: @unchecked Sendable {
     /// Bytes of commands sent before the connection was open.
     private var queued: [UInt8] = []
     private var subscribed = false
+    /// Whether any byte came from the server (the hints about TLS apply only to a server that said nothing).
     private var receivedAny = false
     /// Nesting of delegate calls made from inside a libevent callback: `free()` waits until they return.
     private var callbackDepth = 0
@@ -314,6 +315,7 @@ final class RedisTransport: @unchecked Sendable {
                     return
                 }
                 try reader.feed(bytes)
+                receivedAny = true
                 evbuffer_drain(input, chunk.iov_len)
             }
             callbackDepth += 1
@@ -329,7 +331,6 @@ final class RedisTransport: @unchecked Sendable {
     }
 
     private func deliver(_ reply: RedisValue) {
-        receivedAny = true
         if head < pending.count, let command = pending[head] {
             pending[head] = nil
             head += 1
