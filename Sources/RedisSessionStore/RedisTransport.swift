@@ -69,6 +69,9 @@ final class RedisTransport: @unchecked Sendable {
     private var delegate: (any RedisTransportDelegate)?
     private var state = State.resolving
     private var bufferevent: OpaquePointer?
+    /// The socket bufferevent: `bufferevent` itself in plain text, the layer under the TLS filter otherwise (owned by
+    /// the filter; kept for its file descriptor).
+    private var socketLayer: OpaquePointer?
     private var tlsContext: TLSContext?
     private var addresses: [SocketAddress] = []
     private var nextAddress = 0
@@ -80,8 +83,10 @@ final class RedisTransport: @unchecked Sendable {
     /// Commands written and not answered yet, oldest first from `head`.
     private var pending: [PendingCommand?] = []
     private var head = 0
-    /// Bytes of commands sent before the connection was open.
+    /// Bytes of commands sent before the connection was open, and over TLS those of the current loop turn.
     private var queued: [UInt8] = []
+    /// Whether a write of `queued` is scheduled (TLS).
+    private var flushScheduled = false
     private var subscribed = false
     /// Whether any byte came from the server (the hints about TLS apply only to a server that said nothing).
     private var receivedAny = false
@@ -220,39 +225,52 @@ final class RedisTransport: @unchecked Sendable {
                     return
                 }
             }
-            let created = loop.withUnsafeEventBase { base -> OpaquePointer? in
-                let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue)
-                if let ssl {
-                    // The bufferevent owns the SSL from here (freed with it: BEV_OPT_CLOSE_ON_FREE).
-                    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, options)
-                }
-                return bufferevent_socket_new(base, -1, options)
-            }
-            guard let created else {
+            // Plain text: a socket bufferevent. TLS: the same socket bufferevent under a bufferevent_openssl filter,
+            // rather than an OpenSSL socket bufferevent, which reads each record with two read(2) calls (its header,
+            // then its body) and writes each piece of its buffer with its own write(2); through the filter the socket
+            // layer reads whatever has arrived in one call and writes a loop turn's records in one writev(2), and
+            // OpenSSL reads records from memory (libevent 2.1's socket mode cannot read ahead safely).
+            guard let socketLayer = loop.withUnsafeEventBase({ base in
+                bufferevent_socket_new(base, -1, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))
+            }) else {
                 if let ssl { SSL_free(ssl) }
                 attemptFailures.append("\(address): could not allocate a connection")
                 continue
             }
-            if ssl != nil {
+            errno = 0
+            let status = address.withSockaddr { bufferevent_socket_connect(socketLayer, $0, $1) }
+            immediateConnectError = errno
+            guard status == 0 else {
+                bufferevent_free(socketLayer)
+                if let ssl { SSL_free(ssl) }
+                attemptFailures.append("\(address): \(String(cString: strerror(immediateConnectError)))")
+                continue
+            }
+            let fd = bufferevent_getfd(socketLayer)
+            if fd >= 0 { evserver_tune_redis_socket(fd) }
+            var created = socketLayer
+            if let ssl {
+                // The filter owns the SSL and the socket layer from here (both freed with it: BEV_OPT_CLOSE_ON_FREE).
+                guard let filter = loop.withUnsafeEventBase({ base in
+                    bufferevent_openssl_filter_new(base, socketLayer, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                   Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))
+                }) else {
+                    bufferevent_free(socketLayer)
+                    SSL_free(ssl)
+                    attemptFailures.append("\(address): could not allocate a TLS connection")
+                    continue
+                }
                 // Redis closes TLS connections without close_notify at times (a restart, CLIENT KILL): an EOF, not an
                 // error.
-                bufferevent_openssl_set_allow_dirty_shutdown(created, 1)
+                bufferevent_openssl_set_allow_dirty_shutdown(filter, 1)
+                created = filter
             }
             // passUnretained: the transport holds its own +1 (selfReference) for as long as this bufferevent exists.
             bufferevent_setcb(created, onRead, nil, onEvent, Unmanaged.passUnretained(self).toOpaque())
             bufferevent_enable(created, Int16(EV_READ | EV_WRITE))
             bufferevent = created
+            self.socketLayer = socketLayer
             state = .connecting
-            errno = 0
-            let status = address.withSockaddr { bufferevent_socket_connect(created, $0, $1) }
-            immediateConnectError = errno
-            guard status == 0 else {
-                attemptFailures.append("\(address): \(String(cString: strerror(immediateConnectError)))")
-                releaseBufferevent()
-                continue
-            }
-            let fd = bufferevent_getfd(created)
-            if fd >= 0 { evserver_tune_redis_socket(fd) }
             return
         }
         let failures = attemptFailures
@@ -268,6 +286,7 @@ final class RedisTransport: @unchecked Sendable {
     private func releaseBufferevent() {
         guard let bufferevent else { return }
         self.bufferevent = nil
+        socketLayer = nil
         bufferevent_setcb(bufferevent, nil, nil, nil, nil)
         bufferevent_free(bufferevent)
     }
@@ -363,9 +382,28 @@ final class RedisTransport: @unchecked Sendable {
             queued.append(contentsOf: command.bytes)
             return
         }
+        if endpoint.tls != nil {
+            // The TLS filter encrypts whatever is added to it at once, one record per write: the commands of one loop
+            // turn are gathered and handed over together (one record, one decryption for Redis), on the next turn.
+            queued.append(contentsOf: command.bytes)
+            if !flushScheduled {
+                flushScheduled = true
+                loop.execute { self.flushQueued() }
+            }
+            return
+        }
         guard append(command.bytes, to: bufferevent) else {
             throw HiredisError("could not write to the connection")
         }
+    }
+
+    /// Writes the commands gathered while TLS was open (see `write`).
+    private func flushQueued() {
+        flushScheduled = false
+        guard state == .open, let bufferevent, !queued.isEmpty else { return }
+        let written = append(queued, to: bufferevent)
+        queued.removeAll(keepingCapacity: true)
+        if !written { finish(reason: "could not write to the connection") }
     }
 
     private func append(_ bytes: [UInt8], to bufferevent: OpaquePointer) -> Bool {
@@ -422,7 +460,7 @@ final class RedisTransport: @unchecked Sendable {
             text = "Server closed the connection"
         } else {
             var code = saved
-            if handshaking, let fd = Optional(bufferevent_getfd(bufferevent)), fd >= 0 {
+            if handshaking, let fd = Optional(bufferevent_getfd(socketLayer ?? bufferevent)), fd >= 0 {
                 var socketError: Int32 = 0
                 var length = socklen_t(MemoryLayout<Int32>.size)
                 if getsockopt(fd, SOL_SOCKET, SO_ERROR, &socketError, &length) == 0, socketError != 0 {
