@@ -26,16 +26,17 @@ import Glibc
                                                                    commandTimeout: .milliseconds(500)),
                                  loop: thread.loop)
         defer { client.close() }
-        let started = ContinuousClock.now
         do {
             _ = try await client.send("GET", "key")
             // "+PONG" x3 answers the handshake's INFO with a status and the GET with "PONG": a wrong type, but a
             // reply (the store's typed calls reject it); the third, unsolicited, closes that connection.
             #expect(reasonPart.isEmpty, "a command answered by \(answer.debugDescription)")
         } catch {
+            // The reason, not a timeout: the client noticed at once instead of waiting out the 500 ms deadline (a
+            // wall-clock bound here would measure the loaded test machine, not the client).
             #expect("\(error)".contains(reasonPart), "\(error)")
+            #expect(!"\(error)".contains("no answer within") && !"\(error)".contains("did not reply"), "\(error)")
         }
-        #expect(ContinuousClock.now - started < .seconds(2), "failed fast")
     }
 }
 
