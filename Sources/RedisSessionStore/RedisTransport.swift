@@ -1,17 +1,9 @@
-import CEvent
-import COpenSSL
 import EvServer
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 // One connection to a Redis server on an event loop: the name looked up off the loop (Resolver), each address tried
-// in turn, the bytes carried by a libevent bufferevent (a socket one, or bufferevent_openssl for TLS: the handshake
-// and every record run on the same loop), the replies parsed by hiredis's reader (RESPReader). This file owns the
-// bufferevent calls and the C callbacks; TLSContext owns the OpenSSL setup.
+// in turn, the bytes carried by a RedisSocket (a libevent bufferevent, under a bufferevent_openssl filter for TLS:
+// the handshake and every record run on the same loop), the replies parsed by hiredis's reader (RESPReader). Swift
+// values only: RedisSocket, TLSContext and Hiredis.swift hold the C calls.
 //
 // The promises RedisConnection and SentinelSubscription build on (they are what hiredis's async context promised):
 // - Each command sent gets exactly one `didReceive`: with its reply, in order, or with nil when the connection goes
@@ -49,7 +41,7 @@ struct RedisEndpoint: Sendable {
 /// One connection to Redis on one ``EventLoop``: name lookup, TCP, TLS, RESP.
 ///
 /// Loop-confined: create it, send on it and free it on the loop thread only.
-final class RedisTransport: @unchecked Sendable {
+final class RedisTransport: RedisSocketDelegate, @unchecked Sendable {
     // @unchecked Sendable: all state is touched only on `loop`'s thread (checked with preconditionInLoop); the
     // type crosses threads only inside the resolver's completion, which hops back with loop.execute.
 
@@ -68,17 +60,12 @@ final class RedisTransport: @unchecked Sendable {
     /// the delegate (which holds this transport while it is current).
     private var delegate: (any RedisTransportDelegate)?
     private var state = State.resolving
-    private var bufferevent: OpaquePointer?
-    /// The socket bufferevent: `bufferevent` itself in plain text, the layer under the TLS filter otherwise (owned by
-    /// the filter; kept for its file descriptor).
-    private var socketLayer: OpaquePointer?
+    private var socket: RedisSocket?
     private var tlsContext: TLSContext?
     private var addresses: [SocketAddress] = []
     private var nextAddress = 0
     /// Why each address tried so far failed.
     private var attemptFailures: [String] = []
-    /// errno right after a connect that failed at once (libevent reports it on a later turn, errno long gone).
-    private var immediateConnectError: Int32 = 0
     private let reader = RESPReader()
     /// Commands written and not answered yet, oldest first from `head`.
     private var pending: [PendingCommand?] = []
@@ -93,21 +80,19 @@ final class RedisTransport: @unchecked Sendable {
     /// Nesting of delegate calls made from inside a libevent callback: `free()` waits until they return.
     private var callbackDepth = 0
     private var closeRequested = false
-    /// The +1 that keeps the transport alive while libevent or the resolver may call back; dropped on close.
-    private var selfReference: Unmanaged<RedisTransport>?
+    /// Itself, until closed: the transport stays alive while its socket or the resolver may call back, whoever else
+    /// lets it go (a cycle on purpose, broken by finish()).
+    private var keepAlive: RedisTransport?
     /// Why the connection was lost or could not be made; nil while it is healthy.
     private(set) var failureReason: String?
 
     /// Starts looking up the host (off the loop), then connects. Never blocks.
     init(endpoint: RedisEndpoint, loop: EventLoop, delegate: any RedisTransportDelegate) {
         loop.preconditionInLoop()
-        ignoreSIGPIPE()
         self.loop = loop
         self.endpoint = endpoint
         self.delegate = delegate
-        // passRetained: held until close (finish()), so libevent's callbacks and the resolver's answer always find
-        // the transport alive.
-        selfReference = Unmanaged.passRetained(self)
+        keepAlive = self
         let endpoint = self.endpoint
         if endpoint.tls == nil, let address = Resolver.numericAddress(endpoint.host, port: endpoint.port) {
             // An IP address and no TLS files to read: nothing that blocks, so no thread. Still on the next turn, so
@@ -216,60 +201,17 @@ final class RedisTransport: @unchecked Sendable {
         while nextAddress < addresses.count {
             let address = addresses[nextAddress]
             nextAddress += 1
-            var ssl: OpaquePointer?
-            if let tlsContext {
-                do {
-                    ssl = try tlsContext.makeSSL(host: endpoint.host)
-                } catch {
+            do {
+                socket = try RedisSocket(connectingTo: address, tls: tlsContext.map { ($0, endpoint.host) },
+                                         loop: loop, delegate: self)
+            } catch {
+                if error.isFinal {
                     finish(reason: error.description)
                     return
                 }
-            }
-            // Plain text: a socket bufferevent. TLS: the same socket bufferevent under a bufferevent_openssl filter,
-            // rather than an OpenSSL socket bufferevent, which reads each record with two read(2) calls (its header,
-            // then its body) and writes each piece of its buffer with its own write(2); through the filter the socket
-            // layer reads whatever has arrived in one call and writes a loop turn's records in one writev(2), and
-            // OpenSSL reads records from memory (libevent 2.1's socket mode cannot read ahead safely).
-            guard let socketLayer = loop.withUnsafeEventBase({ base in
-                bufferevent_socket_new(base, -1, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))
-            }) else {
-                if let ssl { SSL_free(ssl) }
-                attemptFailures.append("\(address): could not allocate a connection")
+                attemptFailures.append(error.description)
                 continue
             }
-            errno = 0
-            let status = address.withSockaddr { bufferevent_socket_connect(socketLayer, $0, $1) }
-            immediateConnectError = errno
-            guard status == 0 else {
-                bufferevent_free(socketLayer)
-                if let ssl { SSL_free(ssl) }
-                attemptFailures.append("\(address): \(String(cString: strerror(immediateConnectError)))")
-                continue
-            }
-            let fd = bufferevent_getfd(socketLayer)
-            if fd >= 0 { evserver_tune_redis_socket(fd) }
-            var created = socketLayer
-            if let ssl {
-                // The filter owns the SSL and the socket layer from here (both freed with it: BEV_OPT_CLOSE_ON_FREE).
-                guard let filter = loop.withUnsafeEventBase({ base in
-                    bufferevent_openssl_filter_new(base, socketLayer, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                                   Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))
-                }) else {
-                    bufferevent_free(socketLayer)
-                    SSL_free(ssl)
-                    attemptFailures.append("\(address): could not allocate a TLS connection")
-                    continue
-                }
-                // Redis closes TLS connections without close_notify at times (a restart, CLIENT KILL): an EOF, not an
-                // error.
-                bufferevent_openssl_set_allow_dirty_shutdown(filter, 1)
-                created = filter
-            }
-            // passUnretained: the transport holds its own +1 (selfReference) for as long as this bufferevent exists.
-            bufferevent_setcb(created, onRead, nil, onEvent, Unmanaged.passUnretained(self).toOpaque())
-            bufferevent_enable(created, Int16(EV_READ | EV_WRITE))
-            bufferevent = created
-            self.socketLayer = socketLayer
             state = .connecting
             return
         }
@@ -283,60 +225,48 @@ final class RedisTransport: @unchecked Sendable {
         finish(reason: reason)
     }
 
-    private func releaseBufferevent() {
-        guard let bufferevent else { return }
-        self.bufferevent = nil
-        socketLayer = nil
-        bufferevent_setcb(bufferevent, nil, nil, nil, nil)
-        bufferevent_free(bufferevent)
+    private func releaseSocket() {
+        socket?.close()
+        socket = nil
     }
 
-    // MARK: From the C callbacks
+    // MARK: RedisSocketDelegate
 
-    fileprivate func handleEvents(_ events: Int16) {
-        let savedErrno = errno
-        guard let bufferevent, state == .connecting || state == .open else { return }
-        if events & Int16(BEV_EVENT_CONNECTED) != 0 {
-            guard state == .connecting else { return }
-            state = .open
-            if !queued.isEmpty {
-                let bytes = queued
-                queued = []
-                guard append(bytes, to: bufferevent) else {
-                    finish(reason: "could not write to the connection")
-                    return
-                }
+    func socketDidConnect(_ socket: RedisSocket) {
+        guard socket === self.socket, state == .connecting else { return }
+        state = .open
+        if !queued.isEmpty {
+            let bytes = queued
+            queued = []
+            guard socket.write(bytes) else {
+                finish(reason: "could not write to the connection")
+                return
             }
-            callDelegate { $0.transportDidConnect(self) }
-            return
         }
-        guard events & Int16(BEV_EVENT_ERROR | BEV_EVENT_EOF) != 0 else { return }
-        let reason = failureText(events, bufferevent: bufferevent, errno: savedErrno)
+        callDelegate { $0.transportDidConnect(self) }
+    }
+
+    func socketDidFail(_ socket: RedisSocket, endOfFile: Bool, errno: Int32) {
+        guard socket === self.socket, state == .connecting || state == .open else { return }
+        let reason = failureText(socket, endOfFile: endOfFile, errno: errno)
         if state == .connecting {
             let address = addresses[nextAddress - 1]
             attemptFailures.append(addresses.count > 1 ? "\(address): \(reason)" : reason)
-            releaseBufferevent()
+            releaseSocket()
             connectNext()
         } else {
             finish(reason: reason)
         }
     }
 
-    fileprivate func readable() {
-        guard let bufferevent, state == .open else { return }
-        let input = bufferevent_get_input(bufferevent)
-        var chunk = iovec()
+    func socketHasInput(_ socket: RedisSocket) {
+        guard socket === self.socket, state == .open else { return }
+        if !receivedAny, endpoint.tls == nil, let first = socket.firstInputByte, first == 0x15 || first == 0x16 {
+            finish(reason: "the server answered with TLS (a TLS port? use rediss://)")
+            return
+        }
         do {
-            while evbuffer_get_length(input) > 0, evbuffer_peek(input, -1, nil, &chunk, 1) > 0 {
-                let bytes = UnsafeRawBufferPointer(start: chunk.iov_base, count: chunk.iov_len)
-                if !receivedAny, endpoint.tls == nil, let first = bytes.first, first == 0x15 || first == 0x16 {
-                    finish(reason: "the server answered with TLS (a TLS port? use rediss://)")
-                    return
-                }
-                try reader.feed(bytes)
-                receivedAny = true
-                evbuffer_drain(input, chunk.iov_len)
-            }
+            if try socket.drainInput(into: reader) { receivedAny = true }
             callbackDepth += 1
             defer { callbackDepth -= 1 }
             while state == .open, !closeRequested, let reply = try reader.next() {
@@ -378,7 +308,7 @@ final class RedisTransport: @unchecked Sendable {
         guard state != .closed, !closeRequested else {
             throw HiredisError(failureReason.map { "the connection is closed (\($0))" } ?? "the connection is closed")
         }
-        guard state == .open, let bufferevent else {
+        guard state == .open, let socket else {
             queued.append(contentsOf: command.bytes)
             return
         }
@@ -392,7 +322,7 @@ final class RedisTransport: @unchecked Sendable {
             }
             return
         }
-        guard append(command.bytes, to: bufferevent) else {
+        guard socket.write(command.bytes) else {
             throw HiredisError("could not write to the connection")
         }
     }
@@ -400,25 +330,21 @@ final class RedisTransport: @unchecked Sendable {
     /// Writes the commands gathered while TLS was open (see `write`).
     private func flushQueued() {
         flushScheduled = false
-        guard state == .open, let bufferevent, !queued.isEmpty else { return }
-        let written = append(queued, to: bufferevent)
+        guard state == .open, let socket, !queued.isEmpty else { return }
+        let written = socket.write(queued)
         queued.removeAll(keepingCapacity: true)
         if !written { finish(reason: "could not write to the connection") }
     }
 
-    private func append(_ bytes: [UInt8], to bufferevent: OpaquePointer) -> Bool {
-        bytes.withUnsafeBytes { raw in bufferevent_write(bufferevent, raw.baseAddress, raw.count) == 0 }
-    }
-
     // MARK: Closing
 
-    /// Closes for good: the bufferevent goes, each outstanding command gets nil, then the delegate hears why.
+    /// Closes for good: the socket goes, each outstanding command gets nil, then the delegate hears why.
     private func finish(reason: String?) {
         guard state != .closed else { return }
         state = .closed
         closeRequested = false
         if let reason, failureReason == nil { failureReason = reason }
-        releaseBufferevent()
+        releaseSocket()
         queued = []
         let dropped = pending[head...].compactMap { $0 }
         pending = []
@@ -429,46 +355,25 @@ final class RedisTransport: @unchecked Sendable {
         }
         self.delegate = nil
         delegate?.transportDidClose(self, reason: failureReason)
-        // Drops the +1 taken in init; callers keep their own reference for the rest of the call.
-        selfReference?.release()
-        selfReference = nil
+        // Breaks the cycle made in init; callers keep their own reference for the rest of the call.
+        keepAlive = nil
     }
 
-    /// One line saying why the connection failed, from TLS's verify result and errors, then the socket's error.
-    private func failureText(_ events: Int16, bufferevent: OpaquePointer, errno saved: Int32) -> String {
+    /// One line saying why the connection failed: TLS's verify result and errors, else the socket's error, with a
+    /// hint when the server closed before saying anything.
+    private func failureText(_ socket: RedisSocket, endOfFile: Bool, errno saved: Int32) -> String {
         let handshaking = state == .connecting
-        if endpoint.tls != nil {
-            var errors: [UInt] = []
-            for _ in 0..<16 {
-                let code = bufferevent_get_openssl_error(bufferevent)
-                if code == 0 { break }
-                // libevent puts SSL_get_error's small result (SSL_ERROR_SSL, SSL_ERROR_SYSCALL) in the same list as
-                // OpenSSL's packed error codes: only the latter name a reason.
-                if code > 255 { errors.append(code) }
-            }
-            let ssl = bufferevent_openssl_get_ssl(bufferevent)
-            if let reason = tlsFailure(ssl: ssl, errors: errors, verifiesPeer: tlsContext?.verifiesPeer ?? true) {
-                return handshaking ? "TLS handshake failed: \(reason)" : "TLS error: \(reason)"
-            }
+        if let reason = socket.tlsFailure(verifiesPeer: tlsContext?.verifiesPeer ?? true) {
+            return handshaking ? "TLS handshake failed: \(reason)" : "TLS error: \(reason)"
         }
         let text: String
-        if events & Int16(BEV_EVENT_EOF) != 0 || (events & Int16(BEV_EVENT_ERROR) != 0 && saved == 0
-                                                  && immediateConnectError == 0) {
+        if endOfFile || socket.isSilentError(saved: saved) {
             if handshaking, endpoint.tls != nil {
                 return "the server closed the connection during the TLS handshake (a plain-text port? use redis://)"
             }
             text = "Server closed the connection"
         } else {
-            var code = saved
-            if handshaking, let fd = Optional(bufferevent_getfd(socketLayer ?? bufferevent)), fd >= 0 {
-                var socketError: Int32 = 0
-                var length = socklen_t(MemoryLayout<Int32>.size)
-                if getsockopt(fd, SOL_SOCKET, SO_ERROR, &socketError, &length) == 0, socketError != 0 {
-                    code = socketError
-                }
-            }
-            if handshaking, code == 0 || code == EAGAIN || code == EINPROGRESS { code = immediateConnectError }
-            text = code == 0 ? "connection failed" : String(cString: strerror(code))
+            text = systemErrorText(handshaking ? socket.connectError(saved: saved) : saved)
         }
         guard !handshaking, !receivedAny else { return text }
         // Closed right after connecting, before any reply. A TLS port resets a connection that spoke plain text to
@@ -488,40 +393,3 @@ private struct TransportFailure: Error, Sendable, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
 }
-
-// MARK: - C callbacks
-
-private func onRead(_ bufferevent: OpaquePointer?, _ context: UnsafeMutableRawPointer?) {
-    guard let context else { return }
-    let transport = Unmanaged<RedisTransport>.fromOpaque(context).takeUnretainedValue()
-    // finish() may drop the transport's own +1 inside: keep it alive until this callback returns.
-    withExtendedLifetime(transport) { transport.readable() }
-}
-
-private func onEvent(_ bufferevent: OpaquePointer?, _ events: Int16, _ context: UnsafeMutableRawPointer?) {
-    guard let context else { return }
-    let transport = Unmanaged<RedisTransport>.fromOpaque(context).takeUnretainedValue()
-    withExtendedLifetime(transport) { transport.handleEvents(events) }
-}
-
-// MARK: - SIGPIPE
-
-/// libevent writes with writev(2) and OpenSSL with write(2), which raise SIGPIPE when Redis has closed the socket;
-/// the default action kills the process. Ignore it (once, and only if nobody installed a handler), so a dead peer is
-/// an EPIPE error that closes the connection.
-private func ignoreSIGPIPE() {
-    _ = sigpipeIgnored
-}
-
-private let sigpipeIgnored: Bool = {
-    var current = sigaction()
-    guard sigaction(SIGPIPE, nil, &current) == 0 else { return false }
-    #if canImport(Glibc)
-    let isDefault = current.__sigaction_handler.sa_handler == nil
-    #else
-    let isDefault = current.__sigaction_u.__sa_handler == nil
-    #endif
-    guard isDefault else { return false }
-    signal(SIGPIPE, SIG_IGN)
-    return true
-}()

@@ -1,16 +1,10 @@
 import EvServer
 import Synchronization
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
-// The resolver: the one file that calls getaddrinfo. A lookup may take seconds (a slow or unreachable DNS server,
+// The resolver. A lookup may take seconds (a slow or unreachable DNS server,
 // a search list tried name by name), so it never runs on an event loop: a thread of its own (not Dispatch's global
 // queue, whose few threads a hung lookup would hold while every other lookup queued behind it) runs the system's
-// getaddrinfo (so /etc/hosts, nsswitch and the resolver configuration apply exactly as for any other program) and
+// getaddrinfo (RedisSocket.swift holds that C call) (so /etc/hosts, nsswitch and the resolver configuration apply exactly as for any other program) and
 // hands the answer back to the loop that asked, with `loop.execute`. Lookups of the same name and port that overlap
 // share one getaddrinfo call, so a name that hangs costs one blocked thread, not one per reconnect attempt.
 //
@@ -18,33 +12,6 @@ import Darwin
 // ("stale while revalidate"): a resolver slower than the connect deadline would otherwise fail every attempt, and
 // a resolver that is down for a while does not take Redis down with it. An address that changed (a failover, a
 // rescheduled container) is still found: the attempt after the new answer arrives uses it.
-
-/// One address a name resolved to, as the bytes of a `sockaddr_in` or `sockaddr_in6`.
-struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
-    let storage: [UInt8]
-
-    /// The address as text (`10.0.0.5:6379`, `[::1]:6379`), for logs.
-    var description: String {
-        storage.withUnsafeBytes { raw -> String in
-            var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-            var service = [CChar](repeating: 0, count: Int(NI_MAXSERV))
-            let status = getnameinfo(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(raw.count),
-                                     &host, socklen_t(host.count), &service, socklen_t(service.count),
-                                     NI_NUMERICHOST | NI_NUMERICSERV)
-            guard status == 0 else { return "?" }
-            let name = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            let port = String(decoding: service.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            return name.contains(":") ? "[\(name)]:\(port)" : "\(name):\(port)"
-        }
-    }
-
-    /// Calls `body` with the address as the C API takes it.
-    func withSockaddr<Result>(_ body: (UnsafePointer<sockaddr>, Int32) -> Result) -> Result {
-        storage.withUnsafeBytes { raw in
-            body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), Int32(raw.count))
-        }
-    }
-}
 
 /// Why a name did not resolve, as the resolver said it.
 struct ResolverError: Error, Sendable, CustomStringConvertible {
@@ -95,91 +62,4 @@ enum Resolver {
             for completion in completions { completion(.failure(failure)) }
         }
     }
-
-    /// The address of `host` when it is an IP literal, else nil. Parsing only (inet_pton): no lookup, no file read,
-    /// nothing that blocks, so fine on a loop. (getaddrinfo with AI_NUMERICHOST would do, but may read
-    /// /etc/gai.conf.) A scoped IPv6 address (`fe80::1%eth0`) goes to the resolver instead.
-    static func numericAddress(_ host: String, port: Int) -> SocketAddress? {
-        var v4 = sockaddr_in()
-        if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
-            v4.sin_family = sa_family_t(AF_INET)
-            v4.sin_port = in_port_t(UInt16(clamping: port).bigEndian)
-            return SocketAddress(storage: withUnsafeBytes(of: v4) { Array($0) })
-        }
-        var v6 = sockaddr_in6()
-        if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
-            v6.sin6_family = sa_family_t(AF_INET6)
-            v6.sin6_port = in_port_t(UInt16(clamping: port).bigEndian)
-            return SocketAddress(storage: withUnsafeBytes(of: v6) { Array($0) })
-        }
-        return nil
-    }
-
-    /// getaddrinfo, blocking: resolver threads only.
-    private static func lookUp(_ host: String, port: Int) -> Result<[SocketAddress], ResolverError> {
-        var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
-        #if canImport(Glibc)
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        #else
-        hints.ai_socktype = SOCK_STREAM
-        #endif
-        // No AI_ADDRCONFIG: with only a loopback interface up (a container, a test namespace) glibc would then
-        // refuse every IPv4 answer, localhost's included.
-        hints.ai_flags = AI_NUMERICSERV
-        var list: UnsafeMutablePointer<addrinfo>?
-        let status = getaddrinfo(host, String(port), &hints, &list)
-        guard status == 0, let list else {
-            let reason = status == EAI_SYSTEM ? String(cString: strerror(errno)) : String(cString: gai_strerror(status))
-            return .failure(ResolverError(description: "cannot resolve \(host): \(reason)"))
-        }
-        defer { freeaddrinfo(list) }
-        var addresses: [SocketAddress] = []
-        var node: UnsafeMutablePointer<addrinfo>? = list
-        while let entry = node {
-            if let address = entry.pointee.ai_addr, entry.pointee.ai_addrlen > 0 {
-                let bytes = [UInt8](UnsafeRawBufferPointer(start: address, count: Int(entry.pointee.ai_addrlen)))
-                let candidate = SocketAddress(storage: bytes)
-                if !addresses.contains(candidate) { addresses.append(candidate) }
-            }
-            node = entry.pointee.ai_next
-        }
-        guard !addresses.isEmpty else {
-            return .failure(ResolverError(description: "cannot resolve \(host): no address"))
-        }
-        return .success(addresses)
-    }
-}
-
-// MARK: - Threads
-
-/// Runs `body` on a new detached thread; false when no thread could be made (then `body` never runs). Lookups are
-/// rare (one per connection attempt, shared by overlapping attempts for the same name), so a thread each costs
-/// little and never waits behind another lookup.
-private func runDetached(_ body: @escaping @Sendable () -> Void) -> Bool {
-    // passRetained: the new thread holds the +1 on the box until it has taken the closure.
-    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
-    #if canImport(Darwin)
-    var thread: pthread_t? = nil
-    #else
-    var thread = pthread_t()
-    #endif
-    var attributes = pthread_attr_t()
-    pthread_attr_init(&attributes)
-    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-    defer { pthread_attr_destroy(&attributes) }
-    let status = pthread_create(&thread, &attributes, { raw in
-        Unmanaged<ThreadBody>.fromOpaque((raw as UnsafeMutableRawPointer?)!).takeRetainedValue().body()
-        return nil
-    }, box)
-    guard status == 0 else {
-        Unmanaged<ThreadBody>.fromOpaque(box).release()   // no thread took it: drop our +1
-        return false
-    }
-    return true
-}
-
-private final class ThreadBody: Sendable {
-    let body: @Sendable () -> Void
-    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }

@@ -101,7 +101,7 @@ final class TLSContext: @unchecked Sendable {
 
 /// Why a handshake or a TLS read failed, from the SSL's verify result and the errors the bufferevent collected;
 /// nil when TLS reported nothing (the failure was the socket's).
-func tlsFailure(ssl: OpaquePointer?, errors: [UInt], verifiesPeer: Bool) -> String? {
+func describeTLSFailure(ssl: OpaquePointer?, errors: [UInt], verifiesPeer: Bool) -> String? {
     if verifiesPeer, let ssl {
         let result = SSL_get_verify_result(ssl)
         if result != X509_V_OK {
