@@ -35,15 +35,7 @@ extension TestRedis {
     private static let handedOut = Mutex<Set<Int>>([])
 
     private static func bindable(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = loopbackAddress(port: port)
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-            }
-        }
+        withLoopbackSocket(port: port) { bind($0, $1, $2) } == 0
     }
 
     private static func kernelPickedPort() throws -> Int {
@@ -172,6 +164,20 @@ func inlineCommandReply(port: Int, _ command: String, capacity: Int) -> [UInt8]?
     var buffer = [UInt8](repeating: 0, count: capacity)
     let count = read(fd, &buffer, buffer.count)
     return count > 0 ? Array(buffer[..<count]) : nil
+}
+
+/// Calls `operation` (bind, connect) with a new TCP socket and 127.0.0.1:`port`, closes the socket, and returns what
+/// `operation` returned (-1 when no socket could be made).
+func withLoopbackSocket(port: Int, _ operation: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return -1 }
+    defer { close(fd) }
+    var address = loopbackAddress(port: port)
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            operation(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+    }
 }
 
 func loopbackAddress(port: Int) -> sockaddr_in {
