@@ -79,9 +79,9 @@ struct DemoApp: Sendable {
             response.send("Welcome \(request.session["userName"] ?? "guest")")
         }
 
+        // An exact counter: every answered request adds one, however many run at once on however many instances.
         app.get("/views") { request, response in
-            let views = (request.session["views"]?.intValue ?? 0) + 1
-            request.session["views"] = .number(String(views))
+            let views = try await request.session.increment("views")
             response.send(json: ["views": .number(String(views)), "instance": .string(instance)])
         }
 

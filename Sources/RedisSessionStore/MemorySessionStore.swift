@@ -84,13 +84,14 @@ public final class MemorySessionStore: SessionStore {
         }
     }
 
-    /// Compare-and-set on the stored bytes under the lock; on a conflict the changes are re-applied onto the newer
-    /// value; a loaded session that is gone is not re-created.
+    /// The changes applied onto the stored value, written under the lock if nobody wrote since it was read (else
+    /// applied again onto the newer value: a request never fails for another's write); a loaded session that is
+    /// gone is not re-created. Increments add to the value as stored, so counters are exact.
     public func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
         enum Outcome { case written, gone, changed([UInt8]) }
         var base = write.base
         while true {
-            let data = write.data(onto: base?.data.values ?? JSONObject())
+            let data = try write.data(onto: base?.data.values ?? JSONObject())
             let json = data.jsonBytes()
             let now = self.now()
             let expiresAt = expiry(of: data, now: now)

@@ -240,6 +240,51 @@ public final class Session {
     /// - Throws: ``SessionStoreError`` when the store fails.
     nonisolated(nonsending) public func save() async throws {
         guard !isDetached, state == .active else { return }
+        _ = try await commit(increments: [])
+    }
+
+    /// Adds `amount` to the integer under `key` where the session is stored, and returns the new value: exact
+    /// however many requests of this session add at once, on any number of server instances (Redis: one script
+    /// call; a Redis Cluster too, as the session is one key). An absent or null value counts as 0.
+    ///
+    /// The request's other unsaved changes go to the store in the same call, and the cookie's lifetime restarts as
+    /// the end-of-request save would, so a request that changes nothing else costs no further store call. Values
+    /// other requests stored meanwhile become visible in this session. A session outside the cookie's path (never
+    /// stored) adds in memory only.
+    ///
+    /// ```swift
+    /// app.get("/views") { request, response in
+    ///     let views = try await request.session.increment("views")
+    ///     response.send("You have been here \(views) times")
+    /// }
+    /// ```
+    /// - Returns: the value after adding.
+    /// - Throws: ``SessionIncrementError`` when the value is not an integer, the sum leaves ±(2^53 - 1) (beyond
+    ///   which JavaScript loses digits), `key` is `"cookie"`, or the session was destroyed meanwhile (nothing is
+    ///   added in each case; out of a handler the middleware answers 409); ``SessionStoreError`` when the store
+    ///   fails (503).
+    @discardableResult
+    nonisolated(nonsending) public func increment(_ key: String, by amount: Int64 = 1) async throws -> Int64 {
+        guard key != "cookie" else { throw SessionIncrementError(key: key, reason: .reservedKey) }
+        guard state == .active else { throw SessionIncrementError(key: key, reason: .sessionGone) }
+        // This request's own copy first: a value that is no integer fails before any store call.
+        let local = try SessionCounter.adding(amount, to: values[key], key: key)
+        guard !isDetached else {
+            self[key] = .number(String(local))
+            return local
+        }
+        // This call is the request's save: restart the lifetime now, as the end-of-request touch would, so the
+        // expiry stored with it is the one that touch would set.
+        touch()
+        guard try await commit(increments: [(key, amount)]) else {
+            throw SessionIncrementError(key: key, reason: .sessionGone)
+        }
+        return try SessionCounter.value(of: values[key], key: key)
+    }
+
+    /// Commits the writes since the last commit, plus `increments`, and takes what the store now holds.
+    /// - Returns: false when the session was gone from the store (it is then destroyed here too).
+    nonisolated(nonsending) private func commit(increments: [(key: String, amount: Int64)]) async throws -> Bool {
         if !inStore, engine.configuration.absoluteTimeout != nil, values[Session.createdAtKey] == nil {
             // The creation time travels in the session JSON as an ordinary top-level key, so express-session
             // instances sharing the store keep it intact (they drop unknown fields of "cookie", not of the session).
@@ -247,7 +292,8 @@ public final class Session {
             values[Session.createdAtKey] = created
             if !writtenKeys.contains(Session.createdAtKey) { writtenKeys.append(Session.createdAtKey) }
         }
-        let changes = SessionChanges(updates: writtenKeys.map { ($0, values[$0]) }, replacesAll: replacedAll)
+        let changes = SessionChanges(updates: writtenKeys.map { ($0, values[$0]) }, increments: increments,
+                                     replacesAll: replacedAll)
         let write = SessionWrite(cookie: cookie, changes: changes, values: values, base: base)
         switch try await engine.commit(id, write, isNew: !inStore) {
         case .saved(let stored):
@@ -255,14 +301,17 @@ public final class Session {
             base = stored
             values = stored.data.values
             savedValues = values
+            changedSinceLoad = true
             changedSinceSave = false
             clearWrites()
+            return true
         case .gone:
             // Destroyed (logout, regenerate elsewhere) or expired while this request ran: it stays gone.
             engine.logger.info("session destroyed by another request while this one ran; its changes were dropped")
             state = .destroyed
             values = JSONObject()
             base = nil
+            return false
         }
     }
 

@@ -164,6 +164,8 @@ final class SessionEngine: Sendable {
     ) async throws -> T {
         do {
             return try await body()
+        } catch let error as SessionIncrementError {
+            throw error   // the application's data, not a store failure
         } catch {
             let failures = metrics.recordStoreError()
             // The error, never the session id: ids are credentials. During an outage every request fails alike:
@@ -276,6 +278,8 @@ public struct SessionMiddleware: Middleware {
             try await next()
         } catch is SessionStoreError {
             throw SessionMiddleware.unavailable
+        } catch let error as SessionIncrementError {
+            handlerError = HTTPError(.conflict, message: error.description)
         } catch {
             handlerError = error
         }

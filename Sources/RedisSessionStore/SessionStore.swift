@@ -79,8 +79,8 @@ public struct SessionData: Sendable, Equatable {
 /// - `get` returns nil for a missing, expired or malformed id, and throws only on a system failure;
 /// - `set` overwrites; `destroy` of a missing id is a no-op; `touch` only refreshes the expiry;
 /// - listing never blocks the store (Redis: SCAN, never KEYS);
-/// - `load` and `commit` are what ``SessionMiddleware`` uses: a store that implements them with compare-and-set
-///   loses no update between concurrent requests of one session (both built-in stores do).
+/// - `load` and `commit` are what ``SessionMiddleware`` uses: a store that applies a commit's changes atomically
+///   onto the stored value loses no update between concurrent requests of one session (both built-in stores do).
 public protocol SessionStore: Sendable {
     func get(_ id: String) async throws -> SessionData?
     func set(_ id: String, _ session: SessionData) async throws
@@ -97,9 +97,10 @@ public protocol SessionStore: Sendable {
     /// calls `get` (see `SessionStore+Concurrency.swift`).
     func load(_ id: String, touchingWith cookie: SessionCookie?) async throws -> StoredSession?
 
-    /// Writes a request's changes onto the stored session atomically (compare-and-set on the version, re-applying
-    /// the changes onto a newer value written meanwhile), never re-creating a session that was destroyed while the
+    /// Writes a request's changes onto the stored session atomically, onto whatever another request stored
+    /// meanwhile (so a busy session never conflicts), never re-creating a session that was destroyed while the
     /// request ran. A default implementation calls `set` (last writer wins).
+    /// - Throws: ``SessionIncrementError`` when an increment cannot apply (nothing is written); the store's errors.
     func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult
 
     /// How long one request may wait on this store in all, across its calls (load, save, destroy...), when the
