@@ -82,6 +82,37 @@ extension ScaleSuites {
             }
         }
 
+        /// A hot session: 64 connections through the balancer, one session, every request an increment. Each is
+        /// answered 200, the counter is exactly the number of answers, and each costs two round trips.
+        @Test func sixtyFourConnectionsOnOneSessionThroughTheBalancerCountExactly() async throws {
+            try await withCluster { cluster in
+                let client = try cluster.balancer.client()
+                #expect(try client.request("GET", "/views").status == 200)
+                let cookie = try #require(client.cookieJar["connect.sid"])
+                let id = try #require(DemoServer.sessionID(fromCookie: cookie))
+                let port = cluster.balancer.port
+                let before = try await cluster.redis.commandCounts()
+                let answers = try await inParallelThreads(64) { _ -> [(status: Int, instance: String)] in
+                    let client = try TestHTTPClient(port: port)
+                    client.cookieJar["connect.sid"] = cookie
+                    return try (0..<8).map { _ in
+                        let response = try client.request("GET", "/views")
+                        return (response.status, response.headers["X-Instance"] ?? "?")
+                    }
+                }.flatMap { $0 }
+                let after = try await cluster.redis.commandCounts()
+                let ok = answers.count { $0.status == 200 }
+                #expect(ok == 512, "statuses: \(Dictionary(grouping: answers.map(\.status)) { $0 }.mapValues(\.count))")
+                #expect(Set(answers.map(\.instance)) == ["app1", "app2", "app3"])
+                #expect(try await cluster.stored(id)?["views"]?.intValue == 1 + ok)
+                func delta(_ name: String) -> Int { (after[name] ?? 0) - (before[name] ?? 0) }
+                let roundTrips = Double(delta("getex") + delta("evalsha") + delta("eval")) / Double(answers.count)
+                print("ClusterTests: 64 connections x 8 GET /views on one session through haproxy: \(ok) x 200, "
+                    + "views \(1 + ok), \(roundTrips) Redis round trips per request")
+                #expect(roundTrips <= 2.0)
+            }
+        }
+
         @Test func logoutOnOneInstanceLogsTheSessionOutOnAll() async throws {
             try await withCluster { cluster in
                 let client = try cluster.balancer.client()

@@ -114,6 +114,17 @@ extension ScaleSuites {
             let data = try JSONValue(parsing: try client.request("GET", "/session").body)["data"]
             for index in 0..<20 { #expect(data?["key\(index)"]?.intValue == index, "key\(index) lost") }
 
+            // An exact counter on the cluster: 32 connections x 5 increments at once, on the session's primary.
+            let counts = try await inParallelThreads(32) { _ -> [Int] in
+                let client = try TestHTTPClient(port: port)
+                client.cookieJar["connect.sid"] = regenerated
+                return try (0..<5).map { _ in try client.request("GET", "/views").status }
+            }.flatMap { $0 }
+            #expect(counts == Array(repeating: 200, count: 160))
+            let counted = try JSONValue(parsing: try client.request("GET", "/session").body)["data"]
+            #expect(counted?["views"]?.intValue == 160)
+            #expect(counted?["key0"]?.intValue == 0)
+
             // Logout: the session is gone from the cluster.
             #expect(try client.request("POST", "/logout").status < 400)
             #expect(try await cluster.value(of: server.prefix + newID) == nil)
