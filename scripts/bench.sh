@@ -2,7 +2,7 @@
 # make bench: evserver (release build) against a hand-written C reference server, under wrk, with a private
 # redis-server. Prints a markdown table and writes it to bench-results/. See BENCHMARKS.md.
 #
-#   scripts/bench.sh                 the scenarios (hello, read, read-tls, write, create) -> bench-results/latest.md
+#   scripts/bench.sh                 the scenarios (hello, read, read-tls, write, hot, create) -> bench-results/latest.md
 #                                    read-tls: `read` with evserver on a second, TLS-only redis-server (rediss://,
 #                                    certificates from scripts/tls_certs.sh), compared with evserver's plain `read`
 #   scripts/bench.sh --threads 2     the same with both servers on 2 threads        -> bench-results/threads-2.md
@@ -15,12 +15,13 @@
 #          and redis-server on CPU 1; 0: no taskset), BENCH_OUT (report path), BENCH_IDLE_CONNECTIONS (10000),
 #          BENCH_CHECKPOINTS (200000,2000000), BENCH_WAIT_QUIET (0: seconds to wait, before each run, for other
 #          processes to leave the CPUs idle; for shared machines), BENCH_RETRY_NOISY (0: times to repeat a run
-#          that other processes disturbed, keeping the calmest).
+#          that other processes disturbed, keeping the calmest), BENCH_HOT_CONNECTIONS (8,16,64: the `hot` scenario,
+#          all connections on one session, runs once per count).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-mode=scenarios threads=1 smoke=0 build=1 servers=evserver,reference scenarios=hello,read,read-tls,write,create evserver=""
+mode=scenarios threads=1 smoke=0 build=1 servers=evserver,reference scenarios=hello,read,read-tls,write,hot,create evserver=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) threads="$2"; shift ;;
@@ -153,6 +154,7 @@ for s in "${server_args[@]}"; do server_flags+=(--server "$s"); done
 run() {
     python3 scripts/bench_run.py --work "$WORK" --redis-port "$redis_port" --threads "$threads" \
         --duration "$duration" --warmup "$warmup" --connections "${BENCH_CONNECTIONS:-64}" \
+        --hot-connections "${BENCH_HOT_CONNECTIONS:-8,16,64}" \
         --server-cpus "$server_cpus" --client-cpus "$client_cpus" \
         --checkpoints "${BENCH_CHECKPOINTS:-200000,2000000}" --idle-connections "${BENCH_IDLE_CONNECTIONS:-10000}" \
         --wait-quiet "${BENCH_WAIT_QUIET:-0}" --retry-noisy "${BENCH_RETRY_NOISY:-0}" \

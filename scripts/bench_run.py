@@ -2,8 +2,9 @@
 """Runs EvServer's benchmarks; scripts/bench.sh builds the servers, starts Redis, and calls this.
 
 Modes:
-  scenarios  wrk on hello/read/read-tls/write/create against each server: req/s, p50/p99, Redis commands, CPU,
-             peak RSS. `read-tls` is `read` against a second redis-server that speaks TLS only (--tls-redis-port,
+  scenarios  wrk on hello/read/read-tls/write/hot/create against each server: req/s, p50/p99, Redis commands, CPU,
+             peak RSS. `hot` is `write` with every connection on one session, run once per --hot-connections
+             count (rows `hot@8`, ...): non-2xx replies, round trips per request and the counter's exactness. `read-tls` is `read` against a second redis-server that speaks TLS only (--tls-redis-port,
              `rediss://`); only the servers named by --tls-servers run it (the C reference has no TLS), and its
              ratios are against the same server's plain-text `read` of this run.
   growth     RSS after 200k vs after 2M requests of the `write` scenario
@@ -40,6 +41,7 @@ SCENARIOS = {
     "hello": ("/hello", "none", "ok"),
     "read": ("/login", "one", "Welcome Aditya@123"),
     "write": ("/views", "many", None),  # {"views":n,"instance":"bench"}
+    "hot": ("/views", "one", None),  # every connection on one session
     "create": ("/", "none", "Thanks for visiting"),
     "read-tls": ("/login", "one", "Welcome Aditya@123"),
 }
@@ -281,8 +283,8 @@ def check_reply(scenario, port, cookie):
 
 # MARK: - wrk
 
-def wrk(opts, port, path, duration, cookie=None, cookie_file=None):
-    cmd = pinned(opts.client_cpus, ["wrk", "-t1", f"-c{opts.connections}", f"-d{duration}", "--latency",
+def wrk(opts, port, path, duration, cookie=None, cookie_file=None, connections=None):
+    cmd = pinned(opts.client_cpus, ["wrk", "-t1", f"-c{connections or opts.connections}", f"-d{duration}", "--latency",
                                     "-s", str(WRK_DIR / ("rotate.lua" if cookie_file else "report.lua"))])
     if cookie:
         cmd += ["-H", f"Cookie: {cookie}"]
@@ -326,8 +328,19 @@ def wait_quiet(limit):
         log(f"warning: the machine did not go quiet within {limit:.0f} s; measuring anyway")
 
 
+def base_scenario(scenario):
+    """`hot@16` -> `hot`: the scenario's definition; the suffix is its connection count."""
+    return scenario.partition("@")[0]
+
+
+def scenario_connections(opts, scenario):
+    count = scenario.partition("@")[2]
+    return int(count) if count else opts.connections
+
+
 def run_scenario(opts, redis, label, binary, scenario):
-    path, needs, _ = SCENARIOS[scenario]
+    path, needs, _ = SCENARIOS[base_scenario(scenario)]
+    connections = scenario_connections(opts, scenario)
     tls = scenario in TLS_TWIN
     redis, redis_pid = (opts.tls_redis, opts.tls_redis_pid) if tls else (redis, opts.redis_pid)
     wait_quiet(opts.wait_quiet)
@@ -336,14 +349,16 @@ def run_scenario(opts, redis, label, binary, scenario):
         cookie, cookie_file, ids, cookies = None, None, [], []
         if needs == "one":
             cookie = prime_sessions(server.port, 1)[0]
+            if base_scenario(scenario) == "hot":
+                ids = [session_id(cookie)]
         elif needs == "many":
             cookies = prime_sessions(server.port, opts.sessions)
             ids = [session_id(c) for c in cookies]
             cookie_file = Path(opts.work) / f"cookies-{label}.txt"
             cookie_file.write_text("\n".join(cookies) + "\n")
-        headers = check_reply(scenario, server.port, cookie or (cookies[0] if cookies else None))
+        headers = check_reply(base_scenario(scenario), server.port, cookie or (cookies[0] if cookies else None))
         if opts.warmup != "0":
-            wrk(opts, server.port, path, opts.warmup, cookie, cookie_file)
+            wrk(opts, server.port, path, opts.warmup, cookie, cookie_file, connections)
 
         views_before = sum_views(redis, ids) if ids else 0
         keys_before = redis("DBSIZE")
@@ -352,7 +367,7 @@ def run_scenario(opts, redis, label, binary, scenario):
         redis_before, _, _ = read_proc(redis_pid)
         wrk_before, busy_before = children_cpu(), cpu_busy()
         t0 = time.monotonic()
-        result = wrk(opts, server.port, path, opts.duration, cookie, cookie_file)
+        result = wrk(opts, server.port, path, opts.duration, cookie, cookie_file, connections)
         wall = time.monotonic() - t0
         cpu_after, rss, hwm = read_proc(server.proc.pid)
         redis_after, _, _ = read_proc(redis_pid)
@@ -360,14 +375,15 @@ def run_scenario(opts, redis, label, binary, scenario):
         calls_after = redis.command_calls()
         requests = max(result["requests"], 1)
 
+        # (Without the harness's own INFO, which reads these counts.)
         calls = {k: (v - calls_before.get(k, 0)) / requests for k, v in calls_after.items()
-                 if v != calls_before.get(k, 0)}
-        # Commands that Redis ran inside the compare-and-set script (one GET, at most one SET per EVALSHA) are
+                 if v != calls_before.get(k, 0) and k != "info"}
+        # Commands that Redis ran inside the session script (one GET, at most one SET per EVALSHA) are
         # counted by commandstats too; "sent" leaves them out so it counts what the server put on the wire.
         scripts = calls.get("evalsha", 0) + calls.get("eval", 0)
         inside = min(calls.get("get", 0), scripts) + min(calls.get("set", 0), scripts)
         row = {
-            "scenario": scenario, "server": label, "requests": result["requests"],
+            "scenario": scenario, "server": label, "requests": result["requests"], "connections": connections,
             "rps": result["requests"] / (result["duration_us"] / 1e6),
             "p50_us": result["p50_us"], "p99_us": result["p99_us"], "max_us": result["max_us"],
             "errors": sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors",
@@ -385,8 +401,9 @@ def run_scenario(opts, redis, label, binary, scenario):
         }
         ours = row["cpu_percent"] + row["wrk_cpu_percent"] + row["redis_cpu_percent"]
         row["foreign_cpu_percent"] = max(0.0, sum(row["cpu_busy_percent"].values()) - ours)
-        if scenario == "write":
+        if base_scenario(scenario) in ("write", "hot"):
             row["views_added"] = sum_views(redis, ids) - views_before
+            row["scripts_per_req"] = scripts
         if scenario == "create":
             row["keys_added"] = redis("DBSIZE") - keys_before
         if not server.alive():
@@ -434,7 +451,8 @@ def scenarios_report(opts, rows):
                        f"{r['cpu_us_per_req']:.1f} | {cpu_ratio} | {r['cpu_percent']:.0f}% | "
                        f"{fmt_mb(r['peak_rss_kb'])} | {r['errors']} |")
     out += tls_section(opts, by)
-    out += ["", "Redis commands per request, by command (`*` = run by Redis inside the compare-and-set script, "
+    out += hot_section(opts, rows)
+    out += ["", "Redis commands per request, by command (`*` = run by Redis inside the session script, "
             "not sent by the server):", ""]
     for r in rows:
         scripts = r["redis_calls_per_req"].get("evalsha", 0) + r["redis_calls_per_req"].get("eval", 0)
@@ -451,10 +469,11 @@ def scenarios_report(opts, rows):
     out += ["", "Checks:", ""]
     for r in rows:
         if "views_added" in r:
-            lost = r["views_added"] < r["requests"]
-            out.append(f"- write / {r['server']}: views went up by {r['views_added']:,} for {r['requests']:,} "
-                       f"answered requests ({'LOST UPDATES' if lost else 'no lost update'}; up to "
-                       f"{opts.connections} more may have been in flight when wrk stopped)")
+            answered = r["requests"] - r["status_errors"]
+            lost = r["views_added"] < answered
+            out.append(f"- {r['scenario']} / {r['server']}: views went up by {r['views_added']:,} for {answered:,} "
+                       f"requests answered 200 ({'LOST UPDATES' if lost else 'no lost update'}; up to "
+                       f"{r['connections']} more may have been in flight when wrk stopped)")
         if "keys_added" in r:
             out.append(f"- create / {r['server']}: {r['keys_added']:,} sessions stored for {r['requests']:,} "
                        "answered requests")
@@ -465,6 +484,29 @@ def scenarios_report(opts, rows):
     out += ["- every run answered 200 with the expected body before it was measured; `errors` counts wrk's "
             "socket errors, timeouts and non-2xx replies", ""]
     return "\n".join(out)
+
+
+def hot_section(opts, rows):
+    """All connections on one session: refusals, round trips and the counter, per connection count."""
+    hot = [r for r in rows if base_scenario(r["scenario"]) == "hot"]
+    if not hot:
+        return []
+    out = ["", "Hot session (`GET /views`, every connection on one session cookie; goal: 0 non-2xx and at most 2.0 "
+           "Redis round trips per request at every count (allowing for the requests in flight when wrk stops, whose "
+           "commands Redis counted but wrk did not); the counter gains one per answered request, plus at most those "
+           "in flight):", "",
+           "| connections | server | req/s | non-2xx | round trips/req | scripts/req | answered 200 | views added "
+           "| verdict |", "|--:|---|--:|--:|--:|--:|--:|--:|---|"]
+    for r in sorted(hot, key=lambda r: (r["connections"], opts.labels.index(r["server"]))):
+        answered = r["requests"] - r["status_errors"]
+        exact = answered <= r["views_added"] <= answered + r["connections"]
+        # Requests still in flight when wrk stops sent their commands but are not counted as requests.
+        in_flight = 2.0 * r["connections"] / max(r["requests"], 1)
+        ok = r["status_errors"] == 0 and r["redis_sent_per_req"] <= 2.0 + in_flight and exact
+        out.append(f"| {r['connections']} | {r['server']} | {r['rps']:,.0f} | {r['status_errors']:,} | "
+                   f"{r['redis_sent_per_req']:.2f} | {r['scripts_per_req']:.2f} | {answered:,} | "
+                   f"{r['views_added']:,} | {'pass' if ok else 'MISSED'} |")
+    return out
 
 
 def tls_section(opts, by):
@@ -611,7 +653,8 @@ def main():
     p.add_argument("--redis-port", type=int, required=True)
     p.add_argument("--out", required=True, help="markdown report (a .json with the raw numbers goes beside it)")
     p.add_argument("--title", default="evserver vs the C reference")
-    p.add_argument("--scenarios", default="hello,read,read-tls,write,create")
+    p.add_argument("--scenarios", default="hello,read,read-tls,write,hot,create")
+    p.add_argument("--hot-connections", default="8,16,64", help="the hot scenario's connection counts")
     p.add_argument("--tls-redis-port", type=int, help="the TLS-only redis-server of the TLS scenarios")
     p.add_argument("--tls-ca", help="the CA file that signed that redis-server's certificate")
     p.add_argument("--tls-servers", default="", help="labels of the servers that run the TLS scenarios")
@@ -633,6 +676,8 @@ def main():
     for s in opts.scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
+    hot_counts = [int(c) for c in opts.hot_connections.split(",") if c]
+    opts.scenarios = [x for s in opts.scenarios for x in ([f"hot@{c}" for c in hot_counts] if s == "hot" else [s])]
     servers = []
     for spec in opts.server:
         label, _, binary = spec.partition("=")
