@@ -110,6 +110,18 @@ extension ScaleSuites {
                 print("ClusterTests: 64 connections x 8 GET /views on one session through haproxy: \(ok) x 200, "
                     + "views \(1 + ok), \(roundTrips) Redis round trips per request")
                 #expect(roundTrips <= 2.0)
+
+                // Twenty keys written at once through the three instances all land, beside the counter.
+                let statuses = try await inParallelThreads(20) { index -> Int in
+                    let client = try TestHTTPClient(port: port)
+                    client.cookieJar["connect.sid"] = cookie
+                    return try client.request("POST", "/session", headers: ["Content-Type": "application/json"],
+                                              body: #"{"key\#(index)":\#(index)}"#).status
+                }
+                #expect(statuses == Array(repeating: 200, count: 20))
+                let stored = try await cluster.stored(id)
+                for index in 0..<20 { #expect(stored?["key\(index)"]?.intValue == index, "key\(index) lost") }
+                #expect(stored?["views"]?.intValue == 1 + ok)
             }
         }
 
