@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help build release run test tsan cluster chaos chaos-latency redis-cluster cluster-chaos redis-sentinel sentinel-chaos fuzz fuzz-smoke \
+.PHONY: help build release run test tsan cluster hot chaos chaos-latency redis-cluster cluster-chaos redis-sentinel sentinel-chaos fuzz fuzz-smoke \
 	bench bench-smoke browser-test
 
 help: ## List the targets
@@ -25,6 +25,9 @@ tsan: ## The multi-loop tests under ThreadSanitizer (separate build in .build-ts
 
 cluster: ## Redis + three evserver instances + haproxy on :8080, on loopback (Ctrl-C stops all)
 	@scripts/cluster.sh
+
+hot: ## 64 connections on one session through haproxy and three instances: every request 200, the counter exact
+	@scripts/hot.sh
 
 chaos: ## Redis kill -9 / CLIENT PAUSE / CLIENT KILL under load against one evserver; per-phase table
 	@scripts/chaos.sh

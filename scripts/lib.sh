@@ -50,6 +50,48 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# free_port_run N: the first of N consecutive free loopback ports (for app1..appN, which scripts/cluster.sh puts on
+# APP_PORT_BASE, +1, +2...). Fails when 50 random tries found none.
+free_port_run() {
+    python3 - "$1" <<'PY'
+import random, socket, sys
+count = int(sys.argv[1])
+for _ in range(50):
+    start = random.randrange(20000, 40000)
+    sockets = []
+    try:
+        for port in range(start, start + count):
+            s = socket.socket()
+            sockets.append(s)
+            s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        for s in sockets:
+            s.close()
+    print(start)
+    sys.exit(0)
+sys.exit(1)
+PY
+}
+
+# start_cluster_detached BUILD: scripts/cluster.sh (redis, app1..app3, haproxy) left running on free loopback ports,
+# BUILD being release or debug; sets LB_PORT (kept if set), CLUSTER_REDIS_PORT and CLUSTER_DIR, and stops the
+# cluster when the calling script exits.
+start_cluster_detached() {
+    LB_PORT="${LB_PORT:-$(free_port)}"
+    CLUSTER_REDIS_PORT="$(free_port)"
+    local base info
+    base="$(free_port_run 3)" || die "no three consecutive free ports found"
+    log "starting the cluster (haproxy on 127.0.0.1:$LB_PORT, apps on $base..$((base + 2)))"
+    info="$(CLUSTER_DETACH=1 CLUSTER_BUILD="$1" LB_PORT="$LB_PORT" APP_PORT_BASE="$base" \
+        REDIS_PORT="$CLUSTER_REDIS_PORT" scripts/cluster.sh)"
+    echo "$info" >&2
+    CLUSTER_DIR="$(printf '%s\n' "$info" | sed -n 's/^CLUSTER_DIR=//p')"
+    [ -n "$CLUSTER_DIR" ] || die "cluster.sh did not say where the cluster runs"
+    trap 'log "stopping the cluster"; scripts/cluster.sh stop "$CLUSTER_DIR"' EXIT
+}
+
 # stop_pidfiles TENTHS PIDFILE...: kills the process each pid file names, then waits up to TENTHS tenths of a second
 # until none is alive, so that their ports are free when it returns. Missing files (an unmatched glob) are skipped.
 stop_pidfiles() {
