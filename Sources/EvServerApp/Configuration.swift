@@ -48,6 +48,8 @@ struct AppConfiguration: Sendable {
     var rolling = false
     var resave = false
     var saveUninitialized = false
+    /// `--cookie-secure`: left out, `.never` (no `secure` in the stored cookie, as express without the option);
+    /// `false`, `.off` (`"secure":false` stored, as express's `secure: false`); `true`, `.always`; `auto`, `.auto`.
     var cookieSecure: SessionCookieOptions.Secure = .never
     var cookieSameSite: SetCookie.SameSite = .lax
     var trustProxy = TrustedProxies.none
@@ -115,7 +117,8 @@ struct ServerOptions: ParsableArguments {
             help: "Save new sessions that were not modified: true|false (env SESSION_SAVE_UNINITIALIZED, default false).")
     var saveUninitialized: String?
 
-    @Option(name: .customLong("cookie-secure"), help: "true|false|auto (env SESSION_COOKIE_SECURE, default false).")
+    @Option(name: .customLong("cookie-secure"),
+            help: "Secure attribute of the session cookie: true|false|auto; false is stored in the session as secure: false, as express-session does (env SESSION_COOKIE_SECURE, default: not set, never Secure).")
     var cookieSecure: String?
 
     @Option(name: .customLong("cookie-samesite"), help: "lax|strict|none (env SESSION_COOKIE_SAMESITE, default lax).")
@@ -237,7 +240,7 @@ struct ServerOptions: ParsableArguments {
         if let (v, name) = value(cookieSecure, "--cookie-secure", "SESSION_COOKIE_SECURE") {
             switch v.lowercased() {
             case "auto": config.cookieSecure = .auto
-            default: config.cookieSecure = try Self.boolean(v, name) ? .always : .never
+            default: config.cookieSecure = try Self.boolean(v, name) ? .always : .off
             }
         }
         if let (v, name) = value(cookieSameSite, "--cookie-samesite", "SESSION_COOKIE_SAMESITE") {

@@ -99,6 +99,18 @@ import Testing
         #expect(!message.contains("\n"))
     }
 
+    @Test func cookieSecureFalseIsStoredAsExpressStoresSecureFalse() throws {
+        // Left out: express without the option (no `secure` member stored); `false`: express's `secure: false`.
+        #expect(try resolve(["--secret", "s"]).cookieSecure == .never)
+        #expect(try resolve(["--secret", "s", "--cookie-secure", "false"]).cookieSecure == .off)
+        #expect(try resolve(["--secret", "s"], ["SESSION_COOKIE_SECURE": "false"]).cookieSecure == .off)
+        #expect(try resolve(["--secret", "s", "--cookie-secure", "0"]).cookieSecure == .off)
+        #expect(try resolve(["--secret", "s", "--cookie-secure", "true"]).cookieSecure == .always)
+        #expect(try resolve(["--secret", "s", "--cookie-secure", "AUTO"]).cookieSecure == .auto)
+        #expect(try resolve(["--secret", "s", "--cookie-secure", "false"], ["SESSION_COOKIE_SECURE": "true"])
+            .cookieSecure == .off)
+    }
+
     @Test func missingSecretRefusesToStart() throws {
         let error = #expect(throws: ConfigurationError.self) { try resolve([]) }
         #expect(error?.description.contains("SESSION_SECRET") == true)

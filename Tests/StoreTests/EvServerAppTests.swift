@@ -297,6 +297,26 @@ func withDemo(_ arguments: [String] = [], redisPort: Int? = nil, _ body: (DemoSe
         }
     }
 
+    @Test func cookieSecureFalseIsStoredAsExpressStoresIt() async throws {
+        // express-session with `cookie: {secure: false}` stores the member; without the option it leaves it out.
+        for (arguments, cookie) in [
+            (["--cookie-secure", "false"],
+             #"{"originalMaxAge":null,"expires":null,"secure":false,"httpOnly":true,"path":"/","sameSite":"lax"}"#),
+            ([], #"{"originalMaxAge":null,"expires":null,"httpOnly":true,"path":"/","sameSite":"lax"}"#),
+        ] {
+            try await withDemo(arguments) { app in
+                let port = app.server.port
+                let visit = try await onThread { try TestHTTPClient(port: port).request("GET", "/") }
+                let setCookie = try #require(visit.setCookies.first)
+                #expect(setCookie.hasSuffix("; Path=/; HttpOnly; SameSite=Lax"), "\(arguments)")
+                let cookieValue = try #require(visit.cookies["connect.sid"])
+                let id = try #require(DemoServer.sessionID(fromCookie: cookieValue))
+                #expect(try await app.stored(id) == #"{"cookie":"# + cookie + #","userName":"Aditya@123"}"#,
+                        "\(arguments)")
+            }
+        }
+    }
+
     @Test func secureCookiesAreNeverSentOverPlainHTTP() async throws {
         // Behind a trusted proxy that says https, they are.
         try await withDemo(["--cookie-secure", "true", "--trust-proxy", "true"]) { secure in
