@@ -85,16 +85,23 @@ struct DemoApp: Sendable {
             response.send(json: ["views": .number(String(views)), "instance": .string(instance)])
         }
 
+        // `id` is express's `req.sessionID` for every session that is or will be in the store when this response
+        // goes out: a loaded one, or a new one the middleware saves after the handler (with --save-uninitialized,
+        // or once modified), whose id is the one in this response's Set-Cookie. Only a new session that will not be
+        // saved (nothing stored, no --save-uninitialized) answers null: its id would name nothing.
+        // `ttl` goes with `id` (null when it is): the seconds the store keeps the session from now. Every request
+        // refreshes the store's expiry, and a new session is saved with the full lifetime, so it is the cookie's
+        // remaining life, or the idle TTL when the cookie lasts for the browser session.
         let idleTTL = configuration.idleTimeout
+        let savesUninitialized = configuration.saveUninitialized
         app.get("/session") { request, response in
             let session = request.session
+            let isStored = !session.isNew || savesUninitialized || session.status == .modified
             let body: JSONValue = [
-                "id": session.isNew ? .null : .string(session.id),
+                "id": isStored ? .string(session.id) : .null,
                 "data": .object(session.data),
                 "cookie": session.cookie.jsonValue,
-                // Every request refreshes the store's expiry, so what is left is the cookie's remaining life, or the
-                // idle TTL when the cookie lasts for the browser session.
-                "ttl": session.isNew ? .null : .number(String(Self.remainingSeconds(session.cookie, idleTTL: idleTTL))),
+                "ttl": isStored ? .number(String(Self.remainingSeconds(session.cookie, idleTTL: idleTTL))) : .null,
                 "instance": .string(instance),
             ]
             response.send(json: body)

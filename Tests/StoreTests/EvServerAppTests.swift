@@ -144,6 +144,37 @@ func withDemo(_ arguments: [String] = [], redisPort: Int? = nil, _ body: (DemoSe
         }
     }
 
+    @Test func sessionRouteShowsTheIdOfANewSessionItSaves() async throws {
+        // express's req.sessionID: with saveUninitialized the new session is stored and its id sent in the cookie.
+        for (arguments, ttls) in [([String](), 86399...86400), (["--max-age", "600"], 599...600)] {
+            try await withDemo(["--save-uninitialized", "true"] + arguments) { app in
+                let port = app.server.port
+                let response = try await onThread { try TestHTTPClient(port: port).request("GET", "/session") }
+                let shown = try JSONValue(parsing: response.body).objectValue
+                let cookie = try #require(response.cookies["connect.sid"], "\(arguments)")
+                #expect(cookie.hasPrefix("s%3A"))
+                let id = try #require(DemoServer.sessionID(fromCookie: cookie))
+                #expect(shown?["id"]?.stringValue == id, "\(arguments)")
+                #expect(shown?["data"] == .object(JSONObject()))
+                let ttl = try #require(shown?["ttl"]?.intValue, "\(arguments)")
+                #expect(ttls.contains(ttl), "\(arguments): ttl \(ttl)")
+                #expect(try await app.stored(id) != nil, "\(arguments)")
+                #expect(ttls.contains(try await app.ttl(id)), "\(arguments)")
+                #expect(try await app.keys() == [app.prefix + id])
+            }
+        }
+        // Without it nothing is stored and no cookie is sent: no id to show.
+        try await withDemo() { app in
+            let port = app.server.port
+            let response = try await onThread { try TestHTTPClient(port: port).request("GET", "/session") }
+            let shown = try JSONValue(parsing: response.body).objectValue
+            #expect(response.setCookies.isEmpty)
+            #expect(shown?["id"] == .null)
+            #expect(shown?["ttl"] == .null)
+            #expect(try await app.keys().isEmpty)
+        }
+    }
+
     @Test func postSessionMergesObjectsAndRejectsEverythingElse() async throws {
         try await withDemo(["--max-body", "1000"]) { app in
             let client = try app.client()
