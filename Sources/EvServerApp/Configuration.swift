@@ -128,7 +128,7 @@ struct ServerOptions: ParsableArguments {
             help: "Proxies whose X-Forwarded-Proto/For are believed: true (any), false, or a list of addresses/CIDRs (env TRUST_PROXY, default false).")
     var trustProxy: String?
 
-    @Option(help: "Instance name sent as X-Instance (env INSTANCE_NAME, default the host name).")
+    @Option(help: "Instance name sent as X-Instance on every response, the server's own error answers included (env INSTANCE_NAME, default the host name).")
     var instance: String?
 
     @Option(name: .customLong("max-body"), help: "Largest request body in bytes (env EVSERVER_MAX_BODY, default 65536).")
@@ -256,7 +256,15 @@ struct ServerOptions: ParsableArguments {
                 throw ConfigurationError("\(name): \(error)")
             }
         }
-        config.instance = value(instance, "--instance", "INSTANCE_NAME")?.0 ?? Self.hostName()
+        if let (v, name) = value(instance, "--instance", "INSTANCE_NAME") {
+            // Sent as X-Instance on every response: it must be a header value.
+            do { _ = try DefaultHeaders([("X-Instance", v)]) } catch {
+                throw ConfigurationError("\(name): \(v.debugDescription) cannot be sent as X-Instance (\(error))")
+            }
+            config.instance = v
+        } else {
+            config.instance = Self.hostName()
+        }
         config.maxBody = try value.integer(maxBody, "--max-body", "EVSERVER_MAX_BODY", in: 0...(64 << 20)) ?? config.maxBody
         config.maxConnections = try value.integer(maxConnections, "--max-connections", "EVSERVER_MAX_CONNECTIONS",
                                                   in: 1...1_000_000) ?? config.maxConnections

@@ -91,6 +91,8 @@ import Testing
         (["--absolute-timeout", "soon"], "--absolute-timeout"),
         (["--shutdown-timeout=-5"], "--shutdown-timeout"),
         (["--max-connections", "0"], "--max-connections"),
+        (["--instance", "app\r\nSet-Cookie: x=y"], "--instance"),
+        (["--instance", "a\u{0}b"], "--instance"),
     ])
     func badValuesFailWithOneClearLine(arguments: [String], mentions: String) throws {
         let error = #expect(throws: ConfigurationError.self) { try resolve(arguments + ["--secret", "s"]) }
