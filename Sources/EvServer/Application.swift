@@ -21,7 +21,7 @@ private let logger = Logger(label: "evserver.http")
 /// let app = Application()
 /// app.use { request, response, next in
 ///     try await next()
-///     response.headers.replace("X-Instance", "a")
+///     response.headers.replace("Cache-Control", "no-store")
 /// }
 /// app.get("/users/:id") { request, response in
 ///     response.send(json: #"{"id":"\#(request.parameters["id"]!)"}"#)
@@ -48,7 +48,8 @@ public final class Application: Sendable {
     private let startedServers = Mutex<[RunningServer]>([])
 
     /// Creates an application.
-    /// - Parameter configuration: server limits and timeouts.
+    /// - Parameter configuration: server limits and timeouts, and the header fields every response carries
+    ///   (``HTTPServerConfiguration/defaultHeaders``).
     public init(configuration: HTTPServerConfiguration = .init()) {
         self.configuration = configuration
     }

@@ -56,6 +56,7 @@ private let logger = Logger(label: "evserver.http")
 /// request is ever read as a request. Malformed or ambiguous framing (the shapes of request smuggling: two
 /// `Content-Length` fields, `Content-Length` with `Transfer-Encoding`, a `Transfer-Encoding` other than `chunked`,
 /// folded header lines, bare LF line ends, a non-numeric `Content-Length`) is answered `400 Bad Request` the same way.
+/// These answers, like every other response, carry the ``defaultHeaders``.
 public struct HTTPServerConfiguration: Sendable, Equatable {
     /// The largest request line plus header fields, in bytes, line ends included (trailer fields of a chunked body
     /// count too). Larger requests are answered `431 Request Header Fields Too Large`.
@@ -87,6 +88,11 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     /// How long a graceful shutdown (SIGTERM, ``RunningServer/shutdown(timeout:)``) waits for requests in flight
     /// before dropping them.
     public var shutdownTimeout: Duration
+    /// Header fields sent on every response: on the application's unless the handler (or a middleware, or an
+    /// ``HTTPError``) set a field of the same name, and on the answers the server sends by itself (the refusals
+    /// above, `408`, the `503` past ``maxConnections``, libevent's own error pages) unless the answer has a field
+    /// of that name already (`Content-Type`, `Retry-After`). evhttp's interim `100 Continue` does not get them.
+    public var defaultHeaders: DefaultHeaders
 
     /// Creates a configuration.
     /// - Parameters:
@@ -100,10 +106,11 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     ///   - maxConnections: open connections per event loop (default 10,000).
     ///   - backlog: the listen backlog (default 1024).
     ///   - shutdownTimeout: the longest graceful shutdown (default 10 s).
+    ///   - defaultHeaders: header fields sent on every response (default none).
     public init(maxHeaderSize: Int = 16384, maxBodySize: Int = 65536, maxURILength: Int = 8192,
                 maxHeaderCount: Int = 100, timeout: Duration = .seconds(30), idleTimeout: Duration = .seconds(15),
                 headerTimeout: Duration = .seconds(10), maxConnections: Int = 10_000, backlog: Int = 1024,
-                shutdownTimeout: Duration = .seconds(10)) {
+                shutdownTimeout: Duration = .seconds(10), defaultHeaders: DefaultHeaders = DefaultHeaders()) {
         self.maxHeaderSize = maxHeaderSize
         self.maxBodySize = maxBodySize
         self.maxURILength = maxURILength
@@ -114,6 +121,7 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
         self.maxConnections = maxConnections
         self.backlog = backlog
         self.shutdownTimeout = shutdownTimeout
+        self.defaultHeaders = defaultHeaders
     }
 
     /// The size limits, as the request scanner uses them.
@@ -352,6 +360,8 @@ final class HTTPServer: @unchecked Sendable {
     private let workers = RequestWorkers<RequestJob>()
     fileprivate let limits: HTTPLimits
     private let maxConnections: Int
+    /// ``HTTPServerConfiguration/defaultHeaders``.
+    private let defaultHeaders: DefaultHeaders
     private var http: OpaquePointer?
     private var listener: OpaquePointer?
 
@@ -404,6 +414,7 @@ final class HTTPServer: @unchecked Sendable {
         self.pipeline = pipeline
         self.limits = configuration.limits
         self.maxConnections = max(1, configuration.maxConnections)
+        self.defaultHeaders = configuration.defaultHeaders
         // Sweep often enough that a timeout fires at most a quarter late (and at most 1 s late).
         let shortest = min(configuration.headerTimeout, configuration.idleTimeout, Self.lingerTime)
         let interval = max(.milliseconds(10), min(.seconds(1), shortest / 4))
@@ -617,6 +628,10 @@ final class HTTPServer: @unchecked Sendable {
                 logger.warning("dropped response header \(field.name): a name or value must not contain CR or LF")
             }
         }
+        // The default fields the response does not have (checked when configured: evhttp takes them all).
+        for field in defaultHeaders.fields where !parts.headers.contains(field.name) {
+            addHeader(output, field.name, field.value)
+        }
         if closing {
             evhttp_remove_header(output, "Connection")
             evhttp_add_header(output, "Connection", "close")
@@ -646,8 +661,12 @@ final class HTTPServer: @unchecked Sendable {
             // this (from evhttp_send_done) before it closes it.
             evhttp_request_set_on_complete_cb(req, onResponseWritten, Unmanaged.passUnretained(client).toOpaque())
         }
-        // A detached request (its client went away while we worked) is freed inside this call.
+        // evhttp writes the whole reply into the output buffer inside this call; the watch for evhttp's own answers
+        // (see `evhttpWrote`) looks away meanwhile. A detached request (its client went away while we worked) is
+        // freed inside this call.
+        client?.watchesOwnAnswers(false)
         reason.withCString { evhttp_send_reply(req, Int32(code), $0, nil) }
+        client?.watchesOwnAnswers(true)
         checkDrained()
     }
 
@@ -741,21 +760,29 @@ final class HTTPServer: @unchecked Sendable {
     //   scanner's `completedRequests`); until then the refusal waits (`pendingFailure`), and so do the timeouts.
     // - Timeouts are checked by a periodic sweep over the connections, so the request path only stores a tick.
     //   evhttp's own read/write timeout (`timeout`) still covers bodies and responses in transit.
+    // - evhttp still answers a few requests by itself, with evhttp_send_error's HTML page: a request target its URI
+    //   parser refuses (`//host:port` with a bad port, say), which the scanner lets through. So that such an answer
+    //   carries the default header fields too, a callback on the output buffer (when there are default fields)
+    //   watches what evhttp writes there, switched off while evhttp writes one of our replies: whatever it sees is
+    //   evhttp's own. The first thing evhttp writes is the status line, in one piece; the fields go right after it.
 
     /// The bufferevent for a connection evhttp is accepting (evhttp_set_bevcb).
     fileprivate func newBufferevent(_ base: OpaquePointer) -> OpaquePointer? {
         // Without one evhttp makes its own bufferevent; that connection then goes unchecked, but only when
         // memory has run out.
-        guard let bufferevent = bufferevent_socket_new(base, -1, 0), let input = bufferevent_get_input(bufferevent)
+        guard let bufferevent = bufferevent_socket_new(base, -1, 0), let input = bufferevent_get_input(bufferevent),
+              let output = bufferevent_get_output(bufferevent)
         else { return nil }
         let overCapacity = connections.count + unregistered.count >= maxConnections
-        let client = ClientConnection(server: self, bufferevent: bufferevent, input: input, limits: limits,
-                                      since: tick, overCapacity: overCapacity)
+        let client = ClientConnection(server: self, bufferevent: bufferevent, input: input, output: output,
+                                      limits: limits, since: tick, overCapacity: overCapacity)
         bufferevent_incref(bufferevent)   // dropped in registerNewConnections
         if !overCapacity {
-            // passUnretained: the client is in `unregistered`, then `connections`, until `detach` removes this
-            // callback.
-            client.callbackEntry = evbuffer_add_cb(input, onInput, Unmanaged.passUnretained(client).toOpaque())
+            // passUnretained: the client is in `unregistered`, then `connections`, until `detach` removes these
+            // callbacks.
+            let context = Unmanaged.passUnretained(client).toOpaque()
+            client.callbackEntry = evbuffer_add_cb(input, onInput, context)
+            if !defaultHeaders.isEmpty { client.outputCallbackEntry = evbuffer_add_cb(output, onOutput, context) }
         }
         unregistered.append(client)
         if unregistered.count == 1, let registerEvent { event_active(registerEvent, 0, 0) }
@@ -809,6 +836,58 @@ final class HTTPServer: @unchecked Sendable {
             evbuffer_remove_cb_entry(client.input, entry)
             client.callbackEntry = nil
         }
+        if let entry = client.outputCallbackEntry {
+            evbuffer_remove_cb_entry(client.output, entry)
+            client.outputCallbackEntry = nil
+        }
+    }
+
+    /// evhttp has just written `added` bytes to `client`'s output on its own: the server's replies switch this
+    /// watch off while evhttp writes them (see "how each connection's bytes reach the scanner" above). A final
+    /// answer (an error page) gets the default fields right after its status line, the first thing evhttp writes;
+    /// an interim one (`100 Continue`) is left alone, and the watch goes on for what follows it.
+    fileprivate func evhttpWrote(_ client: ClientConnection, added: Int) {
+        let output = client.output
+        let length = evbuffer_get_length(output)
+        guard let entry = client.outputCallbackEntry, added <= length else { return }
+        // evbuffer_peek, not evbuffer_copyout_from: the bufferevent freezes its output's start at times, and then
+        // copying out fails.
+        let start = Self.peek(output, at: length - added, count: min(added, 16))   // `HTTP/1.1 400 Ba`
+        guard let statusClass = Self.statusClass(ofStatusLineStart: start), statusClass != 1 else { return }
+        // Once is enough: evhttp closes the connection after its error page. Removed first, so that adding the
+        // fields does not call back here.
+        evbuffer_remove_cb_entry(output, entry)
+        client.outputCallbackEntry = nil
+        let fields = defaultFieldLines(skipping: Self.evhttpErrorPageFields)
+        _ = fields.withCString { evbuffer_add(output, $0, fields.utf8.count) }
+    }
+
+    /// Up to `count` bytes of `buffer` from `offset` on, without draining them.
+    private static func peek(_ buffer: OpaquePointer, at offset: Int, count: Int) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var position = evbuffer_ptr()
+        guard evbuffer_ptr_set(buffer, &position, offset, EVBUFFER_PTR_SET) == 0 else { return bytes }
+        var extent = iovec()
+        while bytes.count < count {
+            let wanted = count - bytes.count
+            guard evbuffer_peek(buffer, wanted, &position, &extent, 1) > 0, let base = extent.iov_base else { break }
+            let taken = min(extent.iov_len, wanted)
+            bytes += UnsafeRawBufferPointer(start: base, count: taken)
+            guard evbuffer_ptr_set(buffer, &position, taken, EVBUFFER_PTR_ADD) == 0 else { break }
+        }
+        return bytes
+    }
+
+    /// The fields evhttp_send_error's page has (its own win over default ones of the same name).
+    private static let evhttpErrorPageFields = ["Content-Type", "Connection", "Date", "Content-Length"]
+
+    /// The first digit of the status code, from the start of a status line (`HTTP/1.1 400 …`); nil when `bytes`
+    /// does not start like one.
+    static func statusClass(ofStatusLineStart bytes: [UInt8]) -> Int? {
+        guard bytes.starts(with: "HTTP/".utf8), let space = bytes.firstIndex(of: 32), space + 1 < bytes.count
+        else { return nil }
+        let digit = bytes[space + 1]
+        return (48...57).contains(digit) ? Int(digit - 48) : nil
     }
 
     /// Open connections, including those not registered yet (for tests).
@@ -865,7 +944,7 @@ final class HTTPServer: @unchecked Sendable {
         let fd = bufferevent_getfd(client.bufferevent)
         guard fd >= 0 else { return }
         let body = #"{"error":\#(jsonQuoted(rejection.message))}"#
-        Self.writeBestEffort(fd, Self.errorResponse(rejection.status, body: body))
+        Self.writeBestEffort(fd, errorResponse(rejection.status, body: body))
         shutdownSending(fd)
     }
 
@@ -878,7 +957,7 @@ final class HTTPServer: @unchecked Sendable {
         detach(client)
         let fd = bufferevent_getfd(client.bufferevent)
         if fd >= 0 {
-            Self.writeBestEffort(fd, Self.overCapacityResponse)
+            Self.writeBestEffort(fd, overCapacityResponse)
             // Read what the client has already sent: closing with unread input would send a reset instead of
             // the answer's end.
             var scratch = [UInt8](repeating: 0, count: 16384)
@@ -931,18 +1010,33 @@ final class HTTPServer: @unchecked Sendable {
 
     // MARK: Raw answers
 
-    /// A complete response with `Connection: close`.
-    private static func errorResponse(_ status: HTTPStatus, body: String, extraHeaders: String = "") -> [UInt8] {
-        let head = "HTTP/1.1 \(status.code) \(status.reason)\r\nDate: \(httpDate(secondsSince1970: Int(time(nil))))\r\n"
-            + "Content-Type: application/json; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n"
-            + extraHeaders + "Connection: close\r\n\r\n"
+    /// A complete response with `Connection: close` and the default fields it does not have already.
+    private func errorResponse(_ status: HTTPStatus, body: String,
+                               extraHeaders: [(name: String, value: String)] = []) -> [UInt8] {
+        let fields = [("Date", httpDate(secondsSince1970: Int(time(nil)))),
+                      ("Content-Type", "application/json; charset=utf-8"),
+                      ("Content-Length", String(body.utf8.count))] + extraHeaders
+        var head = "HTTP/1.1 \(status.code) \(status.reason)\r\n"
+        for field in fields { head += "\(field.name): \(field.value)\r\n" }
+        head += defaultFieldLines(skipping: fields.map(\.name))
+        head += "Connection: close\r\n\r\n"
         return Array((head + body).utf8)
     }
 
+    /// The default fields as header lines (`Name: value\r\n`), but those named in `present`.
+    private func defaultFieldLines(skipping present: [String]) -> String {
+        var lines = ""
+        for field in defaultHeaders.fields {
+            guard !present.contains(where: { $0.asciiCaseInsensitiveEquals(field.name) }) else { continue }
+            lines += "\(field.name): \(field.value)\r\n"
+        }
+        return lines
+    }
+
     /// Made for each refusal, not once: its `Date` must be the current one.
-    private static var overCapacityResponse: [UInt8] {
+    private var overCapacityResponse: [UInt8] {
         errorResponse(.serviceUnavailable, body: #"{"error":"too many connections"}"#,
-                      extraHeaders: "Retry-After: 1\r\n")
+                      extraHeaders: [("Retry-After", "1")])
     }
 
     /// Sends what the socket takes now. The answers are small and the socket's send buffer is empty when they are
@@ -1086,9 +1180,13 @@ fileprivate final class ClientConnection: @unchecked Sendable {
     let bufferevent: OpaquePointer
     /// The bufferevent's input buffer, where evhttp parses requests from.
     let input: OpaquePointer
+    /// The bufferevent's output buffer, where evhttp writes responses.
+    let output: OpaquePointer
     /// evhttp's connection object, once registered; nil again once evhttp has freed it.
     var connection: OpaquePointer?
     var callbackEntry: OpaquePointer?
+    /// The watch on ``output`` for what evhttp writes on its own (only with default header fields).
+    var outputCallbackEntry: OpaquePointer?
     var scanner: HTTPLimits.Scanner
     /// Requests whose response has been written (the scanner counts the ones received).
     var answered = 0
@@ -1119,14 +1217,23 @@ fileprivate final class ClientConnection: @unchecked Sendable {
         inFlight == 0 && !flushing && answered >= scanner.completedRequests
     }
 
-    init(server: HTTPServer, bufferevent: OpaquePointer, input: OpaquePointer, limits: HTTPLimits, since: Int,
-         overCapacity: Bool) {
+    init(server: HTTPServer, bufferevent: OpaquePointer, input: OpaquePointer, output: OpaquePointer,
+         limits: HTTPLimits, since: Int, overCapacity: Bool) {
         self.server = server
         self.bufferevent = bufferevent
         self.input = input
+        self.output = output
         self.scanner = HTTPLimits.Scanner(limits: limits)
         self.since = since
         self.overCapacity = overCapacity
+    }
+
+    /// Switches the watch on what evhttp writes on its own (see `HTTPServer.evhttpWrote`) on or off.
+    @inline(__always)
+    func watchesOwnAnswers(_ on: Bool) {
+        guard let entry = outputCallbackEntry else { return }
+        let enabled = UInt32(EVBUFFER_CB_ENABLED)
+        _ = on ? evbuffer_cb_set_flags(output, entry, enabled) : evbuffer_cb_clear_flags(output, entry, enabled)
     }
 }
 
@@ -1240,6 +1347,14 @@ private func onInput(_ buffer: OpaquePointer?, _ info: UnsafePointer<evbuffer_cb
     guard let info, info.pointee.n_added > 0, let context else { return }
     let client = Unmanaged<ClientConnection>.fromOpaque(context).takeUnretainedValue()
     client.server.input(client, added: info.pointee.n_added)
+}
+
+private func onOutput(_ buffer: OpaquePointer?, _ info: UnsafePointer<evbuffer_cb_info>?,
+                      _ context: UnsafeMutableRawPointer?) {
+    // Drains (the bytes going out to the socket) need nothing.
+    guard let info, info.pointee.n_added > 0, let context else { return }
+    let client = Unmanaged<ClientConnection>.fromOpaque(context).takeUnretainedValue()
+    client.server.evhttpWrote(client, added: info.pointee.n_added)
 }
 
 private func onRegister(_ fd: Int32, _ what: Int16, _ context: UnsafeMutableRawPointer?) {

@@ -138,6 +138,76 @@ public struct HTTPHeaders: Sendable, Sequence, ExpressibleByDictionaryLiteral {
     public func makeIterator() -> IndexingIterator<[(name: String, value: String)]> { fields.makeIterator() }
 }
 
+/// Header fields sent on every response (``HTTPServerConfiguration/defaultHeaders``): `X-Instance`,
+/// `Strict-Transport-Security`, `X-Content-Type-Options` and the like.
+///
+/// Unlike a middleware's headers, these also reach the answers the server sends before any handler runs (a
+/// request over a limit, malformed framing, a slow head, a connection past the cap, libevent's own error pages).
+/// The fields are checked when made, so a field that would break a response is an error at configuration time,
+/// never something sent: a name must be a token (RFC 9110 5.6.2: letters, digits and ``!#$%&'*+-.^_`|~``), a
+/// value must hold no CR, LF, NUL or other control character but tab (RFC 9110 5.5), and `Connection`,
+/// `Content-Length`, `Date` and `Transfer-Encoding` are refused: the server writes those itself, per response.
+public struct DefaultHeaders: Sendable, Equatable, Sequence {
+    /// The fields, in order.
+    public let fields: [(name: String, value: String)]
+
+    /// No fields.
+    public init() { fields = [] }
+
+    /// Checks `fields` and keeps them, in order.
+    /// - Throws: ``InvalidHeaderFieldError`` naming the first field that cannot be sent.
+    public init(_ fields: [(String, String)]) throws(InvalidHeaderFieldError) {
+        for (name, value) in fields { try Self.check(name: name, value: value) }
+        self.fields = fields.map { (name: $0.0, value: $0.1) }
+    }
+
+    /// Whether there are no fields.
+    public var isEmpty: Bool { fields.isEmpty }
+
+    public func makeIterator() -> IndexingIterator<[(name: String, value: String)]> { fields.makeIterator() }
+
+    public static func == (lhs: DefaultHeaders, rhs: DefaultHeaders) -> Bool {
+        lhs.fields.count == rhs.fields.count
+            && zip(lhs.fields, rhs.fields).allSatisfy { $0.name == $1.name && $0.value == $1.value }
+    }
+
+    /// The fields the server sets on every response itself.
+    private static let serverFields = ["Connection", "Content-Length", "Date", "Transfer-Encoding"]
+
+    private static func check(name: String, value: String) throws(InvalidHeaderFieldError) {
+        guard !name.isEmpty, name.utf8.allSatisfy(isTokenByte) else {
+            throw InvalidHeaderFieldError(name: name, "header name \(name.debugDescription) is not a token "
+                + "(letters, digits and !#$%&'*+-.^_`|~ only)")
+        }
+        if let reserved = serverFields.first(where: { $0.asciiCaseInsensitiveEquals(name) }) {
+            throw InvalidHeaderFieldError(name: name, "header \(reserved) is set by the server for each response; "
+                + "it cannot be a default header")
+        }
+        // Control characters but tab: CR or LF would end the field (and could start another), NUL the C string.
+        if let byte = value.utf8.first(where: { ($0 < 32 && $0 != 9) || $0 == 127 }) {
+            let what = switch byte {
+            case 13, 10: "a line break (CR or LF)"
+            case 0: "a NUL byte"
+            default: "the control character 0x" + String(byte, radix: 16, uppercase: true)
+            }
+            throw InvalidHeaderFieldError(name: name, "the value of header \(name) contains \(what)")
+        }
+    }
+}
+
+/// Why a field cannot be one of ``DefaultHeaders``.
+public struct InvalidHeaderFieldError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The field's name, as given.
+    public let name: String
+    /// One line naming the field and what is wrong with it (never the value).
+    public let description: String
+
+    init(name: String, _ description: String) {
+        self.name = name
+        self.description = description
+    }
+}
+
 extension String {
     /// ASCII case-insensitive comparison, without allocating (header names are ASCII).
     @inlinable

@@ -48,6 +48,8 @@ struct AppConfiguration: Sendable {
     var rolling = false
     var resave = false
     var saveUninitialized = false
+    /// `--cookie-secure`: left out, `.never` (no `secure` in the stored cookie, as express without the option);
+    /// `false`, `.off` (`"secure":false` stored, as express's `secure: false`); `true`, `.always`; `auto`, `.auto`.
     var cookieSecure: SessionCookieOptions.Secure = .never
     var cookieSameSite: SetCookie.SameSite = .lax
     var trustProxy = TrustedProxies.none
@@ -115,7 +117,8 @@ struct ServerOptions: ParsableArguments {
             help: "Save new sessions that were not modified: true|false (env SESSION_SAVE_UNINITIALIZED, default false).")
     var saveUninitialized: String?
 
-    @Option(name: .customLong("cookie-secure"), help: "true|false|auto (env SESSION_COOKIE_SECURE, default false).")
+    @Option(name: .customLong("cookie-secure"),
+            help: "Secure attribute of the session cookie: true|false|auto; false is stored in the session as secure: false, as express-session does (env SESSION_COOKIE_SECURE, default: not set, never Secure).")
     var cookieSecure: String?
 
     @Option(name: .customLong("cookie-samesite"), help: "lax|strict|none (env SESSION_COOKIE_SAMESITE, default lax).")
@@ -125,7 +128,7 @@ struct ServerOptions: ParsableArguments {
             help: "Proxies whose X-Forwarded-Proto/For are believed: true (any), false, or a list of addresses/CIDRs (env TRUST_PROXY, default false).")
     var trustProxy: String?
 
-    @Option(help: "Instance name sent as X-Instance (env INSTANCE_NAME, default the host name).")
+    @Option(help: "Instance name sent as X-Instance on every response, the server's own error answers included (env INSTANCE_NAME, default the host name).")
     var instance: String?
 
     @Option(name: .customLong("max-body"), help: "Largest request body in bytes (env EVSERVER_MAX_BODY, default 65536).")
@@ -237,7 +240,7 @@ struct ServerOptions: ParsableArguments {
         if let (v, name) = value(cookieSecure, "--cookie-secure", "SESSION_COOKIE_SECURE") {
             switch v.lowercased() {
             case "auto": config.cookieSecure = .auto
-            default: config.cookieSecure = try Self.boolean(v, name) ? .always : .never
+            default: config.cookieSecure = try Self.boolean(v, name) ? .always : .off
             }
         }
         if let (v, name) = value(cookieSameSite, "--cookie-samesite", "SESSION_COOKIE_SAMESITE") {
@@ -253,7 +256,15 @@ struct ServerOptions: ParsableArguments {
                 throw ConfigurationError("\(name): \(error)")
             }
         }
-        config.instance = value(instance, "--instance", "INSTANCE_NAME")?.0 ?? Self.hostName()
+        if let (v, name) = value(instance, "--instance", "INSTANCE_NAME") {
+            // Sent as X-Instance on every response: it must be a header value.
+            do { _ = try DefaultHeaders([("X-Instance", v)]) } catch {
+                throw ConfigurationError("\(name): \(v.debugDescription) cannot be sent as X-Instance (\(error))")
+            }
+            config.instance = v
+        } else {
+            config.instance = Self.hostName()
+        }
         config.maxBody = try value.integer(maxBody, "--max-body", "EVSERVER_MAX_BODY", in: 0...(64 << 20)) ?? config.maxBody
         config.maxConnections = try value.integer(maxConnections, "--max-connections", "EVSERVER_MAX_CONNECTIONS",
                                                   in: 1...1_000_000) ?? config.maxConnections

@@ -16,7 +16,13 @@ struct DemoApp: Sendable {
     let store: any SessionStore
     let sessions: SessionMiddleware
     let metrics: Metrics
+    /// The HTTP server configuration derived from the flags. `X-Instance` is one of its default header fields, so
+    /// every response carries it: the handlers', and the answers the server sends before any handler runs (413,
+    /// 431, 408, ...), which no middleware sees.
+    let serverConfiguration: HTTPServerConfiguration
 
+    /// - Throws: ``CookieSignerError`` for an empty secret; ``InvalidHeaderFieldError`` for an instance name that
+    ///   cannot be sent as `X-Instance` (``ServerOptions/resolve(environment:)`` refuses both first).
     init(configuration: AppConfiguration, metrics: Metrics = Metrics()) throws {
         self.configuration = configuration
         self.metrics = metrics
@@ -41,21 +47,18 @@ struct DemoApp: Sendable {
         options.cookie.sameSite = configuration.cookieSameSite
         options.cookie.maxAge = configuration.maxAge.map { Int64($0) * 1000 }
         sessions = try SessionMiddleware(store: store, configuration: options)
-    }
-
-    /// The HTTP server configuration derived from the flags.
-    var serverConfiguration: HTTPServerConfiguration {
         var server = HTTPServerConfiguration()
         server.maxBodySize = configuration.maxBody
         server.shutdownTimeout = .seconds(configuration.shutdownTimeout)
         server.maxConnections = configuration.maxConnections
-        return server
+        server.defaultHeaders = try DefaultHeaders([("X-Instance", configuration.instance)])
+        serverConfiguration = server
     }
 
     /// An application with every demo route, ready to start.
     func makeApplication() -> Application {
         let app = Application(configuration: serverConfiguration)
-        app.use(ObservabilityMiddleware(instance: configuration.instance, metrics: metrics))
+        app.use(ObservabilityMiddleware(metrics: metrics))
         // Probes and metrics run without a session: a balancer polling /readyz every second must not get (and,
         // with --save-uninitialized, store) a new session each time.
         app.use(SkippingPaths(DemoApp.sessionFreePaths, sessions))
@@ -85,16 +88,23 @@ struct DemoApp: Sendable {
             response.send(json: ["views": .number(String(views)), "instance": .string(instance)])
         }
 
+        // `id` is express's `req.sessionID` for every session that is or will be in the store when this response
+        // goes out: a loaded one, or a new one the middleware saves after the handler (with --save-uninitialized,
+        // or once modified), whose id is the one in this response's Set-Cookie. Only a new session that will not be
+        // saved (nothing stored, no --save-uninitialized) answers null: its id would name nothing.
+        // `ttl` goes with `id` (null when it is): the seconds the store keeps the session from now. Every request
+        // refreshes the store's expiry, and a new session is saved with the full lifetime, so it is the cookie's
+        // remaining life, or the idle TTL when the cookie lasts for the browser session.
         let idleTTL = configuration.idleTimeout
+        let savesUninitialized = configuration.saveUninitialized
         app.get("/session") { request, response in
             let session = request.session
+            let isStored = !session.isNew || savesUninitialized || session.status == .modified
             let body: JSONValue = [
-                "id": session.isNew ? .null : .string(session.id),
+                "id": isStored ? .string(session.id) : .null,
                 "data": .object(session.data),
                 "cookie": session.cookie.jsonValue,
-                // Every request refreshes the store's expiry, so what is left is the cookie's remaining life, or the
-                // idle TTL when the cookie lasts for the browser session.
-                "ttl": session.isNew ? .null : .number(String(Self.remainingSeconds(session.cookie, idleTTL: idleTTL))),
+                "ttl": isStored ? .number(String(Self.remainingSeconds(session.cookie, idleTTL: idleTTL))) : .null,
                 "instance": .string(instance),
             ]
             response.send(json: body)
@@ -207,13 +217,12 @@ struct SkippingPaths<Wrapped: Middleware>: Middleware {
     }
 }
 
-/// Sets `X-Instance` on every response and records each request's route, status and latency.
+/// Records each request's route, status and latency. (`X-Instance` is a default header field of the server, see
+/// ``DemoApp/serverConfiguration``: the answers the server sends by itself never pass through a middleware.)
 struct ObservabilityMiddleware: Middleware {
-    let instance: String
     let metrics: Metrics
 
     func handle(_ request: Request, _ response: Response, next: Next) async throws {
-        response.headers.replace("X-Instance", instance)
         let start = ContinuousClock.now
         var status = 500
         defer {

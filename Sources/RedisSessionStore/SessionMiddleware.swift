@@ -11,13 +11,18 @@ import Synchronization
 
 /// The session cookie's attributes (express-session's `cookie` option).
 public struct SessionCookieOptions: Sendable, Equatable {
-    /// When the cookie gets the `Secure` attribute.
+    /// When the cookie gets the `Secure` attribute, and what the stored session's cookie says about it (express
+    /// stores `cookie.secure` as given: absent when the option is left out, `false` when it is given as `false`).
     public enum Secure: Sendable, Equatable {
-        /// Never (express's default, `secure` left out).
+        /// Never, with the option left out (express's default): the stored cookie has no `secure` member.
         case never
+        /// Never, given explicitly (express's `secure: false`): the stored cookie says `"secure":false`.
+        case off
         /// Always. Over plain HTTP the cookie is then withheld (express's "do not set a secure cookie over HTTP").
+        /// The stored cookie says `"secure":true`.
         case always
-        /// When the request is HTTPS (express's `'auto'`); behind a proxy this needs `trustProxy`.
+        /// When the request is HTTPS (express's `'auto'`); behind a proxy this needs `trustProxy`. The stored
+        /// cookie says what the request resolved to: `"secure":true` or `"secure":false`.
         case auto
     }
 
@@ -127,6 +132,7 @@ final class SessionEngine: Sendable {
         cookie.setMaxAge(options.maxAge, now: now)
         switch options.secure {
         case .never: cookie.secure = nil
+        case .off: cookie.secure = false
         case .always: cookie.secure = true
         case .auto: cookie.secure = requestIsSecure
         }

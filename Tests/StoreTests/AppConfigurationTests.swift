@@ -91,12 +91,26 @@ import Testing
         (["--absolute-timeout", "soon"], "--absolute-timeout"),
         (["--shutdown-timeout=-5"], "--shutdown-timeout"),
         (["--max-connections", "0"], "--max-connections"),
+        (["--instance", "app\r\nSet-Cookie: x=y"], "--instance"),
+        (["--instance", "a\u{0}b"], "--instance"),
     ])
     func badValuesFailWithOneClearLine(arguments: [String], mentions: String) throws {
         let error = #expect(throws: ConfigurationError.self) { try resolve(arguments + ["--secret", "s"]) }
         let message = error?.description ?? ""
         #expect(message.contains(mentions), "\(message)")
         #expect(!message.contains("\n"))
+    }
+
+    @Test func cookieSecureFalseIsStoredAsExpressStoresSecureFalse() throws {
+        // Left out: express without the option (no `secure` member stored); `false`: express's `secure: false`.
+        #expect(try resolve(["--secret", "s"]).cookieSecure == .never)
+        #expect(try resolve(["--secret", "s", "--cookie-secure", "false"]).cookieSecure == .off)
+        #expect(try resolve(["--secret", "s"], ["SESSION_COOKIE_SECURE": "false"]).cookieSecure == .off)
+        #expect(try resolve(["--secret", "s", "--cookie-secure", "0"]).cookieSecure == .off)
+        #expect(try resolve(["--secret", "s", "--cookie-secure", "true"]).cookieSecure == .always)
+        #expect(try resolve(["--secret", "s", "--cookie-secure", "AUTO"]).cookieSecure == .auto)
+        #expect(try resolve(["--secret", "s", "--cookie-secure", "false"], ["SESSION_COOKIE_SECURE": "true"])
+            .cookieSecure == .off)
     }
 
     @Test func missingSecretRefusesToStart() throws {

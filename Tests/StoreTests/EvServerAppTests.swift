@@ -144,6 +144,37 @@ func withDemo(_ arguments: [String] = [], redisPort: Int? = nil, _ body: (DemoSe
         }
     }
 
+    @Test func sessionRouteShowsTheIdOfANewSessionItSaves() async throws {
+        // express's req.sessionID: with saveUninitialized the new session is stored and its id sent in the cookie.
+        for (arguments, ttls) in [([String](), 86399...86400), (["--max-age", "600"], 599...600)] {
+            try await withDemo(["--save-uninitialized", "true"] + arguments) { app in
+                let port = app.server.port
+                let response = try await onThread { try TestHTTPClient(port: port).request("GET", "/session") }
+                let shown = try JSONValue(parsing: response.body).objectValue
+                let cookie = try #require(response.cookies["connect.sid"], "\(arguments)")
+                #expect(cookie.hasPrefix("s%3A"))
+                let id = try #require(DemoServer.sessionID(fromCookie: cookie))
+                #expect(shown?["id"]?.stringValue == id, "\(arguments)")
+                #expect(shown?["data"] == .object(JSONObject()))
+                let ttl = try #require(shown?["ttl"]?.intValue, "\(arguments)")
+                #expect(ttls.contains(ttl), "\(arguments): ttl \(ttl)")
+                #expect(try await app.stored(id) != nil, "\(arguments)")
+                #expect(ttls.contains(try await app.ttl(id)), "\(arguments)")
+                #expect(try await app.keys() == [app.prefix + id])
+            }
+        }
+        // Without it nothing is stored and no cookie is sent: no id to show.
+        try await withDemo() { app in
+            let port = app.server.port
+            let response = try await onThread { try TestHTTPClient(port: port).request("GET", "/session") }
+            let shown = try JSONValue(parsing: response.body).objectValue
+            #expect(response.setCookies.isEmpty)
+            #expect(shown?["id"] == .null)
+            #expect(shown?["ttl"] == .null)
+            #expect(try await app.keys().isEmpty)
+        }
+    }
+
     @Test func postSessionMergesObjectsAndRejectsEverythingElse() async throws {
         try await withDemo(["--max-body", "1000"]) { app in
             let client = try app.client()
@@ -240,6 +271,34 @@ func withDemo(_ arguments: [String] = [], redisPort: Int? = nil, _ body: (DemoSe
         }
     }
 
+    @Test func theServersOwnAnswersCarryXInstanceToo() async throws {
+        // --instance is a default header field of the server: the refusals no middleware sees carry it, and the
+        // handlers' answers carry it once.
+        try await withDemo(["--max-body", "1000"]) { app in
+            let port = app.server.port
+            let responses = try await onThread { () -> [TestHTTPResponse] in
+                try [
+                    "POST /session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n",
+                    "GET /session HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 17_000))\r\n\r\n",
+                    "GET /\(String(repeating: "a", count: 8200)) HTTP/1.1\r\nHost: x\r\n\r\n",
+                    "GET  /session HTTP/1.1\r\nHost: x\r\n\r\n",
+                    "GET //a:b HTTP/1.1\r\nHost: x\r\n\r\n",
+                    "GET /session HTTP/1.1\r\nHost: x\r\n\r\n",
+                    "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+                    "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+                ].map { request in
+                    let client = try TestHTTPClient(port: port)
+                    try client.send(request)
+                    return try client.readResponse()
+                }
+            }
+            #expect(responses.map(\.status) == [413, 431, 414, 400, 400, 200, 200, 404])
+            for response in responses {
+                #expect(response.headers.values("X-Instance") == ["test-instance"], "\(response.status)")
+            }
+        }
+    }
+
     @Test func probesAndMetricsNeverMakeASessionEvenWithSaveUninitialized() async throws {
         try await withDemo(["--save-uninitialized", "true"]) { app in
             let client = try app.client()
@@ -294,6 +353,26 @@ func withDemo(_ arguments: [String] = [], redisPort: Int? = nil, _ body: (DemoSe
             #expect(visit.setCookies.first?.hasPrefix("sid=s%3A") == true)
             #expect(visit.setCookies.first?.hasSuffix("SameSite=Strict") == true)
 
+        }
+    }
+
+    @Test func cookieSecureFalseIsStoredAsExpressStoresIt() async throws {
+        // express-session with `cookie: {secure: false}` stores the member; without the option it leaves it out.
+        for (arguments, cookie) in [
+            (["--cookie-secure", "false"],
+             #"{"originalMaxAge":null,"expires":null,"secure":false,"httpOnly":true,"path":"/","sameSite":"lax"}"#),
+            ([], #"{"originalMaxAge":null,"expires":null,"httpOnly":true,"path":"/","sameSite":"lax"}"#),
+        ] {
+            try await withDemo(arguments) { app in
+                let port = app.server.port
+                let visit = try await onThread { try TestHTTPClient(port: port).request("GET", "/") }
+                let setCookie = try #require(visit.setCookies.first)
+                #expect(setCookie.hasSuffix("; Path=/; HttpOnly; SameSite=Lax"), "\(arguments)")
+                let cookieValue = try #require(visit.cookies["connect.sid"])
+                let id = try #require(DemoServer.sessionID(fromCookie: cookieValue))
+                #expect(try await app.stored(id) == #"{"cookie":"# + cookie + #","userName":"Aditya@123"}"#,
+                        "\(arguments)")
+            }
         }
     }
 

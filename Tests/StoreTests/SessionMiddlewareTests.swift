@@ -505,6 +505,36 @@ func encodedCookie(id: String, secret: String = "keyboard cat") throws -> String
         #expect(try await harness.memory.get(http.session.id)?.jsonString.contains(#""secure":false"#) == true)
     }
 
+    /// express-session stores `cookie.secure` as the option gives it: left out, no `secure` member; `false`,
+    /// `"secure":false`; `'auto'`, what the request resolved to (over plain HTTP, `false`). None of them sends a
+    /// `Secure` cookie over plain HTTP.
+    @Test(arguments: [
+        (SessionCookieOptions.Secure.off,
+         #"{"originalMaxAge":null,"expires":null,"secure":false,"httpOnly":true,"path":"/","sameSite":"lax"}"#),
+        (.never, #"{"originalMaxAge":null,"expires":null,"httpOnly":true,"path":"/","sameSite":"lax"}"#),
+        (.auto, #"{"originalMaxAge":null,"expires":null,"secure":false,"httpOnly":true,"path":"/","sameSite":"lax"}"#),
+    ])
+    func storedCookieCarriesSecureAsExpressStoresIt(_ secure: SessionCookieOptions.Secure, _ cookieJSON: String)
+        async throws
+    {
+        let harness = try Harness {
+            $0.cookie.secure = secure
+            $0.saveUninitialized = true
+        }
+        let outcome = try await harness.send()
+        let stored = try #require(try await harness.memory.get(outcome.session.id))
+        #expect(stored.jsonString == #"{"cookie":"# + cookieJSON + "}")
+        #expect(stored.cookie.jsonValue.description == cookieJSON)
+        let setCookie = try #require(outcome.sessionCookie)
+        #expect(setCookie.hasSuffix("; Path=/; HttpOnly; SameSite=Lax"), "\(setCookie)")
+
+        // A later request that loads it keeps the stored member as it was.
+        let again = try await harness.send(cookie: outcome.cookieHeader) { request, _ in request.session["a"] = 1 }
+        #expect(again.session.id == outcome.session.id)
+        let updated = try #require(try await harness.memory.get(outcome.session.id))
+        #expect(updated.jsonString == #"{"cookie":"# + cookieJSON + #","a":1}"#)
+    }
+
     // MARK: Failures
 
     @Test func storeFailureOnLoadAnswers503WithRetryAfter() async throws {
