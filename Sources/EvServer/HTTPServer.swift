@@ -346,6 +346,9 @@ private func shutdownSending(_ fd: Int32) {
 // MARK: - Server
 
 /// One evhttp on one event loop. Created, used and closed on the loop thread.
+// The request-path state of the server and of each connection is `@exclusivity(unchecked)`: it is read and written
+// on the loop's thread only (every entry point runs there: libevent's callbacks and the replies), one access at a
+// time, so the dynamic exclusivity checks (about 150 instructions each, several per request) could only ever pass.
 final class HTTPServer: @unchecked Sendable {
     // @unchecked Sendable: the lets never change, and every var (the connections' state included) is read and written
     // only on `loop`'s thread: the initializer and the shutdown methods (`closeListener`, `beginClosing`,
@@ -370,37 +373,37 @@ final class HTTPServer: @unchecked Sendable {
     // are kept here, by id: those whose connection closed while the application worked (libevent detached them),
     // and those of a connection the server does not know. The ids keep a late reply from a task whose request
     // `close()` already gave up on from touching freed memory.
-    private var unheldRequests: [UInt: RequestPointer] = [:]
+    @exclusivity(unchecked) private var unheldRequests: [UInt: RequestPointer] = [:]
     /// All requests in flight: held by a connection or in `unheldRequests`.
-    private var inFlightCount = 0
-    private var nextID: UInt = 1
+    @exclusivity(unchecked) private var inFlightCount = 0
+    @exclusivity(unchecked) private var nextID: UInt = 1
     /// Connections whose reply is queued but not yet written.
-    private var flushingCount = 0
+    @exclusivity(unchecked) private var flushingCount = 0
     /// Set once shutdown begins: replies then carry `Connection: close`.
     private var closing = false
     private var drainWaiter: ((Bool) -> Void)?
     private var drainTimer: ScheduledTimer?
 
     /// Open connections, by their evhttp_connection.
-    private var connections: [OpaquePointer: ClientConnection] = [:]
+    @exclusivity(unchecked) private var connections: [OpaquePointer: ClientConnection] = [:]
     /// The connection whose bytes were scanned last. evhttp parses a request right after our input callback has
     /// scanned its bytes, so this is nearly always the connection of the request `handle` gets, found without a
     /// lookup in `connections` (it is that connection only while its `connection` is the request's).
-    private var lastScanned: ClientConnection?
+    @exclusivity(unchecked) private var lastScanned: ClientConnection?
     /// Connections whose bufferevent evhttp has just taken; `registerNewConnections` learns their evhttp_connection.
-    private var unregistered: [ClientConnection] = []
+    @exclusivity(unchecked) private var unregistered: [ClientConnection] = []
     private var registerEvent: OpaquePointer?
     private var sweepEvent: OpaquePointer?
     /// The clock of the connection timeouts: sweeps since the server started. Coarse on purpose: reading it costs
     /// nothing on the request path.
-    fileprivate private(set) var tick = 0
+    @exclusivity(unchecked) fileprivate private(set) var tick = 0
     private let idleTicks: Int
     private let headerTicks: Int
     private let lingerTicks: Int
     private var lastCapacityWarning = -1
     /// The `Date` header of responses, and the second it names (see `currentDate()`).
-    private var dateSecond: time_t = -1
-    private var dateText = ""
+    @exclusivity(unchecked) private var dateSecond: time_t = -1
+    @exclusivity(unchecked) private var dateText = ""
 
     /// How long a refused connection keeps reading (and dropping) what the client still sends before it is closed:
     /// closing a socket with unread input sends a reset, which can destroy the answer before the client reads it.
@@ -1183,32 +1186,32 @@ fileprivate final class ClientConnection: @unchecked Sendable {
     /// The bufferevent's output buffer, where evhttp writes responses.
     let output: OpaquePointer
     /// evhttp's connection object, once registered; nil again once evhttp has freed it.
-    var connection: OpaquePointer?
+    @exclusivity(unchecked) var connection: OpaquePointer?
     var callbackEntry: OpaquePointer?
     /// The watch on ``output`` for what evhttp writes on its own (only with default header fields).
     var outputCallbackEntry: OpaquePointer?
-    var scanner: HTTPLimits.Scanner
+    @exclusivity(unchecked) var scanner: HTTPLimits.Scanner
     /// Requests whose response has been written (the scanner counts the ones received).
-    var answered = 0
+    @exclusivity(unchecked) var answered = 0
     /// Requests handed to the application and not answered yet.
-    var inFlight = 0
+    @exclusivity(unchecked) var inFlight = 0
     /// The request in flight and its id, while the server keeps it here (see `HTTPServer.unheldRequests`).
-    var current: (id: UInt, request: HTTPServer.RequestPointer)?
+    @exclusivity(unchecked) var current: (id: UInt, request: HTTPServer.RequestPointer)?
     /// The tick the current timeout counts from: the connection's start, the end of the last response, or the first
     /// byte of the current head.
-    var since: Int
+    @exclusivity(unchecked) var since: Int
     /// The request (by the scanner's count) whose first head byte `since` marks.
-    var stampedRequest = 0
+    @exclusivity(unchecked) var stampedRequest = 0
     /// A refusal waiting for the requests pipelined before it to be answered.
     var pendingFailure: HTTPLimits.Scanner.Failure?
     /// Refused: the answer is sent and incoming bytes are dropped until the connection closes.
     var lingering = false
     /// A response is queued and not yet written.
-    var flushing = false
+    @exclusivity(unchecked) var flushing = false
     /// Accepted past `maxConnections`: refused as soon as it is registered.
     let overCapacity: Bool
     /// The peer's address, once a request has asked for it.
-    var remoteAddress: String?
+    @exclusivity(unchecked) var remoteAddress: String?
 
     /// Whether evhttp is reading the next request: every earlier one is answered and written. Only then may the
     /// server answer on its own (or time the client out): nothing else is being written, and no request the
@@ -1265,7 +1268,7 @@ final class RequestWorkers<Job>: @unchecked Sendable {
 
     /// Workers waiting for a request, most recently parked last (the next request takes that one: its memory is
     /// the warmest).
-    private var idle: [UnsafeContinuation<Job?, Never>] = []
+    @exclusivity(unchecked) private var idle: [UnsafeContinuation<Job?, Never>] = []
     /// The most workers kept waiting. More requests than this at once start more workers, which end once their
     /// request is done instead of waiting: a burst does not leave its tasks behind.
     private let maxIdle: Int

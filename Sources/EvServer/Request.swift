@@ -35,6 +35,8 @@ public struct RequestStorage {
 /// An HTTP request.
 ///
 /// A request belongs to the loop that received it: use it from the handler's task only (it is not `Sendable`).
+// The mutable properties are `@exclusivity(unchecked)`: a request is used by its own task only (it is not
+// `Sendable`), so two accesses never overlap at run time and the dynamic checks could only ever pass.
 public final class Request {
     /// The method, e.g. `GET`.
     public let method: HTTPMethod
@@ -51,12 +53,12 @@ public final class Request {
     /// The peer's address (IP without port), or "" when unknown.
     public let remoteAddress: String
     /// Values of `:name` segments of the matched route, percent-decoded.
-    public var parameters: [String: String] = [:]
+    @exclusivity(unchecked) public var parameters: [String: String] = [:]
     /// The pattern of the route that matched (e.g. `/users/:id`), for logs and metrics labels; nil when no route
     /// matched (a 404 or 405).
-    public internal(set) var route: String?
+    @exclusivity(unchecked) public internal(set) var route: String?
     /// Storage for middleware (see ``RequestStorageKey``).
-    public var storage = RequestStorage()
+    @exclusivity(unchecked) public var storage = RequestStorage()
     /// The loop this request runs on, when it came from a server.
     public let loop: EventLoop?
 
@@ -101,7 +103,7 @@ public final class Request {
         }
         set { parsedCookies = newValue }
     }
-    private var parsedCookies: [String: String]?
+    @exclusivity(unchecked) private var parsedCookies: [String: String]?
 
     /// The value of one cookie: `cookies[name]`, without parsing (and percent-decoding) every other cookie when
     /// ``cookies`` has not been asked for.

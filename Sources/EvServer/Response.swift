@@ -36,7 +36,9 @@ public final class Response {
     }
 
     /// The status, headers and body (see above).
-    @usableFromInline var parts = Parts()
+    // Unchecked at run time: a response is built by its request's task alone (it is not `Sendable`), so the one
+    // check left per access could only ever pass.
+    @exclusivity(unchecked) @usableFromInline var parts = Parts()
 
     /// The status; 200 unless set.
     public var status: HTTPStatus {

@@ -63,7 +63,8 @@ public final class MemorySessionStore: SessionStore {
     }
 
     /// Reads and, with a cookie, refreshes the expiry as `touch` would, under one lock.
-    public func load(_ id: String, touchingWith cookie: SessionCookie?) async throws -> StoredSession? {
+    nonisolated(nonsending) public func load(_ id: String, touchingWith cookie: SessionCookie?) async throws
+        -> StoredSession? {
         let now = self.now()
         let refreshed = cookie.map { expiry(of: SessionData(cookie: $0), now: now) }
         let json: [UInt8]? = state.withLock { state in
@@ -87,7 +88,8 @@ public final class MemorySessionStore: SessionStore {
     /// The changes applied onto the stored value, written under the lock if nobody wrote since it was read (else
     /// applied again onto the newer value: a request never fails for another's write); a loaded session that is
     /// gone is not re-created. Increments add to the value as stored, so counters are exact.
-    public func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
+    nonisolated(nonsending) public func commit(_ id: String, _ write: SessionWrite) async throws
+        -> SessionCommitResult {
         enum Outcome { case written, gone, changed([UInt8]) }
         var base = write.base
         while true {
@@ -135,13 +137,13 @@ public final class MemorySessionStore: SessionStore {
         }
     }
 
-    public func destroy(_ id: String) async throws {
+    nonisolated(nonsending) public func destroy(_ id: String) async throws {
         _ = state.withLock { $0.entries.removeValue(forKey: id) }
     }
 
     /// As express's MemoryStore: when the session is still there, its stored cookie is replaced by `session`'s and
     /// its expiry moves; its values are left as stored.
-    public func touch(_ id: String, _ session: SessionData) async throws {
+    nonisolated(nonsending) public func touch(_ id: String, _ session: SessionData) async throws {
         let now = self.now()
         let stored: [UInt8]? = state.withLock { state in
             guard let entry = state.entries[id], entry.expiresAt > now else { return nil }

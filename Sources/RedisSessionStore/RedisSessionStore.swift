@@ -164,7 +164,8 @@ public final class RedisSessionStore: SessionStore {
     /// `GETEX key EX ttl` (one round trip: the read refreshes the expiry as `touch` would), or `GET` with a nil
     /// cookie or `disableTouch`. A value that is not a session (not JSON, or another Redis type at the key) is nil
     /// and a logged warning.
-    public func load(_ id: String, touchingWith cookie: SessionCookie?) async throws -> StoredSession? {
+    nonisolated(nonsending) public func load(_ id: String, touchingWith cookie: SessionCookie?) async throws
+        -> StoredSession? {
         let client = try client()
         let refresh = disableTouch ? nil : cookie.map { ttl(for: SessionData(cookie: $0)) }
         let bytes: [UInt8]?
@@ -188,7 +189,8 @@ public final class RedisSessionStore: SessionStore {
     /// (keys set and removed, increments, the cookie) are applied onto the value stored when the script runs, so
     /// there is nothing to conflict with and nothing to retry. A loaded session whose key is gone (destroyed,
     /// regenerated away, expired) is never re-created.
-    public func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
+    nonisolated(nonsending) public func commit(_ id: String, _ write: SessionWrite) async throws
+        -> SessionCommitResult {
         let client = try writeClient()
         let key = keyBytes(for: id)
         let data = try write.data(onto: write.base?.data.values ?? JSONObject())
@@ -492,13 +494,13 @@ public final class RedisSessionStore: SessionStore {
         }
     }
 
-    public func touch(_ id: String, _ session: SessionData) async throws {
+    nonisolated(nonsending) public func touch(_ id: String, _ session: SessionData) async throws {
         guard !disableTouch else { return }
         // A ttl <= 0 makes Redis delete the key, which is right for an expired session (connect-redis does the same).
         try await client().expire(key(for: id), after: ttl(for: session))
     }
 
-    public func destroy(_ id: String) async throws {
+    nonisolated(nonsending) public func destroy(_ id: String) async throws {
         _ = try await writeClient().write([Keyword.del, Array(key(for: id).utf8)], waitingFor: waitForReplicas)
     }
 

@@ -28,6 +28,10 @@ public struct SessionNotFoundError: Error, CustomStringConvertible {
 /// modified (as express-session decides: see ``SessionMiddleware``), so handlers rarely call ``save()``.
 ///
 /// A session belongs to its request's task: use it from the handler only (it is not `Sendable`).
+// Some explanation is required here: why the stored properties are `@exclusivity(unchecked)`. A session belongs to
+// one request's task and is used from it alone (it is not `Sendable`), so two accesses to its properties can never
+// overlap at run time; the dynamic exclusivity checks the compiler emits for class properties (about 150
+// instructions each, a dozen per request) would only ever pass. The static checks still apply.
 public final class Session {
     /// What happened to a session during the request (scs's `Status`).
     public enum Status: Sendable, Equatable {
@@ -52,9 +56,9 @@ public final class Session {
         return generated
     }
     /// The cookie's lifetime and attributes. `cookie.maxAge = 60_000` moves the expiry, as in express.
-    public var cookie: SessionCookie
+    @exclusivity(unchecked) public var cookie: SessionCookie
     /// Whether the session was created during this request (no valid cookie, nothing in the store, or regenerated).
-    public private(set) var isNew: Bool
+    @exclusivity(unchecked) public private(set) var isNew: Bool
 
     /// The values, in order. Prefer the subscript; `"cookie"` is reserved and never stored.
     public var data: JSONObject {
@@ -68,10 +72,10 @@ public final class Session {
         }
     }
 
-    private var values: JSONObject {
+    @exclusivity(unchecked) private var values: JSONObject {
         didSet { valuesJSON = nil }
     }
-    private var currentId: String?
+    @exclusivity(unchecked) private var currentId: String?
     let engine: SessionEngine
     /// Whether the request came over HTTPS (for `secure: .auto`), decided once when the request arrived.
     let requestIsSecure: Bool
@@ -82,26 +86,26 @@ public final class Session {
     // (or at load when resave is off). Instead of hashing, the values themselves are kept (copy-on-write makes that
     // free) and compared by their serialized form only when something was written. The id only ever changes through
     // regenerate(), so `originalId !== sess.id` is that flag.
-    private var regenerated = false
+    @exclusivity(unchecked) private var regenerated = false
     private let originalValues: JSONObject
-    private(set) var savedValues: JSONObject? {
+    @exclusivity(unchecked) private(set) var savedValues: JSONObject? {
         didSet { savedValuesJSON = nil }
     }
     // The serialized forms the comparisons below use, each made at most once per change: the middleware asks
     // isSaved, then isModified, on the same values.
-    private var valuesJSON: [UInt8]?
-    private var savedValuesJSON: [UInt8]?
+    @exclusivity(unchecked) private var valuesJSON: [UInt8]?
+    @exclusivity(unchecked) private var savedValuesJSON: [UInt8]?
     private lazy var originalValuesJSON: [UInt8] = Session.json(originalValues)
-    private var changedSinceLoad = false
-    private var changedSinceSave = false
-    private(set) var state: State = .active
+    @exclusivity(unchecked) private var changedSinceLoad = false
+    @exclusivity(unchecked) private var changedSinceSave = false
+    @exclusivity(unchecked) private(set) var state: State = .active
 
     // What this request wrote since the last commit, so a commit merges just that onto what other requests stored
     // meanwhile (see SessionStore+Concurrency.swift): the keys written, in order, and whether all values were
     // replaced at once. `base` is the stored version the request last loaded or wrote.
-    private var writtenKeys: [String] = []   // a handful per request: a linear `contains` beats a Set
-    private var replacedAll = false
-    private var base: StoredSession?
+    @exclusivity(unchecked) private var writtenKeys: [String] = []   // a handful per request: a linear `contains` beats a Set
+    @exclusivity(unchecked) private var replacedAll = false
+    @exclusivity(unchecked) private var base: StoredSession?
     /// Whether the store knows this id (loaded from it or saved to it), for `metrics.created`.
     private var inStore: Bool { base != nil }
 

@@ -184,13 +184,15 @@ extension SessionStore {
     public var requestTimeBudget: Duration? { nil }
 
     /// Default for stores without compare-and-set: `get`, reporting that the expiry was not refreshed.
-    public func load(_ id: String, touchingWith cookie: SessionCookie?) async throws -> StoredSession? {
+    nonisolated(nonsending) public func load(_ id: String, touchingWith cookie: SessionCookie?) async throws
+        -> StoredSession? {
         try await get(id).map { StoredSession(data: $0, version: nil, expiryRefreshed: false) }
     }
 
     /// Default for stores without compare-and-set: `set` of the changes applied to the loaded values (express's
     /// last-writer-wins semantics; increments are exact only within one request).
-    public func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
+    nonisolated(nonsending) public func commit(_ id: String, _ write: SessionWrite) async throws
+        -> SessionCommitResult {
         let data = try write.data(onto: write.base?.data.values ?? JSONObject())
         try await set(id, data)
         // `set` stores the expiry of `data`'s cookie, as a touch would.

@@ -84,8 +84,8 @@ public struct SessionData: Sendable, Equatable {
 public protocol SessionStore: Sendable {
     func get(_ id: String) async throws -> SessionData?
     func set(_ id: String, _ session: SessionData) async throws
-    func destroy(_ id: String) async throws
-    func touch(_ id: String, _ session: SessionData) async throws
+    nonisolated(nonsending) func destroy(_ id: String) async throws
+    nonisolated(nonsending) func touch(_ id: String, _ session: SessionData) async throws
     func all() async throws -> [String: SessionData]
     func length() async throws -> Int
     func clear() async throws
@@ -95,13 +95,13 @@ public protocol SessionStore: Sendable {
     /// Loads a session with its version, refreshing its expiry as a touch with `cookie` would, in one step where
     /// the store can (Redis: `GETEX`). nil `cookie`: no refresh. Same nil rules as `get`. A default implementation
     /// calls `get` (see `SessionStore+Concurrency.swift`).
-    func load(_ id: String, touchingWith cookie: SessionCookie?) async throws -> StoredSession?
+    nonisolated(nonsending) func load(_ id: String, touchingWith cookie: SessionCookie?) async throws -> StoredSession?
 
     /// Writes a request's changes onto the stored session atomically, onto whatever another request stored
     /// meanwhile (so a busy session never conflicts), never re-creating a session that was destroyed while the
     /// request ran. A default implementation calls `set` (last writer wins).
     /// - Throws: ``SessionIncrementError`` when an increment cannot apply (nothing is written); the store's errors.
-    func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult
+    nonisolated(nonsending) func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult
 
     /// How long one request may wait on this store in all, across its calls (load, save, destroy...), when the
     /// store honours ``RedisTimeBudget`` (nil: no shared budget; each call has only its own timeout). The default
