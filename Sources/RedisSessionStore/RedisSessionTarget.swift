@@ -85,16 +85,6 @@ extension RedisClusterClient: RedisSessionTarget {
     }
 }
 
-/// Runs `body` with one absolute deadline for all of its Redis commands, set as ``RedisDeadline/current`` and
-/// passed in: ``RedisDeadline/effective`` when something above set one (or a ``RedisTimeBudget``), else now plus
-/// `timeout`. Retries and a write's WAIT run under it, so none of them gets a fresh timeout of its own.
-func withOneDeadline<Result>(orAfter timeout: Duration,
-                             isolation: isolated (any Actor)? = #isolation,
-                             _ body: (ContinuousClock.Instant) async throws -> Result) async throws -> Result {
-    let deadline = RedisDeadline.effective ?? .now + timeout
-    return try await RedisDeadline.$current.withValue(deadline) { try await body(deadline) }
-}
-
 /// `WAIT replicas timeout` on `client`'s connection, right after a write on it, where the timeout is what is left
 /// of the deadline (``RedisDeadline/current``, else the client's command timeout) minus a fifth, at least 120 ms:
 /// Redis notices a blocked client's timeout in its event loop, which wakes every 100 ms (hz 10), so WAIT may answer
