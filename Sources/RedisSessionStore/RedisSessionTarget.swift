@@ -1,4 +1,5 @@
 import EvServer
+import RedisClient
 
 // Where RedisSessionStore's commands go: one server's client (per loop), a cluster, or the client of the primary
 // Sentinel names. The store speaks to all three through this one internal protocol; RedisClient and
