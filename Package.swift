@@ -46,7 +46,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "EvServerApp", dependencies: [
-            "EvServer", "RedisSessionStore",
+            "EvServer", "RedisClient", "RedisSessionStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
