@@ -9,6 +9,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .library(name: "EvServer", targets: ["EvServer"]),
+        .library(name: "RedisClient", targets: ["RedisClient"]),
         .library(name: "RedisSessionStore", targets: ["RedisSessionStore"]),
         .executable(name: "evserver", targets: ["EvServerApp"]),
     ],
@@ -29,16 +30,26 @@ let package = Package(
             "CEvent",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The async Redis client, usable without sessions: RESP through hiredis's reader, connections on libevent
+        // bufferevents (TLS through COpenSSL), deadlines, Cluster and Sentinel. From EvServer it needs the EventLoop
+        // only. The module and its main type share the name `RedisClient`, as `RedisSessionStore` does: nothing
+        // needs to spell `RedisClient.RedisClient`, and no module interface is emitted that would.
+        .target(name: "RedisClient", dependencies: [
+            "EvServer", "CEvent", "CHiredis", "COpenSSL",
+            .product(name: "Crypto", package: "swift-crypto"),   // SHA-1 of scripts, for EVALSHA
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Sessions (express-session compatible), their stores, cookie signing and the session middleware.
         .target(name: "RedisSessionStore", dependencies: [
-            "EvServer", "CHiredis", "COpenSSL",
-            .product(name: "Crypto", package: "swift-crypto"),
+            "EvServer", "RedisClient",
+            .product(name: "Crypto", package: "swift-crypto"),   // cookie signatures (HMAC-SHA256)
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "EvServerApp", dependencies: [
-            "EvServer", "RedisSessionStore",
+            "EvServer", "RedisClient", "RedisSessionStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "StoreTests", dependencies: ["EvServer", "RedisSessionStore", "EvServerApp"]),
+        .testTarget(name: "StoreTests", dependencies: ["EvServer", "RedisClient", "RedisSessionStore", "EvServerApp"]),
     ]
 )

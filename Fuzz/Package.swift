@@ -22,6 +22,7 @@ let package = Package(
             dependencies: [
                 "CFuzzerDriver",
                 .product(name: "EvServer", package: rootIdentity),
+                .product(name: "RedisClient", package: rootIdentity),
                 .product(name: "RedisSessionStore", package: rootIdentity),
             ]
         ),

@@ -5,6 +5,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import EvServer
+import RedisClient
 import RedisSessionStore
 
 

@@ -5,6 +5,7 @@ import Foundation
 #endif
 import EvServer
 import Logging
+import RedisClient
 import RedisSessionStore
 
 // The demo application: the express-session tutorial's routes plus the operational ones. The routes are a

@@ -1,5 +1,6 @@
 import ArgumentParser
 import EvServer
+import RedisClient
 import RedisSessionStore
 
 #if canImport(FoundationEssentials)

@@ -5,6 +5,12 @@ import Foundation
 #endif
 import EvServer
 import Logging
+// Re-exported: the store's public initializers take the client's types (`RedisConfiguration`,
+// `RedisClusterConfiguration`, `RedisSentinelConfiguration`, `RedisClient`) and it throws the client's errors
+// (`RedisClientError`, `RedisError`), so every user of the store needs them; with the re-export, code that imports
+// only RedisSessionStore (the README's examples: `RedisConfiguration(url:)`, `RedisTLSConfiguration(caFile:)`)
+// compiles as it did when the client lived in this module.
+@_exported import RedisClient
 import Synchronization
 
 /// Sessions in Redis, as connect-redis 7 keeps them, so Node and this server can share them: the value of

@@ -1,4 +1,5 @@
 import EvServer
+import RedisClient
 
 // Where RedisSessionStore's commands go: one server's client (per loop), a cluster, or the client of the primary
 // Sentinel names. The store speaks to all three through this one internal protocol; RedisClient and
@@ -83,16 +84,6 @@ extension RedisClusterClient: RedisSessionTarget {
         }
         return keys.map { found[$0] ?? .null }
     }
-}
-
-/// Runs `body` with one absolute deadline for all of its Redis commands, set as ``RedisDeadline/current`` and
-/// passed in: ``RedisDeadline/effective`` when something above set one (or a ``RedisTimeBudget``), else now plus
-/// `timeout`. Retries and a write's WAIT run under it, so none of them gets a fresh timeout of its own.
-func withOneDeadline<Result>(orAfter timeout: Duration,
-                             isolation: isolated (any Actor)? = #isolation,
-                             _ body: (ContinuousClock.Instant) async throws -> Result) async throws -> Result {
-    let deadline = RedisDeadline.effective ?? .now + timeout
-    return try await RedisDeadline.$current.withValue(deadline) { try await body(deadline) }
 }
 
 /// `WAIT replicas timeout` on `client`'s connection, right after a write on it, where the timeout is what is left

@@ -5,6 +5,7 @@ import Foundation
 #endif
 import EvServer
 import Logging
+import RedisClient
 import Synchronization
 
 // MARK: - Configuration

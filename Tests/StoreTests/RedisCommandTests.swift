@@ -1,4 +1,5 @@
 import Testing
+@testable import RedisClient
 @testable import RedisSessionStore
 
 // RedisCommand is what hiredis writes to the socket as is (redisAsyncFormattedCommand), so its bytes are checked

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import EvServer
+@testable import RedisClient
 @testable import RedisSessionStore
 
 #if canImport(Glibc)

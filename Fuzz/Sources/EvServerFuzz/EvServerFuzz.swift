@@ -10,6 +10,7 @@ import Darwin
 #endif
 import CFuzzerDriver
 import EvServer
+import RedisClient
 import RedisSessionStore
 
 // One libFuzzer target over everything the server reads from clients or from Redis before it trusts it: the Cookie

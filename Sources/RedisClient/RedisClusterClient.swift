@@ -175,8 +175,8 @@ public final class RedisClusterClient: Sendable {
     /// - Parameter forWaits: use the nodes' second connections, the ones writes followed by `WAIT` go through (a
     ///   `WAIT` blocks its connection; other commands must not queue behind it).
     /// - Returns: the reply and the client of the node that gave it (WAIT must go to that same connection).
-    func execute(_ arguments: [[UInt8]], slot: Int?, forWaits: Bool,
-                 deadline: ContinuousClock.Instant) async throws -> (reply: RedisValue, client: RedisClient) {
+    package func execute(_ arguments: [[UInt8]], slot: Int?, forWaits: Bool,
+                         deadline: ContinuousClock.Instant) async throws -> (reply: RedisValue, client: RedisClient) {
         let loop = try currentLoop()
         var redirections = 0
         var asking: RedisAddress?
@@ -234,7 +234,7 @@ public final class RedisClusterClient: Sendable {
     }
 
     /// The slot a command is routed by: its first key's, or nil for commands without keys.
-    static func routingSlot(of arguments: [[UInt8]]) -> Int? {
+    package static func routingSlot(of arguments: [[UInt8]]) -> Int? {
         guard arguments.count > 1 else { return nil }
         switch commandName(arguments[0]) {
         case "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO":
@@ -252,7 +252,7 @@ public final class RedisClusterClient: Sendable {
     }
 
     /// `keys` split into groups that share a slot (each group keeps the keys' order).
-    static func groupedBySlot(_ keys: [String]) -> [[String]] {
+    package static func groupedBySlot(_ keys: [String]) -> [[String]] {
         var groups: [Int: [String]] = [:]
         var order: [Int] = []
         for key in keys {

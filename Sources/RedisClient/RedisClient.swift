@@ -140,7 +140,7 @@ public final class RedisClient: Sendable {
 
     /// ``get(_:refreshingExpiry:)`` of the key `prefix + id`, encoded straight from its parts: the session store
     /// sends this on every request, and the key need not become a String of its own.
-    nonisolated(nonsending) func get(prefix: String, id: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
+    nonisolated(nonsending) package func get(prefix: String, id: String, refreshingExpiry seconds: Int) async throws -> [UInt8]? {
         var command = RedisCommand(count: 4, payload: prefix.utf8.count + id.utf8.count + 16)
         command.append(Keyword.getex)
         command.append(prefix, id)
@@ -277,7 +277,7 @@ public struct RedisScript: Sendable, Hashable {
     }
 
     /// ``run(keys:arguments:through:)`` with the keys as bytes.
-    nonisolated(nonsending) func run(
+    nonisolated(nonsending) package func run(
         keyBytes keys: [[UInt8]], arguments: [[UInt8]],
         through send: nonisolated(nonsending) ([[UInt8]]) async throws -> RedisValue
     ) async throws -> RedisValue {
@@ -300,7 +300,7 @@ public struct RedisScript: Sendable, Hashable {
     }
 
     /// The lower-case hex SHA1 of `bytes`, as Lua's `redis.sha1hex` and `SCRIPT LOAD` write it.
-    static func sha1Hex(_ bytes: [UInt8]) -> [UInt8] {
+    package static func sha1Hex(_ bytes: [UInt8]) -> [UInt8] {
         // Digits computed, not looked up in a table built per call (every session save hashes its loaded value).
         func digit(_ value: UInt8) -> UInt8 { value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10 }
         var text: [UInt8] = []
@@ -317,13 +317,13 @@ public struct RedisScript: Sendable, Hashable {
 
 /// Command names as bytes, built once.
 /// Command names and keywords as bytes, made once (the request path sends them on every call).
-enum Keyword {
+package enum Keyword {
     static let get = Array("GET".utf8)
     static let getex = Array("GETEX".utf8)
-    static let set = Array("SET".utf8)
-    static let ex = Array("EX".utf8)
+    package static let set = Array("SET".utf8)
+    package static let ex = Array("EX".utf8)
     static let expire = Array("EXPIRE".utf8)
-    static let del = Array("DEL".utf8)
+    package static let del = Array("DEL".utf8)
     static let scan = Array("SCAN".utf8)
     static let match = Array("MATCH".utf8)
     static let count = Array("COUNT".utf8)
@@ -351,7 +351,7 @@ enum Keyword {
 }
 
 /// `value` in decimal, as Redis expects numbers.
-func decimal(_ value: Int) -> [UInt8] {
+package func decimal(_ value: Int) -> [UInt8] {
     var digits: [UInt8] = []
     digits.reserveCapacity(20)
     appendDecimal(value, to: &digits)

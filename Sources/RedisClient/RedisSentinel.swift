@@ -56,8 +56,8 @@ public struct RedisSentinelConfiguration: Sendable {
 /// promoting a replica, it throws ``RedisClientError/notConnected`` at once (see ``SentinelMonitor``).
 ///
 /// Thread safety: all methods may be called from any thread.
-final class SentinelClients: Sendable {
-    let configuration: RedisSentinelConfiguration
+package final class SentinelClients: Sendable {
+    package let configuration: RedisSentinelConfiguration
     private let state: SentinelState
     /// The monitor's loop, also the loop of callers outside any loop. nil if it could not start (then client()
     /// throws why).
@@ -67,7 +67,7 @@ final class SentinelClients: Sendable {
 
     /// Starts the monitor thread, which looks for the primary at once. An empty sentinel list (or a thread that
     /// cannot start) is reported by every ``client()`` call.
-    init(configuration: RedisSentinelConfiguration) {
+    package init(configuration: RedisSentinelConfiguration) {
         self.configuration = configuration
         let state = SentinelState(configuration: configuration)
         self.state = state
@@ -100,7 +100,7 @@ final class SentinelClients: Sendable {
     /// loop). Made on first use; replaced when the primary changes. Never waits.
     /// - Throws: ``RedisClientError/notConnected`` before any primary is known (the reason says what the sentinels
     ///   answered) and while a replica is being promoted, ``RedisClientError/connectionClosed`` after ``close()``.
-    func client() throws -> RedisClient {
+    package func client() throws -> RedisClient {
         guard let thread else { throw RedisClientError.notConnected.with(startFailure) }
         let loop = EventLoop.current ?? thread.loop
         return try state.client(for: loop)
@@ -112,7 +112,7 @@ final class SentinelClients: Sendable {
     }
 
     /// Closes every client and stops the monitor. Idempotent.
-    func close() {
+    package func close() {
         for client in state.close() { client.close() }
         guard let thread, let monitor else { return }
         thread.loop.execute { monitor.stop() }

@@ -63,7 +63,7 @@ public struct RedisClientError: Error, Sendable, Hashable, CustomStringConvertib
     public static let unsupportedCommand = RedisClientError(.unsupportedCommand)
 
     /// The same kind of error, with a detail.
-    func with(_ detail: String?) -> RedisClientError { RedisClientError(kind, detail) }
+    package func with(_ detail: String?) -> RedisClientError { RedisClientError(kind, detail) }
 
     /// Whether the error means the command never got an answer because of the connection (for metrics).
     var isConnectionError: Bool {

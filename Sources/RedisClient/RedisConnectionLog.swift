@@ -7,7 +7,7 @@ import Synchronization
 /// debug; the first connection (at start, or after an outage) is an info line, the others' are debug.
 ///
 /// The lock is taken only when a connection is made or fails, never per command.
-final class RedisConnectionLog: Sendable {
+package final class RedisConnectionLog: Sendable {
     private struct State {
         var down = false
         var connected = false
@@ -16,6 +16,8 @@ final class RedisConnectionLog: Sendable {
     }
 
     private let state = Mutex(State())
+
+    package init() {}
 
     /// The level at which a failed attempt (or a lost connection) with `reason` is logged.
     func levelForFailure(_ reason: String) -> Logger.Level {

@@ -11,18 +11,18 @@ import Synchronization
 /// ``EventLoop/current`` when there is one, else a loop thread of its own, started on first use and joined when this
 /// goes away. Redis connections belong to one loop, so the Redis clients made per loop need a loop even for such
 /// callers.
-final class FallbackLoop: Sendable {
+package final class FallbackLoop: Sendable {
     private let name: String
     private let thread = Mutex<EventLoopThread?>(nil)
 
     /// - Parameter name: the name of the thread, when one is started.
-    init(name: String) {
+    package init(name: String) {
         self.name = name
     }
 
     /// The calling task's loop, else the loop of this object's own thread (started now if need be).
     /// - Throws: when the thread cannot be started.
-    func current() throws -> EventLoop {
+    package func current() throws -> EventLoop {
         if let loop = EventLoop.current { return loop }
         return try thread.withLock { thread in
             if let thread { return thread.loop }
@@ -33,7 +33,7 @@ final class FallbackLoop: Sendable {
     }
 
     /// Stops the thread, if one was started. Idempotent.
-    func shutdown() {
+    package func shutdown() {
         thread.withLock { $0.take() }?.shutdownFromAnyThread()
     }
 

@@ -68,6 +68,16 @@ public enum RedisDeadline {
     }
 }
 
+/// Runs `body` with one absolute deadline for all of its Redis commands, set as ``RedisDeadline/current`` and
+/// passed in: ``RedisDeadline/effective`` when something above set one (or a ``RedisTimeBudget``), else now plus
+/// `timeout`. Retries and a write's WAIT run under it, so none of them gets a fresh timeout of its own.
+package func withOneDeadline<Result>(orAfter timeout: Duration,
+                                     isolation: isolated (any Actor)? = #isolation,
+                                     _ body: (ContinuousClock.Instant) async throws -> Result) async throws -> Result {
+    let deadline = RedisDeadline.effective ?? .now + timeout
+    return try await RedisDeadline.$current.withValue(deadline) { try await body(deadline) }
+}
+
 /// A monotonic clock in nanoseconds, for measuring waits in async code.
 ///
 /// Not `ContinuousClock`: its `Instant` comes from a library built for evolution, so its size is unknown to the

@@ -60,7 +60,7 @@ extension RedisValue {
     }
 
     /// The case's name, for error messages ("bulk string", "integer", ...).
-    var kindDescription: String {
+    package var kindDescription: String {
         switch self {
         case .simpleString: return "status"
         case .error: return "error"

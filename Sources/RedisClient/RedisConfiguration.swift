@@ -43,7 +43,7 @@ public struct RedisConfiguration: Sendable, Equatable {
     var role = "single server"
     /// Shared by the connections of one store to this server, so that they log an outage once; nil: the client's
     /// own. Not part of equality.
-    var connectionLog: RedisConnectionLog?
+    package var connectionLog: RedisConnectionLog?
 
     public init(host: String = "127.0.0.1", port: Int = 6379, username: String? = nil, password: String? = nil,
                 database: Int = 0, tls: RedisTLSConfiguration? = nil, commandTimeout: Duration = .seconds(1)) {
