@@ -38,6 +38,9 @@ struct RedisEndpoint: Sendable {
     var tls: RedisTLSConfiguration?
 }
 
+// The request-path state is `@exclusivity(unchecked)`: loop-thread only (every entry point checks), one access at a
+// time, so the dynamic checks could only ever pass.
+
 /// One connection to Redis on one ``EventLoop``: name lookup, TCP, TLS, RESP.
 ///
 /// Loop-confined: create it, send on it and free it on the loop thread only.
@@ -59,8 +62,8 @@ final class RedisTransport: RedisSocketDelegate, @unchecked Sendable {
     /// Strong, so a reply can always be delivered; cleared when the transport closes, which breaks the cycle with
     /// the delegate (which holds this transport while it is current).
     private var delegate: (any RedisTransportDelegate)?
-    private var state = State.resolving
-    private var socket: RedisSocket?
+    @exclusivity(unchecked) private var state = State.resolving
+    @exclusivity(unchecked) private var socket: RedisSocket?
     private var tlsContext: TLSContext?
     private var addresses: [SocketAddress] = []
     private var nextAddress = 0
@@ -68,17 +71,17 @@ final class RedisTransport: RedisSocketDelegate, @unchecked Sendable {
     private var attemptFailures: [String] = []
     private let reader = RESPReader()
     /// Commands written and not answered yet, oldest first from `head`.
-    private var pending: [PendingCommand?] = []
-    private var head = 0
+    @exclusivity(unchecked) private var pending: [PendingCommand?] = []
+    @exclusivity(unchecked) private var head = 0
     /// Bytes of commands sent before the connection was open, and over TLS those of the current loop turn.
-    private var queued: [UInt8] = []
+    @exclusivity(unchecked) private var queued: [UInt8] = []
     /// Whether a write of `queued` is scheduled (TLS).
-    private var flushScheduled = false
+    @exclusivity(unchecked) private var flushScheduled = false
     private var subscribed = false
     /// Whether any byte came from the server (the hints about TLS apply only to a server that said nothing).
-    private var receivedAny = false
+    @exclusivity(unchecked) private var receivedAny = false
     /// Nesting of delegate calls made from inside a libevent callback: `free()` waits until they return.
-    private var callbackDepth = 0
+    @exclusivity(unchecked) private var callbackDepth = 0
     private var closeRequested = false
     /// Itself, until closed: the transport stays alive while its socket or the resolver may call back, whoever else
     /// lets it go (a cycle on purpose, broken by finish()).
