@@ -228,7 +228,7 @@ struct ObservabilityMiddleware: Middleware {
         var status = 500
         defer {
             metrics.recordRequest(route: request.route ?? "unmatched", method: request.method.rawValue,
-                                  status: status, duration: ContinuousClock.now - start)
+                                  status: status, duration: ContinuousClock.now - start, loop: request.loop)
         }
         do {
             try await next()

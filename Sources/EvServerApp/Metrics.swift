@@ -1,7 +1,9 @@
+import EvServer
 import Synchronization
 
-// A small Prometheus text-format registry: counters and histograms with labels, shared by every loop of the
-// process behind one Mutex. Requests update it once each; /metrics renders it.
+// A small Prometheus text-format registry: counters and histograms with labels. Each event loop records into a
+// shard of its own (picked by the loop's identity), so loops never wait for each other's lock and more loops scale;
+// /metrics sums the shards when it renders.
 
 /// Process-wide metrics for `/metrics`.
 final class Metrics: Sendable {
@@ -20,6 +22,12 @@ final class Metrics: Sendable {
             if let index = bounds.firstIndex(where: { value <= $0 }) { buckets[index] += 1 }
             sum += value
             count += 1
+        }
+
+        mutating func add(_ other: Histogram) {
+            for index in buckets.indices { buckets[index] += other.buckets[index] }
+            sum += other.sum
+            count += other.count
         }
 
         /// The count of observations at or below each bound, in order.
@@ -45,10 +53,30 @@ final class Metrics: Sendable {
         }
     }
 
-    private struct State: ~Copyable {
+    private struct State {
         var routes: [String: RouteStats] = [:]
         var redisLatency: [String: Histogram] = [:]
         var redisErrors: [RedisErrorKey: UInt64] = [:]
+
+        /// Adds `other`'s counts to these (for rendering the sum of the shards).
+        mutating func merge(_ other: State) {
+            for (route, stats) in other.routes {
+                var mine = routes[route] ?? RouteStats()
+                mine.latency.add(stats.latency)
+                for entry in stats.counts {
+                    if let index = mine.counts.firstIndex(where: { $0.status == entry.status && $0.method == entry.method }) {
+                        mine.counts[index].count += entry.count
+                    } else {
+                        mine.counts.append(entry)
+                    }
+                }
+                routes[route] = mine
+            }
+            for (command, histogram) in other.redisLatency {
+                redisLatency[command, default: Histogram(bounds: Metrics.latencyBuckets.count)].add(histogram)
+            }
+            for (key, count) in other.redisErrors { redisErrors[key, default: 0] += count }
+        }
     }
 
     struct RedisErrorKey: Hashable {
@@ -56,18 +84,31 @@ final class Metrics: Sendable {
         let kind: String
     }
 
-    private let state = Mutex(State())
+    /// One loop's counts. A class per shard: each lock on its own allocation, not beside its neighbours'.
+    private final class Shard: Sendable {
+        let state = Mutex(State())
+    }
 
-    func recordRequest(route: String, method: String, status: Int, duration: Duration) {
+    /// More shards than loops, so that two loops rarely share one (when they do, they only share its lock).
+    private let shards: [Shard] = (0..<64).map { _ in Shard() }
+
+    /// The shard of `loop` (of the calling thread's loop when nil; outside any loop, the first).
+    private func shard(_ loop: EventLoop?) -> Shard {
+        guard let loop = loop ?? EventLoop.current else { return shards[0] }
+        // An object's address is fixed while it lives; its low bits are alignment, so drop them.
+        return shards[Int((UInt(bitPattern: ObjectIdentifier(loop)) >> 4) % UInt(shards.count))]
+    }
+
+    func recordRequest(route: String, method: String, status: Int, duration: Duration, loop: EventLoop? = nil) {
         let seconds = Self.seconds(duration)
-        state.withLock { state in
+        shard(loop).state.withLock { state in
             state.routes[route, default: RouteStats()].record(method: method, status: status, seconds: seconds)
         }
     }
 
     func recordRedis(command: String, duration: Duration, error: String?) {
         let seconds = Self.seconds(duration)
-        state.withLock { state in
+        shard(nil).state.withLock { state in
             state.redisLatency[command, default: Histogram(bounds: Self.latencyBuckets.count)]
                 .observe(seconds, bounds: Self.latencyBuckets)
             if let error { state.redisErrors[RedisErrorKey(command: command, kind: error), default: 0] += 1 }
@@ -82,7 +123,9 @@ final class Metrics: Sendable {
     /// The Prometheus text exposition (version 0.0.4). `extra` are counters owned elsewhere (sessions).
     func render(extra: [(name: String, help: String, value: Int)]) -> String {
         var out = ""
-        state.withLock { state in
+        var state = State()
+        for shard in shards { state.merge(shard.state.withLock { $0 }) }
+        do {
             out += "# HELP evserver_http_requests_total HTTP requests by route, method and status.\n"
             out += "# TYPE evserver_http_requests_total counter\n"
             let routes = state.routes.sorted { $0.key < $1.key }
