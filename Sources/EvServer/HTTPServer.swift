@@ -1,7 +1,5 @@
 import CEvent
-import Dispatch
 import Logging
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -1092,33 +1090,4 @@ private func onRegister(_ fd: Int32, _ what: Int16, _ context: UnsafeMutableRawP
 private func onSweep(_ fd: Int32, _ what: Int16, _ context: UnsafeMutableRawPointer?) {
     guard let context else { return }
     Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().sweep()
-}
-
-// MARK: - Helpers
-
-extension EventLoop {
-    /// Runs `body` on the loop thread and blocks the caller until it returns. Must not be called on this loop.
-    func performAndWait<Result: Sendable>(_ body: @escaping @Sendable () throws -> Result) throws -> Result {
-        precondition(!inLoop, "performAndWait called on its own loop")
-        let box = WaitBox<Result>()
-        execute {
-            let result = Swift.Result { try body() }
-            box.result.withLock { $0 = result }
-            box.done.signal()
-        }
-        box.done.wait()
-        return try box.result.withLock { $0! }.get()
-    }
-
-    /// Runs `body` on the loop thread and returns its result. The loop must be running.
-    func perform<Result: Sendable>(_ body: @escaping @Sendable () -> Result) async -> Result {
-        await withCheckedContinuation { continuation in
-            execute { continuation.resume(returning: body()) }
-        }
-    }
-}
-
-private final class WaitBox<Value: Sendable>: Sendable {
-    let result = Mutex<Result<Value, any Error>?>(nil)
-    let done = DispatchSemaphore(value: 0)
 }
