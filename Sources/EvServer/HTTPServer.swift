@@ -174,7 +174,6 @@ final class HTTPServer: @unchecked Sendable {
         _ = evhttp_set_flags(http, EVHTTP_SERVER_LINGERING_CLOSE)
         // passUnretained: the server outlives its evhttp and its events (close() frees them, and deinit checks that
         // it did), so the callbacks never see a dead server.
-        let context = Unmanaged.passUnretained(self).toOpaque()
         evhttp_set_gencb(http, onRequest, context)
         evhttp_set_bevcb(http, onNewConnection, context)
         let events = loop.withUnsafeEventBase { base in
@@ -207,11 +206,9 @@ final class HTTPServer: @unchecked Sendable {
         precondition(http == nil, "HTTPServer released without close()")
     }
 
-    private var context: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
-
     // MARK: Requests
 
-    fileprivate func handle(_ req: RequestPointer) {
+    func handle(_ req: RequestPointer) {
         let id = nextID
         nextID = nextID == .max ? 1 : nextID + 1
         let connection = evhttp_request_get_connection(req)
@@ -384,7 +381,7 @@ final class HTTPServer: @unchecked Sendable {
             flushingCount += 1
             // passUnretained: `connections` holds the client until evhttp closes the connection, and evhttp calls
             // this (from evhttp_send_done) before it closes it.
-            evhttp_request_set_on_complete_cb(req, onResponseWritten, Unmanaged.passUnretained(client).toOpaque())
+            evhttp_request_set_on_complete_cb(req, onResponseWritten, client.context)
         }
         // evhttp writes the whole reply into the output buffer inside this call; the watch for evhttp's own answers
         // (see `evhttpWrote`) looks away meanwhile. A detached request (its client went away while we worked) is
@@ -440,7 +437,7 @@ final class HTTPServer: @unchecked Sendable {
         return dateText
     }
 
-    fileprivate func responseWritten(_ client: ClientConnection) {
+    func responseWritten(_ client: ClientConnection) {
         if client.flushing {
             client.flushing = false
             flushingCount -= 1
@@ -492,7 +489,7 @@ final class HTTPServer: @unchecked Sendable {
     //   evhttp's own. The first thing evhttp writes is the status line, in one piece; the fields go right after it.
 
     /// The bufferevent for a connection evhttp is accepting (evhttp_set_bevcb).
-    fileprivate func newBufferevent(_ base: OpaquePointer) -> OpaquePointer? {
+    func newBufferevent(_ base: OpaquePointer) -> OpaquePointer? {
         // Without one evhttp makes its own bufferevent; that connection then goes unchecked, but only when
         // memory has run out.
         guard let bufferevent = bufferevent_socket_new(base, -1, 0), let input = bufferevent_get_input(bufferevent),
@@ -505,7 +502,7 @@ final class HTTPServer: @unchecked Sendable {
         if !overCapacity {
             // passUnretained: the client is in `unregistered`, then `connections`, until `detach` removes these
             // callbacks.
-            let context = Unmanaged.passUnretained(client).toOpaque()
+            let context = client.context
             client.callbackEntry = evbuffer_add_cb(input, onInput, context)
             if !defaultHeaders.isEmpty { client.outputCallbackEntry = evbuffer_add_cb(output, onOutput, context) }
         }
@@ -515,7 +512,7 @@ final class HTTPServer: @unchecked Sendable {
     }
 
     /// Learns the evhttp_connection of each new bufferevent, and refuses the connections over the limit.
-    fileprivate func registerNewConnections() {
+    func registerNewConnections() {
         guard !unregistered.isEmpty else { return }
         let batch = unregistered
         unregistered.removeAll(keepingCapacity: true)
@@ -538,7 +535,7 @@ final class HTTPServer: @unchecked Sendable {
         }
     }
 
-    fileprivate func connectionClosed(_ connection: OpaquePointer) {
+    func connectionClosed(_ connection: OpaquePointer) {
         guard let client = connections.removeValue(forKey: connection) else { return }
         client.connection = nil
         detach(client)
@@ -571,7 +568,7 @@ final class HTTPServer: @unchecked Sendable {
     /// watch off while evhttp writes them (see "how each connection's bytes reach the scanner" above). A final
     /// answer (an error page) gets the default fields right after its status line, the first thing evhttp writes;
     /// an interim one (`100 Continue`) is left alone, and the watch goes on for what follows it.
-    fileprivate func evhttpWrote(_ client: ClientConnection, added: Int) {
+    func evhttpWrote(_ client: ClientConnection, added: Int) {
         let output = client.output
         let length = evbuffer_get_length(output)
         guard let entry = client.outputCallbackEntry, added <= length else { return }
@@ -621,7 +618,7 @@ final class HTTPServer: @unchecked Sendable {
     // MARK: Checking the bytes
 
     /// `added` bytes have just arrived at the end of `client`'s input buffer; evhttp has not seen them yet.
-    fileprivate func input(_ client: ClientConnection, added: Int) {
+    func input(_ client: ClientConnection, added: Int) {
         if client.lingering {
             evbuffer_drain(client.input, evbuffer_get_length(client.input))
             return
@@ -699,7 +696,7 @@ final class HTTPServer: @unchecked Sendable {
     private enum Expiry { case close, requestTimeout }
 
     /// Runs every tick: closes idle connections, answers slow headers 408, ends lingering refused connections.
-    fileprivate func sweep() {
+    func sweep() {
         tick += 1
         var expired: [(ClientConnection, Expiry)] = []
         for client in connections.values {
@@ -906,53 +903,4 @@ private struct ResponseBox: @unchecked Sendable {
     // @unchecked Sendable: the task that built the response hands it and its job over and never touches them again.
     let job: RequestJob
     let response: Response
-}
-
-// MARK: - C callbacks
-
-private func onRequest(_ req: UnsafeMutablePointer<evhttp_request>?, _ context: UnsafeMutableRawPointer?) {
-    guard let req, let context else { return }
-    Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().handle(req)
-}
-
-private func onResponseWritten(_ req: UnsafeMutablePointer<evhttp_request>?, _ context: UnsafeMutableRawPointer?) {
-    guard let context else { return }
-    let client = Unmanaged<ClientConnection>.fromOpaque(context).takeUnretainedValue()
-    client.server.responseWritten(client)
-}
-
-private func onConnectionClose(_ connection: OpaquePointer?, _ context: UnsafeMutableRawPointer?) {
-    guard let connection, let context else { return }
-    Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().connectionClosed(connection)
-}
-
-private func onNewConnection(_ base: OpaquePointer?, _ context: UnsafeMutableRawPointer?) -> OpaquePointer? {
-    guard let base, let context else { return nil }
-    return Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().newBufferevent(base)
-}
-
-private func onInput(_ buffer: OpaquePointer?, _ info: UnsafePointer<evbuffer_cb_info>?,
-                     _ context: UnsafeMutableRawPointer?) {
-    // Drains (evhttp consuming what it parsed, or our own) need nothing.
-    guard let info, info.pointee.n_added > 0, let context else { return }
-    let client = Unmanaged<ClientConnection>.fromOpaque(context).takeUnretainedValue()
-    client.server.input(client, added: info.pointee.n_added)
-}
-
-private func onOutput(_ buffer: OpaquePointer?, _ info: UnsafePointer<evbuffer_cb_info>?,
-                      _ context: UnsafeMutableRawPointer?) {
-    // Drains (the bytes going out to the socket) need nothing.
-    guard let info, info.pointee.n_added > 0, let context else { return }
-    let client = Unmanaged<ClientConnection>.fromOpaque(context).takeUnretainedValue()
-    client.server.evhttpWrote(client, added: info.pointee.n_added)
-}
-
-private func onRegister(_ fd: Int32, _ what: Int16, _ context: UnsafeMutableRawPointer?) {
-    guard let context else { return }
-    Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().registerNewConnections()
-}
-
-private func onSweep(_ fd: Int32, _ what: Int16, _ context: UnsafeMutableRawPointer?) {
-    guard let context else { return }
-    Unmanaged<HTTPServer>.fromOpaque(context).takeUnretainedValue().sweep()
 }
