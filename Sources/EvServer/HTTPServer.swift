@@ -80,13 +80,13 @@ final class HTTPServer: @unchecked Sendable {
     typealias RequestPointer = UnsafeMutablePointer<evhttp_request>
 
     let loop: EventLoop
-    private let pipeline: RequestPipeline
+    let pipeline: RequestPipeline
     /// The tasks that run the requests (see RequestWorkers.swift).
     let workers = RequestWorkers<RequestJob>()
-    fileprivate let limits: HTTPLimits
+    let limits: HTTPLimits
     private let maxConnections: Int
     /// ``HTTPServerConfiguration/defaultHeaders``.
-    private let defaultHeaders: DefaultHeaders
+    let defaultHeaders: DefaultHeaders
     var http: OpaquePointer?
     var listener: OpaquePointer?
 
@@ -98,7 +98,7 @@ final class HTTPServer: @unchecked Sendable {
     @exclusivity(unchecked) var unheldRequests: [UInt: RequestPointer] = [:]
     /// All requests in flight: held by a connection or in `unheldRequests`.
     @exclusivity(unchecked) var inFlightCount = 0
-    @exclusivity(unchecked) private var nextID: UInt = 1
+    @exclusivity(unchecked) var nextID: UInt = 1
     /// Connections whose reply is queued but not yet written.
     @exclusivity(unchecked) var flushingCount = 0
     /// Set once shutdown begins: replies then carry `Connection: close`.
@@ -113,19 +113,19 @@ final class HTTPServer: @unchecked Sendable {
     /// lookup in `connections` (it is that connection only while its `connection` is the request's).
     @exclusivity(unchecked) var lastScanned: ClientConnection?
     /// Connections whose bufferevent evhttp has just taken; `registerNewConnections` learns their evhttp_connection.
-    @exclusivity(unchecked) private var unregistered: [ClientConnection] = []
+    @exclusivity(unchecked) var unregistered: [ClientConnection] = []
     var registerEvent: OpaquePointer?
     var sweepEvent: OpaquePointer?
     /// The clock of the connection timeouts: sweeps since the server started. Coarse on purpose: reading it costs
     /// nothing on the request path.
-    @exclusivity(unchecked) fileprivate private(set) var tick = 0
+    @exclusivity(unchecked) private(set) var tick = 0
     private let idleTicks: Int
     private let headerTicks: Int
     private let lingerTicks: Int
     private var lastCapacityWarning = -1
     /// The `Date` header of responses, and the second it names (see `currentDate()`).
-    @exclusivity(unchecked) private var dateSecond: time_t = -1
-    @exclusivity(unchecked) private var dateText = ""
+    @exclusivity(unchecked) var dateSecond: time_t = -1
+    @exclusivity(unchecked) var dateText = ""
 
     /// How long a refused connection keeps reading (and dropping) what the client still sends before it is closed:
     /// closing a socket with unread input sends a reset, which can destroy the answer before the client reads it.
@@ -204,257 +204,6 @@ final class HTTPServer: @unchecked Sendable {
 
     deinit {
         precondition(http == nil, "HTTPServer released without close()")
-    }
-
-    // MARK: Requests
-
-    func handle(_ req: RequestPointer) {
-        let id = nextID
-        nextID = nextID == .max ? 1 : nextID + 1
-        let connection = evhttp_request_get_connection(req)
-        var client: ClientConnection?
-        if let connection {
-            if let last = lastScanned, last.connection == connection {
-                client = last
-            } else {
-                client = connections[connection]
-            }
-            if client == nil && !unregistered.isEmpty {
-                registerNewConnections()
-                client = connections[connection]
-            }
-        }
-        inFlightCount += 1
-        if let client, client.current == nil {
-            client.current = (id, req)
-        } else {
-            unheldRequests[id] = req
-        }
-        client?.inFlight += 1
-        let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
-        let job = RequestJob(request: makeRequest(req, connection: connection, client: client), id: id,
-                             client: client, head: head)
-        workers.run(job) { job in
-            Task(executorPreference: loop) { [self] in await work(startingWith: job) }
-        }
-    }
-
-    /// A worker's life: the request it was started for, then each one the server hands it while it waits, until
-    /// the workers close (see RequestWorkers.swift).
-    @inline(__always)   // into the worker task's closure: one async function entered fewer per request
-    private func work(startingWith first: RequestJob) async {
-        var job = first
-        while true {
-            let response = await pipeline.respond(to: job.request)
-            // Nonisolated code of a task that prefers the loop runs on the loop, so this is the common path.
-            if loop.inLoop {
-                reply(to: job, response)
-            } else {
-                let box = ResponseBox(job: job, response: response)
-                loop.execute { [self] in reply(to: box.job, box.response) }
-            }
-            guard let next = await workers.next() else { return }
-            job = next
-        }
-    }
-
-    private func makeRequest(_ req: RequestPointer, connection: OpaquePointer?, client: ClientConnection?)
-        -> sending Request
-    {
-        let method: HTTPMethod = switch evhttp_request_get_command(req) {
-        case EVHTTP_REQ_GET: .get
-        case EVHTTP_REQ_POST: .post
-        case EVHTTP_REQ_HEAD: .head
-        case EVHTTP_REQ_PUT: .put
-        case EVHTTP_REQ_DELETE: .delete
-        case EVHTTP_REQ_OPTIONS: .options
-        case EVHTTP_REQ_PATCH: .patch
-        case EVHTTP_REQ_TRACE: HTTPMethod(rawValue: "TRACE")
-        case EVHTTP_REQ_CONNECT: HTTPMethod(rawValue: "CONNECT")
-        default: HTTPMethod(rawValue: "UNKNOWN")
-        }
-        // String(cString:) repairs invalid UTF-8, so no byte sequence a client sends can trap here.
-        let uri = evhttp_request_get_uri(req).map { String(cString: $0) } ?? "/"
-        var fields: [(name: String, value: String)] = []
-        fields.reserveCapacity(8)   // one allocation for a typical request's headers
-        if let headers = evhttp_request_get_input_headers(req) {
-            var item = headers.pointee.tqh_first
-            while let field = item {
-                if let key = field.pointee.key, let value = field.pointee.value {
-                    fields.append((name: String(cString: key), value: String(cString: value)))
-                }
-                item = field.pointee.next.tqe_next
-            }
-        }
-        var body: [UInt8] = []
-        if let input = evhttp_request_get_input_buffer(req) {
-            let length = evbuffer_get_length(input)
-            if length > 0 {
-                body = [UInt8](unsafeUninitializedCapacity: length) { buffer, count in
-                    count = max(0, evbuffer_copyout(input, buffer.baseAddress, length))
-                }
-            }
-        }
-        // The peer of a connection does not change: read it once per connection, not once per request.
-        var remoteAddress = client?.remoteAddress ?? ""
-        if client?.remoteAddress == nil, let connection {
-            var host: UnsafeMutablePointer<CChar>?
-            var port: UInt16 = 0
-            evhttp_connection_get_peer(connection, &host, &port)
-            if let host { remoteAddress = String(cString: host) }
-            client?.remoteAddress = remoteAddress
-        }
-        return Request(method: method, uri: uri, headers: HTTPHeaders(fields: fields), body: body,
-                       remoteAddress: remoteAddress, loop: loop)
-    }
-
-    /// Writes `response` as the one reply to `job`'s request; does nothing if `close()` has given up on it.
-    private func reply(to job: RequestJob, _ response: Response) {
-        let (id, client, head) = (job.id, job.client, job.head)
-        let req: RequestPointer
-        if let client, let current = client.current, current.id == id {
-            req = current.request
-            client.current = nil
-        } else if let unheld = unheldRequests.removeValue(forKey: id) {
-            req = unheld
-        } else {
-            return
-        }
-        inFlightCount -= 1
-        client?.inFlight -= 1
-        // One read of the response's storage for everything below (see Response.Parts).
-        let parts = response.parts
-        var code = parts.status.code
-        var reason = parts.status.reason
-        if !(100...999).contains(code) {
-            logger.error("handler set an invalid status \(code); answering 500")
-            code = 500
-            reason = HTTPStatus.standardReason(500)
-        } else if Self.hasLineBreak(reason) {
-            reason = HTTPStatus.standardReason(code)   // CR/LF in the status line would split the response
-        }
-        // RFC 9110 6.4.1: no body in 1xx, 204 and 304 responses (evhttp would send one if we gave it).
-        let bodyAllowed = code >= 200 && code != 204 && code != 304
-
-        let output = evhttp_request_get_output_headers(req)
-        var hasLength = false
-        for field in parts.headers.fields {
-            if field.name.asciiCaseInsensitiveEquals("Content-Length") {
-                // evhttp computes the length of what it sends; only a HEAD answer may state its own.
-                guard head else { continue }
-                hasLength = true
-            } else if field.name.asciiCaseInsensitiveEquals("Transfer-Encoding") {
-                continue   // the body always goes out whole, with a Content-Length
-            }
-            if addHeader(output, field.name, field.value) != 0 {
-                logger.warning("dropped response header \(field.name): a name or value must not contain CR or LF")
-            }
-        }
-        // The default fields the response does not have (checked when configured: evhttp takes them all).
-        for field in defaultHeaders.fields where !parts.headers.contains(field.name) {
-            addHeader(output, field.name, field.value)
-        }
-        if closing {
-            evhttp_remove_header(output, "Connection")
-            evhttp_add_header(output, "Connection", "close")
-        }
-        // For HTTP/1.1, evhttp_make_header_response would now append `Date` (formatted anew, through snprintf, for
-        // every response) and then `Content-Length` (snprintf again). The same two fields, in the same place and
-        // the same form, from a date made once a second; evhttp then skips its own.
-        let http11 = req.pointee.major == 1 && req.pointee.minor >= 1
-        let hasDate = evhttp_find_header(output, "Date") != nil   // the handler's own, as evhttp checks
-        if head {
-            // The GET route answered; tell the client how long the body it did not ask for would be.
-            if bodyAllowed && !hasLength { addContentLength(output, parts.body.count) }
-            if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
-        } else {
-            if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
-            if bodyAllowed && http11 { addContentLength(output, parts.body.count) }
-            if bodyAllowed && !parts.body.isEmpty {
-                let buffer = evhttp_request_get_output_buffer(req)
-                parts.body.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
-            }
-        }
-
-        if evhttp_request_get_connection(req) != nil, let client, client.connection != nil {
-            client.flushing = true
-            flushingCount += 1
-            // passUnretained: `connections` holds the client until evhttp closes the connection, and evhttp calls
-            // this (from evhttp_send_done) before it closes it.
-            evhttp_request_set_on_complete_cb(req, onResponseWritten, client.context)
-        }
-        // evhttp writes the whole reply into the output buffer inside this call; the watch for evhttp's own answers
-        // (see `evhttpWrote`) looks away meanwhile. A detached request (its client went away while we worked) is
-        // freed inside this call.
-        client?.watchesOwnAnswers(false)
-        reason.withCString { evhttp_send_reply(req, Int32(code), $0, nil) }
-        client?.watchesOwnAnswers(true)
-        checkDrained()
-    }
-
-    /// evhttp_add_header with the strings' own NUL-terminated UTF-8: passing a String straight to a `const char *`
-    /// parameter copies it into a new array first.
-    @discardableResult
-    private func addHeader(_ headers: UnsafeMutablePointer<evkeyvalq>?, _ name: String, _ value: String) -> Int32 {
-        name.withCString { name in value.withCString { value in evhttp_add_header(headers, name, value) } }
-    }
-
-    /// Adds `Content-Length: count`, formatted in place: `String(count)` would make a string (through
-    /// `description`) for every reply.
-    private func addContentLength(_ headers: UnsafeMutablePointer<evkeyvalq>?, _ count: Int) {
-        withUnsafeTemporaryAllocation(of: CChar.self, capacity: 21) { text in
-            var value = count.magnitude
-            var start = 20
-            text[start] = 0
-            repeat {
-                start -= 1
-                text[start] = CChar(48 + value % 10)
-                value /= 10
-            } while value > 0
-            if count < 0 {   // never, for a body's length; here so that any Int formats as String(count) would
-                start -= 1
-                text[start] = CChar(45)
-            }
-            evhttp_add_header(headers, "Content-Length", text.baseAddress! + start)
-        }
-    }
-
-    /// Whether `text` contains a CR or LF, over a span of its UTF-8 (the view's generic search costs more than the
-    /// reason phrase it looks at).
-    private static func hasLineBreak(_ text: String) -> Bool {
-        let bytes = text.utf8.span
-        for index in bytes.indices where bytes[index] == 13 || bytes[index] == 10 { return true }
-        return false
-    }
-
-    /// `Date` as evhttp writes it (`Sun, 06 Nov 1994 08:49:37 GMT`), remade when the second changes.
-    private func currentDate() -> String {
-        let now = time(nil)
-        if now != dateSecond {
-            dateSecond = now
-            dateText = httpDate(secondsSince1970: Int(now))
-        }
-        return dateText
-    }
-
-    func responseWritten(_ client: ClientConnection) {
-        if client.flushing {
-            client.flushing = false
-            flushingCount -= 1
-        }
-        client.answered += 1
-        if client.isWaitingForRequest {
-            // The server is waiting for the client again: idle and header timeouts count from now.
-            client.since = tick
-            if client.scanner.position == .head { client.stampedRequest = client.scanner.completedRequests }
-            // A refused request pipelined behind the one just answered: its turn has come. evhttp is about to parse
-            // it (evhttp_send_done reads on right after this callback), so drop it first.
-            if let failure = client.pendingFailure {
-                client.pendingFailure = nil
-                refuse(client, failure.rejection(limits))
-            }
-        }
-        checkDrained()
     }
 
     // MARK: Connections
@@ -658,7 +407,7 @@ final class HTTPServer: @unchecked Sendable {
 
     /// Answers the request in progress on `client` with `rejection` ourselves and ends the connection; evhttp never
     /// sees another byte of it. See "how each connection's bytes reach the scanner" above.
-    private func refuse(_ client: ClientConnection, _ rejection: HTTPRejection) {
+    func refuse(_ client: ClientConnection, _ rejection: HTTPRejection) {
         logger.debug("refusing a request: \(rejection)")
         client.lingering = true
         client.since = tick
@@ -779,20 +528,4 @@ final class HTTPServer: @unchecked Sendable {
         }
     }
 
-}
-
-/// One request on its way to a worker: the request, its id, its connection (which keeps the evhttp request until
-/// the reply, see `HTTPServer.unheldRequests`), and whether it is a HEAD request.
-struct RequestJob {
-    let request: Request
-    let id: UInt
-    let client: ClientConnection?
-    let head: Bool
-}
-
-/// Carries a finished response to the loop thread in the (unexpected) case the task ended elsewhere.
-private struct ResponseBox: @unchecked Sendable {
-    // @unchecked Sendable: the task that built the response hands it and its job over and never touches them again.
-    let job: RequestJob
-    let response: Response
 }
