@@ -29,11 +29,11 @@ import Darwin
 //   server ignores SIGPIPE, as libevent's sample http-server.c does.
 // - The one place libevent frees a request we have not answered is evhttp_free (each connection takes its queued
 //   requests with it), or evhttp_connection_free on its connection. We call the latter ourselves (idle and refused
-//   connections, see "Connections" below) only on a connection with no request in flight. Shutdown waits for the
-//   in-flight requests first; when it gives up waiting, it forgets them (their tasks' late replies become no-ops),
-//   frees the detached ones itself (no connection will), and only then calls evhttp_free. A handler still awaiting
-//   work on the stopped loop then never resumes; what its task holds stays allocated: the price of "stop anyway"
-//   after the timeout.
+//   connections, see HTTPServer+Connections.swift) only on a connection with no request in flight. Shutdown waits for
+//   the in-flight requests first; when it gives up waiting, it forgets them (their tasks' late replies become
+//   no-ops), frees the detached ones itself (no connection will), and only then calls evhttp_free. A handler still
+//   awaiting work on the stopped loop then never resumes; what its task holds stays allocated: the price of
+//   "stop anyway" after the timeout.
 // - We never take ownership (evhttp_request_own): libevent's own rules above already free every request once.
 //   We never touch a request after evhttp_send_reply: it may be freed inside the call.
 // - For graceful shutdown we also want the replies on the wire, not just queued: evhttp_request_set_on_complete_cb
@@ -41,8 +41,8 @@ import Darwin
 //   A connection carries one request at a time, so "a reply is being written" is a flag of the connection.
 //
 // Before evhttp parses anything, each connection's bytes go through an `HTTPLimits.Scanner`
-// (HTTPLimits+Scanner.swift), which enforces the limits and refuses ambiguous framing; see "Connections" below for
-// how the bytes get there.
+// (HTTPLimits+Scanner.swift), which enforces the limits and refuses ambiguous framing; see
+// HTTPServer+Connections.swift for how the bytes get there.
 
 private let logger = Logger(label: "evserver.http")
 
@@ -84,7 +84,7 @@ final class HTTPServer: @unchecked Sendable {
     /// The tasks that run the requests (see RequestWorkers.swift).
     let workers = RequestWorkers<RequestJob>()
     let limits: HTTPLimits
-    private let maxConnections: Int
+    let maxConnections: Int
     /// ``HTTPServerConfiguration/defaultHeaders``.
     let defaultHeaders: DefaultHeaders
     var http: OpaquePointer?
@@ -206,164 +206,6 @@ final class HTTPServer: @unchecked Sendable {
         precondition(http == nil, "HTTPServer released without close()")
     }
 
-    // MARK: Connections
-
-    // Some explanation is required here too: how each connection's bytes reach the scanner before evhttp.
-    //
-    // - evhttp_set_bevcb lets us create each connection's bufferevent. evhttp owns its callbacks (it resets them
-    //   with bufferevent_setcb), but not the callbacks of its input evbuffer: evbuffer_add_cb adds ours. The
-    //   bufferevent's read handler calls evbuffer_read, which runs the evbuffer callbacks as soon as it has added
-    //   the bytes; only then does it call evhttp's read callback. So every byte is scanned before evhttp parses it,
-    //   with no copy (evbuffer_peek) and no extra system call. The callback also runs for every drain (evhttp
-    //   consumes the head line by line); those calls return at once.
-    // - The bevcb runs before evhttp has created its evhttp_connection, so the connection is registered a moment
-    //   later, from an event activated in the bevcb: in the same loop iteration, before any byte can be read.
-    //   bufferevent_getcb then yields the evhttp_connection (evhttp's callback argument), and we set its close
-    //   callback, which fires when evhttp frees it (also from evhttp_free). A reference we hold on the bufferevent
-    //   until then keeps it valid should evhttp free it first (its callbacks are cleared then: we check).
-    // - A refused request is answered by writing straight to the socket, not through the bufferevent: at that point
-    //   the previous response has been flushed (evhttp reads a request only after the previous one is written), so
-    //   nothing can interleave, and evhttp's write callback (which would run evhttp_send_done for a request nobody
-    //   answered) is never triggered. Then we drain the input, so evhttp parses nothing more, shut down our sending
-    //   side (the client sees the end of the answer), and drop whatever the client still sends until it closes, or
-    //   until `lingerTime` passes and we free the connection.
-    // - A request can be refused only once evhttp has answered everything before it (`answered` catches up with the
-    //   scanner's `completedRequests`); until then the refusal waits (`pendingFailure`), and so do the timeouts.
-    // - Timeouts are checked by a periodic sweep over the connections, so the request path only stores a tick.
-    //   evhttp's own read/write timeout (`timeout`) still covers bodies and responses in transit.
-    // - evhttp still answers a few requests by itself, with evhttp_send_error's HTML page: a request target its URI
-    //   parser refuses (`//host:port` with a bad port, say), which the scanner lets through. So that such an answer
-    //   carries the default header fields too, a callback on the output buffer (when there are default fields)
-    //   watches what evhttp writes there, switched off while evhttp writes one of our replies: whatever it sees is
-    //   evhttp's own. The first thing evhttp writes is the status line, in one piece; the fields go right after it.
-
-    /// The bufferevent for a connection evhttp is accepting (evhttp_set_bevcb).
-    func newBufferevent(_ base: OpaquePointer) -> OpaquePointer? {
-        // Without one evhttp makes its own bufferevent; that connection then goes unchecked, but only when
-        // memory has run out.
-        guard let bufferevent = bufferevent_socket_new(base, -1, 0), let input = bufferevent_get_input(bufferevent),
-              let output = bufferevent_get_output(bufferevent)
-        else { return nil }
-        let overCapacity = connections.count + unregistered.count >= maxConnections
-        let client = ClientConnection(server: self, bufferevent: bufferevent, input: input, output: output,
-                                      limits: limits, since: tick, overCapacity: overCapacity)
-        bufferevent_incref(bufferevent)   // dropped in registerNewConnections
-        if !overCapacity {
-            // passUnretained: the client is in `unregistered`, then `connections`, until `detach` removes these
-            // callbacks.
-            let context = client.context
-            client.callbackEntry = evbuffer_add_cb(input, onInput, context)
-            if !defaultHeaders.isEmpty { client.outputCallbackEntry = evbuffer_add_cb(output, onOutput, context) }
-        }
-        unregistered.append(client)
-        if unregistered.count == 1, let registerEvent { event_active(registerEvent, 0, 0) }
-        return bufferevent
-    }
-
-    /// Learns the evhttp_connection of each new bufferevent, and refuses the connections over the limit.
-    func registerNewConnections() {
-        guard !unregistered.isEmpty else { return }
-        let batch = unregistered
-        unregistered.removeAll(keepingCapacity: true)
-        for client in batch {
-            var argument: UnsafeMutableRawPointer?
-            bufferevent_getcb(client.bufferevent, nil, nil, nil, &argument)
-            if let argument {
-                let connection = OpaquePointer(argument)
-                if client.overCapacity {
-                    refuseOverCapacity(client, connection)
-                } else {
-                    client.connection = connection
-                    connections[connection] = client
-                    evhttp_connection_set_closecb(connection, onConnectionClose, context)
-                }
-            } else {
-                detach(client)   // evhttp has already freed it
-            }
-            bufferevent_decref(client.bufferevent)
-        }
-    }
-
-    func connectionClosed(_ connection: OpaquePointer) {
-        guard let client = connections.removeValue(forKey: connection) else { return }
-        client.connection = nil
-        detach(client)
-        // Its request, if the application still works on it, lives on detached (see the top of this file); the
-        // server keeps it until the late reply, or until close() frees it.
-        if let current = client.current {
-            client.current = nil
-            unheldRequests[current.id] = current.request
-        }
-        // A reply still queued on a closing connection will never be written: stop waiting for it.
-        if client.flushing {
-            client.flushing = false
-            flushingCount -= 1
-            checkDrained()
-        }
-    }
-
-    private func detach(_ client: ClientConnection) {
-        if let entry = client.callbackEntry {
-            evbuffer_remove_cb_entry(client.input, entry)
-            client.callbackEntry = nil
-        }
-        if let entry = client.outputCallbackEntry {
-            evbuffer_remove_cb_entry(client.output, entry)
-            client.outputCallbackEntry = nil
-        }
-    }
-
-    /// evhttp has just written `added` bytes to `client`'s output on its own: the server's replies switch this
-    /// watch off while evhttp writes them (see "how each connection's bytes reach the scanner" above). A final
-    /// answer (an error page) gets the default fields right after its status line, the first thing evhttp writes;
-    /// an interim one (`100 Continue`) is left alone, and the watch goes on for what follows it.
-    func evhttpWrote(_ client: ClientConnection, added: Int) {
-        let output = client.output
-        let length = evbuffer_get_length(output)
-        guard let entry = client.outputCallbackEntry, added <= length else { return }
-        // evbuffer_peek, not evbuffer_copyout_from: the bufferevent freezes its output's start at times, and then
-        // copying out fails.
-        let start = Self.peek(output, at: length - added, count: min(added, 16))   // `HTTP/1.1 400 Ba`
-        guard let statusClass = Self.statusClass(ofStatusLineStart: start), statusClass != 1 else { return }
-        // Once is enough: evhttp closes the connection after its error page. Removed first, so that adding the
-        // fields does not call back here.
-        evbuffer_remove_cb_entry(output, entry)
-        client.outputCallbackEntry = nil
-        let fields = defaultFieldLines(skipping: Self.evhttpErrorPageFields)
-        _ = fields.withCString { evbuffer_add(output, $0, fields.utf8.count) }
-    }
-
-    /// Up to `count` bytes of `buffer` from `offset` on, without draining them.
-    private static func peek(_ buffer: OpaquePointer, at offset: Int, count: Int) -> [UInt8] {
-        var bytes: [UInt8] = []
-        var position = evbuffer_ptr()
-        guard evbuffer_ptr_set(buffer, &position, offset, EVBUFFER_PTR_SET) == 0 else { return bytes }
-        var extent = iovec()
-        while bytes.count < count {
-            let wanted = count - bytes.count
-            guard evbuffer_peek(buffer, wanted, &position, &extent, 1) > 0, let base = extent.iov_base else { break }
-            let taken = min(extent.iov_len, wanted)
-            bytes += UnsafeRawBufferPointer(start: base, count: taken)
-            guard evbuffer_ptr_set(buffer, &position, taken, EVBUFFER_PTR_ADD) == 0 else { break }
-        }
-        return bytes
-    }
-
-    /// The fields evhttp_send_error's page has (its own win over default ones of the same name).
-    private static let evhttpErrorPageFields = ["Content-Type", "Connection", "Date", "Content-Length"]
-
-    /// The first digit of the status code, from the start of a status line (`HTTP/1.1 400 …`); nil when `bytes`
-    /// does not start like one.
-    static func statusClass(ofStatusLineStart bytes: [UInt8]) -> Int? {
-        guard bytes.starts(with: "HTTP/".utf8), let space = bytes.firstIndex(of: 32), space + 1 < bytes.count
-        else { return nil }
-        let digit = bytes[space + 1]
-        return (48...57).contains(digit) ? Int(digit - 48) : nil
-    }
-
-    /// Open connections, including those not registered yet (for tests).
-    var connectionCount: Int { connections.count + unregistered.count }
-
     // MARK: Checking the bytes
 
     /// `added` bytes have just arrived at the end of `client`'s input buffer; evhttp has not seen them yet.
@@ -406,7 +248,7 @@ final class HTTPServer: @unchecked Sendable {
     }
 
     /// Answers the request in progress on `client` with `rejection` ourselves and ends the connection; evhttp never
-    /// sees another byte of it. See "how each connection's bytes reach the scanner" above.
+    /// sees another byte of it. See the top of HTTPServer+Connections.swift.
     func refuse(_ client: ClientConnection, _ rejection: HTTPRejection) {
         logger.debug("refusing a request: \(rejection)")
         client.lingering = true
@@ -420,7 +262,7 @@ final class HTTPServer: @unchecked Sendable {
     }
 
     /// Answers a connection over `maxConnections` with a 503 and closes it, without reading its request.
-    private func refuseOverCapacity(_ client: ClientConnection, _ connection: OpaquePointer) {
+    func refuseOverCapacity(_ client: ClientConnection, _ connection: OpaquePointer) {
         if tick != lastCapacityWarning {
             lastCapacityWarning = tick
             logger.warning("\(maxConnections) connections open on loop \(loop.name): refusing new ones")
@@ -495,7 +337,7 @@ final class HTTPServer: @unchecked Sendable {
     }
 
     /// The default fields as header lines (`Name: value\r\n`), but those named in `present`.
-    private func defaultFieldLines(skipping present: [String]) -> String {
+    func defaultFieldLines(skipping present: [String]) -> String {
         var lines = ""
         for field in defaultHeaders.fields {
             guard !present.contains(where: { $0.asciiCaseInsensitiveEquals(field.name) }) else { continue }
@@ -511,7 +353,7 @@ final class HTTPServer: @unchecked Sendable {
     }
 
     /// Sends what the socket takes now. The answers are small and the socket's send buffer is empty when they are
-    /// sent (see above), so this writes them whole unless the client is gone.
+    /// sent (see the top of HTTPServer+Connections.swift), so this writes them whole unless the client is gone.
     private static func writeBestEffort(_ fd: Int32, _ bytes: [UInt8]) {
         var offset = 0
         while offset < bytes.count {
