@@ -1,5 +1,4 @@
 import CEvent
-import Logging
 
 #if canImport(Glibc)
 import Glibc
@@ -9,9 +8,12 @@ import Musl
 import Darwin
 #endif
 
-// The only file (with Libevent.swift) that calls evhttp. One `HTTPServer` per event loop: it owns an evhttp bound to
-// its own listening socket, copies each request out of C memory into a `Request`, runs the application on a task
-// that prefers the loop, and writes the `Response` back with evhttp_send_reply.
+// One `HTTPServer` per event loop: it owns an evhttp bound to its own listening socket, copies each request out of C
+// memory into a `Request`, runs the application on a task that prefers the loop, and writes the `Response` back with
+// evhttp_send_reply. This file holds the type, its state and its initializer; its jobs are in the files beside it:
+// HTTPServer+Requests (a request's way in), +Replies, +Connections, +Limits (bytes and timeouts), +Refusals,
+// +EvhttpAnswers (evhttp's own error pages), +Shutdown, and +Callbacks (the C callbacks and their context pointers).
+// These files and ClientConnection.swift are the only ones that call evhttp.
 //
 // Some explanation is required here: the lifetime of an `evhttp_request` in libevent 2.1.12's http.c.
 //
@@ -44,26 +46,8 @@ import Darwin
 // (HTTPLimits+Scanner.swift), which enforces the limits and refuses ambiguous framing; see
 // HTTPServer+Connections.swift for how the bytes get there.
 
-private let logger = Logger(label: "evserver.http")
-
 /// Makes a write to a connection the peer has reset return EPIPE instead of killing the process.
 let ignoreBrokenPipe: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
-
-/// `send` flags that keep a write to a reset connection from raising SIGPIPE: MSG_NOSIGNAL on Linux; elsewhere
-/// nothing, and `ignoreBrokenPipe` covers it.
-private var noSignal: Int32 {
-    #if os(Linux)
-    Int32(MSG_NOSIGNAL)
-    #else
-    0
-    #endif
-}
-
-/// shutdown(2) for writing: the peer reads the end of the answer, and we go on reading what it still sends. At file
-/// scope because HTTPServer's own `close()` and friends would hide the libc names inside it.
-private func shutdownSending(_ fd: Int32) {
-    _ = shutdown(fd, Int32(SHUT_WR))
-}
 
 // MARK: - Server
 
@@ -118,11 +102,11 @@ final class HTTPServer: @unchecked Sendable {
     var sweepEvent: OpaquePointer?
     /// The clock of the connection timeouts: sweeps since the server started. Coarse on purpose: reading it costs
     /// nothing on the request path.
-    @exclusivity(unchecked) private(set) var tick = 0
-    private let idleTicks: Int
-    private let headerTicks: Int
-    private let lingerTicks: Int
-    private var lastCapacityWarning = -1
+    @exclusivity(unchecked) var tick = 0
+    let idleTicks: Int
+    let headerTicks: Int
+    let lingerTicks: Int
+    var lastCapacityWarning = -1
     /// The `Date` header of responses, and the second it names (see `currentDate()`).
     @exclusivity(unchecked) var dateSecond: time_t = -1
     @exclusivity(unchecked) var dateText = ""
@@ -204,170 +188,6 @@ final class HTTPServer: @unchecked Sendable {
 
     deinit {
         precondition(http == nil, "HTTPServer released without close()")
-    }
-
-    // MARK: Checking the bytes
-
-    /// `added` bytes have just arrived at the end of `client`'s input buffer; evhttp has not seen them yet.
-    func input(_ client: ClientConnection, added: Int) {
-        if client.lingering {
-            evbuffer_drain(client.input, evbuffer_get_length(client.input))
-            return
-        }
-        // After a refusal that waits for earlier requests, the bytes wait too (they are dropped with it).
-        guard !client.scanner.isDead else { return }
-        let buffer = client.input
-        let length = evbuffer_get_length(buffer)
-        guard added <= length else { return }
-        var position = evbuffer_ptr()
-        guard evbuffer_ptr_set(buffer, &position, length - added, EVBUFFER_PTR_SET) == 0 else { return }
-        var left = added
-        var extent = iovec()
-        var failure: HTTPLimits.Scanner.Failure?
-        while left > 0 && failure == nil {
-            guard evbuffer_peek(buffer, left, &position, &extent, 1) > 0, let base = extent.iov_base else { break }
-            let count = min(extent.iov_len, left)
-            let bytes = UnsafeBufferPointer(start: base.assumingMemoryBound(to: UInt8.self), count: count)
-            failure = client.scanner.scan(bytes.span)
-            left -= count
-            if left > 0 && evbuffer_ptr_set(buffer, &position, count, EVBUFFER_PTR_ADD) != 0 { break }
-        }
-        lastScanned = client
-        if client.scanner.position == .head && client.stampedRequest != client.scanner.completedRequests {
-            // The first byte of a head: the header timeout counts from here.
-            client.stampedRequest = client.scanner.completedRequests
-            client.since = tick
-        }
-        if let failure {
-            if client.isWaitingForRequest {
-                refuse(client, failure.rejection(limits))
-            } else {
-                client.pendingFailure = failure
-            }
-        }
-    }
-
-    /// Answers the request in progress on `client` with `rejection` ourselves and ends the connection; evhttp never
-    /// sees another byte of it. See the top of HTTPServer+Connections.swift.
-    func refuse(_ client: ClientConnection, _ rejection: HTTPRejection) {
-        logger.debug("refusing a request: \(rejection)")
-        client.lingering = true
-        client.since = tick
-        evbuffer_drain(client.input, evbuffer_get_length(client.input))
-        let fd = bufferevent_getfd(client.bufferevent)
-        guard fd >= 0 else { return }
-        let body = #"{"error":\#(jsonQuoted(rejection.message))}"#
-        Self.writeBestEffort(fd, errorResponse(rejection.status, body: body))
-        shutdownSending(fd)
-    }
-
-    /// Answers a connection over `maxConnections` with a 503 and closes it, without reading its request.
-    func refuseOverCapacity(_ client: ClientConnection, _ connection: OpaquePointer) {
-        if tick != lastCapacityWarning {
-            lastCapacityWarning = tick
-            logger.warning("\(maxConnections) connections open on loop \(loop.name): refusing new ones")
-        }
-        detach(client)
-        let fd = bufferevent_getfd(client.bufferevent)
-        if fd >= 0 {
-            Self.writeBestEffort(fd, overCapacityResponse)
-            // Read what the client has already sent: closing with unread input would send a reset instead of
-            // the answer's end.
-            var scratch = [UInt8](repeating: 0, count: 16384)
-            for _ in 0..<4 {
-                let count = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-                if count <= 0 { break }
-            }
-        }
-        evhttp_connection_free(connection)   // no close callback is set yet: nothing else to update
-    }
-
-    // MARK: Timeouts
-
-    private enum Expiry { case close, requestTimeout }
-
-    /// Runs every tick: closes idle connections, answers slow headers 408, ends lingering refused connections.
-    func sweep() {
-        tick += 1
-        var expired: [(ClientConnection, Expiry)] = []
-        for client in connections.values {
-            // While evhttp or the application works on a request, its own timeouts apply. (Freeing the connection
-            // then would also free the request the application holds.)
-            guard client.isWaitingForRequest else { continue }
-            let elapsed = tick - client.since
-            if client.lingering {
-                if elapsed >= lingerTicks { expired.append((client, .close)) }
-                continue
-            }
-            guard client.pendingFailure == nil else { continue }
-            switch client.scanner.position {
-            case .betweenRequests:
-                // A new connection that sends nothing gets the header timeout, a keep-alive one the idle timeout.
-                if elapsed >= (client.answered == 0 ? headerTicks : idleTicks) { expired.append((client, .close)) }
-            case .head:
-                if elapsed >= headerTicks { expired.append((client, .requestTimeout)) }
-            case .body:
-                break
-            }
-        }
-        for (client, expiry) in expired {
-            guard let connection = client.connection else { continue }
-            switch expiry {
-            case .close:
-                evhttp_connection_free(connection)   // connectionClosed runs inside
-            case .requestTimeout:
-                refuse(client, HTTPRejection(status: .requestTimeout, message: "request header not received in time"))
-            }
-        }
-    }
-
-    // MARK: Raw answers
-
-    /// A complete response with `Connection: close` and the default fields it does not have already.
-    private func errorResponse(_ status: HTTPStatus, body: String,
-                               extraHeaders: [(name: String, value: String)] = []) -> [UInt8] {
-        let fields = [("Date", httpDate(secondsSince1970: Int(time(nil)))),
-                      ("Content-Type", "application/json; charset=utf-8"),
-                      ("Content-Length", String(body.utf8.count))] + extraHeaders
-        var head = "HTTP/1.1 \(status.code) \(status.reason)\r\n"
-        for field in fields { head += "\(field.name): \(field.value)\r\n" }
-        head += defaultFieldLines(skipping: fields.map(\.name))
-        head += "Connection: close\r\n\r\n"
-        return Array((head + body).utf8)
-    }
-
-    /// The default fields as header lines (`Name: value\r\n`), but those named in `present`.
-    func defaultFieldLines(skipping present: [String]) -> String {
-        var lines = ""
-        for field in defaultHeaders.fields {
-            guard !present.contains(where: { $0.asciiCaseInsensitiveEquals(field.name) }) else { continue }
-            lines += "\(field.name): \(field.value)\r\n"
-        }
-        return lines
-    }
-
-    /// Made for each refusal, not once: its `Date` must be the current one.
-    private var overCapacityResponse: [UInt8] {
-        errorResponse(.serviceUnavailable, body: #"{"error":"too many connections"}"#,
-                      extraHeaders: [("Retry-After", "1")])
-    }
-
-    /// Sends what the socket takes now. The answers are small and the socket's send buffer is empty when they are
-    /// sent (see the top of HTTPServer+Connections.swift), so this writes them whole unless the client is gone.
-    private static func writeBestEffort(_ fd: Int32, _ bytes: [UInt8]) {
-        var offset = 0
-        while offset < bytes.count {
-            let sent = bytes[offset...].withUnsafeBytes {
-                send(fd, $0.baseAddress, $0.count, noSignal | Int32(MSG_DONTWAIT))
-            }
-            if sent > 0 {
-                offset += sent
-            } else if sent < 0 && errno == EINTR {
-                continue
-            } else {
-                return
-            }
-        }
     }
 
 }
