@@ -1,8 +1,7 @@
 import CEvent
 
-// `ClientConnection`: an `HTTPServer`'s state of one client connection: its bufferevent and buffers, the scanner of
-// its bytes, its request in flight, its timeout stamp and its refusal. The server's files read and write it, on the
-// loop thread only.
+// `ClientConnection`: what an `HTTPServer` keeps of one client connection (its buffers, the scanner of its bytes, its
+// request in flight, its timeout stamp); how it comes and goes is in HTTPServer+Connections.swift.
 
 /// What the server knows about one client connection: from the moment evhttp asks for its bufferevent until evhttp
 /// frees it (or the server refuses it).

@@ -1,5 +1,5 @@
 // `HTTPServerConfiguration`: the public limits, timeouts, capacity and default header fields of the HTTP server
-// (enforced by HTTPServer.swift and the scanner in HTTPLimits+Scanner.swift).
+// (enforced by `HTTPServer` and its request scanner, HTTPLimits+Scanner.swift).
 
 /// Limits and timeouts of the HTTP server. The defaults suit an API that takes small JSON bodies.
 ///
