@@ -1,0 +1,116 @@
+import CEvent
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// The answers the server writes by itself, straight to the socket: a refused request (over a limit, malformed, too
+// slow: `refuse`) and a connection past `maxConnections` (`refuseOverCapacity`), each a short JSON error with the
+// default header fields and `Connection: close`. Why straight to the socket: the top of HTTPServer+Connections.swift.
+
+private let logger = Logger(label: "evserver.http")
+
+/// `send` flags that keep a write to a reset connection from raising SIGPIPE: MSG_NOSIGNAL on Linux; elsewhere
+/// nothing, and `ignoreBrokenPipe` covers it.
+private var noSignal: Int32 {
+    #if os(Linux)
+    Int32(MSG_NOSIGNAL)
+    #else
+    0
+    #endif
+}
+
+/// shutdown(2) for writing: the peer reads the end of the answer, and we go on reading what it still sends. At file
+/// scope because HTTPServer's own `close()` and friends would hide the libc names inside it.
+private func shutdownSending(_ fd: Int32) {
+    _ = shutdown(fd, Int32(SHUT_WR))
+}
+
+extension HTTPServer {
+    /// Answers the request in progress on `client` with `rejection` ourselves and ends the connection; evhttp never
+    /// sees another byte of it. See the top of HTTPServer+Connections.swift.
+    func refuse(_ client: ClientConnection, _ rejection: HTTPRejection) {
+        logger.debug("refusing a request: \(rejection)")
+        client.lingering = true
+        client.since = tick
+        evbuffer_drain(client.input, evbuffer_get_length(client.input))
+        let fd = bufferevent_getfd(client.bufferevent)
+        guard fd >= 0 else { return }
+        let body = #"{"error":\#(jsonQuoted(rejection.message))}"#
+        Self.writeBestEffort(fd, errorResponse(rejection.status, body: body))
+        shutdownSending(fd)
+    }
+
+    /// Answers a connection over `maxConnections` with a 503 and closes it, without reading its request.
+    func refuseOverCapacity(_ client: ClientConnection, _ connection: OpaquePointer) {
+        if tick != lastCapacityWarning {
+            lastCapacityWarning = tick
+            logger.warning("\(maxConnections) connections open on loop \(loop.name): refusing new ones")
+        }
+        detach(client)
+        let fd = bufferevent_getfd(client.bufferevent)
+        if fd >= 0 {
+            Self.writeBestEffort(fd, overCapacityResponse)
+            // Read what the client has already sent: closing with unread input would send a reset instead of
+            // the answer's end.
+            var scratch = [UInt8](repeating: 0, count: 16384)
+            for _ in 0..<4 {
+                let count = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if count <= 0 { break }
+            }
+        }
+        evhttp_connection_free(connection)   // no close callback is set yet: nothing else to update
+    }
+
+    /// A complete response with `Connection: close` and the default fields it does not have already.
+    private func errorResponse(_ status: HTTPStatus, body: String,
+                               extraHeaders: [(name: String, value: String)] = []) -> [UInt8] {
+        let fields = [("Date", httpDate(secondsSince1970: Int(time(nil)))),
+                      ("Content-Type", "application/json; charset=utf-8"),
+                      ("Content-Length", String(body.utf8.count))] + extraHeaders
+        var head = "HTTP/1.1 \(status.code) \(status.reason)\r\n"
+        for field in fields { head += "\(field.name): \(field.value)\r\n" }
+        head += defaultFieldLines(skipping: fields.map(\.name))
+        head += "Connection: close\r\n\r\n"
+        return Array((head + body).utf8)
+    }
+
+    /// The default fields as header lines (`Name: value\r\n`), but those named in `present`.
+    func defaultFieldLines(skipping present: [String]) -> String {
+        var lines = ""
+        for field in defaultHeaders.fields {
+            guard !present.contains(where: { $0.asciiCaseInsensitiveEquals(field.name) }) else { continue }
+            lines += "\(field.name): \(field.value)\r\n"
+        }
+        return lines
+    }
+
+    /// Made for each refusal, not once: its `Date` must be the current one.
+    private var overCapacityResponse: [UInt8] {
+        errorResponse(.serviceUnavailable, body: #"{"error":"too many connections"}"#,
+                      extraHeaders: [("Retry-After", "1")])
+    }
+
+    /// Sends what the socket takes now. The answers are small and the socket's send buffer is empty when they are
+    /// sent (see the top of HTTPServer+Connections.swift), so this writes them whole unless the client is gone.
+    private static func writeBestEffort(_ fd: Int32, _ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = bytes[offset...].withUnsafeBytes {
+                send(fd, $0.baseAddress, $0.count, noSignal | Int32(MSG_DONTWAIT))
+            }
+            if sent > 0 {
+                offset += sent
+            } else if sent < 0 && errno == EINTR {
+                continue
+            } else {
+                return
+            }
+        }
+    }
+}
