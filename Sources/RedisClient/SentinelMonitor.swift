@@ -1,3 +1,6 @@
+// The Sentinel monitor is one state machine (searches, the +switch-master subscription, checks, back-off); it is
+// kept in one file of ~560 lines because split up, its transitions would be scattered across files.
+
 import EvServer
 import Logging
 import Synchronization
