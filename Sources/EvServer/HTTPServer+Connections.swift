@@ -36,6 +36,7 @@ import CEvent
 extension HTTPServer {
     /// The bufferevent for a connection evhttp is accepting (evhttp_set_bevcb).
     func newBufferevent(_ base: OpaquePointer) -> OpaquePointer? {
+        loop.preconditionInLoop()
         // Without one evhttp makes its own bufferevent; that connection then goes unchecked, but only when
         // memory has run out.
         guard let bufferevent = bufferevent_socket_new(base, -1, 0), let input = bufferevent_get_input(bufferevent),
@@ -59,6 +60,7 @@ extension HTTPServer {
 
     /// Learns the evhttp_connection of each new bufferevent, and refuses the connections over the limit.
     func registerNewConnections() {
+        loop.preconditionInLoop()
         guard !unregistered.isEmpty else { return }
         let batch = unregistered
         unregistered.removeAll(keepingCapacity: true)
@@ -82,6 +84,7 @@ extension HTTPServer {
     }
 
     func connectionClosed(_ connection: OpaquePointer) {
+        loop.preconditionInLoop()
         guard let client = connections.removeValue(forKey: connection) else { return }
         client.connection = nil
         detach(client)

@@ -10,6 +10,7 @@ extension HTTPServer {
     /// gets the default fields right after its status line, the first thing evhttp writes; an interim one
     /// (`100 Continue`) is left alone, and the watch goes on for what follows it.
     func evhttpWrote(_ client: ClientConnection, added: Int) {
+        loop.preconditionInLoop()
         let output = client.output
         let length = evbuffer_get_length(output)
         guard let entry = client.outputCallbackEntry, added <= length else { return }

@@ -10,6 +10,7 @@ extension HTTPServer {
 
     /// `added` bytes have just arrived at the end of `client`'s input buffer; evhttp has not seen them yet.
     func input(_ client: ClientConnection, added: Int) {
+        loop.preconditionInLoop()
         if client.lingering {
             evbuffer_drain(client.input, evbuffer_get_length(client.input))
             return
@@ -53,6 +54,7 @@ extension HTTPServer {
 
     /// Runs every tick: closes idle connections, answers slow headers 408, ends lingering refused connections.
     func sweep() {
+        loop.preconditionInLoop()
         tick += 1
         var expired: [(ClientConnection, Expiry)] = []
         for client in connections.values {

@@ -18,6 +18,7 @@ private let logger = Logger(label: "evserver.http")
 extension HTTPServer {
     /// Writes `response` as the one reply to `job`'s request; does nothing if `close()` has given up on it.
     func reply(to job: RequestJob, _ response: Response) {
+        loop.preconditionInLoop()
         let (id, client, head) = (job.id, job.client, job.head)
         let req: RequestPointer
         if let client, let current = client.current, current.id == id {
@@ -146,6 +147,7 @@ extension HTTPServer {
     }
 
     func responseWritten(_ client: ClientConnection) {
+        loop.preconditionInLoop()
         if client.flushing {
             client.flushing = false
             flushingCount -= 1

@@ -7,6 +7,7 @@ import CEvent
 
 extension HTTPServer {
     func handle(_ req: RequestPointer) {
+        loop.preconditionInLoop()
         let id = nextID
         nextID = nextID == .max ? 1 : nextID + 1
         let connection = evhttp_request_get_connection(req)
