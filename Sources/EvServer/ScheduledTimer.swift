@@ -1,0 +1,39 @@
+/// A one-shot timer on an ``EventLoop``. Cancel it on the loop thread.
+public final class ScheduledTimer {
+    private var event: TimerEvent?
+    private var work: (() -> Void)?
+    private unowned let loop: EventLoop
+
+    init(loop: EventLoop, work: @escaping () -> Void) {
+        self.loop = loop
+        self.work = work
+    }
+
+    func arm(base: EventBase, delay: Duration) {
+        event = TimerEvent(base: base, delay: delay, firing: self)
+    }
+
+    /// Whether the timer has neither fired nor been cancelled.
+    public var isPending: Bool { work != nil }
+
+    /// Cancels the timer if it has not fired. Must be called on the loop thread.
+    public func cancel() {
+        loop.preconditionInLoop()
+        guard work != nil, event != nil else { return }
+        finish()
+    }
+
+    /// Runs the work. Called by the timer's event.
+    func fire() {
+        let work = self.work
+        finish()
+        work?()
+    }
+
+    private func finish() {
+        work = nil
+        let event = self.event
+        self.event = nil
+        event?.free(firing: self)   // drops the pending event's +1 on self
+    }
+}
