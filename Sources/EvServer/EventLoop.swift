@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// One libevent `event_base` and the thread that runs it.
@@ -6,28 +7,49 @@ import Synchronization
 /// code elsewhere hops with ``execute(_:)``. The loop is also a Swift `TaskExecutor`: a task started with
 /// `Task(executorPreference: loop)` runs its nonisolated async code on the loop thread, so a handler can await a
 /// Redis reply and go on touching loop-owned objects without any hop.
+///
+/// A loop runs once: ``run()`` returns after ``stop()``, and the loop stays stopped. Work sent to a stopped loop
+/// still runs; it never vanishes. ``execute(_:)`` and the executor's jobs then run on a thread borrowed from
+/// Dispatch that acts as the loop thread while it runs them (``inLoop`` is true there and ``current`` is this loop),
+/// one borrowed thread at a time, in the order the work came, exactly as the loop would have run it. So whatever
+/// waits for work on the loop (`perform`, a task preferring the loop, a `close()` that hops to the loop) finishes,
+/// and the loop's objects can still be closed. What a stopped loop never does again is wait for I/O or time: an
+/// event, a socket or a ``ScheduledTimer`` on it never fires, so close what awaits them (servers, Redis clients)
+/// before stopping the loop, or check ``isStopped``.
 public final class EventLoop: @unchecked Sendable {
-    // @unchecked Sendable: `eventBase`, the events and `local` are touched only on the loop thread (checked by
-    // `preconditionInLoop`), `remote` and `isRunning` are behind Mutexes, and writing the wake-up descriptor is safe
-    // from any thread.
+    // @unchecked Sendable: loop-thread state is checked with preconditionInLoop; the rest is a Mutex or an Atomic.
 
     private enum Work: Sendable {
         case job(UnownedJob)
         case closure(@Sendable () -> Void)
     }
 
+    private enum Phase {
+        /// Not run yet: work waits for run().
+        case idle
+        /// run() is running the loop: work wakes it.
+        case running
+        /// run() has returned: work runs on a borrowed thread.
+        case stopped
+    }
+
     private struct Remote: ~Copyable {
         var work: [Work] = []
+        /// Whether the wake-up descriptor was written since the loop last took `work`.
         var signalled = false
+        var phase = Phase.idle
+        /// Whether a borrowed thread is running a stopped loop's work (it takes what arrives meanwhile too).
+        var borrowedThreadRunning = false
     }
 
     /// The loop's `event_base` (Libevent.swift lends it out with `withUnsafeEventBase`).
     let eventBase: EventBase
     private let remote = Mutex(Remote())
+    /// Whether run() has returned; set on the loop thread before `remote.phase` says so. An Atomic because the
+    /// loop's threads read it without the lock: the loop thread first, borrowed threads after it.
+    private let stopped = Atomic(false)
     private var local: [Work] = []
     private var drainScheduled = false
-    // Whether a thread is inside run(): a second run() at once is misuse.
-    private let isRunning = Mutex(false)
 
     /// A short name used in logs and thread names.
     public let name: String
@@ -43,23 +65,43 @@ public final class EventLoop: @unchecked Sendable {
 
     // MARK: - Running
 
-    /// Runs the loop on the calling thread until ``stop()``. The calling thread becomes the loop thread.
+    /// Runs the loop on the calling thread until ``stop()``. The calling thread becomes the loop thread. A loop runs
+    /// once: a second call traps.
     public func run() {
-        isRunning.withLock { isRunning in
-            precondition(!isRunning, "EventLoop \(name) is already running")
-            isRunning = true
+        remote.withLock { remote in
+            precondition(remote.phase == .idle, "EventLoop \(name) runs only once")
+            remote.phase = .running
         }
         CurrentLoopSlot.set(self)
-        drain()
         eventBase.dispatch()
-        drain()
+        // Run what was sent after the stop, until the queue is empty; the same locked step that finds it empty marks
+        // the loop stopped, so that no work falls between this thread and a borrowed one.
+        while true {
+            drain()
+            let late = remote.withLock { remote -> [Work]? in
+                remote.signalled = false
+                guard remote.work.isEmpty else { return remote.work.isEmptyOrSwap() }
+                stopped.store(true, ordering: .releasing)
+                remote.phase = .stopped
+                return nil
+            }
+            guard let late else { break }
+            local.append(contentsOf: late)
+        }
         CurrentLoopSlot.set(nil)
-        isRunning.withLock { $0 = false }
     }
 
-    /// Stops the loop after the work already queued has run. Safe from any thread.
+    /// Stops the loop after the work already queued has run: ``run()`` returns. Safe from any thread; on a stopped
+    /// loop it does nothing.
     public func stop() {
-        execute { [self] in eventBase.breakLoop() }
+        guard !isStopped else { return }
+        execute { [self] in eventBase.breakLoop() }   // on a loop that stopped meanwhile, a no-op too
+    }
+
+    /// Whether ``run()`` has returned. From then on, work sent to the loop runs on borrowed threads, and its events
+    /// and timers never fire (see ``EventLoop``).
+    public var isStopped: Bool {
+        stopped.load(ordering: .acquiring)
     }
 
     /// Whether the calling thread is this loop's thread.
@@ -80,14 +122,21 @@ public final class EventLoop: @unchecked Sendable {
 
     // MARK: - Work from anywhere
 
-    /// Runs `work` on the loop thread, after the work already queued. Safe from any thread.
+    /// Runs `work` on the loop thread, after the work already queued. Safe from any thread; it never runs `work`
+    /// before returning.
+    ///
+    /// On a stopped loop, `work` still runs: on a borrowed thread that acts as the loop thread (see ``EventLoop``).
     /// - Parameter work: the closure to run; it may touch loop-owned objects.
     public func execute(_ work: @escaping @Sendable () -> Void) {
         submit(.closure(work))
     }
 
+    private enum AfterSubmit {
+        case nothing, wakeUp, borrowThread
+    }
+
     private func submit(_ work: Work) {
-        if inLoop {
+        if inLoop, !stopped.load(ordering: .relaxed) {
             local.append(work)
             if !drainScheduled {
                 drainScheduled = true
@@ -95,12 +144,38 @@ public final class EventLoop: @unchecked Sendable {
             }
             return
         }
-        let mustSignal = remote.withLock { remote in
+        let next = remote.withLock { remote -> AfterSubmit in
             remote.work.append(work)
-            defer { remote.signalled = true }
-            return !remote.signalled
+            switch remote.phase {
+            case .idle, .running:
+                defer { remote.signalled = true }
+                return remote.signalled ? .nothing : .wakeUp
+            case .stopped:
+                defer { remote.borrowedThreadRunning = true }
+                return remote.borrowedThreadRunning ? .nothing : .borrowThread
+            }
         }
-        if mustSignal { eventBase.signalWakeUp() }
+        switch next {
+        case .nothing: break
+        case .wakeUp: eventBase.signalWakeUp()   // if the loop stopped meanwhile, run() took the work anyway
+        case .borrowThread: DispatchQueue.global().async { self.runStopped() }
+        }
+    }
+
+    /// Runs a stopped loop's work on the calling (borrowed) thread, as the loop thread, until none is left.
+    private func runStopped() {
+        precondition(isStopped && !inLoop)
+        CurrentLoopSlot.set(self)
+        defer { CurrentLoopSlot.set(nil) }
+        while let work = remote.withLock({ remote -> [Work]? in
+            guard !remote.work.isEmpty else {
+                remote.borrowedThreadRunning = false
+                return nil
+            }
+            return remote.work.isEmptyOrSwap()
+        }) {
+            for item in work { run(item) }
+        }
     }
 
     /// Takes the work other threads queued, and runs it. Called by the wake-up event.
@@ -122,12 +197,16 @@ public final class EventLoop: @unchecked Sendable {
         while index < local.count {
             let item = local[index]
             index += 1
-            switch item {
-            case .job(let job): job.runSynchronously(on: asUnownedTaskExecutor())
-            case .closure(let closure): closure()
-            }
+            run(item)
         }
         local.removeAll(keepingCapacity: true)
+    }
+
+    private func run(_ item: Work) {
+        switch item {
+        case .job(let job): job.runSynchronously(on: asUnownedTaskExecutor())
+        case .closure(let closure): closure()
+        }
     }
 
     // MARK: - Timers

@@ -1,0 +1,157 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import EvServer
+
+// The loop's own contract, without HTTP or Redis: what happens to work sent to a stopped loop. Every wait here is
+// bounded: a regression (work that never runs) fails the test instead of hanging the suite.
+
+@Suite struct EventLoopTests {
+    // MARK: - A stopped loop
+
+    @Test func workSentToAStoppedLoopRunsAsTheLoop() async throws {
+        let thread = try EventLoopThread(name: "stopped")
+        thread.shutdown()
+        let loop = thread.loop
+        #expect(loop.isStopped)
+        loop.stop()   // stopping again does nothing
+        let seen = Locked<(inLoop: Bool, current: Bool)?>(nil)
+        let ran = try await threadFinishes {
+            let done = DispatchSemaphore(value: 0)
+            loop.execute {
+                seen.value = (loop.inLoop, EventLoop.current === loop)
+                done.signal()
+            }
+            done.wait()
+        }
+        #expect(ran)
+        #expect(seen.value?.inLoop == true)
+        #expect(seen.value?.current == true)
+        #expect(!loop.inLoop)   // the borrowed thread was the loop only while it ran the work
+    }
+
+    @Test func performOnAStoppedLoopReturns() async throws {
+        let thread = try EventLoopThread(name: "stopped")
+        thread.shutdown()
+        let loop = thread.loop
+        let result = Locked<Bool?>(nil)
+        let returned = try await taskFinishes {
+            result.value = await loop.perform { loop.inLoop }
+        }
+        #expect(returned)
+        #expect(result.value == true)
+    }
+
+    @Test func performAndWaitOnAStoppedLoopReturns() async throws {
+        let thread = try EventLoopThread(name: "stopped")
+        thread.shutdown()
+        let loop = thread.loop
+        let result = Locked<Bool?>(nil)
+        let returned = try await threadFinishes {
+            result.value = try? loop.performAndWait { loop.inLoop }
+        }
+        #expect(returned)
+        #expect(result.value == true)
+    }
+
+    @Test func aTaskPreferringAStoppedLoopFinishes() async throws {
+        let thread = try EventLoopThread(name: "stopped")
+        thread.shutdown()
+        let loop = thread.loop
+        let result = Locked<Bool?>(nil)
+        let returned = try await taskFinishes {
+            result.value = await Task(executorPreference: loop) { () async -> Bool in
+                await Task.yield()
+                return loop.inLoop
+            }.value
+        }
+        #expect(returned)
+        #expect(result.value == true)
+    }
+
+    @Test func workAStoppedLoopRunsQueuesMoreWorkBehindIt() async throws {
+        let thread = try EventLoopThread(name: "stopped")
+        thread.shutdown()
+        let loop = thread.loop
+        let order = Locked<[Int]>([])
+        loop.execute {
+            order.withLock { $0.append(1) }
+            loop.execute { order.withLock { $0.append(3) } }
+            order.withLock { $0.append(2) }
+        }
+        #expect(await eventually { order.value.count == 3 })
+        #expect(order.value == [1, 2, 3])
+    }
+
+    @Test func workSentWhileTheLoopStopsRunsOnceAndInOrder() async throws {
+        // Senders race the shutdown, so some work lands before the loop breaks, some between the break and the
+        // end of run(), some after: each piece runs exactly once, in each sender's order.
+        let senders = 3
+        let perSender = 2_000
+        for _ in 0..<10 {
+            let thread = try EventLoopThread(name: "stopping")
+            let loop = thread.loop
+            let log = Locked<[[Int]]>(Array(repeating: [], count: senders))
+            let sent = try await threadFinishes {
+                DispatchQueue.concurrentPerform(iterations: senders + 1) { index in
+                    guard index < senders else { return thread.shutdown() }
+                    for n in 0..<perSender { loop.execute { log.withLock { $0[index].append(n) } } }
+                }
+            }
+            #expect(sent)
+            let all = await eventually(timeout: .seconds(10)) {
+                log.value.allSatisfy { $0.count == perSender }
+            }
+            #expect(all, "ran \(log.value.map(\.count)) of \(perSender) each")
+            #expect(log.value.allSatisfy { $0 == Array(0..<perSender) })
+            #expect(loop.isStopped)
+        }
+    }
+}
+
+// MARK: - Helpers
+
+/// A value behind a lock, for state that closures on the loop and the test share.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    var value: Value {
+        get { mutex.withLock { $0 } }
+        set { mutex.withLock { $0 = newValue } }
+    }
+    func withLock<Result>(_ body: (inout sending Value) -> sending Result) -> sending Result {
+        mutex.withLock(body)
+    }
+}
+
+/// Whether `body` returns within `timeout`. It runs on a thread of its own, so that a body that never returns fails
+/// the test instead of hanging it (that thread is then left blocked).
+func threadFinishes(within timeout: Duration = .seconds(10),
+                    _ body: @escaping @Sendable () -> Void) async throws -> Bool {
+    let done = DispatchSemaphore(value: 0)
+    Thread.detachNewThread {
+        body()
+        done.signal()
+    }
+    return try await onThread { done.wait(timeout: .now() + timeout.timeInterval) == .success }
+}
+
+/// Whether the async `body` returns within `timeout`, waited for without holding a cooperative thread; a task that
+/// never finishes is left behind.
+func taskFinishes(within timeout: Duration = .seconds(10),
+                  _ body: @escaping @Sendable () async -> Void) async throws -> Bool {
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        await body()
+        done.signal()
+    }
+    return try await onThread { done.wait(timeout: .now() + timeout.timeInterval) == .success }
+}
+
+extension Duration {
+    /// The duration in seconds, for Dispatch's deadlines.
+    var timeInterval: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}
