@@ -49,7 +49,10 @@ public final class EventLoop: @unchecked Sendable {
     /// loop's threads read it without the lock: the loop thread first, borrowed threads after it.
     private let stopped = Atomic(false)
     private var local: [Work] = []
+    /// The batch a drain is running; kept between drains for its capacity.
+    private var batch: [Work] = []
     private var drainScheduled = false
+    private var draining = false
 
     /// A short name used in logs and thread names.
     public let name: String
@@ -77,7 +80,7 @@ public final class EventLoop: @unchecked Sendable {
         // Run what was sent after the stop, until the queue is empty; the same locked step that finds it empty marks
         // the loop stopped, so that no work falls between this thread and a borrowed one.
         while true {
-            drain()
+            while !local.isEmpty { drain() }
             let late = remote.withLock { remote -> [Work]? in
                 remote.signalled = false
                 guard remote.work.isEmpty else { return remote.work.isEmptyOrSwap() }
@@ -138,7 +141,7 @@ public final class EventLoop: @unchecked Sendable {
     private func submit(_ work: Work) {
         if inLoop, !stopped.load(ordering: .relaxed) {
             local.append(work)
-            if !drainScheduled {
+            if !drainScheduled, !draining {   // a drain under way schedules the next one as it ends
                 drainScheduled = true
                 eventBase.activateDrain()
             }
@@ -189,17 +192,21 @@ public final class EventLoop: @unchecked Sendable {
         drain()
     }
 
-    /// Runs the queued work. Called by the drain event.
+    /// Runs the work queued when it begins, and only that. Work queued meanwhile (a job that yields, a closure that
+    /// sends itself again) waits for the next pass of libevent's loop, after it has polled I/O and run the timers
+    /// that are due, so a task that keeps re-enqueueing itself cannot starve them. Called by the drain event.
     func drain() {
         drainScheduled = false
-        var index = 0
-        // Work may append more work; run until the queue is empty, then drop the storage in one go.
-        while index < local.count {
-            let item = local[index]
-            index += 1
-            run(item)
+        precondition(!draining, "EventLoop.drain() re-entered")
+        swap(&local, &batch)
+        draining = true
+        for item in batch { run(item) }
+        draining = false
+        batch.removeAll(keepingCapacity: true)
+        if !local.isEmpty {
+            drainScheduled = true
+            eventBase.scheduleDrainAfterPolling()
         }
-        local.removeAll(keepingCapacity: true)
     }
 
     private func run(_ item: Work) {

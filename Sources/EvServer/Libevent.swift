@@ -83,6 +83,14 @@ final class EventBase {
         event_active(drainEvent, 0, 0)
     }
 
+    /// Makes the drain event run in the next pass, after libevent has polled I/O and run the timers that are due: a
+    /// zero timeout. `event_active` from a callback would run it in the pass under way, before any polling
+    /// (libevent processes an event activated during its active queue's processing in that same pass).
+    func scheduleDrainAfterPolling() {
+        var now = timeval()
+        precondition(event_add(drainEvent, &now) == 0, "event_add for the loop's drain event failed")
+    }
+
     /// Makes the wake-up descriptor readable. Safe from any thread.
     func signalWakeUp() {
         wakeUp.signal()

@@ -107,12 +107,64 @@ import Testing
             #expect(loop.isStopped)
         }
     }
+
+    // MARK: - Fairness
+
+    @Test func workThatKeepsQueueingItselfDoesNotStarveTimersOrOtherThreads() async throws {
+        let thread = try EventLoopThread(name: "busy")
+        defer { thread.shutdown() }
+        let loop = thread.loop
+        let spinning = Switch()
+        let spins = Counter()
+        let timerFired = DispatchSemaphore(value: 0)
+        let otherThreadServed = DispatchSemaphore(value: 0)
+        loop.execute {
+            loop.schedule(after: .milliseconds(20)) { timerFired.signal() }
+            @Sendable func spin() {
+                guard spinning.isOn else { return }
+                spins.increment()
+                loop.execute(spin)
+            }
+            spin()
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        // Sent from here, this work comes through the wake-up descriptor: an I/O event the loop must still poll.
+        loop.execute { otherThreadServed.signal() }
+        let served = try await onThread {
+            timerFired.wait(timeout: .now() + 5) == .success && otherThreadServed.wait(timeout: .now() + 5) == .success
+        }
+        spinning.turnOff()
+        #expect(served)
+        #expect(spins.value > 10)
+    }
+
+    @Test func aTaskThatKeepsYieldingDoesNotStarveTimers() async throws {
+        let thread = try EventLoopThread(name: "busy")
+        defer { thread.shutdown() }
+        let loop = thread.loop
+        let spinning = Switch()
+        let timerFired = DispatchSemaphore(value: 0)
+        let spinner = Task(executorPreference: loop) { () async -> Int in
+            var yields = 0
+            while spinning.isOn {
+                await Task.yield()   // back onto the loop's queue
+                yields += 1
+            }
+            return yields
+        }
+        try await Task.sleep(for: .milliseconds(20))
+        loop.execute { loop.schedule(after: .milliseconds(20)) { timerFired.signal() } }
+        let fired = try await onThread { timerFired.wait(timeout: .now() + 5) == .success }
+        spinning.turnOff()
+        #expect(fired)
+        #expect(await spinner.value > 10)
+    }
 }
 
 // MARK: - Helpers
 
 /// A value behind a lock, for state that closures on the loop and the test share.
-final class Locked<Value: Sendable>: Sendable {
+private final class Locked<Value: Sendable>: Sendable {
     private let mutex: Mutex<Value>
     init(_ value: Value) { mutex = Mutex(value) }
     var value: Value {
@@ -126,7 +178,7 @@ final class Locked<Value: Sendable>: Sendable {
 
 /// Whether `body` returns within `timeout`. It runs on a thread of its own, so that a body that never returns fails
 /// the test instead of hanging it (that thread is then left blocked).
-func threadFinishes(within timeout: Duration = .seconds(10),
+private func threadFinishes(within timeout: Duration = .seconds(10),
                     _ body: @escaping @Sendable () -> Void) async throws -> Bool {
     let done = DispatchSemaphore(value: 0)
     Thread.detachNewThread {
@@ -138,7 +190,7 @@ func threadFinishes(within timeout: Duration = .seconds(10),
 
 /// Whether the async `body` returns within `timeout`, waited for without holding a cooperative thread; a task that
 /// never finishes is left behind.
-func taskFinishes(within timeout: Duration = .seconds(10),
+private func taskFinishes(within timeout: Duration = .seconds(10),
                   _ body: @escaping @Sendable () async -> Void) async throws -> Bool {
     let done = DispatchSemaphore(value: 0)
     Task.detached {
@@ -148,10 +200,24 @@ func taskFinishes(within timeout: Duration = .seconds(10),
     return try await onThread { done.wait(timeout: .now() + timeout.timeInterval) == .success }
 }
 
-extension Duration {
+private extension Duration {
     /// The duration in seconds, for Dispatch's deadlines.
     var timeInterval: Double {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18
     }
+}
+
+/// An on/off switch that work on the loop polls.
+private final class Switch: Sendable {
+    private let on = Atomic(true)
+    var isOn: Bool { on.load(ordering: .relaxed) }
+    func turnOff() { on.store(false, ordering: .relaxed) }
+}
+
+/// A counter that work on the loop bumps.
+private final class Counter: Sendable {
+    private let count = Atomic(0)
+    var value: Int { count.load(ordering: .relaxed) }
+    func increment() { count.add(1, ordering: .relaxed) }
 }
