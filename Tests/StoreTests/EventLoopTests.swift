@@ -159,6 +159,28 @@ import Testing
         #expect(fired)
         #expect(await spinner.value > 10)
     }
+
+    // MARK: - EventLoopThread
+
+    @Test func droppingTheLastReferenceOnItsOwnLoopThreadStopsTheLoop() async {
+        // In a child process, so that a trap (joining itself, as deinit once did) fails this test, not the run.
+        await #expect(processExitsWith: .success) {
+            weak var weakLoop: EventLoop?
+            do {
+                let holder = Locked<EventLoopThread?>(try EventLoopThread(name: "self-dropping"))
+                let loop = holder.value!.loop
+                weakLoop = loop
+                loop.execute {
+                    precondition(loop.inLoop)
+                    holder.value = nil   // the last reference: EventLoopThread.deinit runs here, on its loop thread
+                }
+            }
+            // The loop stops, its thread ends and lets go of it.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while weakLoop != nil, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            if weakLoop != nil { exit(2) }
+        }
+    }
 }
 
 // MARK: - Helpers
