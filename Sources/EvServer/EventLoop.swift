@@ -17,7 +17,7 @@ import Synchronization
 /// event, a socket or a ``ScheduledTimer`` on it never fires, so close what awaits them (servers, Redis clients)
 /// before stopping the loop, or check ``isStopped``.
 public final class EventLoop: @unchecked Sendable {
-    // @unchecked Sendable: loop-thread state is checked with preconditionInLoop; the rest is a Mutex or an Atomic.
+    // @unchecked Sendable: its vars are touched only on the loop thread (inLoop checks); the queue is behind a Mutex.
 
     private enum Work: Sendable {
         case job(UnownedJob)
@@ -101,6 +101,11 @@ public final class EventLoop: @unchecked Sendable {
         execute { [self] in eventBase.breakLoop() }   // on a loop that stopped meanwhile, a no-op too
     }
 
+    /// Whether ``run()`` has not begun: the loop's objects may be set up from any one thread until it does.
+    var hasNotRun: Bool {
+        remote.withLock { $0.phase == .idle }
+    }
+
     /// Whether ``run()`` has returned. From then on, work sent to the loop runs on borrowed threads, and its events
     /// and timers never fire (see ``EventLoop``).
     public var isStopped: Bool {
@@ -113,7 +118,8 @@ public final class EventLoop: @unchecked Sendable {
         CurrentLoopSlot.holds(self)
     }
 
-    /// Traps unless called on the loop thread. Every function that touches a C object owned by the loop calls it.
+    /// Traps unless called on the loop thread. Every function that touches a C object owned by the loop calls it; in
+    /// release builds too, since it costs a thread-local read and a compare.
     public func preconditionInLoop(file: StaticString = #fileID, line: UInt = #line) {
         precondition(inLoop, "must be called on the thread of EventLoop \(name)", file: file, line: line)
     }
@@ -167,7 +173,7 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Runs a stopped loop's work on the calling (borrowed) thread, as the loop thread, until none is left.
     private func runStopped() {
-        precondition(isStopped && !inLoop)
+        precondition(isStopped && !inLoop, "EventLoop \(name): a borrowed thread runs only a stopped loop's work")
         CurrentLoopSlot.set(self)
         defer { CurrentLoopSlot.set(nil) }
         while let work = remote.withLock({ remote -> [Work]? in
@@ -183,6 +189,7 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Takes the work other threads queued, and runs it. Called by the wake-up event.
     func wake() {
+        preconditionInLoop()
         eventBase.clearWakeUp()
         let work = remote.withLock { remote in
             remote.signalled = false
@@ -196,6 +203,7 @@ public final class EventLoop: @unchecked Sendable {
     /// sends itself again) waits for the next pass of libevent's loop, after it has polled I/O and run the timers
     /// that are due, so a task that keeps re-enqueueing itself cannot starve them. Called by the drain event.
     func drain() {
+        preconditionInLoop()
         drainScheduled = false
         precondition(!draining, "EventLoop.drain() re-entered")
         swap(&local, &batch)

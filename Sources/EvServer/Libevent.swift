@@ -296,6 +296,7 @@ private final class ThreadBody: Sendable {
 extension EventLoop {
     /// Runs `body` with the raw `event_base`. Must be called on the loop thread (or before the loop runs).
     public func withUnsafeEventBase<Result>(_ body: (OpaquePointer) throws -> Result) rethrows -> Result {
-        try body(eventBase.pointer)
+        precondition(inLoop || hasNotRun, "withUnsafeEventBase must be called on the thread of EventLoop \(name)")
+        return try body(eventBase.pointer)
     }
 }

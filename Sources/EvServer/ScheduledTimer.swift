@@ -1,4 +1,4 @@
-/// A one-shot timer on an ``EventLoop``. Cancel it on the loop thread.
+/// A one-shot timer on an ``EventLoop``. Use it on the loop thread only (checked).
 public final class ScheduledTimer {
     private var event: TimerEvent?
     private var work: (() -> Void)?
@@ -13,8 +13,11 @@ public final class ScheduledTimer {
         event = TimerEvent(base: base, delay: delay, firing: self)
     }
 
-    /// Whether the timer has neither fired nor been cancelled.
-    public var isPending: Bool { work != nil }
+    /// Whether the timer has neither fired nor been cancelled. Must be called on the loop thread.
+    public var isPending: Bool {
+        loop.preconditionInLoop()
+        return work != nil
+    }
 
     /// Cancels the timer if it has not fired. Must be called on the loop thread.
     public func cancel() {
@@ -25,6 +28,7 @@ public final class ScheduledTimer {
 
     /// Runs the work. Called by the timer's event.
     func fire() {
+        loop.preconditionInLoop()
         let work = self.work
         finish()
         work?()

@@ -181,6 +181,45 @@ import Testing
             if weakLoop != nil { exit(2) }
         }
     }
+
+    // MARK: - Thread confinement
+
+    @Test func schedulingATimerOffTheLoopTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let thread = try EventLoopThread(name: "confined")
+            thread.loop.schedule(after: .seconds(60)) {}
+        }
+    }
+
+    @Test func usingATimerOffTheLoopTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let thread = try EventLoopThread(name: "confined")
+            let timer = try thread.loop.performAndWait {
+                SmuggledTimer(timer: thread.loop.schedule(after: .seconds(60)) {})
+            }.timer
+            _ = timer.isPending
+        }
+        await #expect(processExitsWith: .failure) {
+            let thread = try EventLoopThread(name: "confined")
+            let timer = try thread.loop.performAndWait {
+                SmuggledTimer(timer: thread.loop.schedule(after: .seconds(60)) {})
+            }.timer
+            timer.cancel()
+        }
+    }
+
+    @Test func borrowingTheEventBaseOfARunningLoopOffItsThreadTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let thread = try EventLoopThread(name: "confined")
+            thread.loop.withUnsafeEventBase { _ in }
+        }
+    }
+
+    @Test func theEventBaseMayBeBorrowedBeforeTheLoopRuns() throws {
+        let loop = try EventLoop(name: "not-run")
+        loop.withUnsafeEventBase { _ in }
+        #expect(!loop.inLoop && !loop.isStopped)
+    }
 }
 
 // MARK: - Helpers
@@ -242,4 +281,10 @@ private final class Counter: Sendable {
     private let count = Atomic(0)
     var value: Int { count.load(ordering: .relaxed) }
     func increment() { count.add(1, ordering: .relaxed) }
+}
+
+/// A timer carried off its loop thread, which only a test that wants the trap does.
+private struct SmuggledTimer: @unchecked Sendable {
+    // @unchecked Sendable: deliberately wrong; the test checks that using the timer on another thread traps.
+    let timer: ScheduledTimer
 }
