@@ -114,7 +114,8 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Whether the calling thread is this loop's thread.
     public var inLoop: Bool {
-        // A thread-local read, no lock: the slot names this loop only on the thread inside run().
+        // A thread-local read, no lock: the slot names this loop only on the thread inside run(), or on the thread a
+        // stopped loop borrowed, while it runs the loop's work.
         CurrentLoopSlot.holds(self)
     }
 

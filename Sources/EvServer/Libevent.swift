@@ -234,7 +234,8 @@ enum CurrentLoopSlot {
 
     /// Names `loop` in the calling thread's slot (nil clears it).
     static func set(_ loop: EventLoop?) {
-        // passUnretained: whoever sets the slot clears it before it lets go of the loop (EventLoop.run).
+        // passUnretained: whoever sets the slot clears it before it lets go of the loop (EventLoop.run and
+        // EventLoop.runStopped).
         pthread_setspecific(key, loop.map { Unmanaged.passUnretained($0).toOpaque() })
     }
 }
