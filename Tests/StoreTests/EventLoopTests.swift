@@ -110,54 +110,64 @@ import Testing
 
     // MARK: - Fairness
 
+    // The spinners stop themselves, as soon as the loop has served what it must or after 5 s, whatever this test's
+    // task is doing: on a busy machine the task may not run for a while, and a spinner waiting for it would hold a
+    // core all that time.
+
     @Test func workThatKeepsQueueingItselfDoesNotStarveTimersOrOtherThreads() async throws {
         let thread = try EventLoopThread(name: "busy")
         defer { thread.shutdown() }
         let loop = thread.loop
-        let spinning = Switch()
+        let timerFired = Flag()
+        let otherThreadServed = Flag()
+        let servedWhileSpinning = Flag()
         let spins = Counter()
-        let timerFired = DispatchSemaphore(value: 0)
-        let otherThreadServed = DispatchSemaphore(value: 0)
+        let stopped = DispatchSemaphore(value: 0)
+        let giveUpAt = ContinuousClock.now + .seconds(5)
         loop.execute {
-            loop.schedule(after: .milliseconds(20)) { timerFired.signal() }
+            loop.schedule(after: .milliseconds(20)) { timerFired.set() }
             @Sendable func spin() {
-                guard spinning.isOn else { return }
+                if timerFired.isSet && otherThreadServed.isSet { servedWhileSpinning.set() }
+                guard !servedWhileSpinning.isSet, ContinuousClock.now < giveUpAt else {
+                    _ = stopped.signal()
+                    return
+                }
                 spins.increment()
                 loop.execute(spin)
             }
             spin()
         }
-        try await Task.sleep(for: .milliseconds(50))
-        // Sent from here, this work comes through the wake-up descriptor: an I/O event the loop must still poll.
-        loop.execute { otherThreadServed.signal() }
-        let served = try await onThread {
-            timerFired.wait(timeout: .now() + 5) == .success && otherThreadServed.wait(timeout: .now() + 5) == .success
+        // Sent from another thread once the spinning has begun, this work comes through the wake-up descriptor: an
+        // I/O event the loop must still poll.
+        Thread.detachNewThread {
+            while spins.value == 0 { usleep(1_000) }
+            loop.execute { otherThreadServed.set() }
         }
-        spinning.turnOff()
-        #expect(served)
-        #expect(spins.value > 10)
+        let spinnerStopped = try await onThread { stopped.wait(timeout: .now() + 10) == .success }
+        #expect(spinnerStopped)
+        #expect(servedWhileSpinning.isSet, """
+            timer fired: \(timerFired.isSet), other thread served: \(otherThreadServed.isSet), \
+            after \(spins.value) spins
+            """)
     }
 
     @Test func aTaskThatKeepsYieldingDoesNotStarveTimers() async throws {
         let thread = try EventLoopThread(name: "busy")
         defer { thread.shutdown() }
         let loop = thread.loop
-        let spinning = Switch()
-        let timerFired = DispatchSemaphore(value: 0)
-        let spinner = Task(executorPreference: loop) { () async -> Int in
+        let timerFired = Flag()
+        loop.execute { loop.schedule(after: .milliseconds(20)) { timerFired.set() } }
+        let giveUpAt = ContinuousClock.now + .seconds(5)
+        let spinner = Task(executorPreference: loop) { () async -> (served: Bool, yields: Int) in
             var yields = 0
-            while spinning.isOn {
+            while !timerFired.isSet, ContinuousClock.now < giveUpAt {
                 await Task.yield()   // back onto the loop's queue
                 yields += 1
             }
-            return yields
+            return (timerFired.isSet, yields)
         }
-        try await Task.sleep(for: .milliseconds(20))
-        loop.execute { loop.schedule(after: .milliseconds(20)) { timerFired.signal() } }
-        let fired = try await onThread { timerFired.wait(timeout: .now() + 5) == .success }
-        spinning.turnOff()
-        #expect(fired)
-        #expect(await spinner.value > 10)
+        let result = await spinner.value   // within 5 s: it gives up by itself
+        #expect(result.served, "yielded \(result.yields) times without the timer firing")
     }
 
     // MARK: - EventLoopThread
@@ -269,11 +279,11 @@ private extension Duration {
     }
 }
 
-/// An on/off switch that work on the loop polls.
-private final class Switch: Sendable {
-    private let on = Atomic(true)
-    var isOn: Bool { on.load(ordering: .relaxed) }
-    func turnOff() { on.store(false, ordering: .relaxed) }
+/// A flag that work on the loop sets and polls.
+private final class Flag: Sendable {
+    private let raised = Atomic(false)
+    var isSet: Bool { raised.load(ordering: .relaxed) }
+    func set() { raised.store(true, ordering: .relaxed) }
 }
 
 /// A counter that work on the loop bumps.
