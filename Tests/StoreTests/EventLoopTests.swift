@@ -3,8 +3,10 @@ import Synchronization
 import Testing
 @testable import EvServer
 
-// The loop's own contract, without HTTP or Redis: what happens to work sent to a stopped loop. Every wait here is
-// bounded: a regression (work that never runs) fails the test instead of hanging the suite.
+// The loop's own contract, without HTTP or Redis: work sent to a stopped loop still runs, a task that keeps
+// re-enqueueing itself does not starve I/O and timers, an EventLoopThread may go away on its own thread, and the
+// loop-bound entry points trap off their loop. Every wait is bounded: a regression (work that never runs) fails the
+// test instead of hanging the suite; a trap is checked in a child process (an exit test).
 
 @Suite struct EventLoopTests {
     // MARK: - A stopped loop
