@@ -1,6 +1,4 @@
 import CEvent
-import Dispatch
-import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -10,8 +8,10 @@ import Musl
 import Darwin
 #endif
 
-// The only file (with HTTPServer.swift) that calls libevent. Everything above it sees `EventLoop`,
-// which owns one `event_base` and the thread that runs it.
+// The event loop's C interop, and nothing else: libevent's `event_base` and events, the wake-up descriptor, the
+// thread-local slot that names a thread's loop, and the loop thread itself (pthread). EventLoop.swift,
+// EventLoopThread.swift and ScheduledTimer.swift above it work with Swift values only. (HTTPServer.swift makes the
+// evhttp calls.)
 
 /// An error from libevent itself (a NULL or -1 where a resource was expected).
 public struct LibeventError: Error, CustomStringConvertible, Sendable {
@@ -19,45 +19,18 @@ public struct LibeventError: Error, CustomStringConvertible, Sendable {
     public init(_ description: String) { self.description = description }
 }
 
-/// One libevent `event_base` and the thread that runs it.
-///
-/// Everything that touches libevent, evhttp or hiredis objects owned by this loop must run on the loop thread;
-/// code elsewhere hops with ``execute(_:)``. The loop is also a Swift `TaskExecutor`: a task started with
-/// `Task(executorPreference: loop)` runs its nonisolated async code on the loop thread, so a handler can await a
-/// Redis reply and go on touching loop-owned objects without any hop.
-public final class EventLoop: @unchecked Sendable {
-    // @unchecked Sendable: `base`, the events and `local` are touched only on the loop thread (checked by
-    // `preconditionInLoop`), `remote` and `isRunning` are behind Mutexes, and writing the wake-up descriptor is safe
-    // from any thread.
+// MARK: - The event base
 
-    private enum Work: Sendable {
-        case job(UnownedJob)
-        case closure(@Sendable () -> Void)
-    }
-
-    private struct Remote: ~Copyable {
-        var work: [Work] = []
-        var signalled = false
-    }
-
-    private let base: OpaquePointer
+/// One libevent `event_base` with the two events every loop has: the wake-up descriptor's read event (work sent from
+/// other threads) and the drain event (work queued on the loop thread). Touched only on the loop thread, except
+/// ``signalWakeUp()``, which any thread may call.
+final class EventBase {
+    let pointer: OpaquePointer
+    private let wakeUp: WakeUpChannel
     private var wakeEvent: OpaquePointer?
     private var drainEvent: OpaquePointer?
-    private let wakeUp: WakeUpChannel
-    private let remote = Mutex(Remote())
-    private var local: [Work] = []
-    private var drainScheduled = false
-    // Whether a thread is inside run(): a second run() at once is misuse.
-    private let isRunning = Mutex(false)
 
-    /// A short name used in logs and thread names.
-    public let name: String
-
-    /// Creates a loop. Call ``run()`` on the thread that will own it, or use ``EventLoopThread``.
-    /// - Parameter name: a name for logs.
-    /// - Throws: ``LibeventError`` when libevent cannot create a base.
-    public init(name: String = "loop") throws {
-        self.name = name
+    init() throws(LibeventError) {
         guard let config = event_config_new() else { throw LibeventError("event_config_new failed") }
         defer { event_config_free(config) }
         // No evthread locking: a base is only ever touched by its own thread. The changelist coalesces
@@ -67,23 +40,24 @@ public final class EventLoop: @unchecked Sendable {
         guard let base = event_base_new_with_config(config) else {
             throw LibeventError("event_base_new_with_config failed")
         }
-        self.base = base
+        pointer = base
         do {
             wakeUp = try WakeUpChannel()
         } catch {
             event_base_free(base)
             throw error
         }
-        // passUnretained: the loop owns both events and frees them in deinit, before it goes.
-        let context = Unmanaged.passUnretained(self).toOpaque()
-        wakeEvent = event_new(base, wakeUp.readDescriptor, Int16(EV_READ | EV_PERSIST), onWake, context)
-        drainEvent = event_new(base, -1, 0, onDrain, context)
+    }
+
+    /// Creates the wake-up and drain events, whose callbacks call `loop`'s ``EventLoop/wake()`` and
+    /// ``EventLoop/drain()``.
+    func attach(to loop: EventLoop) throws(LibeventError) {
+        // passUnretained: the loop owns this base, which frees both events in its deinit, before the loop goes.
+        let context = Unmanaged.passUnretained(loop).toOpaque()
+        wakeEvent = event_new(pointer, wakeUp.readDescriptor, Int16(EV_READ | EV_PERSIST), onWake, context)
+        drainEvent = event_new(pointer, -1, 0, onDrain, context)
         guard wakeEvent != nil, drainEvent != nil, event_add(wakeEvent, nil) == 0 else {
-            if let wakeEvent { event_free(wakeEvent) }
-            if let drainEvent { event_free(drainEvent) }
-            wakeUp.close()
-            event_base_free(base)
-            throw LibeventError("event_new for the loop's wake-up failed")
+            throw LibeventError("event_new for the loop's wake-up failed")   // deinit frees what was made
         }
     }
 
@@ -91,135 +65,40 @@ public final class EventLoop: @unchecked Sendable {
         if let wakeEvent { event_free(wakeEvent) }
         if let drainEvent { event_free(drainEvent) }
         wakeUp.close()
-        event_base_free(base)
+        event_base_free(pointer)
     }
 
-    // MARK: - Running
-
-    /// Runs the loop on the calling thread until ``stop()``. The calling thread becomes the loop thread.
-    public func run() {
-        isRunning.withLock { isRunning in
-            precondition(!isRunning, "EventLoop \(name) is already running")
-            isRunning = true
-        }
-        EventLoop.setCurrent(self)
-        drain()
-        event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY)
-        drain()
-        EventLoop.setCurrent(nil)
-        isRunning.withLock { $0 = false }
+    /// Runs libevent's loop until ``breakLoop()``.
+    func dispatch() {
+        event_base_loop(pointer, EVLOOP_NO_EXIT_ON_EMPTY)
     }
 
-    /// Stops the loop after the work already queued has run. Safe from any thread.
-    public func stop() {
-        execute { [self] in event_base_loopbreak(base) }
+    /// Makes ``dispatch()`` return once the callback under way has returned.
+    func breakLoop() {
+        event_base_loopbreak(pointer)
     }
 
-    /// Whether the calling thread is this loop's thread.
-    public var inLoop: Bool {
-        // A thread-local read, no lock: the slot names this loop only on the thread inside run().
-        pthread_getspecific(EventLoop.currentKey) == Unmanaged.passUnretained(self).toOpaque()
+    /// Makes the drain event run in the pass under way.
+    func activateDrain() {
+        event_active(drainEvent, 0, 0)
     }
 
-    /// Traps unless called on the loop thread. Every function that touches a C object owned by the loop calls it.
-    public func preconditionInLoop(file: StaticString = #fileID, line: UInt = #line) {
-        precondition(inLoop, "must be called on the thread of EventLoop \(name)", file: file, line: line)
+    /// Makes the drain event run in the next pass, after libevent has polled I/O and run the timers that are due: a
+    /// zero timeout. `event_active` from a callback would run it in the pass under way, before any polling
+    /// (libevent processes an event activated during its active queue's processing in that same pass).
+    func scheduleDrainAfterPolling() {
+        var now = timeval()
+        precondition(event_add(drainEvent, &now) == 0, "event_add for the loop's drain event failed")
     }
 
-    /// The loop whose thread is the calling thread, if any.
-    public static var current: EventLoop? {
-        guard let pointer = pthread_getspecific(currentKey) else { return nil }
-        return Unmanaged<EventLoop>.fromOpaque(pointer).takeUnretainedValue()
+    /// Makes the wake-up descriptor readable. Safe from any thread.
+    func signalWakeUp() {
+        wakeUp.signal()
     }
 
-    private static let currentKey: pthread_key_t = {
-        var key = pthread_key_t()
-        precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create failed")
-        return key
-    }()
-
-    private static func setCurrent(_ loop: EventLoop?) {
-        // passUnretained: the thread-local slot is cleared before run() returns, while the caller still holds the loop.
-        pthread_setspecific(currentKey, loop.map { Unmanaged.passUnretained($0).toOpaque() })
-    }
-
-    // MARK: - Work from anywhere
-
-    /// Runs `work` on the loop thread, after the work already queued. Safe from any thread.
-    /// - Parameter work: the closure to run; it may touch loop-owned objects.
-    public func execute(_ work: @escaping @Sendable () -> Void) {
-        submit(.closure(work))
-    }
-
-    /// Runs `body` with the raw `event_base`. Must be called on the loop thread (or before the loop runs).
-    public func withUnsafeEventBase<Result>(_ body: (OpaquePointer) throws -> Result) rethrows -> Result {
-        try body(base)
-    }
-
-    private func submit(_ work: Work) {
-        if inLoop {
-            local.append(work)
-            if !drainScheduled {
-                drainScheduled = true
-                event_active(drainEvent, 0, 0)
-            }
-            return
-        }
-        let mustSignal = remote.withLock { remote in
-            remote.work.append(work)
-            defer { remote.signalled = true }
-            return !remote.signalled
-        }
-        if mustSignal { wakeUp.signal() }
-    }
-
-    fileprivate func wake() {
+    /// Consumes the wake-up signals written so far.
+    func clearWakeUp() {
         wakeUp.clear()
-        let work = remote.withLock { remote in
-            remote.signalled = false
-            return remote.work.isEmptyOrSwap()
-        }
-        local.append(contentsOf: work)
-        drain()
-    }
-
-    fileprivate func drain() {
-        drainScheduled = false
-        var index = 0
-        // Work may append more work; run until the queue is empty, then drop the storage in one go.
-        while index < local.count {
-            let item = local[index]
-            index += 1
-            switch item {
-            case .job(let job): job.runSynchronously(on: asUnownedTaskExecutor())
-            case .closure(let closure): closure()
-            }
-        }
-        local.removeAll(keepingCapacity: true)
-    }
-
-    // MARK: - Timers
-
-    /// Runs `work` on the loop thread after `delay`. Must be called on the loop thread.
-    /// - Parameters:
-    ///   - delay: how long to wait.
-    ///   - work: what to run; it runs at most once.
-    /// - Returns: a handle that cancels the timer; dropping it does not cancel.
-    @discardableResult
-    public func schedule(after delay: Duration, _ work: @escaping () -> Void) -> ScheduledTimer {
-        preconditionInLoop()
-        let timer = ScheduledTimer(loop: self, work: work)
-        timer.arm(base: base, delay: delay)
-        return timer
-    }
-}
-
-extension Array {
-    fileprivate mutating func isEmptyOrSwap() -> [Element] {
-        if isEmpty { return [] }
-        var taken: [Element] = []
-        swap(&taken, &self)
-        return taken
     }
 }
 
@@ -228,7 +107,7 @@ extension Array {
 /// The descriptor another thread writes to wake a loop, and the one the loop watches. An eventfd on Linux (one
 /// descriptor, one 8-byte counter); elsewhere the two ends of an `evutil_socketpair`. Not libevent's own
 /// cross-thread notification: that needs `evthread_use_pthreads()`, which puts a mutex around every `event_base`
-/// call, on the request path too; the loop's queue takes its one lock per batch (see `submit`).
+/// call, on the request path too; the loop's queue takes its one lock per batch (see `EventLoop.submit`).
 private struct WakeUpChannel {
     /// The descriptor the loop reads (watched by its wake event).
     let readDescriptor: Int32
@@ -285,58 +164,36 @@ private struct WakeUpChannel {
     }
 }
 
-// MARK: - Executor
+// MARK: - Timer events
 
-extension EventLoop: TaskExecutor {
-    public func enqueue(_ job: consuming ExecutorJob) {
-        submit(.job(UnownedJob(job)))
+/// The libevent event of a pending ``ScheduledTimer``: a one-shot timeout whose callback calls the timer's `fire()`.
+struct TimerEvent {
+    private let event: OpaquePointer
+
+    /// Adds a timeout of `delay` on `base` that fires `timer`.
+    init(base: EventBase, delay: Duration, firing timer: ScheduledTimer) {
+        // passRetained: the pending event holds a +1 on its ScheduledTimer until `free(firing:)` drops it (the timer
+        // fired or was cancelled), so the work runs even when the caller drops the handle.
+        let context = Unmanaged.passRetained(timer).toOpaque()
+        let event = event_new(base.pointer, -1, 0, onTimer, context)
+        var tv = timeval(delay)
+        precondition(event != nil && event_add(event, &tv) == 0, "event_add for a timer failed")
+        self.event = event!
+    }
+
+    /// Deletes the event if still pending, frees it, and drops its +1 on `timer`, which may be the last reference.
+    func free(firing timer: ScheduledTimer) {
+        event_free(event)   // deletes it first when still pending
+        Unmanaged.passUnretained(timer).release()   // drops the +1 taken in init
     }
 }
 
-// MARK: - Timer
-
-/// A one-shot timer on an ``EventLoop``. Cancel it on the loop thread.
-public final class ScheduledTimer {
-    private var event: OpaquePointer?
-    private var work: (() -> Void)?
-    private unowned let loop: EventLoop
-
-    fileprivate init(loop: EventLoop, work: @escaping () -> Void) {
-        self.loop = loop
-        self.work = work
-    }
-
-    fileprivate func arm(base: OpaquePointer, delay: Duration) {
-        // passRetained: the pending timer holds the +1 on its ScheduledTimer until it fires or is cancelled,
-        // so the work runs even when the caller drops the handle.
-        let context = Unmanaged.passRetained(self).toOpaque()
-        event = event_new(base, -1, 0, onTimer, context)
-        var tv = timeval(delay)
-        precondition(event != nil && event_add(event, &tv) == 0, "event_add for a timer failed")
-    }
-
-    /// Whether the timer has neither fired nor been cancelled.
-    public var isPending: Bool { work != nil }
-
-    /// Cancels the timer if it has not fired. Must be called on the loop thread.
-    public func cancel() {
-        loop.preconditionInLoop()
-        guard work != nil, let event else { return }
-        event_del(event)
-        finish()
-    }
-
-    fileprivate func fire() {
-        let work = self.work
-        finish()
-        work?()
-    }
-
-    private func finish() {
-        work = nil
-        if let event { event_free(event) }
-        event = nil
-        Unmanaged.passUnretained(self).release()   // drops the +1 taken in arm()
+extension timeval {
+    /// `duration` as a timeval, negative durations as zero.
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        // `.init`: suseconds_t is Int on Linux, Int32 on Darwin.
+        self.init(tv_sec: .init(max(0, seconds)), tv_usec: .init(max(0, attoseconds) / 1_000_000_000_000))
     }
 }
 
@@ -354,68 +211,93 @@ private func onTimer(_ fd: Int32, _ what: Int16, _ context: UnsafeMutableRawPoin
     Unmanaged<ScheduledTimer>.fromOpaque(context!).takeUnretainedValue().fire()
 }
 
-// MARK: - A loop on its own thread
+// MARK: - The loop thread
 
-/// An ``EventLoop`` running on a thread of its own, for servers with several loops and for tests.
-public final class EventLoopThread: Sendable {
-    /// The loop this thread runs.
-    public let loop: EventLoop
-    private let thread = Mutex<pthread_t?>(nil)
+/// The thread-local slot that names the loop whose thread the calling thread is (``EventLoop/current``).
+enum CurrentLoopSlot {
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create failed")
+        return key
+    }()
 
-    /// Starts a thread that runs a new loop until ``shutdown()``.
-    /// - Throws: ``LibeventError`` when the loop or the thread cannot be created.
-    public init(name: String = "loop") throws {
-        let loop = try EventLoop(name: name)
-        self.loop = loop
-        let started = DispatchSemaphore(value: 0)
+    /// Whether the calling thread's slot names `loop`: a thread-local read and a compare, no lock.
+    static func holds(_ loop: EventLoop) -> Bool {
+        pthread_getspecific(key) == Unmanaged.passUnretained(loop).toOpaque()
+    }
+
+    /// The loop the calling thread's slot names.
+    static var loop: EventLoop? {
+        guard let pointer = pthread_getspecific(key) else { return nil }
+        return Unmanaged<EventLoop>.fromOpaque(pointer).takeUnretainedValue()
+    }
+
+    /// Names `loop` in the calling thread's slot (nil clears it).
+    static func set(_ loop: EventLoop?) {
+        // passUnretained: whoever sets the slot clears it before it lets go of the loop (EventLoop.run and
+        // EventLoop.runStopped).
+        pthread_setspecific(key, loop.map { Unmanaged.passUnretained($0).toOpaque() })
+    }
+}
+
+/// A thread started with pthread, to be joined or detached once.
+struct LoopThread {
+    private let id: pthread_t
+
+    /// Starts a thread that runs `body`.
+    /// - Throws: ``LibeventError`` when the thread cannot be created.
+    static func start(_ body: @escaping @Sendable () -> Void) throws(LibeventError) -> LoopThread {
         // passRetained: the new thread holds the +1 on this box until it has read it.
-        let box = Unmanaged.passRetained(ThreadStart(loop: loop, started: started)).toOpaque()
+        let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
         // pthread_t is an integer on Linux and a pointer that pthread_create takes as optional on Darwin; its start
         // routine's argument is optional on Linux only (the `as` spelling compiles on both).
         #if canImport(Darwin)
-        var tid: pthread_t? = nil
+        var id: pthread_t? = nil
         #else
-        var tid = pthread_t()
+        var id = pthread_t()
         #endif
-        let rc = pthread_create(&tid, nil, { raw in
-            let start = Unmanaged<ThreadStart>.fromOpaque((raw as UnsafeMutableRawPointer?)!).takeRetainedValue()
-            start.loop.execute { _ = start.started.signal() }
-            start.loop.run()
+        let rc = pthread_create(&id, nil, { raw in
+            Unmanaged<ThreadBody>.fromOpaque((raw as UnsafeMutableRawPointer?)!).takeRetainedValue().body()
             return nil
         }, box)
         guard rc == 0 else {
-            Unmanaged<ThreadStart>.fromOpaque(box).release()
+            Unmanaged<ThreadBody>.fromOpaque(box).release()
             throw LibeventError("pthread_create failed: \(rc)")
         }
-        thread.withLock { $0 = tid }
-        started.wait()
+        #if canImport(Darwin)
+        return LoopThread(id: id!)
+        #else
+        return LoopThread(id: id)
+        #endif
     }
 
-    /// Stops the loop and joins its thread. Must not be called on the loop thread.
-    public func shutdown() {
-        precondition(!loop.inLoop, "EventLoopThread.shutdown() called on its own loop")
-        guard let tid = thread.withLock({ tid -> pthread_t? in defer { tid = nil }; return tid }) else { return }
-        loop.stop()
-        pthread_join(tid, nil)
+    /// Whether the calling thread is this thread.
+    var isCurrent: Bool {
+        pthread_equal(id, pthread_self()) != 0
     }
 
-    deinit { shutdown() }
+    /// Waits for the thread to end. Must not be called on the thread itself.
+    func join() {
+        pthread_join(id, nil)
+    }
+
+    /// Lets the thread end on its own: its resources go when it returns.
+    func detach() {
+        pthread_detach(id)
+    }
 }
 
-private final class ThreadStart: Sendable {
-    let loop: EventLoop
-    let started: DispatchSemaphore
-    init(loop: EventLoop, started: DispatchSemaphore) {
-        self.loop = loop
-        self.started = started
-    }
+private final class ThreadBody: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }
 
-extension timeval {
-    /// `duration` as a timeval, negative durations as zero.
-    init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        // `.init`: suseconds_t is Int on Linux, Int32 on Darwin.
-        self.init(tv_sec: .init(max(0, seconds)), tv_usec: .init(max(0, attoseconds) / 1_000_000_000_000))
+// MARK: - Borrowing the raw base
+
+extension EventLoop {
+    /// Runs `body` with the raw `event_base`. Must be called on the loop thread (or before the loop runs).
+    public func withUnsafeEventBase<Result>(_ body: (OpaquePointer) throws -> Result) rethrows -> Result {
+        precondition(inLoop || hasNotRun, "withUnsafeEventBase must be called on the thread of EventLoop \(name)")
+        return try body(eventBase.pointer)
     }
 }
