@@ -18,7 +18,7 @@ extension EventLoop {
         return try box.result.withLock { $0! }.get()
     }
 
-    /// Runs `body` on the loop thread and returns its result. The loop must be running.
+    /// Runs `body` on the loop thread (on a stopped loop: on the thread that stands in for it) and returns its result.
     func perform<Result: Sendable>(_ body: @escaping @Sendable () -> Result) async -> Result {
         await withCheckedContinuation { continuation in
             execute { continuation.resume(returning: body()) }

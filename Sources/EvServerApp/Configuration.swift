@@ -1,3 +1,6 @@
+// The evserver flags: each with its environment variable, default and check, in one place (over 500 lines because a
+// flag is read here once, and split across files its precedence rules would be too).
+
 import ArgumentParser
 #if canImport(FoundationEssentials)
 import FoundationEssentials

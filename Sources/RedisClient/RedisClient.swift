@@ -106,6 +106,11 @@ public final class RedisClient: Sendable {
                         continuation: CheckedContinuation<RedisValue, any Error>) {
         // The earlier of the caller's deadline and the end of its budget (task-locals: read on the caller's task).
         let connection = self.connection
+        guard !loop.isStopped else {
+            // A stopped loop runs no I/O and no timer again: the command could never be answered nor time out.
+            continuation.resume(throwing: RedisClientError.connectionClosed)
+            return
+        }
         if loop.inLoop {
             // One reading of the clock for both the budget's end and the command's start.
             let now = ContinuousClock.now
