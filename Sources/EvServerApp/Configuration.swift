@@ -1,5 +1,5 @@
-// The evserver flags: each with its environment variable, default and check, in one place (over 500 lines because a
-// flag is read here once, and split across files its precedence rules would be too).
+// The evserver flags, each with its environment variable, default and check. Over 500 lines on purpose: every flag is
+// read here, so the precedence rules (flag, then environment, then default) live in one place.
 
 import ArgumentParser
 #if canImport(FoundationEssentials)
