@@ -11,8 +11,6 @@ import Darwin
 // The express-like front: `app.use(...)`, `app.get(...)`, `app.listen(...)`. Configuration happens before start;
 // starting freezes it into a `RequestPipeline` that every loop shares without locking.
 
-private let logger = Logger(label: "evserver.http")
-
 // MARK: - Application
 
 /// An HTTP application: middleware, routes, and the servers that run them.
@@ -171,13 +169,13 @@ public final class Application: Sendable {
         -> [any DispatchSourceSignal]
     {
         let shownHost = host.contains(":") ? "[\(host)]" : host
-        logger.info("listening on http://\(shownHost):\(server.port) with \(threads) loop(s)")
+        httpLogger.info("listening on http://\(shownHost):\(server.port) with \(threads) loop(s)")
         return [SIGINT, SIGTERM].map { number in
             // Dispatch delivers the signal on a queue; the default action (exit at once) must be off first.
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler {
-                logger.info("signal \(number): shutting down")
+                httpLogger.info("signal \(number): shutting down")
                 Task { await server.shutdown() }
             }
             source.resume()
@@ -249,7 +247,7 @@ final class RequestPipeline: Sendable {
             for field in error.headers { response.headers.add(field.name, field.value) }
             response.send(json: #"{"error":\#(jsonQuoted(error.message))}"#)
         } else {
-            logger.error("unhandled error answering \(request.method) \(request.path): \(String(reflecting: error))",
+            httpLogger.error("unhandled error answering \(request.method) \(request.path): \(String(reflecting: error))",
                          metadata: ["route": "\(request.route ?? "-")"])
             response.status = .internalServerError
             response.send(json: #"{"error":"Internal Server Error"}"#)
@@ -414,7 +412,7 @@ public final class RunningServer: Sendable {
                         try? await Task.sleep(for: min(Self.shutdownGrace, max(.zero, deadline - .now)))
                         drained = await Self.drain(server, by: deadline)
                     }
-                    if !drained { logger.warning("shutdown timeout: dropping requests still in flight") }
+                    if !drained { httpLogger.warning("shutdown timeout: dropping requests still in flight") }
                     await server.loop.perform { server.close() }
                 }
             }

@@ -13,8 +13,6 @@ import Darwin
 // slow: `refuse`) and a connection past `maxConnections` (`refuseOverCapacity`), each a short JSON error with the
 // default header fields and `Connection: close`. Why straight to the socket: the top of HTTPServer+Connections.swift.
 
-private let logger = Logger(label: "evserver.http")
-
 /// `send` flags that keep a write to a reset connection from raising SIGPIPE: MSG_NOSIGNAL on Linux; elsewhere
 /// nothing, and `ignoreBrokenPipe` covers it.
 private var noSignal: Int32 {
@@ -35,7 +33,7 @@ extension HTTPServer {
     /// Answers the request in progress on `client` with `rejection` ourselves and ends the connection; evhttp never
     /// sees another byte of it. See the top of HTTPServer+Connections.swift.
     func refuse(_ client: ClientConnection, _ rejection: HTTPRejection) {
-        logger.debug("refusing a request: \(rejection)")
+        httpLogger.debug("refusing a request: \(rejection)")
         client.lingering = true
         client.since = tick
         evbuffer_drain(client.input, evbuffer_get_length(client.input))
@@ -50,7 +48,7 @@ extension HTTPServer {
     func refuseOverCapacity(_ client: ClientConnection, _ connection: OpaquePointer) {
         if tick != lastCapacityWarning {
             lastCapacityWarning = tick
-            logger.warning("\(maxConnections) connections open on loop \(loop.name): refusing new ones")
+            httpLogger.warning("\(maxConnections) connections open on loop \(loop.name): refusing new ones")
         }
         detach(client)
         let fd = bufferevent_getfd(client.bufferevent)

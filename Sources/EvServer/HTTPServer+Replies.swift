@@ -13,8 +13,6 @@ import Darwin
 // (status line, the response's header fields and the default ones, `Date` and `Content-Length` formatted here, the
 // body), and `responseWritten` learns when it is on the wire.
 
-private let logger = Logger(label: "evserver.http")
-
 extension HTTPServer {
     /// Writes `response` as the one reply to `job`'s request; does nothing if `close()` has given up on it.
     func reply(to job: RequestJob, _ response: Response) {
@@ -36,7 +34,7 @@ extension HTTPServer {
         var code = parts.status.code
         var reason = parts.status.reason
         if !(100...999).contains(code) {
-            logger.error("handler set an invalid status \(code); answering 500")
+            httpLogger.error("handler set an invalid status \(code); answering 500")
             code = 500
             reason = HTTPStatus.standardReason(500)
         } else if Self.hasLineBreak(reason) {
@@ -56,7 +54,7 @@ extension HTTPServer {
                 continue   // the body always goes out whole, with a Content-Length
             }
             if addHeader(output, field.name, field.value) != 0 {
-                logger.warning("dropped response header \(field.name): a name or value must not contain CR or LF")
+                httpLogger.warning("dropped response header \(field.name): a name or value must not contain CR or LF")
             }
         }
         // The default fields the response does not have (checked when configured: evhttp takes them all).

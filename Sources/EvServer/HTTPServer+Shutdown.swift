@@ -13,8 +13,6 @@ import Darwin
 // the kernel has queued on it), answering with `Connection: close` from then on, waiting until the requests in flight
 // are answered and their replies written, and freeing the evhttp with whatever is left.
 
-private let logger = Logger(label: "evserver.http")
-
 extension HTTPServer {
     /// Requests answered and replies being written.
     var pendingCount: Int { inFlightCount + flushingCount }
@@ -106,7 +104,7 @@ extension HTTPServer {
             client.flushing = false
         }
         let detached = unanswered.filter { evhttp_request_get_connection($0) == nil }
-        if inFlightCount > 0 { logger.warning("closing with \(inFlightCount) request(s) unanswered") }
+        if inFlightCount > 0 { httpLogger.warning("closing with \(inFlightCount) request(s) unanswered") }
         unheldRequests.removeAll()
         inFlightCount = 0
         flushingCount = 0

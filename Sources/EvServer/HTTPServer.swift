@@ -1,4 +1,5 @@
 import CEvent
+import Logging
 
 #if canImport(Glibc)
 import Glibc
@@ -50,6 +51,9 @@ import Darwin
 let ignoreBrokenPipe: Void = { _ = signal(SIGPIPE, SIG_IGN) }()
 
 // MARK: - Server
+
+/// The log of the HTTP server and the application (label `evserver.http`).
+let httpLogger = Logger(label: "evserver.http")
 
 /// One evhttp on one event loop. Created, used and closed on the loop thread.
 // The request-path state of the server and of each connection is `@exclusivity(unchecked)`: it is read and written
