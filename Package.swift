@@ -21,8 +21,10 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CEvent", pkgConfig: "libevent",
                        providers: [.apt(["libevent-dev"]), .brew(["libevent"])]),
-        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis",
-                       providers: [.apt(["libhiredis-dev"]), .brew(["hiredis"])]),
+        // No pkgConfig: hiredis's .pc adds `-D_FILE_OFFSET_BITS=64`, which SwiftPM refuses with a warning on every
+        // build (and ignores); its headers are reached as <hiredis/...> from the default include path, and the
+        // module map links the library.
+        .systemLibrary(name: "CHiredis", providers: [.apt(["libhiredis-dev"]), .brew(["hiredis"])]),
         // libevent's TLS bufferevents (libevent_openssl) and OpenSSL: the TLS leg to Redis.
         .systemLibrary(name: "COpenSSL", pkgConfig: "libevent_openssl",
                        providers: [.apt(["libevent-dev", "libssl-dev"]), .brew(["libevent", "openssl@3"])]),
