@@ -236,6 +236,25 @@ final class RequestPipeline: Sendable {
         try await middleware[index].handle(request, response, next: Next(self, from: index + 1, request, response))
     }
 
+    /// The 400 message for an error that means bad input: JSON that does not parse (`JSONParseError`), or a value
+    /// that does not decode into the type asked for (`DecodingError`, e.g. from `JSONValue.decode(as:)` or
+    /// `Session.value(_:as:)`); nil for any other error.
+    static func badInputMessage(_ error: any Error) -> String? {
+        if let error = error as? JSONParseError { return error.description }
+        guard let error = error as? DecodingError else { return nil }
+        func path(_ context: DecodingError.Context) -> String {
+            let keys = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+            return keys.isEmpty ? "the value" : "value at \(keys.hasPrefix(".") ? String(keys.dropFirst()) : keys)"
+        }
+        return switch error {
+        case .typeMismatch(let type, let context): "\(path(context)): expected \(type)"
+        case .valueNotFound(let type, let context): "\(path(context)): expected \(type), found null"
+        case .keyNotFound(let key, let context): "\(path(context)): missing key \"\(key.stringValue)\""
+        case .dataCorrupted(let context): "\(path(context)): \(context.debugDescription)"
+        @unknown default: "a value does not have the expected shape"
+        }
+    }
+
     private func render(_ error: any Error, for request: Request, into response: Response) {
         if let error = error as? HTTPError {
             response.status = error.status
@@ -246,6 +265,11 @@ final class RequestPipeline: Sendable {
             }
             for field in error.headers { response.headers.add(field.name, field.value) }
             response.send(json: #"{"error":\#(jsonQuoted(error.message))}"#)
+        } else if let message = Self.badInputMessage(error) {
+            // Input the client sent that does not parse or decode is the client's error, as Express's body parser
+            // answers it: 400 with what was wrong (the reason and where, never the input itself).
+            response.status = .badRequest
+            response.send(json: #"{"error":\#(jsonQuoted(message))}"#)
         } else {
             httpLogger.error("unhandled error answering \(request.method) \(request.path): \(String(reflecting: error))",
                          metadata: ["route": "\(request.route ?? "-")"])

@@ -94,6 +94,37 @@ struct ApplicationTests {
             == ["connect.sid=s%3Aabc.def; Path=/; HttpOnly; SameSite=Lax", "b=2"])
     }
 
+    /// Input that does not parse or decode is the client's error: 400 with what was wrong and where, never the
+    /// input itself; any other error stays a 500 without details.
+    @Test func badJSONAndValuesThatDoNotDecodeAre400() async throws {
+        struct Item: Decodable { let name: String; let price: Int }
+        struct Cart: Decodable { let items: [Item] }
+        let app = Application()
+        app.post("/cart") { request, response in
+            let cart = try JSONValue(parsing: request.body).decode(as: Cart.self)
+            response.send("\(cart.items.count) items")
+        }
+        app.get("/boom") { _, _ in throw CancellationError() }
+        func post(_ body: String) async -> Response {
+            await app.respond(to: Request(method: .post, uri: "/cart", body: Array(body.utf8)))
+        }
+        #expect(await post(#"{"items":[{"name":"a","price":1}]}"#).bodyText == "1 items")
+        let notJSON = await post(#"{"items":[{"name":"secret-token","price":1}"#)
+        #expect(notJSON.status == .badRequest)
+        #expect(notJSON.bodyText == #"{"error":"invalid JSON: unexpected end of input at byte 43"}"#)
+        #expect(!notJSON.bodyText.contains("secret-token"))
+        let wrongType = await post(#"{"items":[{"name":"a","price":"free"}]}"#)
+        #expect(wrongType.status == .badRequest)
+        #expect(wrongType.bodyText == #"{"error":"value at items[0].price: expected Int"}"#)
+        let missing = await post(#"{"items":[{"name":"a"}]}"#)
+        #expect(missing.bodyText == #"{"error":"value at items[0]: missing key \"price\""}"#)
+        let null = await post(#"{"items":null}"#)
+        #expect(null.bodyText == #"{"error":"value at items: expected Array<Any>, found null"}"#)
+        let other = await app.respond(to: Request(method: .get, uri: "/boom"))
+        #expect(other.status == .internalServerError)
+        #expect(other.bodyText == #"{"error":"Internal Server Error"}"#)
+    }
+
     @Test func errorMessageIsEscapedAsJSON() async {
         let app = Application()
         app.get("/") { _, _ in throw HTTPError(.badRequest, message: "bad \"name\"\n\\ \u{1}") }
