@@ -142,23 +142,32 @@ public final class Application: Sendable {
         }
     }
 
+    /// One event loop per core: the default of ``listen(host:port:threads:)`` and of the `evserver` binary.
+    public static var defaultThreadCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
     /// Serves on `host:port` until the server is shut down, like express's `app.listen`.
+    ///
+    /// The defaults: `127.0.0.1` (this machine only: pass `"0.0.0.0"` or `"::"` to serve others, as in a container
+    /// behind a balancer), port 3000, and one event loop per core (``defaultThreadCount``), as `evserver` runs; each
+    /// loop accepts on its own `SO_REUSEPORT` socket and keeps its own Redis connections.
     ///
     /// SIGINT and SIGTERM shut the server down gracefully (in-flight requests are answered), then this returns.
     /// Another task can also end it with ``shutdown(timeout:)``.
     /// - Throws: ``HTTPServerError`` when the server cannot start.
-    public func listen(host: String = "127.0.0.1", port: Int = 3000, threads: Int = 1) throws {
+    public func listen(host: String = "127.0.0.1", port: Int = 3000,
+                       threads: Int = Application.defaultThreadCount) throws {
         let server = try start(host: host, port: port, threads: threads)
         let signals = announceAndHandleSignals(server, host: host, threads: threads)
         server.wait()
         stopHandlingSignals(signals)
     }
 
-    /// Serves on `host:port` until the server is shut down, like ``listen(host:port:threads:)``, but suspends
-    /// instead of blocking the calling thread: use it from async code (an `AsyncParsableCommand`'s `run`), where
-    /// a blocked thread would be one fewer for the concurrency pool, which the shutdown itself needs.
+    /// Serves on `host:port` until the server is shut down, like ``listen(host:port:threads:)`` (same defaults),
+    /// but suspends instead of blocking the calling thread: use it from async code (an `AsyncParsableCommand`'s
+    /// `run`), where a blocked thread would be one fewer for the concurrency pool, which the shutdown itself needs.
     /// - Throws: ``HTTPServerError`` when the server cannot start.
-    public func listen(host: String = "127.0.0.1", port: Int = 3000, threads: Int = 1) async throws {
+    public func listen(host: String = "127.0.0.1", port: Int = 3000,
+                       threads: Int = Application.defaultThreadCount) async throws {
         let server = try start(host: host, port: port, threads: threads)
         let signals = announceAndHandleSignals(server, host: host, threads: threads)
         await server.waitUntilStopped()

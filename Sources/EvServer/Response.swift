@@ -79,6 +79,13 @@ public final class Response {
     }
 
     /// Answers with a redirect to `location` (302 unless given).
+    /// Sends `value` as JSON (express's `res.json`): encoded with `JSONEncoder`, object keys sorted, with
+    /// `Content-Type: application/json`.
+    /// - Throws: the encoder's error; nothing is sent then.
+    public func json<T: Encodable>(_ value: T, status: HTTPStatus? = nil) throws {
+        send(json: try JSONValue(encoding: value), status: status)
+    }
+
     public func redirect(to location: String, status: HTTPStatus = .found) {
         parts.status = status
         parts.headers.replace("Location", location)

@@ -71,7 +71,7 @@ struct AppConfiguration: Sendable {
 
 extension AppConfiguration {
     /// The cores this process may run on (the default number of event loops).
-    static var coreCount: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
+    static var coreCount: Int { Application.defaultThreadCount }
 }
 
 /// A configuration problem, reported to the operator as one line before anything binds.

@@ -125,6 +125,16 @@ struct ApplicationTests {
         #expect(other.bodyText == #"{"error":"Internal Server Error"}"#)
     }
 
+    @Test func jsonSendsAnEncodableWithItsContentType() async throws {
+        struct Cart: Encodable { let items: [String]; let total: Int }
+        let app = Application()
+        app.get("/cart") { _, response in try response.json(Cart(items: ["a", "b"], total: 7), status: .created) }
+        let response = await app.respond(to: Request(method: .get, uri: "/cart"))
+        #expect(response.status == .created)
+        #expect(response.bodyText == #"{"items":["a","b"],"total":7}"#)
+        #expect(response.headers["Content-Type"] == "application/json; charset=utf-8")
+    }
+
     @Test func errorMessageIsEscapedAsJSON() async {
         let app = Application()
         app.get("/") { _, _ in throw HTTPError(.badRequest, message: "bad \"name\"\n\\ \u{1}") }
