@@ -155,6 +155,14 @@ public final class Session {
         }
     }
 
+    /// The value for `key` as a plain Swift value: `req.session["views"] = views` with an `Int`, `let name: String? =
+    /// req.session["userName"]`, arrays and string-keyed dictionaries of them. Reading gives nil when the key is
+    /// absent or holds another type; setting nil removes the key. The same rules as the `JSONValue` subscript.
+    public subscript<T: JSONRepresentable>(key: String) -> T? {
+        get { values[key].flatMap { T(json: $0) } }
+        set { self[key] = newValue?.jsonValue }
+    }
+
     /// Decodes the value for `key` as `T` (with `JSONDecoder`).
     /// - Returns: nil when the key is absent or null.
     /// - Throws: the decoder's error when the value does not have `T`'s shape.

@@ -233,6 +233,36 @@ extension SplitMix64 {
         #expect(stored.values["userName"] == "Aditya@123")
     }
 
+    /// Plain Swift values in and out of the session, stored as express-session's JSON.
+    @Test func plainSwiftValuesGoInAndComeOut() async throws {
+        let harness = try Harness()
+        let views = 41
+        let first = try await harness.send { request, _ in
+            let session = request.session
+            session["views"] = views
+            session["name"] = "Aditya@123"
+            session["price"] = 2.5
+            session["admin"] = false
+            session["tags"] = ["a", "b"]
+            session["scores"] = ["x": 1, "y": 2]
+            let read: Int? = session["views"]
+            let wrongType: String? = session["views"]
+            #expect(read == 41)
+            #expect(wrongType == nil)
+        }
+        let stored = try #require(try await harness.memory.get(first.session.id))
+        #expect(String(decoding: SessionData(cookie: SessionCookie(), values: stored.values).jsonBytes(), as: UTF8.self)
+            .hasSuffix(#""views":41,"name":"Aditya@123","price":2.5,"admin":false,"tags":["a","b"],"scores":{"x":1,"y":2}}"#))
+        try await harness.send(cookie: first.cookieHeader) { request, _ in
+            let session = request.session
+            let tags: [String]? = session["tags"], scores: [String: Int]? = session["scores"]
+            let price: Double? = session["price"], admin: Bool? = session["admin"]
+            #expect(tags == ["a", "b"] && scores == ["x": 1, "y": 2] && price == 2.5 && admin == false)
+            session["tags"] = nil as [String]?
+            #expect(session["tags"] == nil as JSONValue?)
+        }
+    }
+
     @Test func aValueThatCannotBeIncrementedIsA409AndAddsNothing() async throws {
         let harness = try Harness()
         let (cookie, id) = try await harness.login()
