@@ -273,19 +273,49 @@ final class RequestPipeline: Sendable {
                 response.headers.remove(field.name)
             }
             for field in error.headers { response.headers.add(field.name, field.value) }
-            response.send(json: #"{"error":\#(jsonQuoted(error.message))}"#)
+            Self.sendError(error.message, for: request, into: response)
         } else if let message = Self.badInputMessage(error) {
             // Input the client sent that does not parse or decode is the client's error, as Express's body parser
             // answers it: 400 with what was wrong (the reason and where, never the input itself).
             response.status = .badRequest
-            response.send(json: #"{"error":\#(jsonQuoted(message))}"#)
+            Self.sendError(message, for: request, into: response)
         } else {
             httpLogger.error("unhandled error answering \(request.method) \(request.path): \(String(reflecting: error))",
                          metadata: ["route": "\(request.route ?? "-")"])
             response.status = .internalServerError
-            response.send(json: #"{"error":"Internal Server Error"}"#)
+            Self.sendError("Internal Server Error", for: request, into: response)
         }
     }
+
+    /// An error body in the form the client asked for: a small HTML page when its `Accept` lists `text/html` (a
+    /// browser navigating), else JSON, `{"error":"<message>"}` (API clients, curl, `*/*`).
+    static func sendError(_ message: String, for request: Request, into response: Response) {
+        guard let accept = request.headers["Accept"], accept.utf8.count >= 9, accept.contains("text/html") else {
+            return response.send(json: #"{"error":\#(jsonQuoted(message))}"#)
+        }
+        let title = "\(response.status.code) \(response.status.reason)"
+        let page = "<!doctype html><html><head><meta charset=\"utf-8\"><title>\(htmlEscaped(title))</title></head>"
+            + "<body><h1>\(htmlEscaped(title))</h1><p>\(htmlEscaped(message))</p></body></html>"
+        response.headers.replace("Content-Type", "text/html; charset=utf-8")
+        response.body = Array(page.utf8)
+    }
+}
+
+/// `text` with the five HTML special characters escaped.
+func htmlEscaped(_ text: String) -> String {
+    var out = ""
+    out.reserveCapacity(text.utf8.count)
+    for character in text.unicodeScalars {
+        switch character {
+        case "&": out += "&amp;"
+        case "<": out += "&lt;"
+        case ">": out += "&gt;"
+        case "\"": out += "&quot;"
+        case "'": out += "&#39;"
+        default: out.unicodeScalars.append(character)
+        }
+    }
+    return out
 }
 
 private struct ClosureMiddleware: Middleware {

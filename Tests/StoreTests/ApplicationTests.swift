@@ -135,6 +135,30 @@ struct ApplicationTests {
         #expect(response.headers["Content-Type"] == "application/json; charset=utf-8")
     }
 
+    /// A browser (Accept: text/html) gets an HTML error page, an API client JSON; the message is escaped either way.
+    @Test func errorPagesFollowTheAcceptHeader() async {
+        let app = Application()
+        app.get("/") { _, response in
+            response.headers.replace("Content-Type", "application/json")
+            throw HTTPError(.forbidden, message: "no <script> & \"quotes\"")
+        }
+        let browser = await app.respond(to: Request(method: .get, uri: "/", headers: HTTPHeaders([
+            ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")])))
+        #expect(browser.status == .forbidden)
+        #expect(browser.headers["Content-Type"] == "text/html; charset=utf-8")
+        #expect(browser.bodyText == "<!doctype html><html><head><meta charset=\"utf-8\"><title>403 Forbidden</title>"
+            + "</head><body><h1>403 Forbidden</h1><p>no &lt;script&gt; &amp; &quot;quotes&quot;</p></body></html>")
+        let missing = await app.respond(to: Request(method: .get, uri: "/nowhere", headers: HTTPHeaders([
+            ("Accept", "text/html")])))
+        #expect(missing.status == .notFound && missing.bodyText.contains("<h1>404 Not Found</h1>"))
+        for accept in ["application/json", "*/*", nil] {
+            let api = await app.respond(to: Request(method: .get, uri: "/",
+                                                    headers: HTTPHeaders(accept.map { [("Accept", $0)] } ?? [])))
+            #expect(api.headers["Content-Type"] == "application/json; charset=utf-8", "\(accept ?? "none")")
+            #expect(api.bodyText == #"{"error":"no <script> & \"quotes\""}"#, "\(accept ?? "none")")
+        }
+    }
+
     @Test func errorMessageIsEscapedAsJSON() async {
         let app = Application()
         app.get("/") { _, _ in throw HTTPError(.badRequest, message: "bad \"name\"\n\\ \u{1}") }
