@@ -82,130 +82,135 @@ struct ConfigurationError: Error, CustomStringConvertible {
 
 /// The flags of `evserver` (and `evserver serve`).
 struct ServerOptions: ParsableArguments {
-    @Option(help: "Address to listen on (env EVSERVER_HOST, default 127.0.0.1).")
+    @Option(parsing: .unconditional, help: "Address to listen on (env EVSERVER_HOST, default 127.0.0.1).")
     var host: String?
 
-    @Option(help: "TCP port to listen on (env PORT, default 3000).")
+    @Option(parsing: .unconditional, help: "TCP port to listen on (env PORT, default 3000).")
     var port: String?
 
-    @Option(help: "Event loops, one thread each, all on one port (env EVSERVER_THREADS, default: the number of cores).")
+    @Option(parsing: .unconditional,
+            help: "Event loops, one thread each, all on one port (env EVSERVER_THREADS, default: the number of cores).")
     var threads: String?
 
-    @Option(help: "Session store: redis or memory (env SESSION_STORE, default redis).")
+    @Option(parsing: .unconditional, help: "Session store: redis or memory (env SESSION_STORE, default redis).")
     var store: String?
 
-    @Option(name: .customLong("redis-url"),
+    @Option(name: .customLong("redis-url"), parsing: .unconditional,
             help: "redis://[user:password@]host:port/db, rediss:// for TLS (env REDIS_URL, default redis://127.0.0.1:6379/0).")
     var redisURL: String?
 
-    @Option(help: "Comma-separated secrets; the first signs, all verify (env SESSION_SECRET, required).")
+    @Option(parsing: .unconditional,
+            help: "Comma-separated secrets; the first signs, all verify (env SESSION_SECRET, required).")
     var secret: String?
 
-    @Option(name: .customLong("cookie-name"), help: "Session cookie name (env SESSION_COOKIE_NAME, default connect.sid).")
+    @Option(name: .customLong("cookie-name"), parsing: .unconditional, help: "Session cookie name (env SESSION_COOKIE_NAME, default connect.sid).")
     var cookieName: String?
 
-    @Option(name: .customLong("max-age"),
+    @Option(name: .customLong("max-age"), parsing: .unconditional,
             help: "Cookie max age in seconds (env SESSION_MAX_AGE; none = browser-session cookie, 86400 s TTL).")
     var maxAge: String?
 
-    @Option(help: "Redis key prefix (env SESSION_PREFIX, default sess:).")
+    @Option(parsing: .unconditional, help: "Redis key prefix (env SESSION_PREFIX, default sess:).")
     var prefix: String?
 
-    @Option(help: "Reset the cookie expiry on every response: true|false (env SESSION_ROLLING, default false).")
+    @Option(parsing: .unconditional,
+            help: "Reset the cookie expiry on every response: true|false (env SESSION_ROLLING, default false).")
     var rolling: String?
 
-    @Option(help: "Save unmodified sessions on every request: true|false (env SESSION_RESAVE, default false).")
+    @Option(parsing: .unconditional,
+            help: "Save unmodified sessions on every request: true|false (env SESSION_RESAVE, default false).")
     var resave: String?
 
-    @Option(name: .customLong("save-uninitialized"),
+    @Option(name: .customLong("save-uninitialized"), parsing: .unconditional,
             help: "Save new sessions that were not modified: true|false (env SESSION_SAVE_UNINITIALIZED, default false).")
     var saveUninitialized: String?
 
-    @Option(name: .customLong("cookie-secure"),
+    @Option(name: .customLong("cookie-secure"), parsing: .unconditional,
             help: "Secure attribute of the session cookie: true|false|auto; false is stored in the session as secure: false, as express-session does (env SESSION_COOKIE_SECURE, default: not set, never Secure).")
     var cookieSecure: String?
 
-    @Option(name: .customLong("cookie-samesite"), help: "lax|strict|none (env SESSION_COOKIE_SAMESITE, default lax).")
+    @Option(name: .customLong("cookie-samesite"), parsing: .unconditional, help: "lax|strict|none (env SESSION_COOKIE_SAMESITE, default lax).")
     var cookieSameSite: String?
 
-    @Option(name: .customLong("trust-proxy"),
+    @Option(name: .customLong("trust-proxy"), parsing: .unconditional,
             help: "Proxies whose X-Forwarded-Proto/For are believed: true (any), false, or a list of addresses/CIDRs (env TRUST_PROXY, default false).")
     var trustProxy: String?
 
-    @Option(help: "Instance name sent as X-Instance on every response, the server's own error answers included (env INSTANCE_NAME, default the host name).")
+    @Option(parsing: .unconditional,
+            help: "Instance name sent as X-Instance on every response, the server's own error answers included (env INSTANCE_NAME, default the host name).")
     var instance: String?
 
-    @Option(name: .customLong("max-body"), help: "Largest request body in bytes (env EVSERVER_MAX_BODY, default 65536).")
+    @Option(name: .customLong("max-body"), parsing: .unconditional, help: "Largest request body in bytes (env EVSERVER_MAX_BODY, default 65536).")
     var maxBody: String?
 
-    @Option(name: .customLong("max-connections"),
+    @Option(name: .customLong("max-connections"), parsing: .unconditional,
             help: "Open connections per event loop; past it, 503 and close (env EVSERVER_MAX_CONNECTIONS, default 10000).")
     var maxConnections: String?
 
-    @Option(name: .customLong("shutdown-timeout"),
+    @Option(name: .customLong("shutdown-timeout"), parsing: .unconditional,
             help: "Seconds SIGTERM/SIGINT waits for requests in flight before exiting (env EVSERVER_SHUTDOWN_TIMEOUT, default 10).")
     var shutdownTimeout: String?
 
-    @Option(name: .customLong("idle-timeout"),
+    @Option(name: .customLong("idle-timeout"), parsing: .unconditional,
             help: "Seconds without a request before a session expires: the sliding Redis TTL (env SESSION_IDLE_TIMEOUT, default 86400).")
     var idleTimeout: String?
 
-    @Option(name: .customLong("absolute-timeout"),
+    @Option(name: .customLong("absolute-timeout"), parsing: .unconditional,
             help: "Seconds after creation a session dies, however active (env SESSION_ABSOLUTE_TIMEOUT, default none).")
     var absoluteTimeout: String?
 
-    @Option(name: .customLong("redis-timeout"), help: "Deadline per Redis command in ms (env REDIS_TIMEOUT_MS, default 1000).")
+    @Option(name: .customLong("redis-timeout"), parsing: .unconditional, help: "Deadline per Redis command in ms (env REDIS_TIMEOUT_MS, default 1000).")
     var redisTimeout: String?
 
-    @Option(name: .customLong("redis-cluster"),
+    @Option(name: .customLong("redis-cluster"), parsing: .unconditional,
             help: "Redis Cluster seed nodes host:port[,host:port...] instead of --redis-url (env REDIS_CLUSTER).")
     var redisCluster: String?
 
-    @Option(name: .customLong("redis-sentinel"),
+    @Option(name: .customLong("redis-sentinel"), parsing: .unconditional,
             help: "Redis Sentinels host:port[,host:port...] instead of --redis-url; needs --sentinel-master (env REDIS_SENTINEL).")
     var redisSentinel: String?
 
-    @Option(name: .customLong("sentinel-master"),
+    @Option(name: .customLong("sentinel-master"), parsing: .unconditional,
             help: "The primary's name the sentinels monitor (env REDIS_SENTINEL_MASTER).")
     var sentinelMaster: String?
 
-    @Option(name: .customLong("sentinel-password"),
+    @Option(name: .customLong("sentinel-password"), parsing: .unconditional,
             help: "The sentinels' own password (their requirepass), when they have one (env REDIS_SENTINEL_PASSWORD).")
     var sentinelPassword: String?
 
-    @Option(name: .customLong("redis-username"),
+    @Option(name: .customLong("redis-username"), parsing: .unconditional,
             help: "ACL user for AUTH, any Redis mode; not together with a user in --redis-url (env REDIS_USERNAME).")
     var redisUsername: String?
 
-    @Option(name: .customLong("redis-password"),
+    @Option(name: .customLong("redis-password"), parsing: .unconditional,
             help: "Password for AUTH, any Redis mode; not together with one in --redis-url (env REDIS_PASSWORD).")
     var redisPassword: String?
 
-    @Option(name: .customLong("redis-tls"),
+    @Option(name: .customLong("redis-tls"), parsing: .unconditional,
             help: "TLS to the cluster nodes, or to the primary and the sentinels: true|false; with --redis-url the scheme decides (rediss://) (env REDIS_TLS, default false).")
     var redisTLS: String?
 
-    @Option(name: .customLong("redis-tls-ca"),
+    @Option(name: .customLong("redis-tls-ca"), parsing: .unconditional,
             help: "PEM CA bundle that Redis's certificate must chain to (env REDIS_TLS_CA_FILE, default: the system's trust store).")
     var redisTLSCA: String?
 
-    @Option(name: .customLong("redis-tls-cert"),
+    @Option(name: .customLong("redis-tls-cert"), parsing: .unconditional,
             help: "PEM client certificate for mutual TLS; needs --redis-tls-key (env REDIS_TLS_CERT_FILE).")
     var redisTLSCert: String?
 
-    @Option(name: .customLong("redis-tls-key"),
+    @Option(name: .customLong("redis-tls-key"), parsing: .unconditional,
             help: "PEM private key of --redis-tls-cert (env REDIS_TLS_KEY_FILE).")
     var redisTLSKey: String?
 
-    @Option(name: .customLong("redis-tls-server-name"),
+    @Option(name: .customLong("redis-tls-server-name"), parsing: .unconditional,
             help: "Name sent in SNI and checked against Redis's certificate (env REDIS_TLS_SERVER_NAME, default: the host connected to).")
     var redisTLSServerName: String?
 
-    @Option(name: .customLong("redis-tls-insecure"),
+    @Option(name: .customLong("redis-tls-insecure"), parsing: .unconditional,
             help: "Skip verifying Redis's certificate: true|false; anyone on the path can then read and change sessions (env REDIS_TLS_INSECURE, default false).")
     var redisTLSInsecure: String?
 
-    @Option(name: .customLong("redis-wait-replicas"),
+    @Option(name: .customLong("redis-wait-replicas"), parsing: .unconditional,
             help: "Replicas that must acknowledge each session write (WAIT) before it counts; else 503 (env REDIS_WAIT_REPLICAS, default 0).")
     var redisWaitReplicas: String?
 

@@ -16,6 +16,22 @@ import Testing
         try ServerOptions.parse(arguments).resolve(environment: environment)
     }
 
+    /// A negative or otherwise bad number is named with its flag and the value it got, not taken for an option.
+    @Test func aBadNumberNamesTheFlagAndTheValue() throws {
+        for (arguments, message) in [
+            (["--max-age", "-5"], "--max-age: '-5' is not an integer in 1...315360000"),
+            (["--port", "-1"], "--port: '-1' is not an integer in 0...65535"),
+            (["--threads", "many"], "--threads: 'many' is not an integer in 1...256"),
+        ] {
+            do {
+                _ = try resolve(arguments + ["--secret", String(repeating: "s", count: 32)])
+                Issue.record("\(arguments) was accepted")
+            } catch {
+                #expect("\(error)" == message, "\(arguments)")
+            }
+        }
+    }
+
     @Test func defaultsMatchTheContract() throws {
         let config = try resolve(["--secret", "s"])
         #expect(config.host == "127.0.0.1")
