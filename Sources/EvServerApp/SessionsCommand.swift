@@ -33,6 +33,23 @@ struct SessionsOptions: ParsableArguments {
         guard scanCount > 0 else { throw ConfigurationError("--scan-count must be positive") }
         return config
     }
+
+    /// The session id an argument names: a raw id, or the `connect.sid` cookie's value as a browser shows it
+    /// (`s%3A<id>.<signature>`, or decoded, `s:<id>.<signature>`). A cookie value's signature is checked when a
+    /// secret is given (`--secret` or `SESSION_SECRET`, as the server takes it); without one the id is taken as is.
+    func sessionID(from argument: String) throws -> String {
+        let decoded = percentDecode(argument) ?? argument
+        guard decoded.hasPrefix("s:"), let dot = decoded.lastIndex(of: "."), dot > decoded.index(decoded.startIndex,
+                                                                                                  offsetBy: 2)
+        else { return argument }
+        let secrets = (server.secret ?? ProcessInfo.processInfo.environment["SESSION_SECRET"])?
+            .split(separator: ",", omittingEmptySubsequences: true).map(String.init) ?? []
+        guard !secrets.isEmpty else { return String(decoded[decoded.index(decoded.startIndex, offsetBy: 2)..<dot]) }
+        guard let id = try CookieSigner(secrets: secrets).unsign(decoded) else {
+            throw ConfigurationError("the cookie value's signature does not match the secret (--secret, SESSION_SECRET)")
+        }
+        return id
+    }
 }
 
 /// The session store for the duration of one command (on a loop thread the store starts for itself).
@@ -59,7 +76,8 @@ struct SessionInspector {
 /// Session ids are base64url, so one in 64 starts with '-' and reads as an option (`-h...` even as help): `--` ends
 /// the options, as in any Unix command.
 private let idHelp = ArgumentHelp(
-    "The session id (without the prefix). Put -- before an id that starts with '-': destroy -- -Ab3...")
+    "The session id (without the prefix), or the connect.sid cookie's value as the browser shows it (s%3A<id>.<sig>, "
+    + "its signature checked when a secret is given). Put -- before an id that starts with '-': destroy -- -Ab3...")
 
 /// `evserver sessions`: inspect sessions in Redis.
 struct SessionsCommand: AsyncParsableCommand {
@@ -100,9 +118,10 @@ struct SessionsCommand: AsyncParsableCommand {
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one session's JSON and TTL.")
         @OptionGroup var options: SessionsOptions
-        @Argument(help: idHelp) var id: String
+        @Argument(help: idHelp) var argument: String
 
         func run() async throws {
+            let id = try options.sessionID(from: argument)
             try await SessionInspector.with(options) { inspector in
                 // The raw value, not a decoded session: garbage at a session key is worth seeing as it is.
                 let key = inspector.store.key(for: id)
@@ -133,9 +152,10 @@ struct SessionsCommand: AsyncParsableCommand {
     struct Destroy: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Destroy one session (DEL).")
         @OptionGroup var options: SessionsOptions
-        @Argument(help: idHelp) var id: String
+        @Argument(help: idHelp) var argument: String
 
         func run() async throws {
+            let id = try options.sessionID(from: argument)
             let removed = try await SessionInspector.with(options) { inspector in
                 // TTL first, to say whether there was one: the store's destroy is a no-op for a missing id.
                 guard try await inspector.store.timeToLive(id) != nil else { return 0 }

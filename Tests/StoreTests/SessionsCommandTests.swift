@@ -84,6 +84,28 @@ extension ScaleSuites {
             }
         }
 
+        /// `show` and `destroy` take the cookie's value as a browser shows it, signed; with a secret the signature
+        /// must match.
+        @Test func showAndDestroyTakeTheCookieValue() async throws {
+            let redis = try await TestRedis.connect()
+            defer { redis.close() }
+            try await Self.withPrefix(redis.client) { prefix in
+                let id = try #require(try await Self.createSessions(1, prefix: prefix, client: redis.client, ttl: 600).first)
+                let cookie = try CookieSigner(secrets: ["right secret"]).cookieValue(for: id)   // s%3A<id>.<sig>
+                #expect(cookie.hasPrefix("s%3A"))
+                let shown = try await Self.sessions(["show", "--json", "--", cookie], prefix: prefix)
+                #expect(shown.status == .exited(0), "\(shown.error)")
+                #expect(try JSONValue(parsing: shown.output)["id"]?.stringValue == id)
+                let wrong = try await Self.sessions(["show", "--secret", "wrong secret", "--", cookie], prefix: prefix)
+                #expect(wrong.status != .exited(0))
+                #expect(wrong.error.contains("signature does not match"))
+                let destroyed = try await Self.sessions(["destroy", "--secret", "right secret", "--", cookie],
+                                                        prefix: prefix)
+                #expect(destroyed.output == "destroyed \(id)\n", "\(destroyed.error)")
+                #expect(try await redis.client.get(prefix + id) == nil)
+            }
+        }
+
         @Test func destroyDeletesOneSession() async throws {
             let redis = try await TestRedis.connect()
             defer { redis.close() }
