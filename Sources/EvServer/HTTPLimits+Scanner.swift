@@ -1,7 +1,7 @@
 // Over 500 lines on purpose: the scanner is one state machine; its runs, per-byte steps and tables share its state.
 
 // The byte-level checks evhttp does not make, against the request limits (HTTPLimits.swift). No libevent here:
-// HTTPServer+Limits.swift feeds each connection's incoming bytes to an `HTTPLimits.Scanner` (from the bufferevent's
+// HTTPServer.swift ("Limits and timeouts") feeds each connection's incoming bytes to an `HTTPLimits.Scanner` (from the bufferevent's
 // input buffer, before evhttp parses them) and acts on what it says.
 //
 // Why a scanner of our own: libevent 2.1.12's parser (http.c) is lenient where leniency lets requests be smuggled

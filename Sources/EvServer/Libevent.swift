@@ -10,8 +10,8 @@ import Darwin
 
 // The event loop's C interop, and nothing else: libevent's `event_base` and events, the wake-up descriptor, the
 // thread-local slot that names a thread's loop, and the loop thread itself (pthread). EventLoop.swift,
-// EventLoopThread.swift and ScheduledTimer.swift above it work with Swift values only. (The evhttp calls are in the
-// HTTPServer files, the Redis bufferevents' in RedisClient's RedisSocket.swift.)
+// EventLoopThread.swift and ScheduledTimer.swift above it work with Swift values only. (The evhttp calls are in
+// HTTPServer.swift, the Redis bufferevents' in RedisClient's RedisSocket.swift.)
 
 /// An error from libevent itself (a NULL or -1 where a resource was expected).
 public struct LibeventError: Error, CustomStringConvertible, Sendable {
