@@ -23,7 +23,7 @@ import EvServer
 /// A session as loaded for a request: its data and the version the store had.
 public struct StoredSession: Sendable {
     public var data: SessionData
-    /// The stored value the data was decoded from, or nil for a store without compare-and-set (see
+    /// The stored value the data was decoded from, or nil for a store that cannot merge (see
     /// ``SessionStore/commit(_:_:)``'s default).
     public var version: [UInt8]?
     /// Whether loading already refreshed the expiry (Redis `GETEX`), so no separate touch is needed.
@@ -35,7 +35,7 @@ public struct StoredSession: Sendable {
         self.expiryRefreshed = expiryRefreshed
     }
 
-    /// What a compare-and-set compares the stored value with: the version, else the data as a store writes it.
+    /// What a commit compares the stored value with: the version, else the data as a store writes it.
     var versionBytes: [UInt8] { version ?? data.jsonBytes() }
 }
 
@@ -183,13 +183,13 @@ public enum SessionCommitResult: Sendable {
 extension SessionStore {
     public var requestTimeBudget: Duration? { nil }
 
-    /// Default for stores without compare-and-set: `get`, reporting that the expiry was not refreshed.
+    /// Default for stores that cannot merge: `get`, reporting that the expiry was not refreshed.
     nonisolated(nonsending) public func load(_ id: String, touchingWith cookie: SessionCookie?) async throws
         -> StoredSession? {
         try await get(id).map { StoredSession(data: $0, version: nil, expiryRefreshed: false) }
     }
 
-    /// Default for stores without compare-and-set: `set` of the changes applied to the loaded values (express's
+    /// Default for stores that cannot merge: `set` of the changes applied to the loaded values (express's
     /// last-writer-wins semantics; increments are exact only within one request).
     nonisolated(nonsending) public func commit(_ id: String, _ write: SessionWrite) async throws
         -> SessionCommitResult {

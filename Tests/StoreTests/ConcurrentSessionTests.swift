@@ -105,7 +105,7 @@ func inParallelThreads<T: Sendable>(_ count: Int, _ body: @escaping @Sendable (I
     }
 }
 
-/// The compare-and-set contract, run against both stores.
+/// The commit contract (changes merged onto what is stored; a destroyed session stays destroyed), both stores.
 @Suite struct SessionCommitTests {
     static func stores() async throws -> [(String, any SessionStore)] {
         let redis = RedisSessionStore(client: TestRedis.client, prefix: "test:\(UUID().uuidString.prefix(8)):sess:")

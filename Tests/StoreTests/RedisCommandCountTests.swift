@@ -6,7 +6,7 @@ import Testing
 
 /// Which Redis commands each kind of request costs, counted by a private redis-server's `INFO commandstats`:
 /// express-session's resave / saveUninitialized / rolling semantics, and the round-trip budget (a read is one
-/// `GETEX`, a write `GETEX` + one compare-and-set `EVALSHA`, a new session one `EVALSHA`, plain HTTP nothing).
+/// `GETEX`, a write `GETEX` + one commit-script `EVALSHA`, a new session one `EVALSHA`, plain HTTP nothing).
 @Suite struct RedisCommandCountTests {
     /// Runs `request` and returns the commands it caused (connection handshakes and INFO itself excluded).
     func commands(_ redis: PrivateRedis, _ request: () throws -> Void) async throws -> [String: Int] {
@@ -18,7 +18,7 @@ import Testing
             let change = calls - (before[name] ?? 0)
             if change != 0 { delta[name] = change }
         }
-        // commandstats also counts the GET and SET the compare-and-set script runs inside Redis; without
+        // commandstats also counts the GET and SET the commit script runs inside Redis; without
         // contention every script run is one of each. Only what the server sent is wanted.
         let scripts = (delta["evalsha"] ?? 0) + (delta["eval"] ?? 0)
         for inner in ["get", "set"] {
@@ -37,7 +37,7 @@ import Testing
     func withCountingServer(_ arguments: [String], _ body: (DemoServer, PrivateRedis) async throws -> Void) async throws {
         let redis = try PrivateRedis()
         try await withDemo(arguments + ["--threads", "1"], redisPort: redis.port) { app in
-            // Warm up: connect, and let the compare-and-set script be cached (the first EVALSHA meets NOSCRIPT).
+            // Warm up: connect, and let the commit script be cached (the first EVALSHA meets NOSCRIPT).
             let warm = try app.client()
             _ = try warm.request("GET", "/")
             _ = try warm.request("GET", "/views")

@@ -528,7 +528,7 @@ final class Writer: Sendable {
             let value = "value \(index)"
             let outcome: Outcome
             do {
-                // Half the writes through a script, as the session store's compare-and-set: EVALSHA meets NOSCRIPT
+                // Half the writes through a script, as the session store's commit: EVALSHA meets NOSCRIPT
                 // on each new primary, an error reply that makes the clients look again mid-failover.
                 if index % 2 == 0 {
                     _ = try await clients.client().eval(Self.setScript, keys: [key], arguments: [Array(value.utf8)])
