@@ -610,7 +610,9 @@ final class Writer: Sendable {
 /// `redis-server <conf> --sentinel` on a free port, monitoring `mymaster`, with a configuration file of its own
 /// (a sentinel rewrites it). Killed by `stop()` or on deinit.
 final class PrivateSentinel: Sendable {
-    let port: Int
+    /// Chosen once; a new one only when the first start found it taken (see ``TestRedis/retryingOnTakenPort``).
+    var port: Int { portStorage.withLock { $0 } }
+    private let portStorage: Mutex<Int>
     let directory: String
     private let child = Mutex<ChildProcess?>(nil)
 
@@ -623,9 +625,17 @@ final class PrivateSentinel: Sendable {
             throw PrivateRedis.Failure("redis-server is not installed (apt-get install redis-server); "
                                        + "the sentinels run as redis-server --sentinel")
         }
-        port = try TestRedis.unusedPort()
-        directory = NSTemporaryDirectory() + "evserver-sentinel-\(port)-\(UUID().uuidString.prefix(8))"
+        portStorage = Mutex(try TestRedis.unusedPort())
+        directory = NSTemporaryDirectory() + "evserver-sentinel-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try TestRedis.retryingOnTakenPort({
+            try start(executable, monitoring: primaryPort, quorum: quorum, password: password, tls: tls)
+        }, usePort: { port in portStorage.withLock { $0 = port } })
+    }
+
+    private func start(_ executable: String, monitoring primaryPort: Int, quorum: Int, password: String?,
+                       tls: PrivateRedis.TLS?) throws {
+        let port = self.port
         let configuration = """
             port \(port)
             bind 127.0.0.1
@@ -648,7 +658,10 @@ final class PrivateSentinel: Sendable {
         while !answers(port) {
             guard process.exitStatus == nil, ContinuousClock.now < deadline else {
                 let output = process.output.suffix(500) + process.errorOutput.suffix(500)
-                stop()
+                child.withLock { child in
+                    child?.terminate()
+                    child = nil
+                }
                 throw PrivateRedis.Failure("the sentinel on port \(port) did not start: \(output)")
             }
             usleep(10_000)

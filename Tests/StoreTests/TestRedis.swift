@@ -34,6 +34,19 @@ extension TestRedis {
 
     private static let handedOut = Mutex<Set<Int>>([])
 
+    /// Calls `start` and, while it fails because its port was taken meanwhile ("Address already in use" in the
+    /// server's output), hands `usePort` a new unused port and calls it again: three more tries.
+    static func retryingOnTakenPort(_ start: () throws -> Void, usePort: (Int) -> Void) throws {
+        for attempt in 0... {
+            do {
+                return try start()
+            } catch let failure as PrivateRedis.Failure
+                        where attempt < 3 && failure.description.contains("Address already in use") {
+                usePort(try unusedPort())
+            }
+        }
+    }
+
     private static func bindable(_ port: Int) -> Bool {
         withLoopbackSocket(port: port) { bind($0, $1, $2) } == 0
     }
@@ -73,7 +86,9 @@ final class PrivateRedis: Sendable {
         var probe: @Sendable (_ port: Int) -> Bool
     }
 
-    let port: Int
+    /// Chosen once; a new one only when the first start found it taken (see ``init(arguments:tls:)``).
+    var port: Int { portStorage.withLock { $0 } }
+    private let portStorage: Mutex<Int>
     private let arguments: [String]
     /// Changed by ``start(tls:)``.
     private let tls: Mutex<TLS?>
@@ -85,10 +100,12 @@ final class PrivateRedis: Sendable {
     init(arguments: [String] = [], tls: TLS? = nil) throws {
         self.arguments = arguments
         self.tls = Mutex(tls)
-        self.port = try TestRedis.unusedPort()
-        directory = NSTemporaryDirectory() + "evserver-redis-\(port)-\(UUID().uuidString.prefix(8))"
+        portStorage = Mutex(try TestRedis.unusedPort())
+        directory = NSTemporaryDirectory() + "evserver-redis-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try start()
+        // A port free when checked can be bound by another process before the server binds it (a CI machine whose
+        // ephemeral range reaches down into 20000-32767, a process picking ports at random): another port then.
+        try TestRedis.retryingOnTakenPort(start, usePort: { port in portStorage.withLock { $0 = port } })
     }
 
     deinit {
