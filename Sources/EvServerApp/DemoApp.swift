@@ -53,13 +53,17 @@ struct DemoApp: Sendable {
         server.shutdownTimeout = .seconds(configuration.shutdownTimeout)
         server.maxConnections = configuration.maxConnections
         server.defaultHeaders = try DefaultHeaders([("X-Instance", configuration.instance)])
+        // X-Request-Id on every response; a proxy's own id is kept when --trust-proxy trusts it.
+        server.requestIDs = RequestIDConfiguration(trustedProxies: configuration.trustProxy)
+        server.accessLog = configuration.accessLog
         serverConfiguration = server
     }
 
     /// An application with every demo route, ready to start.
     func makeApplication() -> Application {
-        let app = Application(configuration: serverConfiguration)
-        app.use(ObservabilityMiddleware(metrics: metrics))
+        // The server records every request's route, status and latency into the metrics itself (the answers it
+        // sends before any middleware runs included).
+        let app = Application(configuration: serverConfiguration, metricsFactory: metrics.factory)
         // Probes and metrics run without a session: a balancer polling /readyz every second must not get (and,
         // with --save-uninitialized, store) a new session each time.
         app.use(SkippingPaths(DemoApp.sessionFreePaths, sessions))
@@ -215,28 +219,6 @@ struct SkippingPaths<Wrapped: Middleware>: Middleware {
     func handle(_ request: Request, _ response: Response, next: Next) async throws {
         if paths.contains(request.path) { return try await next() }
         try await middleware.handle(request, response, next: next)
-    }
-}
-
-/// Records each request's route, status and latency. (`X-Instance` is a default header field of the server, see
-/// ``DemoApp/serverConfiguration``: the answers the server sends by itself never pass through a middleware.)
-struct ObservabilityMiddleware: Middleware {
-    let metrics: Metrics
-
-    func handle(_ request: Request, _ response: Response, next: Next) async throws {
-        let start = ContinuousClock.now
-        var status = 500
-        defer {
-            metrics.recordRequest(route: request.route ?? "unmatched", method: request.method.rawValue,
-                                  status: status, duration: ContinuousClock.now - start, loop: request.loop)
-        }
-        do {
-            try await next()
-            status = response.status.code
-        } catch let error as HTTPError {
-            status = error.status.code
-            throw error
-        }
     }
 }
 

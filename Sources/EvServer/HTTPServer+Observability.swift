@@ -1,0 +1,132 @@
+import CoreMetrics
+import Logging
+
+// What one server (one loop) records of each request it answers: metrics through swift-metrics, the access-log line
+// through swift-log, and the request's id.
+//
+// Some explanation is required here: why the handles are cached per loop. swift-metrics hands out a handle per name
+// and label set, and a backend (swift-prometheus's registry, say) finds or makes it under its own lock. Asked for
+// on every request, that would be one process-wide lock per request again. So each loop keeps the handles of the
+// routes it has served in a dictionary only its thread touches: the first request of a route, method and status
+// on a loop asks the factory, every later one increments the handle it kept. What a handle costs then is the
+// backend's: an atomic add for a swift-prometheus counter, a short lock of that one series for a histogram.
+
+/// The names of the HTTP server's metrics (swift-metrics labels; Prometheus metric names as they are).
+public enum HTTPServerMetricNames {
+    /// Counter `evserver_http_requests_total{route,method,status}`: requests the application answered. `route` is
+    /// the matched pattern (`/users/:id`), or `unmatched` for a 404 or 405 of the router.
+    public static let requests = "evserver_http_requests_total"
+    /// Timer `evserver_http_request_duration_seconds{route}`: from the request's arrival to its reply.
+    public static let duration = "evserver_http_request_duration_seconds"
+    /// Counter `evserver_http_refusals_total{status}`: requests the server answered by itself (over a limit,
+    /// malformed, too slow, past the connection cap).
+    public static let refusals = "evserver_http_refusals_total"
+    /// Meter `evserver_http_connections_open`: client connections open, all loops together.
+    public static let connectionsOpen = "evserver_http_connections_open"
+}
+
+/// The metrics of one ``HTTPServer`` (one loop). Used on the loop thread only.
+final class HTTPServerMetrics {
+    /// One route's handles: its timer, and a counter per method and status (a few pairs, so a list).
+    private final class RouteHandles {
+        let timer: CoreMetrics.Timer
+        var counters: [(method: HTTPMethod, status: Int, counter: Counter)] = []
+        init(timer: CoreMetrics.Timer) { self.timer = timer }
+    }
+
+    private let factory: any MetricsFactory
+    @exclusivity(unchecked) private var routes: [String: RouteHandles] = [:]
+    @exclusivity(unchecked) private var refusals: [Int: Counter] = [:]
+    let connections: Meter
+
+    init(factory: any MetricsFactory) {
+        self.factory = factory
+        connections = Meter(label: HTTPServerMetricNames.connectionsOpen, dimensions: [], factory: factory)
+    }
+
+    func recordRequest(route: String, method: HTTPMethod, status: Int, duration: Duration) {
+        let handles: RouteHandles
+        if let known = routes[route] {
+            handles = known
+        } else {
+            handles = RouteHandles(timer: CoreMetrics.Timer(label: HTTPServerMetricNames.duration, dimensions: [("route", route)],
+                                                            factory: factory))
+            routes[route] = handles
+        }
+        handles.timer.recordNanoseconds(Self.nanoseconds(duration))
+        for entry in handles.counters where entry.status == status && entry.method == method {
+            return entry.counter.increment()
+        }
+        let counter = Counter(label: HTTPServerMetricNames.requests,
+                              dimensions: [("route", route), ("method", method.rawValue), ("status", String(status))],
+                              factory: factory)
+        handles.counters.append((method, status, counter))
+        counter.increment()
+    }
+
+    func recordRefusal(status: Int) {
+        if let counter = refusals[status] { return counter.increment() }
+        let counter = Counter(label: HTTPServerMetricNames.refusals, dimensions: [("status", String(status))], factory: factory)
+        refusals[status] = counter
+        counter.increment()
+    }
+
+    static func nanoseconds(_ duration: Duration) -> Int64 {
+        let (seconds, attoseconds) = duration.components   // once: each read does 128-bit math
+        return seconds &* 1_000_000_000 &+ attoseconds / 1_000_000_000
+    }
+}
+
+/// The access log's logger.
+let accessLogger = Logger(label: "evserver.access")
+
+extension HTTPServer {
+    /// The id of a request from `remoteAddress` whose id field (if any) says `claimed`: the claimed one when the
+    /// peer is a trusted proxy and the value is well formed, else a new one.
+    func requestID(claimed: String?, from remoteAddress: String, configuration: RequestIDConfiguration) -> String {
+        if let claimed, configuration.trustedProxies.trusts(remoteAddress), RequestID.isWellFormed(claimed) {
+            return claimed
+        }
+        return requestIDGenerator.next()
+    }
+
+    /// The access-log line of a request the application answered.
+    func logAccess(_ request: Request, status: Int, bytes: Int, duration: Duration) {
+        accessLogger.info("\(request.method.rawValue) \(Self.pathWithoutQuery(request.uri)) \(status)", metadata: [
+            "method": .string(request.method.rawValue),
+            "path": .string(Self.pathWithoutQuery(request.uri)),
+            "route": .string(request.route ?? "unmatched"),
+            "status": .stringConvertible(status),
+            "bytes": .stringConvertible(bytes),
+            "duration_ms": .string(Self.milliseconds(duration)),
+            "request_id": .string(request.id ?? "-"),
+        ])
+    }
+
+    /// The access-log line of a request the server refused by itself (it never parsed its method or path).
+    func logRefusal(status: Int, bytes: Int, requestID: String?) {
+        accessLogger.info("- - \(status)", metadata: [
+            "method": "-", "path": "-", "route": "-",
+            "status": .stringConvertible(status),
+            "bytes": .stringConvertible(bytes),
+            "duration_ms": "-",
+            "request_id": .string(requestID ?? "-"),
+        ])
+    }
+
+    /// The request target up to its query or fragment, as received (still percent-encoded: a decoded `%0A` would
+    /// split a text log line). The query is never logged: tokens and personal data travel there.
+    static func pathWithoutQuery(_ uri: String) -> String {
+        guard let end = uri.utf8.firstIndex(where: { $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") }) else {
+            return uri
+        }
+        return String(uri[..<end])
+    }
+
+    /// `duration` in milliseconds with three decimals (`0.184`).
+    static func milliseconds(_ duration: Duration) -> String {
+        let micros = HTTPServerMetrics.nanoseconds(duration) / 1000
+        let fraction = String(micros % 1000)
+        return "\(micros / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
+    }
+}
