@@ -21,6 +21,9 @@ let package = Package(
         // Prometheus backend that `evserver` bootstraps for /metrics.
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        // Spans through the ecosystem's tracing API (the application bootstraps a tracer, swift-otel say); its
+        // InMemoryTracing module serves the tests.
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.0"),
     ],
     targets: [
         .systemLibrary(name: "CEvent", pkgConfig: "libevent",
@@ -36,6 +39,7 @@ let package = Package(
             "CEvent",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
         ]),
         // The async Redis client, usable without sessions: RESP through hiredis's reader, connections on libevent
         // bufferevents (TLS through COpenSSL), deadlines, Cluster and Sentinel. From EvServer it needs the EventLoop
@@ -45,6 +49,7 @@ let package = Package(
             "EvServer", "CEvent", "CHiredis", "COpenSSL",
             .product(name: "Crypto", package: "swift-crypto"),   // SHA-1 of scripts, for EVALSHA
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
         ]),
         // Sessions (express-session compatible), their stores, cookie signing and the session middleware.
         .target(name: "RedisSessionStore", dependencies: [
@@ -58,11 +63,13 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
         ]),
         .testTarget(name: "StoreTests", dependencies: [
             "EvServer", "RedisClient", "RedisSessionStore", "EvServerApp",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
         ]),
     ]
 )

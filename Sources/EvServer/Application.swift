@@ -2,6 +2,7 @@ import CoreMetrics
 import Dispatch
 import Logging
 import Synchronization
+import Tracing
 
 #if canImport(Glibc)
 import Glibc
@@ -37,6 +38,9 @@ public final class Application: Sendable {
     public let metricsFactory: any MetricsFactory
     /// The logger of errors out of handlers (the 500 line, with the request's route and id).
     public let logger: Logger
+    /// The tracer of the request spans, nil for none (then the request path makes no span and reads no trace
+    /// context).
+    public let tracer: (any Tracer)?
 
     private struct State: Sendable {
         var middleware: [any Middleware] = []
@@ -58,11 +62,15 @@ public final class Application: Sendable {
     ///     `MetricsSystem.bootstrap` installed when the application is created (none: they cost a call that does
     ///     nothing).
     ///   - logger: where errors out of handlers are logged (default: label `evserver.http`).
+    ///   - tracer: the tracer of a span per request; by default the one `InstrumentationSystem.bootstrap`
+    ///     installed when the application is created, and none when nothing was bootstrapped.
     public init(configuration: HTTPServerConfiguration = .init(),
-                metricsFactory: (any MetricsFactory)? = nil, logger: Logger? = nil) {
+                metricsFactory: (any MetricsFactory)? = nil, logger: Logger? = nil, tracer: (any Tracer)? = nil) {
         self.configuration = configuration
         self.metricsFactory = metricsFactory ?? MetricsSystem.factory
         self.logger = logger ?? httpLogger
+        let bootstrapped = InstrumentationSystem.tracer
+        self.tracer = tracer ?? (bootstrapped is NoOpTracer ? nil : bootstrapped)
     }
 
     // MARK: Middleware
@@ -147,7 +155,7 @@ public final class Application: Sendable {
         // running.
         return try state.withLock { state throws(HTTPServerError) -> RunningServer in
             let server = try RunningServer(host: host, port: port, threads: threads, configuration: configuration,
-                                           metricsFactory: metricsFactory, pipeline: pipeline)
+                                           metricsFactory: metricsFactory, tracer: tracer, pipeline: pipeline)
             state.started = true
             state.servers.append(server)
             startedServers.withLock { $0.append(server) }
@@ -392,7 +400,8 @@ public final class RunningServer: Sendable {
     private let stopWaiters = Mutex<[CheckedContinuation<Void, Never>]?>([])
 
     init(host: String, port: Int, threads count: Int, configuration: HTTPServerConfiguration,
-         metricsFactory: any MetricsFactory, pipeline: RequestPipeline) throws(HTTPServerError) {
+         metricsFactory: any MetricsFactory, tracer: (any Tracer)?,
+         pipeline: RequestPipeline) throws(HTTPServerError) {
         let sockets = try ListeningSockets.open(host: host, port: port, count: count,
                                                 backlog: configuration.backlog)
         ignoreBrokenPipe
@@ -412,7 +421,7 @@ public final class RunningServer: Sendable {
                 let loop = thread.loop
                 servers.append(try loop.performAndWait {
                     try HTTPServer(loop: loop, pipeline: pipeline, configuration: configuration,
-                                   metricsFactory: metricsFactory, descriptor: descriptor)
+                                   metricsFactory: metricsFactory, tracer: tracer, descriptor: descriptor)
                 })
             }
         } catch {

@@ -1,8 +1,10 @@
 import CoreMetrics
 import Logging
+import Tracing
 
 // What one server (one loop) records of each request it answers: metrics through swift-metrics, the access-log line
-// through swift-log, and the request's id.
+// through swift-log, the request's id, and its span through swift-distributed-tracing (only with a tracer: without
+// one, the request path does not even look at the trace context).
 //
 // Some explanation is required here: why the handles are cached per loop. swift-metrics hands out a handle per name
 // and label set, and a backend (swift-prometheus's registry, say) finds or makes it under its own lock. Asked for
@@ -83,8 +85,8 @@ let accessLogger = Logger(label: "evserver.access")
 extension HTTPServer {
     /// The id of a request from `remoteAddress` whose id field (if any) says `claimed`: the claimed one when the
     /// peer is a trusted proxy and the value is well formed, else a new one.
-    func requestID(claimed: String?, from remoteAddress: String, configuration: RequestIDConfiguration) -> String {
-        if let claimed, configuration.trustedProxies.trusts(remoteAddress), RequestID.isWellFormed(claimed) {
+    func requestID(claimed: String?, from remoteAddress: String) -> String {
+        if let claimed, trustedProxies.trusts(remoteAddress), RequestID.isWellFormed(claimed) {
             return claimed
         }
         return requestIDGenerator.next()
@@ -129,4 +131,50 @@ extension HTTPServer {
         let fraction = String(micros % 1000)
         return "\(micros / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
     }
+}
+
+// MARK: - Request ids and spans around the application
+
+extension HTTPServer {
+    /// The application's response, with `id` as ``RequestID/current`` meanwhile, so that every log line written
+    /// while it runs carries it (through ``RequestID/metadataProvider``).
+    func respond(to request: Request, id: String) async -> Response {
+        await RequestID.$current.withValue(id) { await pipeline.respond(to: request) }
+    }
+
+    /// The application's response inside a server span: named `METHOD route` once the route is known (the pattern,
+    /// `/users/:id`, never the path with its ids), with the method, route, status and request id as attributes, and
+    /// an error status for a 5xx. The trace context comes from the request's headers (the tracer reads them:
+    /// `traceparent` for OpenTelemetry) only when the peer is a trusted proxy; otherwise the span starts a trace.
+    /// The span's context is `ServiceContext.current` while the application runs, so that the spans made below (each
+    /// Redis command's) are its children.
+    @inline(never)   // off the untraced path: its frame and generic calls cost nothing there
+    func respondTraced(to request: Request, tracer: any Tracer) async -> Response {
+        var context = ServiceContext.topLevel
+        if trustedProxies.trusts(request.remoteAddress) {
+            tracer.extract(request.headers, into: &context, using: HTTPHeadersExtractor())
+        }
+        let span = tracer.startSpan(request.method.rawValue, context: context, ofKind: .server)
+        span.attributes["http.request.method"] = request.method.rawValue
+        span.attributes["url.path"] = Self.pathWithoutQuery(request.uri)
+        if let id = request.id { span.attributes["http.request.header.x_request_id"] = id }
+        let response = await ServiceContext.$current.withValue(span.context) {
+            if let id = request.id { return await respond(to: request, id: id) }
+            return await pipeline.respond(to: request)
+        }
+        let route = request.route ?? "unmatched"
+        let status = response.status.code
+        span.operationName = "\(request.method.rawValue) \(route)"
+        span.attributes["http.route"] = route
+        span.attributes["http.response.status_code"] = status
+        if status >= 500 { span.setStatus(SpanStatus(code: .error)) }
+        span.end()
+        return response
+    }
+}
+
+/// Reads trace context fields (`traceparent`, `tracestate`, ...) out of a request's header fields, by name,
+/// ignoring case.
+struct HTTPHeadersExtractor: Extractor {
+    func extract(key: String, from carrier: HTTPHeaders) -> String? { carrier[key] }
 }

@@ -1,6 +1,7 @@
 import CEvent
 import CoreMetrics
 import Logging
+import Tracing
 
 #if canImport(Glibc)
 import Glibc
@@ -81,8 +82,12 @@ final class HTTPServer: @unchecked Sendable {
     let defaultHeaders: DefaultHeaders
     /// ``HTTPServerConfiguration/requestIDs``.
     let requestIDs: RequestIDConfiguration?
+    /// ``HTTPServerConfiguration/trustedProxies``.
+    let trustedProxies: TrustedProxies
     /// ``HTTPServerConfiguration/accessLog``.
     let accessLog: Bool
+    /// The tracer of the request spans; nil without one (then no span is made).
+    let tracer: (any Tracer)?
     /// The request metrics of this loop (HTTPServer+Observability.swift).
     let metrics: HTTPServerMetrics
     @exclusivity(unchecked) var requestIDGenerator = RequestIDGenerator()
@@ -133,7 +138,7 @@ final class HTTPServer: @unchecked Sendable {
     /// Creates the evhttp and starts accepting on `descriptor`. Must be called on the loop thread.
     /// - Parameter descriptor: a listening socket; the server owns it from now on, also when this throws.
     init(loop: EventLoop, pipeline: RequestPipeline, configuration: HTTPServerConfiguration,
-         metricsFactory: any MetricsFactory, descriptor: Int32) throws(HTTPServerError) {
+         metricsFactory: any MetricsFactory, tracer: (any Tracer)?, descriptor: Int32) throws(HTTPServerError) {
         self.loop = loop
         self.pipeline = pipeline
         self.limits = configuration.limits
@@ -141,6 +146,8 @@ final class HTTPServer: @unchecked Sendable {
         self.defaultHeaders = configuration.defaultHeaders
         self.requestIDs = configuration.requestIDs
         self.accessLog = configuration.accessLog
+        self.trustedProxies = configuration.trustedProxies
+        self.tracer = tracer
         self.metrics = HTTPServerMetrics(factory: metricsFactory)
         // Sweep often enough that a timeout fires at most a quarter late (and at most 1 s late).
         let shortest = min(configuration.headerTimeout, configuration.idleTimeout, Self.lingerTime)
@@ -245,8 +252,7 @@ extension HTTPServer {
         let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
         let request = makeRequest(req, connection: connection, client: client)
         if let requestIDs {
-            request.id = requestID(claimed: request.headers[requestIDs.headerName], from: request.remoteAddress,
-                                   configuration: requestIDs)
+            request.id = requestID(claimed: request.headers[requestIDs.headerName], from: request.remoteAddress)
         }
         let job = RequestJob(request: request, id: id, client: client, head: head, start: .now)
         workers.run(job) { job in
@@ -261,11 +267,10 @@ extension HTTPServer {
         var job = first
         while true {
             let response: Response
-            if let requestID = job.request.id {
-                // Every log line written while the application serves the request carries its id (through
-                // RequestID.metadataProvider).
-                let request = job.request
-                response = await RequestID.$current.withValue(requestID) { await pipeline.respond(to: request) }
+            if let tracer {
+                response = await respondTraced(to: job.request, tracer: tracer)
+            } else if let requestID = job.request.id {
+                response = await respond(to: job.request, id: requestID)
             } else {
                 response = await pipeline.respond(to: job.request)
             }

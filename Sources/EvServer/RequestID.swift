@@ -6,21 +6,17 @@ import Logging
 
 /// Whether and how the server gives each request an id (``HTTPServerConfiguration/requestIDs``).
 public struct RequestIDConfiguration: Sendable, Equatable {
-    /// The header field the id is read from (when a trusted proxy sent it) and sent back in.
+    /// The header field the id is read from (when a trusted proxy sent it: ``HTTPServerConfiguration/trustedProxies``)
+    /// and sent back in. From anyone else the field is ignored and a new id made: a client must not be able to
+    /// choose the id that ties its request to other log lines.
     public let headerName: String
-    /// The peers whose id is believed. From anyone else the field is ignored and a new id made: a client must not
-    /// be able to choose the id that ties its request to other log lines.
-    public var trustedProxies: TrustedProxies
 
-    /// - Parameters:
-    ///   - headerName: the field that carries the id (default `X-Request-Id`); must be a field name (an RFC 9110
-    ///     token), or this traps.
-    ///   - trustedProxies: whose ids are taken (default nobody's: every id is made by the server).
-    public init(headerName: String = "X-Request-Id", trustedProxies: TrustedProxies = .none) {
+    /// - Parameter headerName: the field that carries the id (default `X-Request-Id`); must be a field name (an
+    ///   RFC 9110 token), or this traps.
+    public init(headerName: String = "X-Request-Id") {
         precondition(!headerName.isEmpty && headerName.utf8.allSatisfy(isTokenByte),
                      "RequestIDConfiguration: '\(headerName)' is not a header field name")
         self.headerName = headerName
-        self.trustedProxies = trustedProxies
     }
 }
 

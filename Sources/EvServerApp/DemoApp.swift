@@ -7,6 +7,7 @@ import EvServer
 import Logging
 import RedisClient
 import RedisSessionStore
+import Tracing
 
 // The demo application: the express-session tutorial's routes plus the operational ones. The routes are a
 // contract that the scale, reliability and benchmark tests drive; change them only with those tests.
@@ -21,13 +22,18 @@ struct DemoApp: Sendable {
     /// every response carries it: the handlers', and the answers the server sends before any handler runs (413,
     /// 431, 408, ...), which no middleware sees.
     let serverConfiguration: HTTPServerConfiguration
+    /// The tracer of request and Redis command spans; nil: the one `InstrumentationSystem` was bootstrapped with,
+    /// if any (`evserver` bootstraps none).
+    let tracer: (any Tracer)?
 
     /// - Throws: ``CookieSignerError`` for an empty secret; ``InvalidHeaderFieldError`` for an instance name that
     ///   cannot be sent as `X-Instance` (``ServerOptions/resolve(environment:)`` refuses both first).
-    init(configuration: AppConfiguration, metrics: Metrics = Metrics()) throws {
+    init(configuration: AppConfiguration, metrics: Metrics = Metrics(), tracer: (any Tracer)? = nil) throws {
         self.configuration = configuration
         self.metrics = metrics
+        self.tracer = tracer
         var redis = configuration.redis
+        redis.tracer = tracer
         redis.onCommand = { [metrics] name, duration, outcome in
             metrics.recordRedis(command: name, duration: duration, error: outcome.errorLabel)
         }
@@ -54,7 +60,8 @@ struct DemoApp: Sendable {
         server.maxConnections = configuration.maxConnections
         server.defaultHeaders = try DefaultHeaders([("X-Instance", configuration.instance)])
         // X-Request-Id on every response; a proxy's own id is kept when --trust-proxy trusts it.
-        server.requestIDs = RequestIDConfiguration(trustedProxies: configuration.trustProxy)
+        server.requestIDs = RequestIDConfiguration()
+        server.trustedProxies = configuration.trustProxy
         server.accessLog = configuration.accessLog
         serverConfiguration = server
     }
@@ -63,7 +70,7 @@ struct DemoApp: Sendable {
     func makeApplication() -> Application {
         // The server records every request's route, status and latency into the metrics itself (the answers it
         // sends before any middleware runs included).
-        let app = Application(configuration: serverConfiguration, metricsFactory: metrics.factory)
+        let app = Application(configuration: serverConfiguration, metricsFactory: metrics.factory, tracer: tracer)
         // Probes and metrics run without a session: a balancer polling /readyz every second must not get (and,
         // with --save-uninitialized, store) a new session each time.
         app.use(SkippingPaths(DemoApp.sessionFreePaths, sessions))

@@ -1,12 +1,15 @@
 import Foundation   // JSONSerialization, to read the log lines as any log shipper would
 @testable import EvServer
 @testable import EvServerApp
+import InMemoryTracing
 import Logging
 import Synchronization
 import Testing
+import Tracing
 
 /// Request ids (trusted and untrusted proxies, malformed ids, the server's own refusals), the request id in the
-/// log lines written while a request is served, the JSON log line, and the access log of a real `evserver`.
+/// log lines written while a request is served, the JSON log line, the access log of a real `evserver`, and the
+/// span tree of a session request under an in-memory tracer.
 @Suite struct ObservabilityTests {
     /// Log lines captured by a ``JSONLogHandler``.
     final class CapturedLines: Sendable {
@@ -183,5 +186,82 @@ import Testing
             #expect(!everything.contains(secret), "the log holds \(secret)")
         }
         server.stop()
+    }
+
+    // MARK: - Spans
+
+    /// The demo with `tracer`, trusting 127.0.0.1 (the test client) as a proxy when `trusted`.
+    static func withTracedDemo(_ tracer: InMemoryTracer, trusted: Bool,
+                               _ body: (RunningServer, String) async throws -> Void) async throws {
+        let prefix = "test:\(UUID().uuidString.prefix(8)):sess:"
+        let options = try ServerOptions.parse([
+            "--port", "0", "--redis-url", "redis://\(TestRedis.host):\(TestRedis.port)/0", "--secret", "test secret",
+            "--prefix", prefix, "--instance", "traced", "--trust-proxy", trusted ? "127.0.0.0/8" : "10.0.0.0/8",
+        ])
+        let demo = try DemoApp(configuration: options.resolve(environment: [:]), tracer: tracer)
+        try await withServer(demo.makeApplication()) { server in try await body(server, prefix) }
+    }
+
+    static func string(_ span: FinishedInMemorySpan, _ name: String) -> String? {
+        guard case .string(let value)? = span.attributes[name]?.toSpanAttribute() else { return nil }
+        return value
+    }
+
+    static func int(_ span: FinishedInMemorySpan, _ name: String) -> Int64? {
+        switch span.attributes[name]?.toSpanAttribute() {
+        case .int64(let value)?: value
+        case .int32(let value)?: Int64(value)
+        default: nil
+        }
+    }
+
+    /// One session request: a server span named after the route, continuing the trusted proxy's trace, with a
+    /// client span per Redis command (the load's GETEX, the increment's EVALSHA) under it, none holding a key.
+    @Test func aSessionRequestIsASpanWithAChildPerRedisCommand() async throws {
+        let tracer = InMemoryTracer()
+        try await Self.withTracedDemo(tracer, trusted: true) { server, prefix in
+            let client = try TestHTTPClient(port: server.port)
+            #expect(try client.request("GET", "/views").status == 200)   // the session, and the script loaded
+            tracer.clearAll()
+            let response = try client.request("GET", "/views", headers: [
+                InMemoryTracer.traceIDKey: "trace-of-the-proxy", InMemoryTracer.spanIDKey: "span-of-the-proxy",
+            ])
+            #expect(response.status == 200)
+            let spans = tracer.finishedSpans
+            let root = try #require(spans.first { $0.kind == .server }, "\(spans.map(\.operationName))")
+            #expect(root.operationName == "GET /views")
+            #expect(root.traceID == "trace-of-the-proxy")
+            #expect(root.parentSpanID == "span-of-the-proxy")
+            #expect(Self.string(root, "http.route") == "/views")
+            #expect(Self.int(root, "http.response.status_code") == 200)
+            #expect(Self.string(root, "http.request.header.x_request_id") == response.headers["X-Request-Id"])
+            let children = spans.filter { $0.parentSpanID == root.spanID }
+            #expect(children.map(\.operationName) == ["GETEX", "EVALSHA"])
+            #expect(spans.count == 1 + children.count, "every span is the request's or one of its commands'")
+            for child in children {
+                #expect(child.kind == .client)
+                #expect(child.traceID == root.traceID)
+                #expect(Self.string(child, "db.operation.name") == child.operationName)
+                #expect(Self.int(child, "server.port") == Int64(TestRedis.port))
+                child.attributes.forEach { name, attribute in
+                    #expect(!"\(attribute)".contains(prefix), "\(name) holds a key")
+                }
+            }
+        }
+    }
+
+    /// A trace context from a peer that is not a trusted proxy is ignored: the request starts a trace of its own.
+    @Test func anUntrustedPeersTraceContextIsIgnored() async throws {
+        let tracer = InMemoryTracer()
+        try await Self.withTracedDemo(tracer, trusted: false) { server, _ in
+            let response = try TestHTTPClient(port: server.port).request("GET", "/hello", headers: [
+                InMemoryTracer.traceIDKey: "trace-of-the-client", InMemoryTracer.spanIDKey: "span-of-the-client",
+            ])
+            #expect(response.status == 200)
+            let root = try #require(tracer.finishedSpans.first { $0.kind == .server })
+            #expect(root.operationName == "GET /hello")
+            #expect(root.traceID != "trace-of-the-client")
+            #expect(root.parentSpanID == nil)
+        }
     }
 }
