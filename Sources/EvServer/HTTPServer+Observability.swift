@@ -83,10 +83,11 @@ final class HTTPServerMetrics {
 let accessLogger = Logger(label: "evserver.access")
 
 extension HTTPServer {
-    /// The id of a request from `remoteAddress` whose id field (if any) says `claimed`: the claimed one when the
-    /// peer is a trusted proxy and the value is well formed, else a new one.
-    func requestID(claimed: String?, from remoteAddress: String) -> String {
-        if let claimed, trustedProxies.trusts(remoteAddress), RequestID.isWellFormed(claimed) {
+    /// The id of `request`: the one in its id field when the peer is a trusted proxy and the value is well formed,
+    /// else a new one. (The field is looked for only once the peer is trusted.)
+    func requestID(of request: Request, field: String) -> String {
+        if trustedProxies.isEnabled, trustedProxies.trusts(request.remoteAddress), let claimed = request.headers[field],
+           RequestID.isWellFormed(claimed) {
             return claimed
         }
         return requestIDGenerator.next()

@@ -252,7 +252,7 @@ extension HTTPServer {
         let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
         let request = makeRequest(req, connection: connection, client: client)
         if let requestIDs {
-            request.id = requestID(claimed: request.headers[requestIDs.headerName], from: request.remoteAddress)
+            request.id = requestID(of: request, field: requestIDs.headerName)
         }
         let job = RequestJob(request: request, id: id, client: client, head: head, start: .now)
         workers.run(job) { job in

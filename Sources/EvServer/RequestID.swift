@@ -57,32 +57,32 @@ public enum RequestID {
     }
 }
 
-/// Makes request ids on one loop: 32 lowercase hex digits, a random 64-bit prefix drawn when the generator is made
-/// and a 64-bit counter (the shape of a W3C trace id). Unique across loops, instances and restarts as long as no
-/// two generators draw the same prefix (one chance in 2^64 per pair); cheap enough for every request: no lock, no
-/// random draw per id.
+/// Makes request ids on one loop: 8 random characters drawn when the generator is made (0-9, a-z: 41 bits), then a
+/// counter in base 36 (`k3f9x0qa1`, `k3f9x0qa2`, ...). At most 15 characters, so an id is a small string that
+/// costs no allocation; cheap enough for every request: no lock, no random draw per id. Unique across loops,
+/// instances and restarts as long as no two generators draw the same prefix (about one chance in 2^41 per pair);
+/// past 36^7 ids the generator draws a new prefix.
 struct RequestIDGenerator {
-    private let prefix: [UInt8]
+    private var prefix: String
     private var counter: UInt64 = 0
+    private static let counterLimit: UInt64 = 78_364_164_096   // 36^7: seven base-36 digits
+    private static let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyz".unicodeScalars)
 
-    init() {
-        var random = SystemRandomNumberGenerator()
-        prefix = Self.hex(random.next())
-    }
+    init() { prefix = Self.randomPrefix() }
 
     mutating func next() -> String {
-        counter &+= 1
-        return String(decoding: prefix + Self.hex(counter), as: UTF8.self)
+        counter += 1
+        if counter == Self.counterLimit {
+            prefix = Self.randomPrefix()
+            counter = 1
+        }
+        return prefix + String(counter, radix: 36)
     }
 
-    private static func hex(_ value: UInt64) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: 16)
-        var rest = value
-        for index in stride(from: 15, through: 0, by: -1) {
-            let nibble = UInt8(truncatingIfNeeded: rest & 15)
-            out[index] = nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble
-            rest >>= 4
-        }
-        return out
+    private static func randomPrefix() -> String {
+        var random = SystemRandomNumberGenerator()
+        var text = ""
+        for _ in 0..<8 { text.unicodeScalars.append(alphabet[Int(random.next(upperBound: UInt64(alphabet.count)))]) }
+        return text
     }
 }

@@ -31,7 +31,7 @@ import Tracing
 
     static func isGenerated(_ id: String?) -> Bool {
         guard let id else { return false }
-        return id.utf8.count == 32 && id.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+        return (9...15).contains(id.utf8.count) && id.utf8.allSatisfy { (48...57).contains($0) || (97...122).contains($0) }
     }
 
     // MARK: - Request ids
