@@ -254,7 +254,7 @@ extension HTTPServer {
         if let requestIDs {
             request.id = requestID(of: request, field: requestIDs.headerName)
         }
-        let job = RequestJob(request: request, id: id, client: client, head: head, start: .now)
+        let job = RequestJob(request: request, id: id, client: client, head: head, start: HTTPServerMetrics.now())
         workers.run(job) { job in
             Task(executorPreference: loop) { [self] in await work(startingWith: job) }
         }
@@ -345,7 +345,8 @@ struct RequestJob {
     let id: UInt
     let client: ClientConnection?
     let head: Bool
-    let start: ContinuousClock.Instant
+    /// `HTTPServerMetrics.now()` when the request arrived.
+    let start: Int64
 }
 
 /// Carries a finished response to the loop thread in the (unexpected) case the task ended elsewhere.
@@ -448,11 +449,12 @@ extension HTTPServer {
         client?.watchesOwnAnswers(false)
         reason.withCString { evhttp_send_reply(req, Int32(code), $0, nil) }
         client?.watchesOwnAnswers(true)
-        let duration = ContinuousClock.now - job.start
+        let nanoseconds = HTTPServerMetrics.now() - job.start
         metrics.recordRequest(route: job.request.route ?? "unmatched", method: job.request.method, status: code,
-                              duration: duration)
+                              nanoseconds: nanoseconds)
         if accessLog {
-            logAccess(job.request, status: code, bytes: bodyAllowed && !head ? parts.body.count : 0, duration: duration)
+            logAccess(job.request, status: code, bytes: bodyAllowed && !head ? parts.body.count : 0,
+                      nanoseconds: nanoseconds)
         }
         checkDrained()
     }

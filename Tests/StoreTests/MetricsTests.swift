@@ -14,7 +14,7 @@ import Testing
         let metrics = Metrics()
         let server = HTTPServerMetrics(factory: metrics.factory)
         for milliseconds in [0.3, 3, 3, 300, 5_000] {   // 5 s is above the last bound: only in +Inf
-            server.recordRequest(route: "/r", method: .get, status: 200, duration: .microseconds(milliseconds * 1000))
+            server.recordRequest(route: "/r", method: .get, status: 200, nanoseconds: Int64(milliseconds * 1_000_000))
         }
         let text = metrics.render(extra: [])
         func bucket(_ bound: String) -> String? {

@@ -31,10 +31,22 @@ import Tracing
 
     static func isGenerated(_ id: String?) -> Bool {
         guard let id else { return false }
-        return (9...15).contains(id.utf8.count) && id.utf8.allSatisfy { (48...57).contains($0) || (97...122).contains($0) }
+        return id.utf8.count == 15 && id.utf8.allSatisfy { (48...57).contains($0) || (97...122).contains($0) }
     }
 
     // MARK: - Request ids
+
+    @Test func generatedIDsCountUpInBase36AfterOnePrefixPerGenerator() {
+        var first = RequestIDGenerator()
+        var second = RequestIDGenerator()
+        let ids = (0..<40).map { _ in first.next() }
+        #expect(ids.allSatisfy(Self.isGenerated), "\(ids)")
+        #expect(Set(ids.map { $0.prefix(8) }).count == 1)
+        #expect(ids[0].hasSuffix("0000001") && ids[9].hasSuffix("000000a") && ids[34].hasSuffix("000000z"))
+        #expect(ids[35].hasSuffix("0000010"), "\(ids[35])")
+        #expect(Set(ids).count == ids.count)
+        #expect(second.next().prefix(8) != ids[0].prefix(8), "two generators, one prefix (1 in 2^41)")
+    }
 
     @Test func aTrustedProxysRequestIDIsKeptAndReturned() async throws {
         // The test client connects from 127.0.0.1.
