@@ -49,6 +49,7 @@ let package = Package(
             "EvServer", "CEvent", "CHiredis", "COpenSSL",
             .product(name: "Crypto", package: "swift-crypto"),   // SHA-1 of scripts, for EVALSHA
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Tracing", package: "swift-distributed-tracing"),
         ]),
         // Sessions (express-session compatible), their stores, cookie signing and the session middleware.

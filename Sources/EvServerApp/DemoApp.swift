@@ -34,9 +34,7 @@ struct DemoApp: Sendable {
         self.tracer = tracer
         var redis = configuration.redis
         redis.tracer = tracer
-        redis.onCommand = { [metrics] name, duration, outcome in
-            metrics.recordRedis(command: name, duration: duration, error: outcome.errorLabel)
-        }
+        redis.metricsFactory = metrics.factory
         switch configuration.store {
         case .memory:
             store = MemorySessionStore(defaultTTL: configuration.idleTimeout)
@@ -200,6 +198,10 @@ struct DemoApp: Sendable {
                 ("evserver_sessions_saved_total", "Sessions written to the store.", sessionMetrics.saved),
                 ("evserver_sessions_touched_total", "Session expiries refreshed.", sessionMetrics.touched),
                 ("evserver_sessions_destroyed_total", "Sessions destroyed.", sessionMetrics.destroyed),
+                ("evserver_session_hits_total", "Signed session cookies whose session was found in the store.",
+                 sessionMetrics.hits),
+                ("evserver_session_misses_total", "Signed session cookies whose session was not in the store.",
+                 sessionMetrics.misses),
                 ("evserver_session_store_errors_total", "Session store failures (answered 503).", sessionMetrics.storeErrors),
                 ("evserver_secure_cookie_withheld_total", "Secure cookies not sent over plain HTTP.",
                  sessionMetrics.secureCookieWithheld),
@@ -226,17 +228,5 @@ struct SkippingPaths<Wrapped: Middleware>: Middleware {
     func handle(_ request: Request, _ response: Response, next: Next) async throws {
         if paths.contains(request.path) { return try await next() }
         try await middleware.handle(request, response, next: next)
-    }
-}
-
-extension RedisCommandOutcome {
-    /// The metrics label of a failed command, nil on success.
-    var errorLabel: String? {
-        switch self {
-        case .success: nil
-        case .redisError: "redis_error"
-        case .timeout: "timeout"
-        case .connectionError: "connection"
-        }
     }
 }

@@ -1,5 +1,11 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 @testable import EvServerApp
 @testable import EvServer
+import RedisClient
 import Testing
 
 /// The Prometheus text of `/metrics`: what the HTTP server records through swift-metrics (handles cached per loop)
@@ -31,8 +37,8 @@ import Testing
         #expect(Self.value(text, #"evserver_http_requests_total{route="/r",method="GET",status="200"}"#) == "5")
     }
 
-    /// Requests served by several loops land in one series per route, method and status; Redis commands recorded
-    /// on several loops too.
+    /// Requests served by several loops land in one series per route, method and status; so do the Redis commands
+    /// of a client on each loop.
     @Test func countsFromSeveralLoopsAreSummed() async throws {
         let metrics = Metrics()
         let app = Application(metricsFactory: metrics.factory)
@@ -45,19 +51,22 @@ import Testing
             }
             #expect(try TestHTTPClient(port: server.port).request("POST", "/r").status == 409)
             #expect(try TestHTTPClient(port: server.port).request("GET", "/nope").status == 404)
-            for thread in server.loops {
-                await thread.perform {
-                    metrics.recordRedis(command: "GETEX", duration: .milliseconds(1), error: nil)
-                    metrics.recordRedis(command: "GETEX", duration: .milliseconds(1), error: "timeout")
-                }
+            // The Redis client records its commands into the same registry, one connection per loop.
+            var redis = RedisConfiguration(host: TestRedis.host, port: TestRedis.port)
+            redis.metricsFactory = metrics.factory
+            for loop in server.loops {
+                let client = RedisClient(configuration: redis, loop: loop)
+                _ = try await client.send("GET", "test:metrics:\(UUID().uuidString)")
+                await #expect(throws: RedisError.self) { try await client.send("GET") }   // wrong number of arguments
+                client.close()
             }
             let text = metrics.render(extra: [("evserver_sessions_created_total", "Sessions created.", 7)])
             #expect(Self.value(text, #"evserver_http_requests_total{route="/r",method="GET",status="200"}"#) == "12")
             #expect(Self.value(text, #"evserver_http_requests_total{route="/r",method="POST",status="409"}"#) == "1")
             #expect(Self.value(text, #"evserver_http_requests_total{route="unmatched",method="GET",status="404"}"#) == "1")
             #expect(Self.value(text, #"evserver_http_request_duration_seconds_count{route="/r"}"#) == "13")
-            #expect(Self.value(text, #"evserver_redis_command_duration_seconds_count{command="GETEX"}"#) == "6")
-            #expect(Self.value(text, #"evserver_redis_errors_total{command="GETEX",kind="timeout"}"#) == "3")
+            #expect(Self.value(text, #"evserver_redis_command_duration_seconds_count{command="GET"}"#) == "6")
+            #expect(Self.value(text, #"evserver_redis_errors_total{command="GET",kind="redis_error"}"#) == "3")
             #expect(Self.value(text, "evserver_sessions_created_total") == "7")
             #expect(text.contains("# TYPE evserver_http_requests_total counter"))
             #expect(text.contains("# TYPE evserver_http_request_duration_seconds histogram"))
@@ -83,5 +92,45 @@ import Testing
             refused.close()
         }
     }
-}
 
+    /// A signed cookie whose session is in the store is a hit; one whose session is gone (expired, destroyed) a miss.
+    @Test func sessionLoadsAreCountedAsHitsAndMisses() async throws {
+        try await withDemo { app in
+            let client = try app.client()
+            _ = try client.request("GET", "/")   // no cookie yet: a new session, nothing loaded
+            #expect(try client.request("GET", "/login").text == "Welcome Aditya@123")
+            let id = try #require(DemoServer.sessionID(fromCookie: client.cookieJar["connect.sid"] ?? ""))
+            _ = try await app.redis.send("DEL", app.prefix + id)
+            #expect(try client.request("GET", "/login").text == "Welcome guest")
+            let text = try client.request("GET", "/metrics").text
+            #expect(Self.value(text, "evserver_session_hits_total") == "1")
+            #expect(Self.value(text, "evserver_session_misses_total") == "1")
+        }
+    }
+
+    /// The Redis client counts a connection it re-established after losing it.
+    @Test func aLostRedisConnectionCountsAReconnect() async throws {
+        let metrics = Metrics()
+        var redis = RedisConfiguration(host: TestRedis.host, port: TestRedis.port)
+        redis.metricsFactory = metrics.factory
+        let thread = try EventLoopThread(name: "metrics-reconnect")
+        let client = RedisClient(configuration: redis, loop: thread.loop)
+        defer {
+            client.close()
+            thread.shutdown()
+        }
+        guard case .integer(let id) = try await client.send("CLIENT", "ID") else {
+            Issue.record("CLIENT ID did not answer an integer")
+            return
+        }
+        #expect(Self.value(metrics.render(extra: []), "evserver_redis_reconnects_total") == "0")
+        _ = try await TestRedis.client.send("CLIENT", "KILL", "ID", String(id))
+        var reconnected = false
+        for _ in 0..<250 where !reconnected {   // the first back-off is 25-50 ms; allow a loaded machine 5 s
+            if case .integer(let now)? = try? await client.send("CLIENT", "ID"), now != id { reconnected = true }
+            if !reconnected { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(reconnected)
+        #expect(Self.value(metrics.render(extra: []), "evserver_redis_reconnects_total") == "1")
+    }
+}
