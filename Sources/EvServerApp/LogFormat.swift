@@ -64,12 +64,27 @@ struct JSONLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
+    // The access log writes a line per request: the fields go straight from the three metadata sources into the
+    // line, without merging them into a dictionary first (a merge allocates and rehashes, about half the cost of a
+    // line when this was measured).
     func log(event: LogEvent) {
-        var fields = metadata
-        if let provided = metadataProvider?.get() { fields.merge(provided) { _, new in new } }
-        if let own = event.metadata { fields.merge(own) { _, new in new } }
+        var fields: [(key: String, value: Logger.Metadata.Value)] = []
+        fields.reserveCapacity(metadata.count + (event.metadata?.count ?? 0) + 1)
+        // Later sources win: the event's own over the provider's over the handler's.
+        func add(_ source: Logger.Metadata) {
+            for (key, value) in source {
+                if let index = fields.firstIndex(where: { $0.key == key }) {
+                    fields[index].value = value
+                } else {
+                    fields.append((key, value))
+                }
+            }
+        }
+        add(metadata)
+        if let provided = metadataProvider?.get(), !provided.isEmpty { add(provided) }
+        if let own = event.metadata { add(own) }
         output(Self.line(timestamp: Date(), level: event.level, label: label, message: event.message.description,
-                         metadata: fields))
+                         fields: fields))
     }
 
     private static let reserved: Set<String> = ["timestamp", "level", "label", "message"]
@@ -77,20 +92,36 @@ struct JSONLogHandler: LogHandler {
     /// One JSON line, newline included. Metadata keys are sorted, so equal lines compare equal.
     static func line(timestamp: Date, level: Logger.Level, label: String, message: String,
                      metadata: Logger.Metadata) -> [UInt8] {
+        line(timestamp: timestamp, level: level, label: label, message: message,
+             fields: metadata.map { (key: $0.key, value: $0.value) })
+    }
+
+    static func line(timestamp: Date, level: Logger.Level, label: String, message: String,
+                     fields: [(key: String, value: Logger.Metadata.Value)]) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(256)
-        func field(_ key: String, _ value: String) {
+        out.reserveCapacity(320)
+        func key(_ key: String) {
             out.append(out.isEmpty ? UInt8(ascii: "{") : UInt8(ascii: ","))
             JSONValue.serializeString(key, into: &out)
             out.append(UInt8(ascii: ":"))
-            JSONValue.serializeString(value, into: &out)
         }
-        field("timestamp", iso8601(timestamp))
-        field("level", level.rawValue)
-        field("label", label)
-        field("message", message)
-        for key in metadata.keys.sorted() {
-            field(reserved.contains(key) ? "meta_" + key : key, metadata[key]!.description)
+        key("timestamp")
+        out.append(UInt8(ascii: "\""))
+        appendISO8601(timestamp, to: &out)
+        out.append(UInt8(ascii: "\""))
+        key("level")
+        JSONValue.serializeString(level.rawValue, into: &out)
+        key("label")
+        JSONValue.serializeString(label, into: &out)
+        key("message")
+        JSONValue.serializeString(message, into: &out)
+        for field in fields.sorted(by: { $0.key < $1.key }) {
+            key(reserved.contains(field.key) ? "meta_" + field.key : field.key)
+            if case .string(let text) = field.value {
+                JSONValue.serializeString(text, into: &out)
+            } else {
+                JSONValue.serializeString(field.value.description, into: &out)
+            }
         }
         out += [UInt8(ascii: "}"), UInt8(ascii: "\n")]
         return out
@@ -98,16 +129,41 @@ struct JSONLogHandler: LogHandler {
 
     /// `2026-12-07T03:41:00.123Z`.
     static func iso8601(_ date: Date) -> String {
+        var out: [UInt8] = []
+        appendISO8601(date, to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends `2026-12-07T03:41:00.123Z` digit by digit (string interpolation cost more than the rest of a line).
+    static func appendISO8601(_ date: Date, to out: inout [UInt8]) {
         let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
         let days = milliseconds >= 0 ? milliseconds / 86_400_000 : (milliseconds - 86_399_999) / 86_400_000
         let inDay = milliseconds - days * 86_400_000
         let (year, month, day) = CivilDate.civil(fromDays: days)
-        func pad(_ value: Int64, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
+        func digits(_ value: Int64, _ width: Int) {
+            var divisor: Int64 = 1
+            for _ in 1..<width { divisor *= 10 }
+            var rest = max(0, value)
+            while divisor > 0 {
+                out.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: rest / divisor % 10))
+                rest %= divisor
+                divisor /= 10
+            }
         }
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(inDay / 3_600_000, 2)):"
-            + "\(pad(inDay / 60_000 % 60, 2)):\(pad(inDay / 1000 % 60, 2)).\(pad(inDay % 1000, 3))Z"
+        digits(year, 4)
+        out.append(UInt8(ascii: "-"))
+        digits(month, 2)
+        out.append(UInt8(ascii: "-"))
+        digits(day, 2)
+        out.append(UInt8(ascii: "T"))
+        digits(inDay / 3_600_000, 2)
+        out.append(UInt8(ascii: ":"))
+        digits(inDay / 60_000 % 60, 2)
+        out.append(UInt8(ascii: ":"))
+        digits(inDay / 1000 % 60, 2)
+        out.append(UInt8(ascii: "."))
+        digits(inDay % 1000, 3)
+        out.append(UInt8(ascii: "Z"))
     }
 
     private static let stderrLock = Mutex(())
