@@ -31,6 +31,8 @@ struct DemoApp: Sendable {
     init(configuration: AppConfiguration, metrics: Metrics = Metrics(), tracer: (any Tracer)? = nil) throws {
         self.configuration = configuration
         self.metrics = metrics
+        let bootstrapped = InstrumentationSystem.tracer
+        let tracer = tracer ?? (bootstrapped is NoOpTracer ? nil : bootstrapped)
         self.tracer = tracer
         var redis = configuration.redis
         redis.tracer = tracer
