@@ -357,6 +357,9 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
 
     func transportDidConnect(_ connection: RedisTransport) {
         guard let link, link.connection === connection else { return }
+        if configuration.tls != nil {
+            metrics.recordTLSHandshakes(succeeded: 1, failed: connection.takeFailedTLSHandshakes())
+        }
         logger.trace("TCP connected; waiting for the handshake")
     }
 
@@ -390,6 +393,8 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         let why = link.failure ?? reason ?? "connection closed"
         switch phase {
         case .connecting:
+            let failedHandshakes = connection.takeFailedTLSHandshakes()
+            if failedHandshakes > 0 { metrics.recordTLSHandshakes(succeeded: 0, failed: failedHandshakes) }
             attemptFailed(why)
         case .ready:
             isReady.store(false, ordering: .releasing)

@@ -15,6 +15,9 @@ public enum RedisMetricNames {
     public static let errors = "evserver_redis_errors_total"
     /// Counter `evserver_redis_reconnects_total`: connections re-established after being lost.
     public static let reconnects = "evserver_redis_reconnects_total"
+    /// Counter `evserver_redis_tls_handshakes_total{outcome}`: TLS handshakes with Redis, `ok` or `failed`
+    /// (certificate refused, the server hung up during the handshake).
+    public static let tlsHandshakes = "evserver_redis_tls_handshakes_total"
 }
 
 /// The metric handles of one ``RedisConnection``. Used on its loop's thread only.
@@ -28,10 +31,21 @@ final class RedisConnectionMetrics {
     private let factory: any MetricsFactory
     @exclusivity(unchecked) private var commands: [String: CommandHandles] = [:]
     let reconnects: Counter
+    /// Made at the first handshake: a plain-text connection never shows TLS series.
+    @exclusivity(unchecked) private var tlsHandshakes: (ok: Counter, failed: Counter)?
 
     init(factory: any MetricsFactory) {
         self.factory = factory
         reconnects = Counter(label: RedisMetricNames.reconnects, dimensions: [], factory: factory)
+    }
+
+    func recordTLSHandshakes(succeeded: Int, failed: Int) {
+        let counters = tlsHandshakes ?? (
+            ok: Counter(label: RedisMetricNames.tlsHandshakes, dimensions: [("outcome", "ok")], factory: factory),
+            failed: Counter(label: RedisMetricNames.tlsHandshakes, dimensions: [("outcome", "failed")], factory: factory))
+        tlsHandshakes = counters
+        if succeeded > 0 { counters.ok.increment(by: succeeded) }
+        if failed > 0 { counters.failed.increment(by: failed) }
     }
 
     func record(_ name: String, nanoseconds: Int64, outcome: RedisCommandOutcome) {

@@ -133,4 +133,34 @@ import Testing
         #expect(reconnected)
         #expect(Self.value(metrics.render(extra: []), "evserver_redis_reconnects_total") == "1")
     }
+
+    /// TLS handshakes with Redis are counted by outcome: one with a server whose certificate verifies, and at least
+    /// one failed with a server of an unknown CA (the client retries it).
+    @Test func tlsHandshakesAreCountedByOutcome() async throws {
+        let certificates = try await TestCertificates.forTests()
+        let good = try await tlsRedis(certificates.server)
+        defer { good.stop() }
+        let untrusted = try await tlsRedis(certificates.unknownCA)
+        defer { untrusted.stop() }
+        let metrics = Metrics()
+        let thread = try EventLoopThread(name: "metrics-tls")
+        defer { thread.shutdown() }
+        var trusting = try rediss(port: good.port, caFile: certificates.caFile)
+        trusting.metricsFactory = metrics.factory
+        let client = RedisClient(configuration: trusting, loop: thread.loop)
+        defer { client.close() }
+        try await client.ping()
+        var refusing = try rediss(port: untrusted.port, caFile: certificates.caFile)
+        refusing.metricsFactory = metrics.factory
+        let refused = RedisClient(configuration: refusing, loop: thread.loop)
+        defer { refused.close() }
+        await #expect(throws: (any Error).self) { try await refused.ping() }
+        func count(_ outcome: String) -> Int {
+            Self.value(metrics.render(extra: []), #"evserver_redis_tls_handshakes_total{outcome="\#(outcome)"}"#)
+                .flatMap { Int($0) } ?? 0
+        }
+        for _ in 0..<100 where count("failed") == 0 { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(count("ok") == 1)
+        #expect(count("failed") >= 1)
+    }
 }
