@@ -1,0 +1,370 @@
+import EvServer
+import Foundation
+import Synchronization
+import Testing
+@testable import EvServerApp
+@testable import RedisSessionStore
+
+// Sessions per user (issue 13): sign-in, the per-user index, listing, ending them, the limit, regenerating with the
+// data, on a real redis-server (several store instances sharing it, as several server processes would) and on the
+// memory store. The cluster versions are in UserSessionsClusterTests.
+
+// MARK: - A small application over one store
+
+/// An application with the users API on `store`, served on a free port: one "instance".
+final class UsersTestServer: Sendable {
+    let server: RunningServer
+    let store: any UserSessionStore
+
+    init(store: any UserSessionStore, maxSessionsPerUser: Int? = nil, maxAge: Int64? = nil) throws {
+        self.store = store
+        var options = SessionConfiguration(secrets: ["test secret"])
+        options.maxSessionsPerUser = maxSessionsPerUser
+        options.cookie.maxAge = maxAge
+        let app = Application()
+        app.use(try SessionMiddleware(store: store, configuration: options))
+        app.post("/signin/:user") { request, response in
+            try await request.session.signIn(user: request.parameters["user"] ?? "",
+                                             client: SessionClient(request: request, trusting: .none))
+            response.send(json: ["id": .string(request.session.id)])
+        }
+        app.get("/whoami") { request, response in
+            response.send(json: ["user": request.session.user.map { .string($0) } ?? .null,
+                                 "n": request.session["n"] ?? .null])
+        }
+        app.post("/write/:n") { request, response in
+            request.session["n"] = .number(request.parameters["n"] ?? "0")
+            response.send(json: ["user": request.session.user.map { .string($0) } ?? .null])
+        }
+        app.post("/rotate") { request, response in
+            try await request.session.regenerate(keepingData: true)
+            response.send(json: ["user": request.session.user.map { .string($0) } ?? .null])
+        }
+        app.post("/everywhere") { request, response in
+            guard let user = request.session.user else { throw HTTPError(.unauthorized) }
+            let ended = try await store.destroySessions(ofUser: user, except: request.session.id)
+            response.send(json: ["ended": .number(String(ended))])
+        }
+        app.post("/signout") { request, response in
+            try await request.session.signOut()
+            response.send(json: ["user": request.session.user.map { .string($0) } ?? .null])
+        }
+        server = try app.start(host: "127.0.0.1", port: 0, threads: 2)
+    }
+
+    func client() throws -> TestHTTPClient { try TestHTTPClient(port: server.port) }
+    func stop() async { await server.shutdown(timeout: .seconds(2)) }
+}
+
+extension TestHTTPClient {
+    /// The session id in this client's cookie.
+    var sessionID: String? { cookieJar["connect.sid"].flatMap(DemoServer.sessionID(fromCookie:)) }
+
+    /// A client on `port` with this one's cookies: the same device through another instance.
+    func through(_ port: Int) throws -> TestHTTPClient {
+        let client = try TestHTTPClient(port: port)
+        client.cookieJar = cookieJar
+        return client
+    }
+
+    /// `GET /whoami`'s user (nil: a guest).
+    func user() throws -> String? {
+        try JSONValue(parsing: try request("GET", "/whoami").body)["user"]?.stringValue
+    }
+}
+
+/// A fresh user name (each test its own index).
+func freshUser(_ name: String = "alice") -> String { "\(name)-\(UUID().uuidString.prefix(8))" }
+
+/// Which store a test runs on.
+enum UsersStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case redis, memory
+    var testDescription: String { rawValue }
+}
+
+/// `count` instances sharing one store's data: separate RedisSessionStores on the test server with one prefix, or
+/// (memory) one store behind `count` servers.
+func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUser: Int? = nil,
+                       maxAges: [Int64?]? = nil,
+                       _ body: ([UsersTestServer]) async throws -> Void) async throws {
+    let prefix = "test:\(UUID().uuidString.prefix(8)):sess:"
+    let memory = MemorySessionStore()
+    var servers: [UsersTestServer] = []
+    for index in 0..<count {
+        let store: any UserSessionStore = kind == .memory
+            ? memory : try RedisSessionStore(url: TestRedis.url, prefix: prefix)
+        servers.append(try UsersTestServer(store: store, maxSessionsPerUser: maxSessionsPerUser,
+                                           maxAge: maxAges?[index] ?? nil))
+    }
+    do {
+        try await body(servers)
+    } catch {
+        for server in servers { await server.stop() }
+        throw error
+    }
+    for server in servers { await server.stop() }
+}
+
+@Suite struct UserSessionsTests {
+    @Test(arguments: UsersStoreKind.allCases)
+    func threeDevicesOnThreeInstancesAreListedAndEndedTogether(_ kind: UsersStoreKind) async throws {
+        try await withUserInstances(kind) { instances in
+            let user = freshUser()
+            // Three devices, each signing in through another instance (a guest value first: it survives).
+            var devices: [TestHTTPClient] = []
+            for (index, instance) in instances.enumerated() {
+                let device = try instance.client()
+                #expect(try device.request("POST", "/write/\(index)").status == 200)
+                let guestID = try #require(device.sessionID)
+                #expect(try device.request("POST", "/signin/\(user)").status == 200)
+                let signedIn = try #require(device.sessionID)
+                #expect(signedIn != guestID, "sign-in must give a new id")
+                #expect(try await instance.store.get(guestID) == nil, "the guest id must stop working at once")
+                devices.append(device)
+            }
+            // Every device, through every instance, is the user, with its own values kept.
+            for (index, device) in devices.enumerated() {
+                for instance in instances {
+                    let answer = try JSONValue(parsing: try device.through(instance.server.port).request("GET", "/whoami").body)
+                    #expect(answer["user"]?.stringValue == user, "device \(index) via port \(instance.server.port)")
+                    #expect(answer["n"]?.intValue == index)
+                }
+            }
+            let listed = try await instances[1].store.sessions(ofUser: user)
+            #expect(Set(listed.map(\.id)) == Set(devices.compactMap(\.sessionID)))
+            #expect(listed.allSatisfy { $0.user == user && $0.signedInAt != nil && $0.expiresAt != nil })
+            #expect(listed.allSatisfy { ($0.lastActiveAt ?? .distantPast) > Date().addingTimeInterval(-60) })
+            #expect(listed.first?.client?.address == "127.0.0.1")
+            #expect(try await instances[2].store.sessions(ofUser: freshUser("nobody")).isEmpty)
+
+            // Destroy-all from device 0: the other two are guests on their next request, on every instance.
+            let ended = try JSONValue(parsing: try devices[0].request("POST", "/everywhere").body)
+            #expect(ended["ended"]?.intValue == 2)
+            for device in devices.dropFirst() {
+                for instance in instances {
+                    #expect(try device.through(instance.server.port).user() == nil,
+                            "an ended session must be a guest on every instance")
+                }
+            }
+            #expect(try devices[0].user() == user)
+            #expect(try await instances[0].store.sessions(ofUser: user).map(\.id) == [devices[0].sessionID])
+        }
+    }
+
+    @Test(arguments: UsersStoreKind.allCases)
+    func aSessionThatExpiresLeavesTheListAtOnce(_ kind: UsersStoreKind) async throws {
+        // Instance 2 gives its sessions a 1 s max age (Redis keeps whole seconds, rounded up); the others a day.
+        try await withUserInstances(kind, maxAges: [nil, nil, 1000]) { instances in
+            let user = freshUser()
+            var devices: [TestHTTPClient] = []
+            for instance in instances {
+                let device = try instance.client()
+                #expect(try device.request("POST", "/signin/\(user)").status == 200)
+                devices.append(device)
+            }
+            #expect(try await instances[0].store.sessions(ofUser: user).count == 3)
+            let short = try #require(devices[2].sessionID)
+            try await Task.sleep(for: .milliseconds(1300))
+            // The documented time: gone from the list as soon as its key has expired (the listing reads each key).
+            let listed = try await instances[0].store.sessions(ofUser: user).map(\.id)
+            #expect(listed.count == 2 && !listed.contains(short), "listed: \(listed.count)")
+            #expect(try devices[2].user() == nil)
+        }
+    }
+
+    @Test(arguments: UsersStoreKind.allCases)
+    func theLimitEndsTheOldestSessionsOnSignIn(_ kind: UsersStoreKind) async throws {
+        try await withUserInstances(kind, count: 2, maxSessionsPerUser: 2) { instances in
+            let user = freshUser()
+            var devices: [TestHTTPClient] = []
+            for index in 0..<4 {
+                let device = try instances[index % 2].client()
+                #expect(try device.request("POST", "/signin/\(user)").status == 200)
+                devices.append(device)
+                try await Task.sleep(for: .milliseconds(5))   // distinct sign-in times
+            }
+            // Each sign-in past two ended the oldest: devices 2 and 3 remain.
+            let users = try devices.map { try $0.user() }
+            #expect(users == [nil, nil, user, user])
+            let listed = try await instances[0].store.sessions(ofUser: user).map(\.id)
+            #expect(listed == [devices[2].sessionID, devices[3].sessionID])
+        }
+    }
+
+    @Test(arguments: UsersStoreKind.allCases)
+    func regenerateKeepingDataMovesTheValuesAndKillsTheOldId(_ kind: UsersStoreKind) async throws {
+        try await withUserInstances(kind, count: 1) { instances in
+            let store = instances[0].store
+            let user = freshUser()
+            let device = try instances[0].client()
+            _ = try device.request("POST", "/signin/\(user)")
+            _ = try device.request("POST", "/write/42")
+            let old = try #require(device.sessionID)
+            let oldCookie = try #require(device.cookieJar["connect.sid"])
+            #expect(try device.request("POST", "/rotate").status == 200)
+            let new = try #require(device.sessionID)
+            #expect(new != old)
+            #expect(try await store.get(old) == nil, "no grace: the old id must stop working")
+            let answer = try JSONValue(parsing: try device.request("GET", "/whoami").body)
+            #expect(answer["user"]?.stringValue == user)
+            #expect(answer["n"]?.intValue == 42)
+            #expect(try await store.sessions(ofUser: user).map(\.id) == [new])
+            // The old cookie is a guest now.
+            let attacker = try instances[0].client()
+            attacker.cookieJar["connect.sid"] = oldCookie
+            #expect(try attacker.user() == nil)
+            // A guest's rotation keeps its values too.
+            let guest = try instances[0].client()
+            _ = try guest.request("POST", "/write/7")
+            let guestID = try #require(guest.sessionID)
+            _ = try guest.request("POST", "/rotate")
+            #expect(guest.sessionID != guestID)
+            #expect(try await store.get(guestID) == nil)
+            #expect(try JSONValue(parsing: try guest.request("GET", "/whoami").body)["n"]?.intValue == 7)
+        }
+    }
+
+    @Test(arguments: UsersStoreKind.allCases)
+    func signOutEndsThisSessionAndLeavesTheIndex(_ kind: UsersStoreKind) async throws {
+        try await withUserInstances(kind, count: 1) { instances in
+            let user = freshUser()
+            let device = try instances[0].client()
+            _ = try device.request("POST", "/signin/\(user)")
+            let id = try #require(device.sessionID)
+            _ = try device.request("POST", "/signout")
+            #expect(try device.user() == nil)
+            #expect(try await instances[0].store.get(id) == nil)
+            #expect(try await instances[0].store.sessions(ofUser: user).isEmpty)
+        }
+    }
+
+    @Test(arguments: UsersStoreKind.allCases)
+    func badUserNamesAreRefusedWith400(_ kind: UsersStoreKind) async throws {
+        try await withUserInstances(kind, count: 1) { instances in
+            let device = try instances[0].client()
+            let long = String(repeating: "x", count: 257)
+            for path in ["/signin/%00", "/signin/\(long)"] {
+                let response = try device.request("POST", path)
+                #expect(response.status == 400, "\(path.prefix(12)): \(response.status)")
+                #expect(response.text.contains("invalid user name"))
+            }
+            #expect(try device.user() == nil)
+        }
+    }
+
+    /// Sign-out-everywhere while the other devices keep writing (and rotating their ids): none of them is alive
+    /// afterwards, on any id it ever had.
+    @Test(arguments: UsersStoreKind.allCases)
+    func signOutEverywhereWhileTheOtherDevicesWriteLeavesNoneAlive(_ kind: UsersStoreKind) async throws {
+        try await withUserInstances(kind) { instances in
+            let user = freshUser()
+            let keeper = try instances[0].client()
+            _ = try keeper.request("POST", "/signin/\(user)")
+            let ports = instances.map(\.server.port)
+            let writers = 6
+            var cookies: [String] = []
+            for index in 0..<writers {
+                let device = try instances[index % 3].client()
+                _ = try device.request("POST", "/signin/\(user)")
+                cookies.append(try #require(device.cookieJar["connect.sid"]))
+            }
+            let writerCookies = cookies
+            let keeperCookie = try #require(keeper.cookieJar["connect.sid"])
+            let signedOut = Atomic<Bool>(false)
+            let seen = Mutex<Set<String>>([])
+            // Each writer: writes (and every 3rd request rotates its id) until 20 requests after the sign-out
+            // returned, at most 400 requests in all (bounded in time).
+            async let writing = inParallelThreads(writers) { index -> (requests: Int, guest: Bool) in
+                let device = try TestHTTPClient(port: ports[index % 3])
+                device.cookieJar["connect.sid"] = writerCookies[index]
+                var after = 0
+                var requests = 0
+                var guest = false
+                while after < 20, requests < 400 {
+                    requests += 1
+                    let path = requests % 3 == 0 ? "/rotate" : "/write/\(requests)"
+                    let response = try device.request("POST", path)
+                    if let id = device.sessionID { seen.withLock { _ = $0.insert(id) } }
+                    if try JSONValue(parsing: response.body)["user"] == .null { guest = true }
+                    if signedOut.load(ordering: .acquiring) { after += 1 }
+                }
+                return (requests, guest)
+            }
+            try await Task.sleep(for: .milliseconds(150))
+            let keeperPort = ports[0]
+            let ended = try await onThread {
+                let client = try TestHTTPClient(port: keeperPort)
+                client.cookieJar["connect.sid"] = keeperCookie
+                return try JSONValue(parsing: try client.request("POST", "/everywhere").body)["ended"]?.intValue
+            }
+            signedOut.store(true, ordering: .releasing)
+            let results = try await writing
+            #expect((ended ?? 0) >= 1)
+            let guests = results.filter(\.guest).count
+            #expect(guests == writers, "every writer must have become a guest")
+            // None of the ids any writer ever held is a signed-in session; only the keeper is listed.
+            let store = instances[0].store
+            var alive = 0
+            for id in seen.withLock({ $0 }) {
+                if let data = try await store.get(id), SessionOwner(data.values) != nil { alive += 1 }
+            }
+            #expect(alive == 0, "\(alive) signed-in sessions survived sign-out-everywhere")
+            #expect(try await store.sessions(ofUser: user).map(\.id) == [keeper.sessionID])
+            #expect(try keeper.user() == user)
+            print("UserSessionsTests(\(kind)): sign-out-everywhere ended \(ended ?? -1) during "
+                + "\(results.map(\.requests).reduce(0, +)) writes; \(seen.withLock { $0.count }) ids seen; 0 alive")
+        }
+    }
+}
+
+// MARK: - The index's own rules
+
+@Suite struct UserIndexTests {
+    @Test func boundsStayAheadOfTheSlidingExpiryAndAreRewrittenOncePerInterval() {
+        let day: Int64 = 86_400_000
+        #expect(UserIndexTiming.interval(lifetime: day) == 60_000)
+        #expect(UserIndexTiming.interval(lifetime: 2_000) == 200)
+        let written: Int64 = 1_000_000
+        let bound = UserIndexTiming.bound(now: written, lifetime: day)
+        #expect(bound == written + 2 * day + 60_000)
+        #expect(!UserIndexTiming.isDue(bound: bound, now: written + 59_999, lifetime: day))
+        #expect(UserIndexTiming.isDue(bound: bound, now: written + 60_001, lifetime: day))
+        #expect(UserIndexTiming.isDue(bound: nil, now: written, lifetime: day))
+        // A request at any time the session is alive (before written + interval + lifetime, if no rewrite
+        // happened) moves its expiry to at most a lifetime later: still within the bound.
+        let lastAlive = written + 60_000 + day - 1
+        #expect(lastAlive + day <= bound)
+    }
+
+    @Test func memoryIndexesGoWithTheirSessions() async throws {
+        let clock = TestClock()
+        let store = MemorySessionStore(defaultTTL: 10, now: clock.closure)
+        for user in 0..<50 {
+            for device in 0..<3 {
+                let id = "u\(user)d\(device)"
+                var data = SessionData()
+                data.values[SessionOwner.key] = SessionOwner(name: "user\(user)", since: 0, indexedUntil: nil,
+                                                             client: nil).jsonValue
+                try await store.set(id, data)
+                try await store.index(id, user: "user\(user)", until: clock.now().javaScriptMilliseconds + 21_000)
+            }
+        }
+        #expect(store.indexedUserCount == 50)
+        #expect(try await store.sessions(ofUser: "user7").count == 3)
+        clock.advance(11)
+        #expect(try await store.sessions(ofUser: "user7").isEmpty)
+        _ = try await store.length()   // sweeps
+        #expect(store.indexedUserCount == 0, "indexes must not outlive their sessions")
+    }
+
+    @Test func indexKeysAreOutsideThePrefixAndFixedLength() throws {
+        let store = try RedisSessionStore(url: TestRedis.url, prefix: "sess:")
+        let key = store.indexKey(ofUser: "alice")
+        #expect(key == "evserver-users:sess:" + sha256Hex("alice"))
+        #expect(store.indexKey(ofUser: "a\u{1F600} b*?[]\\").count == key.count)
+        let odd = try RedisSessionStore(url: TestRedis.url, prefix: "ev")
+        #expect(!odd.indexKey(ofUser: "alice").hasPrefix("ev"))
+        #expect(SessionClient.family(ofUserAgent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36") == "Chrome (headless)")
+        #expect(SessionClient.family(ofUserAgent: "curl/8.5.0") == "curl")
+    }
+}
