@@ -257,64 +257,72 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
     @Test(arguments: UsersStoreKind.allCases)
     func signOutEverywhereWhileTheOtherDevicesWriteLeavesNoneAlive(_ kind: UsersStoreKind) async throws {
         try await withUserInstances(kind) { instances in
-            let user = freshUser()
-            let keeper = try instances[0].client()
-            _ = try keeper.request("POST", "/signin/\(user)")
-            let ports = instances.map(\.server.port)
-            let writers = 6
-            var cookies: [String] = []
-            for index in 0..<writers {
-                let device = try instances[index % 3].client()
-                _ = try device.request("POST", "/signin/\(user)")
-                cookies.append(try #require(device.cookieJar["connect.sid"]))
-            }
-            let writerCookies = cookies
-            let keeperCookie = try #require(keeper.cookieJar["connect.sid"])
-            let signedOut = Atomic<Bool>(false)
-            let seen = Mutex<Set<String>>([])
-            // Each writer: writes (and every 3rd request rotates its id) until 20 requests after the sign-out
-            // returned, at most 400 requests in all (bounded in time).
-            async let writing = inParallelThreads(writers) { index -> (requests: Int, guest: Bool) in
-                let device = try TestHTTPClient(port: ports[index % 3])
-                device.cookieJar["connect.sid"] = writerCookies[index]
-                var after = 0
-                var requests = 0
-                var guest = false
-                while after < 20, requests < 400 {
-                    requests += 1
-                    let path = requests % 3 == 0 ? "/rotate" : "/write/\(requests)"
-                    let response = try device.request("POST", path)
-                    if let id = device.sessionID { seen.withLock { _ = $0.insert(id) } }
-                    if try JSONValue(parsing: response.body)["user"] == .null { guest = true }
-                    if signedOut.load(ordering: .acquiring) { after += 1 }
-                }
-                return (requests, guest)
-            }
-            try await Task.sleep(for: .milliseconds(150))
-            let keeperPort = ports[0]
-            let ended = try await onThread {
-                let client = try TestHTTPClient(port: keeperPort)
-                client.cookieJar["connect.sid"] = keeperCookie
-                return try JSONValue(parsing: try client.request("POST", "/everywhere").body)["ended"]?.intValue
-            }
-            signedOut.store(true, ordering: .releasing)
-            let results = try await writing
-            #expect((ended ?? 0) >= 1)
-            let guests = results.filter(\.guest).count
-            #expect(guests == writers, "every writer must have become a guest")
-            // None of the ids any writer ever held is a signed-in session; only the keeper is listed.
-            let store = instances[0].store
-            var alive = 0
-            for id in seen.withLock({ $0 }) {
-                if let data = try await store.get(id), SessionOwner(data.values) != nil { alive += 1 }
-            }
-            #expect(alive == 0, "\(alive) signed-in sessions survived sign-out-everywhere")
-            #expect(try await store.sessions(ofUser: user).map(\.id) == [keeper.sessionID])
-            #expect(try keeper.user() == user)
-            print("UserSessionsTests(\(kind)): sign-out-everywhere ended \(ended ?? -1) during "
-                + "\(results.map(\.requests).reduce(0, +)) writes; \(seen.withLock { $0.count }) ids seen; 0 alive")
+            try await signOutEverywhereWhileOthersWrite(instances, label: kind.rawValue)
         }
     }
+}
+
+/// The race: six devices of one user write through three instances (every third request rotates the id) while a
+/// seventh signs out everywhere; afterwards none of the ids any writer ever held is a signed-in session, every
+/// writer became a guest, and only the seventh is listed. Bounded: each writer stops 20 requests after the
+/// sign-out returned, or at 400.
+func signOutEverywhereWhileOthersWrite(_ instances: [UsersTestServer], label: String) async throws {
+    let user = freshUser()
+    let keeper = try instances[0].client()
+    _ = try keeper.request("POST", "/signin/\(user)")
+    let ports = instances.map(\.server.port)
+    let writers = 6
+    var cookies: [String] = []
+    for index in 0..<writers {
+        let device = try instances[index % 3].client()
+        _ = try device.request("POST", "/signin/\(user)")
+        cookies.append(try #require(device.cookieJar["connect.sid"]))
+    }
+    let writerCookies = cookies
+    let keeperCookie = try #require(keeper.cookieJar["connect.sid"])
+    let signedOut = Atomic<Bool>(false)
+    let seen = Mutex<Set<String>>([])
+    // Each writer: writes (and every 3rd request rotates its id) until 20 requests after the sign-out
+    // returned, at most 400 requests in all (bounded in time).
+    async let writing = inParallelThreads(writers) { index -> (requests: Int, guest: Bool) in
+        let device = try TestHTTPClient(port: ports[index % 3])
+        device.cookieJar["connect.sid"] = writerCookies[index]
+        var after = 0
+        var requests = 0
+        var guest = false
+        while after < 20, requests < 400 {
+            requests += 1
+            let path = requests % 3 == 0 ? "/rotate" : "/write/\(requests)"
+            let response = try device.request("POST", path)
+            if let id = device.sessionID { seen.withLock { _ = $0.insert(id) } }
+            if try JSONValue(parsing: response.body)["user"] == .null { guest = true }
+            if signedOut.load(ordering: .acquiring) { after += 1 }
+        }
+        return (requests, guest)
+    }
+    try await Task.sleep(for: .milliseconds(150))
+    let keeperPort = ports[0]
+    let ended = try await onThread {
+        let client = try TestHTTPClient(port: keeperPort)
+        client.cookieJar["connect.sid"] = keeperCookie
+        return try JSONValue(parsing: try client.request("POST", "/everywhere").body)["ended"]?.intValue
+    }
+    signedOut.store(true, ordering: .releasing)
+    let results = try await writing
+    #expect((ended ?? 0) >= 1)
+    let guests = results.filter(\.guest).count
+    #expect(guests == writers, "every writer must have become a guest")
+    // None of the ids any writer ever held is a signed-in session; only the keeper is listed.
+    let store = instances[0].store
+    var alive = 0
+    for id in seen.withLock({ $0 }) {
+        if let data = try await store.get(id), SessionOwner(data.values) != nil { alive += 1 }
+    }
+    #expect(alive == 0, "\(alive) signed-in sessions survived sign-out-everywhere")
+    #expect(try await store.sessions(ofUser: user).map(\.id) == [keeper.sessionID])
+    #expect(try keeper.user() == user)
+    print("UserSessionsTests(\(label)): sign-out-everywhere ended \(ended ?? -1) during "
+        + "\(results.map(\.requests).reduce(0, +)) writes; \(seen.withLock { $0.count }) ids seen; 0 alive")
 }
 
 // MARK: - The index's own rules
