@@ -139,6 +139,7 @@ enum DemoPage {
           font: inherit; padding: 7px 10px; border: 1px solid var(--line); border-radius: 8px;
           background: var(--card); color: var(--ink); min-width: 10em;
         }
+        #devices-card { margin-bottom: 16px; }
         li.device { grid-template-columns: 5em 1fr auto; }
         li.device.current { font-weight: 600; }
 
@@ -183,7 +184,7 @@ enum DemoPage {
           </div>
           <p class="error" id="error" role="alert"></p>
 
-          <section class="card" aria-labelledby="h-devices">
+          <section class="card" id="devices-card" aria-labelledby="h-devices">
             <h2 id="h-devices">Your devices</h2>
             <p class="muted" id="who">not signed in</p>
             <div class="actions" role="group" aria-label="User actions">
