@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 
 .PHONY: help build release run test tsan cluster hot chaos chaos-latency redis-cluster cluster-chaos redis-sentinel sentinel-chaos fuzz fuzz-smoke \
-	bench bench-smoke browser-test
+	bench bench-smoke browser-test package-check monitoring-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -17,14 +17,20 @@ release: ## Build the evserver binary in release mode
 run: ## Run evserver on :3000 (starts a private redis-server if none answers; ARGS="--rolling true")
 	@scripts/run.sh
 
-test: ## Start a private redis-server on a free port and run the whole test suite
+test: ## Start a private redis-server on a free port and run the whole test suite, then the package check
 	@scripts/test.sh
+
+package-check: ## Build a new package against this one's HEAD from the README's lines and run its tutorial
+	@scripts/package-check.sh
 
 tsan: ## The multi-loop tests under ThreadSanitizer (separate build in .build-tsan; a race fails)
 	@scripts/tsan.sh
 
-cluster: ## Redis + three evserver instances + haproxy on :8080, on loopback (Ctrl-C stops all)
+cluster: ## Redis + three evserver instances + haproxy on :8080, on loopback (CLUSTER_MONITORING=1: Prometheus on :9090 too)
 	@scripts/cluster.sh
+
+monitoring-check: ## The cluster with Prometheus scraping deploy/prometheus.yml: targets up, requests counted exactly
+	@scripts/monitoring-check.sh
 
 hot: ## 64 connections on one session through haproxy and three instances: every request 200, the counter exact
 	@scripts/hot.sh

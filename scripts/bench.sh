@@ -2,7 +2,9 @@
 # make bench: evserver (release build) against a hand-written C reference server, under wrk, with a private
 # redis-server. Prints a markdown table and writes it to bench-results/. See BENCHMARKS.md.
 #
-#   scripts/bench.sh                 the scenarios (hello, read, read-tls, write, hot, create) -> bench-results/latest.md
+#   scripts/bench.sh                 the scenarios (hello, read, read-tls, write, hot, create) -> bench-results/latest.md,
+#                                    and the table as a chart beside it (latest.png, scripts/bench_chart.py; with the
+#                                    --threads 2 run of the same commit when bench-results holds one)
 #                                    read-tls: `read` with evserver on a second, TLS-only redis-server (rediss://,
 #                                    certificates from scripts/tls_certs.sh), compared with evserver's plain `read`
 #   scripts/bench.sh --threads 2     the same with both servers on 2 threads        -> bench-results/threads-2.md
@@ -163,13 +165,31 @@ run() {
     wait "$child"
 }
 
+# chart REPORT.md: the report's table as REPORT.png, with the other thread count's report of the same commit
+# (bench-results/latest.md and threads-2.md) when there is one. matplotlib from python3, else Debian's.
+chart() {
+    local report="$1" others=() python=python3 commit other
+    commit="$(sed -n '3s/.*commit `\([0-9a-f]*\)`.*/\1/p' "$report")"
+    for other in bench-results/latest.md bench-results/threads-2.md; do
+        [ "$other" != "$report" ] && [ -f "$other" ] && [ -f "${other%.md}.json" ] && [ -n "$commit" ] \
+            && grep -q "commit \`$commit\`" "$other" && others+=("${other%.md}.json")
+    done
+    if ! python3 -c 'import matplotlib' 2>/dev/null; then
+        ensure_packages python3-matplotlib
+        python=/usr/bin/python3
+    fi
+    "$python" scripts/bench_chart.py "${report%.md}.json" "${others[@]}" --out "${report%.md}.png" >&2
+}
+
 started=$SECONDS
 if [ "$mode" = smoke ]; then
     run --mode scenarios --scenarios "$scenarios" --out "$out" --title "smoke run (${duration} per scenario)"
+    chart "$out"
     run --mode memory --out "${out%.md}-memory.md" --title "smoke run (small sizes)"
 else
     run --mode "$mode" --scenarios "$scenarios" --out "$out" \
         --title "$([ "$threads" = 1 ] && echo "single thread" || echo "--threads $threads")"
+    [ "$mode" = scenarios ] && chart "$out"
 fi
 status=0
 log "done in $((SECONDS - started)) s"

@@ -7,12 +7,16 @@
 #   CLUSTER_BUILD=release|debug (release)  EVSERVER_BIN=path: use that binary instead of building
 #   CLUSTER_DETACH=1: start, print, and exit leaving it running (for tests); the last line is CLUSTER_DIR=<dir>;
 #   stop it with `scripts/cluster.sh stop <dir>`.
+#   CLUSTER_MONITORING=1: Prometheus too (Debian's prometheus package), on PROMETHEUS_PORT (9090), scraping the
+#   three instances with deploy/prometheus.yml: docker compose's `monitoring` profile.
 #
 #   scripts/cluster.sh haproxy-config LB_PORT PORT1 PORT2 PORT3
 #       prints the balancer configuration for loopback, without starting anything (the tests use it).
+#   scripts/cluster.sh prometheus-config PORT1 PORT2 PORT3
+#       prints the Prometheus configuration for loopback, likewise.
 #
-# The balancer configuration is deploy/haproxy.cfg itself (the one docker compose mounts), with only the addresses
-# rewritten for loopback, so the two cannot drift apart.
+# The balancer and Prometheus configurations are deploy/haproxy.cfg and deploy/prometheus.yml themselves (the ones
+# docker compose mounts), with only the addresses rewritten for loopback, so they cannot drift apart.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -39,6 +43,21 @@ haproxy_config() {
         }' deploy/haproxy.cfg
 }
 
+# prometheus_config PORT...: deploy/prometheus.yml with its targets "app1:3000", "app2:3000"... -> 127.0.0.1:<the Nth
+# PORT>. Fails if the template lost its shape (a target list other than app1..appN on :3000).
+prometheus_config() {
+    local expected="" i=1 port
+    for port in "$@"; do
+        expected="${expected:+$expected, }\"app$i:3000\""
+        i=$((i + 1))
+    done
+    grep -qF "targets: [$expected]" deploy/prometheus.yml \
+        || { echo "deploy/prometheus.yml: expected one line 'targets: [$expected]'" >&2; exit 2; }
+    local rewritten=""
+    for port in "$@"; do rewritten="${rewritten:+$rewritten, }\"127.0.0.1:$port\""; done
+    sed "s|targets: \[$expected\]|targets: [$rewritten]|" deploy/prometheus.yml
+}
+
 # stop_dir DIR: stops everything whose pid file is in DIR, waiting up to 15 s (an evserver drains for at most 10 s).
 stop_dir() { stop_pidfiles 150 "$1"/*.pid; }
 
@@ -56,25 +75,34 @@ case "${1:-}" in
         haproxy_config "$@"
         exit 0
         ;;
+    prometheus-config)
+        [ $# -ge 2 ] || die "usage: cluster.sh prometheus-config PORT1 [PORT2 ...]"
+        shift
+        prometheus_config "$@"
+        exit 0
+        ;;
     "") ;;
-    *) die "unknown command '$1' (expected: stop DIR, haproxy-config LB_PORT PORT...)" ;;
+    *) die "unknown command '$1' (expected: stop DIR, haproxy-config LB_PORT PORT..., prometheus-config PORT...)" ;;
 esac
 
 ensure_build_deps
 ensure_packages haproxy curl
+MONITORING="${CLUSTER_MONITORING:-0}"
+[ "$MONITORING" = 1 ] && ensure_packages prometheus
 evserver_binary "${CLUSTER_BUILD:-release}"
 
 LB_PORT="${LB_PORT:-8080}"
 APP_PORT_BASE="${APP_PORT_BASE:-3001}"
 APP_PORTS=("$APP_PORT_BASE" "$((APP_PORT_BASE + 1))" "$((APP_PORT_BASE + 2))")
 REDIS_PORT="${REDIS_PORT:-$(free_port)}"
+PROMETHEUS_PORT="${PROMETHEUS_PORT:-9090}"
 export SESSION_SECRET="${SESSION_SECRET:-development-secret-change-me-0123456789abcdef}"
 export EVSERVER_THREADS="${EVSERVER_THREADS:-1}"
 
 # A port already taken would make one process fail after the others started: say so before starting anything
 # (port_taken: lib.sh).
-for port in "$LB_PORT" "${APP_PORTS[@]}" "$REDIS_PORT"; do
-    port_taken "$port" && die "port $port is already in use (set LB_PORT, APP_PORT_BASE or REDIS_PORT)"
+for port in "$LB_PORT" "${APP_PORTS[@]}" "$REDIS_PORT" $([ "$MONITORING" = 1 ] && echo "$PROMETHEUS_PORT"); do
+    port_taken "$port" && die "port $port is already in use (set LB_PORT, APP_PORT_BASE, REDIS_PORT or PROMETHEUS_PORT)"
 done
 
 WORK="${CLUSTER_DIR:-$(mktemp -d -t evserver-cluster.XXXXXX)}"
@@ -95,6 +123,14 @@ haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy rejects $WORK/haproxy.cfg"
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 echo $! >"$WORK/haproxy.pid"
 
+if [ "$MONITORING" = 1 ]; then
+    prometheus_config "${APP_PORTS[@]}" >"$WORK/prometheus.yml"
+    promtool check config "$WORK/prometheus.yml" >/dev/null || die "promtool rejects $WORK/prometheus.yml"
+    prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/prometheus-data" \
+        --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" >"$WORK/prometheus.log" 2>&1 &
+    echo $! >"$WORK/prometheus.pid"
+fi
+
 # Ready when every instance answers /readyz and the balancer forwards.
 ready=0
 for _ in $(seq 1 150); do
@@ -113,13 +149,16 @@ if [ "$ready" != 1 ]; then
     die "the cluster did not become ready (logs in $WORK)"
 fi
 
+monitoring_line=""
+[ "$MONITORING" = 1 ] && monitoring_line="
+  prometheus    http://127.0.0.1:$PROMETHEUS_PORT  (scraping app1..app3 /metrics every 5 s)"
 cat <<INFO
 evserver cluster on loopback (logs and pids in $WORK)
   redis-server  127.0.0.1:$REDIS_PORT  (appendonly)   redis-cli -p $REDIS_PORT --scan --pattern 'sess:*'
   app1          http://127.0.0.1:${APP_PORTS[0]}
   app2          http://127.0.0.1:${APP_PORTS[1]}
   app3          http://127.0.0.1:${APP_PORTS[2]}
-  haproxy       http://127.0.0.1:$LB_PORT  (round robin over app1..app3)
+  haproxy       http://127.0.0.1:$LB_PORT  (round robin over app1..app3)$monitoring_line
 Try: curl -s -c jar -b jar -i localhost:$LB_PORT/views   (X-Instance changes, the count goes on)
      open http://127.0.0.1:$LB_PORT/demo in a browser
 INFO

@@ -12,41 +12,77 @@ import Foundation
 // `evserver sessions ...`: look at and manage the sessions in Redis with the server's own configuration (URL, prefix).
 // Listing walks the keyspace with SCAN ... COUNT (never KEYS), so it is safe on a large production keyspace.
 
-/// Options shared by the `sessions` subcommands.
+/// Options shared by the `sessions` subcommands: where the sessions are and how to print them. None of the server's
+/// other flags: the subcommands neither listen nor sign anything.
 struct SessionsOptions: ParsableArguments {
-    /// The server's flags (`--redis-url`, `--prefix`, ...): given before or after `sessions`, they mean the same.
-    @OptionGroup var server: ServerOptions
+    @OptionGroup(title: "Redis") var redis: RedisOptions
 
-    @Option(name: .customLong("scan-count"), help: "COUNT hint for each SCAN step (default 1000).")
-    var scanCount: Int = 1000
+    @Option(parsing: .unconditional, help: "Redis key prefix of the sessions (env SESSION_PREFIX, default sess:).")
+    var prefix: String?
 
     @Flag(help: "Print JSON instead of text.")
     var json = false
 
-    /// Resolves the Redis settings (URL, cluster or sentinel, credentials) and the prefix like the server does:
+    /// Not an option of these commands: refused with the reason (sessions in the memory store live inside one server
+    /// process) rather than as an unknown flag, and so is SESSION_STORE=memory, which would otherwise be ignored.
+    @Option(parsing: .unconditional, help: .hidden)
+    var store: String?
+
+    /// Resolves the Redis settings (URL, cluster or sentinel, credentials, TLS) and the prefix like the server does:
     /// flag, then environment, then default.
+    /// - Throws: ``ConfigurationError`` naming the first bad value.
     func resolve() throws -> AppConfiguration {
         let environment = ProcessInfo.processInfo.environment
+        if let (v, name) = FlagOrVariable(environment: environment)(store, "--store", "SESSION_STORE"),
+           v.lowercased() != StoreKind.redis.rawValue {
+            throw ConfigurationError("\(name) \(v): evserver sessions inspects sessions in Redis; the memory store's "
+                                     + "live inside one server process, which nothing outside it can reach")
+        }
         var config = AppConfiguration()
-        try server.resolveRedis(into: &config, environment: environment)
-        try server.resolvePrefix(into: &config, environment: environment)
-        guard scanCount > 0 else { throw ConfigurationError("--scan-count must be positive") }
+        try redis.resolve(into: &config, environment: environment)
+        try ServerOptions.resolvePrefix(prefix, into: &config, environment: environment)
         return config
     }
+}
+
+/// `--scan-count`, for the subcommands that walk the keyspace.
+struct ScanOptions: ParsableArguments {
+    @Option(name: .customLong("scan-count"), parsing: .unconditional, help: "COUNT hint for each SCAN step.")
+    var scanCount: Int = 1000
+
+    func validate() throws {
+        guard scanCount > 0 else { throw ValidationError("--scan-count: '\(scanCount)' is not a positive integer") }
+    }
+}
+
+/// The one session `show` and `destroy` act on, and the secrets that check it when it is given as a cookie value.
+struct SessionArgument: ParsableArguments {
+    @Option(parsing: .unconditional,
+            help: "The server's secrets, comma-separated: a cookie value given as the session must carry a signature one of them made (env SESSION_SECRET; without one, the id in a cookie value is taken unchecked).")
+    var secret: String?
+
+    /// Session ids are base64url, so one in 64 starts with '-' and reads as an option (`-h...` even as help): `--`
+    /// ends the options, as in any Unix command.
+    @Argument(help: ArgumentHelp(
+        "The session id (without the prefix), or the connect.sid cookie's value as the browser shows it "
+        + "(s%3A<id>.<sig>, its signature checked when a secret is given). Put -- before an id that starts with '-': "
+        + "destroy -- -Ab3..."))
+    var argument: String
 
     /// The session id an argument names: a raw id, or the `connect.sid` cookie's value as a browser shows it
     /// (`s%3A<id>.<signature>`, or decoded, `s:<id>.<signature>`). A cookie value's signature is checked when a
     /// secret is given (`--secret` or `SESSION_SECRET`, as the server takes it); without one the id is taken as is.
-    func sessionID(from argument: String) throws -> String {
+    /// - Throws: ``CommandFailure`` when the signature matches none of the secrets.
+    func sessionID() throws -> String {
         let decoded = percentDecode(argument) ?? argument
         guard decoded.hasPrefix("s:"), let dot = decoded.lastIndex(of: "."), dot > decoded.index(decoded.startIndex,
                                                                                                   offsetBy: 2)
         else { return argument }
-        let secrets = (server.secret ?? ProcessInfo.processInfo.environment["SESSION_SECRET"])?
+        let secrets = (secret ?? ProcessInfo.processInfo.environment["SESSION_SECRET"])?
             .split(separator: ",", omittingEmptySubsequences: true).map(String.init) ?? []
         guard !secrets.isEmpty else { return String(decoded[decoded.index(decoded.startIndex, offsetBy: 2)..<dot]) }
         guard let id = try CookieSigner(secrets: secrets).unsign(decoded) else {
-            throw ConfigurationError("the cookie value's signature does not match the secret (--secret, SESSION_SECRET)")
+            throw CommandFailure("the cookie value's signature does not match the secret (--secret, SESSION_SECRET)")
         }
         return id
     }
@@ -56,28 +92,22 @@ struct SessionsOptions: ParsableArguments {
 struct SessionInspector {
     let store: RedisSessionStore
 
-    init(_ options: SessionsOptions) throws {
+    /// Runs `body` with an inspector; a Redis failure becomes one clear line (exit status 1).
+    static func with<T>(_ options: SessionsOptions, scanCount: Int = 100,
+                        _ body: (SessionInspector) async throws -> T) async throws -> T {
+        // The answer is the command's output and a failure its one error line: the client's own log lines
+        // ("not reachable ... retrying with back-off") would only repeat it. LOG_LEVEL still shows them.
+        bootstrapLogging(defaultLevel: .error)
         let config = try options.resolve()
-        store = config.makeRedisStore(redis: config.redis, scanCount: options.scanCount)
-    }
-
-    /// Runs `body` with an inspector; connection failures become one clear line.
-    static func with<T>(_ options: SessionsOptions, _ body: (SessionInspector) async throws -> T) async throws -> T {
-        bootstrapLogging(defaultLevel: .warning)   // the command's output is the answer; connection chatter is not
-        let inspector = try SessionInspector(options)
+        if let warning = config.redisTLSWarning { printToStandardError("warning: \(warning)") }
+        let inspector = SessionInspector(store: config.makeRedisStore(redis: config.redis, scanCount: scanCount))
         do {
             return try await body(inspector)
         } catch where error is RedisClientError || error is RedisError || error is RedisClusterError {
-            throw ConfigurationError("redis: \(error)")
+            throw CommandFailure("redis: \(error)")
         }
     }
 }
-
-/// Session ids are base64url, so one in 64 starts with '-' and reads as an option (`-h...` even as help): `--` ends
-/// the options, as in any Unix command.
-private let idHelp = ArgumentHelp(
-    "The session id (without the prefix), or the connect.sid cookie's value as the browser shows it (s%3A<id>.<sig>, "
-    + "its signature checked when a secret is given). Put -- before an id that starts with '-': destroy -- -Ab3...")
 
 /// `evserver sessions`: inspect sessions in Redis.
 struct SessionsCommand: AsyncParsableCommand {
@@ -90,14 +120,25 @@ struct SessionsCommand: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List session ids with their TTL.")
         @OptionGroup var options: SessionsOptions
-        @Option(help: "Stop after this many sessions (default: all).") var limit: Int?
+        @OptionGroup var scan: ScanOptions
+        @Option(parsing: .unconditional, help: "Stop after this many sessions (default: all).") var limit: Int?
+
+        func validate() throws {
+            if let limit, limit < 1 { throw ValidationError("--limit: '\(limit)' is not a positive integer") }
+        }
 
         func run() async throws {
-            try await SessionInspector.with(options) { inspector in
+            try await SessionInspector.with(options, scanCount: scan.scanCount) { inspector in
                 var listed = 0
                 var entries: [JSONValue] = []
-                if !options.json { print("ID\tTTL") }
+                // The header once Redis has answered the first SCAN: nothing on stdout for a command that fails.
+                var headed = options.json
+                func header() {
+                    if !headed { print("ID\tTTL") }
+                    headed = true
+                }
                 try await inspector.store.forEachIDPage { ids in
+                    header()
                     for id in ids {
                         if let limit, listed >= limit { return }
                         // nil: expired between SCAN and TTL.
@@ -110,6 +151,7 @@ struct SessionsCommand: AsyncParsableCommand {
                         }
                     }
                 }
+                header()
                 if options.json { print(JSONValue.array(entries).jsonString) }
             }
         }
@@ -118,16 +160,16 @@ struct SessionsCommand: AsyncParsableCommand {
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one session's JSON and TTL.")
         @OptionGroup var options: SessionsOptions
-        @Argument(help: idHelp) var argument: String
+        @OptionGroup var session: SessionArgument
 
         func run() async throws {
-            let id = try options.sessionID(from: argument)
+            let id = try session.sessionID()
             try await SessionInspector.with(options) { inspector in
                 // The raw value, not a decoded session: garbage at a session key is worth seeing as it is.
                 let key = inspector.store.key(for: id)
                 guard let bytes = try await inspector.store.rawValue(of: id),
                       let ttl = try await inspector.store.timeToLive(id) else {
-                    throw ConfigurationError("no session \(id)")
+                    throw CommandFailure("no session \(id)")
                 }
                 let value = (try? JSONValue(parsing: bytes)) ?? .string(String(decoding: bytes, as: UTF8.self))
                 if options.json {
@@ -142,38 +184,39 @@ struct SessionsCommand: AsyncParsableCommand {
     struct Count: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Count sessions.")
         @OptionGroup var options: SessionsOptions
+        @OptionGroup var scan: ScanOptions
 
         func run() async throws {
-            let count = try await SessionInspector.with(options) { try await $0.store.length() }
+            let count = try await SessionInspector.with(options, scanCount: scan.scanCount) { try await $0.store.length() }
             print(options.json ? #"{"count":\#(count)}"# : "\(count)")
         }
     }
 
     struct Destroy: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Destroy one session (DEL).")
+        static let configuration = CommandConfiguration(abstract: "Destroy one session (DEL); exit status 1 if there was none.")
         @OptionGroup var options: SessionsOptions
-        @Argument(help: idHelp) var argument: String
+        @OptionGroup var session: SessionArgument
 
         func run() async throws {
-            let id = try options.sessionID(from: argument)
-            let removed = try await SessionInspector.with(options) { inspector in
+            let id = try session.sessionID()
+            try await SessionInspector.with(options) { inspector in
                 // TTL first, to say whether there was one: the store's destroy is a no-op for a missing id.
-                guard try await inspector.store.timeToLive(id) != nil else { return 0 }
+                guard try await inspector.store.timeToLive(id) != nil else { throw CommandFailure("no session \(id)") }
                 try await inspector.store.destroy(id)
-                return 1
             }
-            print(options.json ? #"{"destroyed":\#(removed)}"# : (removed == 1 ? "destroyed \(id)" : "no session \(id)"))
+            print(options.json ? #"{"destroyed":1}"# : "destroyed \(id)")
         }
     }
 
     struct Clear: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Destroy every session under the prefix.")
         @OptionGroup var options: SessionsOptions
+        @OptionGroup var scan: ScanOptions
         @Flag(help: "Required: confirms that every session under the prefix is to be deleted.") var yes = false
 
         func run() async throws {
             guard yes else { throw ConfigurationError("clear deletes every session under the prefix: add --yes") }
-            let removed = try await SessionInspector.with(options) { try await $0.store.removeAll() }
+            let removed = try await SessionInspector.with(options, scanCount: scan.scanCount) { try await $0.store.removeAll() }
             print(options.json ? #"{"cleared":\#(removed)}"# : "cleared \(removed) sessions")
         }
     }

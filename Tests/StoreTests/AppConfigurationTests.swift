@@ -364,13 +364,16 @@ import Testing
     }
 
     @Test func helpListsEveryTLSFlagWithItsVariable() {
-        let help = EvServerCommand.helpMessage(columns: 1000)
-        for (flag, variable) in [("--redis-tls ", "REDIS_TLS,"), ("--redis-tls-ca", "REDIS_TLS_CA_FILE"),
-                                 ("--redis-tls-cert", "REDIS_TLS_CERT_FILE"), ("--redis-tls-key", "REDIS_TLS_KEY_FILE"),
-                                 ("--redis-tls-server-name", "REDIS_TLS_SERVER_NAME"),
-                                 ("--redis-tls-insecure", "REDIS_TLS_INSECURE")] {
-            #expect(help.contains(flag), "\(flag) missing from --help")
-            #expect(help.contains("env \(variable)"), "\(variable) missing from --help")
+        // The server's flags (`evserver --help` prints these after the overview) and the sessions CLI's.
+        for help in [EvServerCommand.helpMessage(for: ServeCommand.self, columns: 1000),
+                     EvServerCommand.helpMessage(for: SessionsCommand.List.self, columns: 1000)] {
+            for (flag, variable) in [("--redis-tls ", "REDIS_TLS,"), ("--redis-tls-ca", "REDIS_TLS_CA_FILE"),
+                                     ("--redis-tls-cert", "REDIS_TLS_CERT_FILE"), ("--redis-tls-key", "REDIS_TLS_KEY_FILE"),
+                                     ("--redis-tls-server-name", "REDIS_TLS_SERVER_NAME"),
+                                     ("--redis-tls-insecure", "REDIS_TLS_INSECURE")] {
+                #expect(help.contains(flag), "\(flag) missing from --help")
+                #expect(help.contains("env \(variable)"), "\(variable) missing from --help")
+            }
         }
     }
 }

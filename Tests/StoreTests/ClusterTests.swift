@@ -653,4 +653,15 @@ enum ClusterScript {
         }
         return result.output
     }
+
+    /// The Prometheus configuration `scripts/cluster.sh` would run (CLUSTER_MONITORING=1), for app ports `targets`.
+    static func prometheusConfiguration(targets: [Int]) throws -> String {
+        guard let bash = ChildProcess.find("bash") else { throw HarnessFailure("bash is not installed") }
+        let result = try ChildProcess.run(bash, [path, "prometheus-config"] + targets.map(String.init),
+                                          timeout: .seconds(30))
+        guard result.status == .exited(0), !result.output.isEmpty else {
+            throw HarnessFailure("scripts/cluster.sh prometheus-config failed (\(result.status)): \(result.error)")
+        }
+        return result.output
+    }
 }

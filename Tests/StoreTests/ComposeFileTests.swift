@@ -17,7 +17,35 @@ extension ScaleSuites {
         @Test func composeDefinesRedisThreeAppsAndABalancer() async throws {
             let compose = try await Self.compose()
             let services = try #require(compose["services"]?.objectValue, "docker-compose.yml has no services")
-            #expect(Set(services.keys) == Set(["redis", "lb"] + Self.apps))
+            #expect(Set(services.keys) == Set(["redis", "lb", "prometheus"] + Self.apps))
+            // Everything but Prometheus runs without a profile: `docker compose up` is the whole deployment.
+            for (name, service) in services where name != "prometheus" {
+                #expect(service["profiles"] == nil, "\(name) is in a profile")
+            }
+        }
+
+        /// The optional `monitoring` profile: Prometheus with deploy/prometheus.yml, scraping each instance's
+        /// /metrics directly (through the balancer every scrape would reach another instance).
+        @Test func prometheusIsOptionalAndScrapesEachInstance() async throws {
+            let prometheus = try #require(try await Self.compose()["services"]?["prometheus"])
+            #expect(Self.words(prometheus["profiles"]) == ["monitoring"])
+            let volumes = (prometheus["volumes"]?.arrayValue ?? []).compactMap(\.stringValue)
+            #expect(volumes.contains("./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"), "\(volumes)")
+            #expect(Self.words(prometheus["ports"]) == ["9090:9090"])
+            let configuration = try String(contentsOfFile: ClusterScript.packageRoot + "/deploy/prometheus.yml",
+                                           encoding: .utf8)
+            #expect(configuration.contains("metrics_path: /metrics"))
+            #expect(configuration.contains(#"targets: ["app1:3000", "app2:3000", "app3:3000"]"#))
+            // The loopback copy make cluster runs is the same file with only the targets rewritten.
+            let generated = try await onThread { try ClusterScript.prometheusConfiguration(targets: [13001, 13002, 13003]) }
+            let rewritten = configuration.replacingOccurrences(
+                of: #"["app1:3000", "app2:3000", "app3:3000"]"#,
+                with: #"["127.0.0.1:13001", "127.0.0.1:13002", "127.0.0.1:13003"]"#)
+            #expect(generated == rewritten)
+            let refused = await #expect(throws: HarnessFailure.self) {
+                _ = try await onThread { try ClusterScript.prometheusConfiguration(targets: [13001, 13002]) }
+            }
+            #expect(refused?.description.contains("expected one line") == true, "\(String(describing: refused))")
         }
 
         @Test func redisPersistsAndHasAHealthCheck() async throws {

@@ -108,7 +108,7 @@ extension ScaleSuites {
                     "127.0.0.1:7000",
                 ], environment: ChildProcess.environmentWithoutEvServerSettings, timeout: .seconds(20))
             }
-            #expect(result.status == .exited(1), "\(result.error)")
+            #expect(result.status == .exited(2), "a configuration error is a usage error: \(result.error)")
             let lines = result.error.split(separator: "\n").filter { !$0.isEmpty }
             #expect(lines.count == 1, "stderr: \(result.error)")
             #expect(lines.first?.contains("--redis-url and --redis-cluster both given") == true, "\(result.error)")

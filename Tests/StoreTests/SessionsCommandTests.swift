@@ -116,7 +116,10 @@ extension ScaleSuites {
                 #expect(destroyed.output == "destroyed \(ids[0])\n")
                 #expect(try await redis.client.get(prefix + ids[0]) == nil)
                 #expect(try await redis.client.get(prefix + ids[1]) != nil)
-                #expect(try await Self.sessions(["destroy", "--", ids[0]], prefix: prefix).output == "no session \(ids[0])\n")
+                let again = try await Self.sessions(["destroy", "--", ids[0]], prefix: prefix)
+                #expect(again.status == .exited(1), "destroying a session that is gone is a failure, as show's is")
+                #expect(again.output.isEmpty)
+                #expect(again.error == "Error: no session \(ids[0])\n")
                 let json = try await Self.sessions(["destroy", "--json", "--", ids[1]], prefix: prefix)
                 #expect(try JSONValue(parsing: json.output)["destroyed"]?.intValue == 1)
             }
@@ -152,7 +155,7 @@ extension ScaleSuites {
                 try await Self.withPrefix(redis.client) { prefix in
                     try await Self.createSessions(25, prefix: prefix, client: redis.client)
                     let refused = try await Self.sessions(["clear"], prefix: prefix)
-                    #expect(refused.status != .exited(0))
+                    #expect(refused.status == .exited(2))
                     #expect(refused.error.contains("--yes"))
                     #expect(try await Self.scanCount(prefix: prefix, client: redis.client) == 25)
 
@@ -172,10 +175,106 @@ extension ScaleSuites {
                 try ChildProcess.run(executable, ["sessions", "count", "--redis-url", "redis://127.0.0.1:\(port)/0"],
                                      environment: ChildProcess.environmentWithoutEvServerSettings, timeout: .seconds(30))
             }
-            #expect(result.status != .exited(0))
+            #expect(result.status == .exited(1))
             // (could not connect, or a deadline missed on a loaded machine: either way one line naming Redis)
-            #expect(result.error.contains("Error: redis: "), "\(result.error)")
+            #expect(result.error.hasPrefix("Error: redis: "), "\(result.error)")
+            #expect(result.error.split(separator: "\n").count == 1, "the client's log lines came too: \(result.error)")
+            #expect(!result.error.contains("back-off"), "\(result.error)")
             #expect(result.output.isEmpty)
+        }
+
+        /// `list` prints its header once Redis has answered: a failed listing prints nothing on stdout.
+        @Test func aFailedListPrintsNothingOnStdout() async throws {
+            let port = try TestRedis.unusedPort()
+            let executable = try EvServerExecutable.path()
+            let result = try await onThread {
+                try ChildProcess.run(executable, ["sessions", "list", "--redis-url", "redis://127.0.0.1:\(port)/0"],
+                                     environment: ChildProcess.environmentWithoutEvServerSettings, timeout: .seconds(30))
+            }
+            #expect(result.status == .exited(1), "\(result.error)")
+            #expect(result.output.isEmpty, "stdout: \(result.output)")
+            let redis = try await TestRedis.connect()
+            defer { redis.close() }
+            try await Self.withPrefix(redis.client) { prefix in
+                let empty = try await Self.sessions(["list"], prefix: prefix)
+                #expect(empty.status == .exited(0), "\(empty.error)")
+                #expect(empty.output == "ID\tTTL\n", "a listing that worked has its header, even with no session")
+            }
+        }
+
+        /// One exit status convention for every subcommand: 0 done, 1 failure (no such session), 2 usage (unknown
+        /// flag, bad value, missing argument), with the flag and the value named.
+        @Test func exitStatusesFollowOneConvention() async throws {
+            let redis = try await TestRedis.connect()
+            defer { redis.close() }
+            try await Self.withPrefix(redis.client) { prefix in
+                let cases: [(arguments: [String], status: Int32, error: String)] = [
+                    (["count"], 0, ""),
+                    (["show", "--", "no-such-id"], 1, "Error: no session no-such-id"),
+                    (["destroy", "--", "no-such-id"], 1, "Error: no session no-such-id"),
+                    (["show"], 2, "Missing expected argument"),
+                    (["list", "--limit", "0"], 2, "--limit: '0' is not a positive integer"),
+                    (["list", "--limit", "abc"], 2, "'abc' is invalid for '--limit"),
+                    (["count", "--scan-count", "-5"], 2, "--scan-count: '-5' is not a positive integer"),
+                    (["count", "--redis-timeout", "-5"], 2, "--redis-timeout: '-5' is not an integer in 1...600000"),
+                    (["count", "--threads", "2"], 2, "Unknown option '--threads'"),
+                    (["count", "--secret", "s"], 2, "Unknown option '--secret'"),
+                    (["count", "--store", "memory"], 2, "--store memory: evserver sessions inspects sessions in Redis"),
+                    (["count", "--no-such-flag"], 2, "Unknown option '--no-such-flag'"),
+                ]
+                for (arguments, status, error) in cases {
+                    let result = try await Self.sessions(arguments, prefix: prefix)
+                    #expect(result.status == .exited(status), "\(arguments): \(result.error)")
+                    #expect(error.isEmpty || result.error.contains(error), "\(arguments): \(result.error)")
+                    if status != 0 { #expect(result.output.isEmpty, "\(arguments) printed \(result.output)") }
+                }
+            }
+            // SESSION_STORE=memory in the environment is refused too, instead of inspecting the default Redis.
+            let executable = try EvServerExecutable.path()
+            let environment = ChildProcess.environmentWithoutEvServerSettings.merging(["SESSION_STORE": "memory"]) { $1 }
+            let memory = try await onThread {
+                try ChildProcess.run(executable, ["sessions", "count", "--redis-url", TestRedis.url],
+                                     environment: environment, timeout: .seconds(30))
+            }
+            #expect(memory.status == .exited(2), "\(memory.error)")
+            #expect(memory.error.contains("SESSION_STORE memory"), "\(memory.error)")
+        }
+
+        /// `sessions <subcommand> --help` lists what the subcommand uses: the Redis flags and the prefix (and the
+        /// secret for show and destroy), none of the server's.
+        @Test func helpListsOnlyTheOptionsASubcommandUses() async throws {
+            let executable = try EvServerExecutable.path()
+            let server = ["--threads", "--store", "--cookie-name", "--max-age", "--host", "--port ", "--rolling",
+                          "--instance", "--max-body", "--redis-wait-replicas"]
+            for subcommand in ["list", "show", "count", "destroy", "clear"] {
+                let help = try await onThread {
+                    try ChildProcess.run(executable, ["sessions", subcommand, "--help"],
+                                         environment: ChildProcess.environmentWithoutEvServerSettings,
+                                         timeout: .seconds(30))
+                }
+                #expect(help.status == .exited(0))
+                for flag in ["--redis-url", "--redis-cluster", "--redis-sentinel", "--redis-tls-ca", "--prefix"] {
+                    #expect(help.output.contains(flag), "\(subcommand) --help lacks \(flag)")
+                }
+                for flag in server { #expect(!help.output.contains(flag), "\(subcommand) --help lists \(flag)") }
+                let takesOneSession = subcommand == "show" || subcommand == "destroy"
+                #expect(help.output.contains("--secret") == takesOneSession, "\(subcommand) --help and --secret")
+                #expect(help.output.contains("--scan-count") == !takesOneSession, "\(subcommand) --help and --scan-count")
+            }
+            // The server's help still lists the server's flags, and a server flag before `sessions` says where it goes.
+            let serverHelp = try await onThread {
+                try ChildProcess.run(executable, ["--help"], environment: ChildProcess.environmentWithoutEvServerSettings,
+                                     timeout: .seconds(30))
+            }
+            for flag in server + ["--redis-url", "--secret"] {
+                #expect(serverHelp.output.contains(flag), "evserver --help lacks \(flag)")
+            }
+            let misplaced = try await onThread {
+                try ChildProcess.run(executable, ["--redis-url", TestRedis.url, "sessions", "count"],
+                                     environment: ChildProcess.environmentWithoutEvServerSettings, timeout: .seconds(30))
+            }
+            #expect(misplaced.status == .exited(2))
+            #expect(misplaced.error.contains("go after it: evserver sessions <subcommand> [flags]"), "\(misplaced.error)")
         }
 
         /// An empty prefix would make the SCAN pattern `*`: `clear` would delete every key in the database. The
