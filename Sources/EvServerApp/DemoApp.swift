@@ -44,6 +44,7 @@ struct DemoApp: Sendable {
         options.saveUninitialized = configuration.saveUninitialized
         options.trustedProxies = configuration.trustProxy
         options.absoluteTimeout = configuration.absoluteTimeout.map { .seconds($0) }
+        options.maxSessionsPerUser = configuration.maxSessionsPerUser
         options.cookie.secure = configuration.cookieSecure
         options.cookie.sameSite = configuration.cookieSameSite
         options.cookie.maxAge = configuration.maxAge.map { Int64($0) * 1000 }

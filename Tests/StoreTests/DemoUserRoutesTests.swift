@@ -54,6 +54,29 @@ import Testing
         #expect(try await (apps[0].demo.store as? RedisSessionStore)?.sessions(ofUser: user).isEmpty == true)
     }
 
+    @Test func maxSessionsPerUserEndsTheOldestOnSignIn() async throws {
+        try await withDemo(["--max-sessions-per-user", "2"]) { app in
+            let user = freshUser()
+            let devices = try (0..<3).map { _ in try app.client() }
+            for device in devices {
+                let signIn = try device.request("POST", "/signin", headers: ["Content-Type": "application/json"],
+                                                body: #"{"user":"\#(user)"}"#)
+                #expect(signIn.status == 200)
+            }
+            let statuses = try devices.map { try $0.request("GET", "/devices").status }
+            #expect(statuses == [401, 200, 200], "the oldest must have been ended")
+        }
+        for bad in ["0", "-1", "x", "100001"] {
+            #expect(throws: (any Error).self, "--max-sessions-per-user \(bad)") {
+                try ServerOptions.parse(["--secret", "s", "--max-sessions-per-user", bad]).resolve(environment: [:])
+            }
+        }
+        let fromEnvironment = try ServerOptions.parse(["--secret", "s"])
+            .resolve(environment: ["SESSION_MAX_PER_USER": "3"])
+        #expect(fromEnvironment.maxSessionsPerUser == 3)
+        #expect(try ServerOptions.parse(["--secret", "s"]).resolve(environment: [:]).maxSessionsPerUser == nil)
+    }
+
     @Test func badSignInBodiesAre400AndGuestsGet401() async throws {
         try await withDemo { app in
             let client = try app.client()
