@@ -352,12 +352,16 @@ public final class Session {
         state = .active
     }
 
+    /// Whether the values carry an owner member (a lookup, no parsing): the middleware's test before the async call
+    /// below, so a guest's request pays nothing for it.
+    var mayBeSignedIn: Bool { values[SessionOwner.key] != nil }
+
     /// For a signed-in session whose index entry is due (see ``UserIndexTiming``): rewrites the entry, then records
     /// its new bound in the session, which the end-of-request save writes. Called by the middleware before it
     /// decides whether to save, so that the common request costs nothing more.
     nonisolated(nonsending) func refreshIndexIfDue() async throws {
         guard state == .active, !isDetached, inStore, let users = engine.users,
-              values[SessionOwner.key] != nil, var owner = SessionOwner(values) else { return }
+              var owner = SessionOwner(values) else { return }
         let now = engine.configuration.now()
         let lifetime = users.lifetime(of: storedData, now: now)
         let nowMs = now.javaScriptMilliseconds

@@ -359,7 +359,7 @@ public struct SessionMiddleware: Middleware {
         session.cookie.resetMaxAge(now: configuration.now())
         // A signed-in session's index entry, when it is due (at most once per interval): a change the save below
         // writes.
-        if engine.users != nil { try await session.refreshIndexIfDue() }
+        if engine.users != nil, session.mayBeSignedIn { try await session.refreshIndexIfDue() }
 
         if shouldSave(session, cookieId: cookieId) {
             try await session.save()
