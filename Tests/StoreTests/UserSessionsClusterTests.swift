@@ -60,6 +60,21 @@ extension ScaleSuites {
                 #expect(try devices[0].through(instance.server.port).user() == user)
             }
 
+            // The limit: with two at most, a third sign-in ends the oldest.
+            let limited = try UsersTestServer(store: store(), maxSessionsPerUser: 2)
+            let capped = freshUser()
+            var capDevices: [TestHTTPClient] = []
+            for _ in 0..<3 {
+                let device = try limited.client()
+                #expect(try device.request("POST", "/signin/\(capped)").status == 200)
+                capDevices.append(device)
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            let cappedUsers = try capDevices.map { try $0.user() }
+            await limited.stop()
+            #expect(cappedUsers == [nil, capped, capped])
+            #expect(try await inspector.sessions(ofUser: capped).map(\.id) == capDevices.dropFirst().map(\.sessionID))
+
             // The race, on the cluster.
             try await signOutEverywhereWhileOthersWrite(instances, label: "cluster")
 
@@ -67,7 +82,7 @@ extension ScaleSuites {
             // (A prefix of their own, and the keys left by the steps above removed, so that every key counts.)
             for instance in instances { await instance.stop() }
             _ = try await inspector.removeAll()
-            for owner in [user] { try await inspector.destroySessions(ofUser: owner, except: nil) }
+            for owner in [user, capped] { try await inspector.destroySessions(ofUser: owner, except: nil) }
             let loadPrefix = "test:\(UUID().uuidString.prefix(8)):load:"
             let load = RedisSessionStore(cluster: RedisClusterConfiguration(seeds: cluster.seeds), prefix: loadPrefix)
             let started = ContinuousClock.now
