@@ -276,10 +276,11 @@ public final class Session {
         try await moveToNewId(previousOwner: previous)
         guard state == .active, !isDetached, let limit = engine.configuration.maxSessionsPerUser,
               let users = engine.users else { return }
+        // The newest `limit` sessions stay (this one among them); the older ones end. Two sign-ins at once each
+        // end only sessions older than the newest `limit`, so they never end each other.
         let current = id
-        let others = try await engine.perform("list") { try await users.sessions(ofUser: user) }
-            .filter { $0.id != current }
-        for ended in others.prefix(max(0, others.count + 1 - max(1, limit))) {
+        let all = try await engine.perform("list") { try await users.sessions(ofUser: user) }
+        for ended in all.prefix(max(0, all.count - max(1, limit))) where ended.id != current {
             try await engine.destroy(ended.id, owner: user)
         }
     }

@@ -194,6 +194,17 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
             #expect(users == [nil, nil, user, user])
             let listed = try await instances[0].store.sessions(ofUser: user).map(\.id)
             #expect(listed == [devices[2].sessionID, devices[3].sessionID])
+
+            // Eight sign-ins at once: none ends one of the two newest, so two at least survive (never zero).
+            let racer = freshUser("racer")
+            let ports = instances.map(\.server.port)
+            let survivors = try await inParallelThreads(8) { index -> Bool in
+                let device = try TestHTTPClient(port: ports[index % 2])
+                _ = try device.request("POST", "/signin/\(racer)")
+                return try device.user() == racer
+            }.filter { $0 }.count
+            let stillListed = try await instances[1].store.sessions(ofUser: racer).count
+            #expect(survivors >= 2 && stillListed >= 2, "\(survivors) survivors, \(stillListed) listed")
         }
     }
 
