@@ -5,8 +5,8 @@ import Testing
 @testable import EvServerApp
 @testable import RedisSessionStore
 
-// Sessions per user on the 6-node loopback Redis Cluster: the index and the sessions on different slots, three
-// instances (stores of their own) in front of it.
+// Sessions per user on the 6-node loopback Redis Cluster (the index and the sessions on different slots) and on
+// the primary a sentinel names, three instances (stores of their own) in front of each.
 
 extension ScaleSuites {
     @Suite struct UserSessionsClusterTests {
@@ -182,4 +182,52 @@ func countKeys(_ cluster: PrivateRedisCluster, matching pattern: String) async t
         } while cursor != "0"
     }
     return total
+}
+
+extension ScaleSuites {
+    /// The same on the primary Sentinel names: three instances (stores of their own) following one sentinel.
+    @Suite struct UserSessionsSentinelTests {
+        @Test func usersAndDevicesThroughSentinel() async throws {
+            let primary = try PrivateRedis()
+            defer { primary.stop() }
+            let sentinel = try PrivateSentinel(monitoring: primary.port, quorum: 1)
+            defer { sentinel.stop() }
+            let prefix = "test:\(UUID().uuidString.prefix(8)):sess:"
+            let configuration = RedisSentinelConfiguration(sentinels: [sentinel.address], masterName: "mymaster")
+            let instances = try (0..<3).map { _ in
+                try UsersTestServer(store: RedisSessionStore(sentinel: configuration, prefix: prefix))
+            }
+            let user = freshUser()
+            var devices: [TestHTTPClient] = []
+            do {
+                // The stores find the primary in the background: the first sign-in may meet 503 for a moment.
+                let deadline = ContinuousClock.now + .seconds(10)
+                for instance in instances {
+                    let device = try instance.client()
+                    while try device.request("POST", "/signin/\(user)").status != 200 {
+                        guard ContinuousClock.now < deadline else { throw HarnessFailure("no primary found") }
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
+                    devices.append(device)
+                }
+                let listed = try await instances[2].store.sessions(ofUser: user).map(\.id)
+                #expect(Set(listed) == Set(devices.compactMap(\.sessionID)))
+                #expect(try devices[1].request("POST", "/rotate").status == 200)
+                #expect(try JSONValue(parsing: try devices[0].request("POST", "/everywhere").body)["ended"]?.intValue == 2)
+                for device in devices.dropFirst() {
+                    for instance in instances { #expect(try device.through(instance.server.port).user() == nil) }
+                }
+                #expect(try await instances[1].store.sessions(ofUser: user).map(\.id) == [devices[0].sessionID])
+                // Everything sat on the primary the sentinel names.
+                let direct = primary.client()
+                defer { direct.close() }
+                let indexKey = (instances[0].store as? RedisSessionStore)?.indexKey(ofUser: user) ?? ""
+                #expect(try await direct.send("ZCARD", indexKey).integer == 1)
+            } catch {
+                for instance in instances { await instance.stop() }
+                throw error
+            }
+            for instance in instances { await instance.stop() }
+        }
+    }
 }
