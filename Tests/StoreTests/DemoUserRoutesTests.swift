@@ -25,7 +25,7 @@ import Testing
         let phone = try apps[0].client()
         let laptop = try apps[1].client()
         for device in [phone, laptop] {
-            let signIn = try device.request("POST", "/signin", headers: json, body: #"{"user":"\#(user)"}"#)
+            let signIn = try device.freshRequest("POST", "/signin", headers: json, body: #"{"user":"\#(user)"}"#)
             #expect(signIn.status == 200)
         }
         // Through a third instance: both devices, one current, handles and no ids.
@@ -39,18 +39,18 @@ import Testing
         #expect(!listed.description.contains(try #require(phone.sessionID)))
 
         // The phone logs the others out: the laptop is a guest on its next request, on every instance.
-        let ended = try JSONValue(parsing: try phone.request("POST", "/signout-everywhere").body)
+        let ended = try JSONValue(parsing: try phone.freshRequest("POST", "/signout-everywhere").body)
         #expect(ended["ended"]?.intValue == 1)
         for app in apps {
             #expect(try laptop.through(app.server.port).request("GET", "/devices").status == 401)
             let session = try JSONValue(parsing: try laptop.through(app.server.port).request("GET", "/session").body)
             #expect(session["data"]?["evserverUser"] == nil)
         }
-        let mine = try JSONValue(parsing: try phone.request("GET", "/devices").body)
+        let mine = try JSONValue(parsing: try phone.freshRequest("GET", "/devices").body)
         #expect(mine["devices"]?[0]?["current"] == .bool(true))
         // Sign out: a guest again, and the list is empty.
-        #expect(try phone.request("POST", "/signout").status == 200)
-        #expect(try phone.request("GET", "/devices").status == 401)
+        #expect(try phone.freshRequest("POST", "/signout").status == 200)
+        #expect(try phone.freshRequest("GET", "/devices").status == 401)
         #expect(try await (apps[0].demo.store as? RedisSessionStore)?.sessions(ofUser: user).isEmpty == true)
     }
 
@@ -59,11 +59,11 @@ import Testing
             let user = freshUser()
             let devices = try (0..<3).map { _ in try app.client() }
             for device in devices {
-                let signIn = try device.request("POST", "/signin", headers: ["Content-Type": "application/json"],
+                let signIn = try device.freshRequest("POST", "/signin", headers: ["Content-Type": "application/json"],
                                                 body: #"{"user":"\#(user)"}"#)
                 #expect(signIn.status == 200)
             }
-            let statuses = try devices.map { try $0.request("GET", "/devices").status }
+            let statuses = try devices.map { try $0.freshRequest("GET", "/devices").status }
             #expect(statuses == [401, 200, 200], "the oldest must have been ended")
         }
         for bad in ["0", "-1", "x", "100001"] {
@@ -83,12 +83,12 @@ import Testing
             let json = ["Content-Type": "application/json"] as KeyValuePairs
             for body in ["not json", "[]", #"{"user":5}"#, #"{"user":""}"#, #"{"user":"a\u0000b"}"#,
                          #"{"user":"\#(String(repeating: "x", count: 300))"}"#] {
-                let response = try client.request("POST", "/signin", headers: json, body: body)
+                let response = try client.freshRequest("POST", "/signin", headers: json, body: body)
                 #expect(response.status == 400, "\(body.prefix(20)): \(response.status) \(response.text)")
             }
-            #expect(try client.request("GET", "/devices").status == 401)
-            #expect(try client.request("POST", "/signout-everywhere").status == 401)
-            let page = try client.request("GET", "/demo")
+            #expect(try client.freshRequest("GET", "/devices").status == 401)
+            #expect(try client.freshRequest("POST", "/signout-everywhere").status == 401)
+            let page = try client.freshRequest("GET", "/demo")
             #expect(page.text.contains(#"id="devices""#) && page.text.contains("log out the others"))
         }
     }

@@ -29,7 +29,7 @@ extension ScaleSuites {
             var devices: [TestHTTPClient] = []
             for _ in 0..<3 {
                 let device = try instance.client()
-                #expect(try device.request("POST", "/signin/\(user)").status == 200)
+                #expect(try device.freshRequest("POST", "/signin/\(user)").status == 200)
                 devices.append(device)
             }
             let ids = devices.compactMap(\.sessionID)

@@ -14,9 +14,15 @@ import Testing
         let counting = RedisCommandCountTests()
         try await counting.withCountingServer([]) { app, redis in
             let device = try app.client()
-            let signIn = try device.request("POST", "/signin", headers: ["Content-Type": "application/json"],
+            _ = try device.request("GET", "/")   // a guest with a stored session first
+            var signIn: TestHTTPResponse?
+            let signInCost = try await counting.commands(redis) {
+                signIn = try device.request("POST", "/signin", headers: ["Content-Type": "application/json"],
                                             body: #"{"user":"\#(freshUser())"}"#)
-            #expect(signIn.status == 200)
+            }
+            #expect(signIn?.status == 200)
+            // Load, the new session, its index entry, the old id's DEL, the end-of-request save.
+            #expect(signInCost["getex"] == 1 && signInCost["evalsha"] == 3 && signInCost["del"] == 1, "\(signInCost)")
             try await counting.expectCommands(redis, ["getex": 1]) { _ = try device.request("GET", "/login") }
             try await counting.expectCommands(redis, ["getex": 1, "evalsha": 1]) {
                 _ = try device.request("GET", "/views")
@@ -38,7 +44,8 @@ import Testing
             try await counting.expectCommands(redis, ["getex": 1, "evalsha": 1]) {
                 _ = try device.request("GET", "/views")
             }
-            print("UserSessionCostTests: read {getex: 1}, write {getex: 1, evalsha: 1}, due once: \(rewrite)")
+            print("UserSessionCostTests: sign-in \(signInCost); read {getex: 1}, write {getex: 1, evalsha: 1}, "
+                + "due once: \(rewrite)")
         }
     }
 }

@@ -29,7 +29,7 @@ extension ScaleSuites {
             var signedIn = ContinuousClock.now
             for instance in instances {
                 let device = try instance.client()
-                #expect(try device.request("POST", "/signin/\(user)").status == 200)
+                #expect(try device.freshRequest("POST", "/signin/\(user)").status == 200)
                 signedIn = .now
                 devices.append(device)
             }
@@ -48,17 +48,17 @@ extension ScaleSuites {
             #expect(afterExpiry.count == 2 && !afterExpiry.contains(short))
 
             // Regenerate keeping the data: no RENAME across slots; the old id stops working at once.
-            _ = try devices[1].request("POST", "/write/5")
+            _ = try devices[1].freshRequest("POST", "/write/5")
             let old = try #require(devices[1].sessionID)
-            #expect(try devices[1].request("POST", "/rotate").status == 200)
+            #expect(try devices[1].freshRequest("POST", "/rotate").status == 200)
             let new = try #require(devices[1].sessionID)
             #expect(new != old)
             #expect(try await inspector.get(old) == nil)
-            #expect(try JSONValue(parsing: try devices[1].request("GET", "/whoami").body)["n"]?.intValue == 5)
+            #expect(try JSONValue(parsing: try devices[1].freshRequest("GET", "/whoami").body)["n"]?.intValue == 5)
             #expect(Set(try await inspector.sessions(ofUser: user).map(\.id)) == [devices[0].sessionID, new])
 
             // Destroy-all from device 0: device 1 is a guest on every instance.
-            #expect(try JSONValue(parsing: try devices[0].request("POST", "/everywhere").body)["ended"]?.intValue == 1)
+            #expect(try JSONValue(parsing: try devices[0].freshRequest("POST", "/everywhere").body)["ended"]?.intValue == 1)
             for instance in instances {
                 #expect(try devices[1].through(instance.server.port).user() == nil)
                 #expect(try devices[0].through(instance.server.port).user() == user)
@@ -70,7 +70,7 @@ extension ScaleSuites {
             var capDevices: [TestHTTPClient] = []
             for _ in 0..<3 {
                 let device = try limited.client()
-                #expect(try device.request("POST", "/signin/\(capped)").status == 200)
+                #expect(try device.freshRequest("POST", "/signin/\(capped)").status == 200)
                 capDevices.append(device)
                 try await Task.sleep(for: .milliseconds(5))
             }
@@ -204,7 +204,7 @@ extension ScaleSuites {
                 let deadline = ContinuousClock.now + .seconds(10)
                 for instance in instances {
                     let device = try instance.client()
-                    while try device.request("POST", "/signin/\(user)").status != 200 {
+                    while try device.freshRequest("POST", "/signin/\(user)").status != 200 {
                         guard ContinuousClock.now < deadline else { throw HarnessFailure("no primary found") }
                         try await Task.sleep(for: .milliseconds(100))
                     }
@@ -212,8 +212,8 @@ extension ScaleSuites {
                 }
                 let listed = try await instances[2].store.sessions(ofUser: user).map(\.id)
                 #expect(Set(listed) == Set(devices.compactMap(\.sessionID)))
-                #expect(try devices[1].request("POST", "/rotate").status == 200)
-                #expect(try JSONValue(parsing: try devices[0].request("POST", "/everywhere").body)["ended"]?.intValue == 2)
+                #expect(try devices[1].freshRequest("POST", "/rotate").status == 200)
+                #expect(try JSONValue(parsing: try devices[0].freshRequest("POST", "/everywhere").body)["ended"]?.intValue == 2)
                 for device in devices.dropFirst() {
                     for instance in instances { #expect(try device.through(instance.server.port).user() == nil) }
                 }

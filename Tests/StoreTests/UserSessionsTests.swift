@@ -69,7 +69,16 @@ extension TestHTTPClient {
 
     /// `GET /whoami`'s user (nil: a guest).
     func user() throws -> String? {
-        try JSONValue(parsing: try request("GET", "/whoami").body)["user"]?.stringValue
+        try JSONValue(parsing: try freshRequest("GET", "/whoami").body)["user"]?.stringValue
+    }
+
+    /// `request` on a new connection: a device that waited (a loaded machine can stall a test past the server's
+    /// 15 s keep-alive timeout) must not send on a connection the server has closed meanwhile.
+    @discardableResult
+    func freshRequest(_ method: String, _ path: String, headers: KeyValuePairs<String, String> = [:],
+                      body: String = "") throws -> TestHTTPResponse {
+        close()
+        return try request(method, path, headers: headers, body: Array(body.utf8))
     }
 }
 
@@ -114,9 +123,9 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
             var devices: [TestHTTPClient] = []
             for (index, instance) in instances.enumerated() {
                 let device = try instance.client()
-                #expect(try device.request("POST", "/write/\(index)").status == 200)
+                #expect(try device.freshRequest("POST", "/write/\(index)").status == 200)
                 let guestID = try #require(device.sessionID)
-                #expect(try device.request("POST", "/signin/\(user)").status == 200)
+                #expect(try device.freshRequest("POST", "/signin/\(user)").status == 200)
                 let signedIn = try #require(device.sessionID)
                 #expect(signedIn != guestID, "sign-in must give a new id")
                 #expect(try await instance.store.get(guestID) == nil, "the guest id must stop working at once")
@@ -138,7 +147,7 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
             #expect(try await instances[2].store.sessions(ofUser: freshUser("nobody")).isEmpty)
 
             // Destroy-all from device 0: the other two are guests on their next request, on every instance.
-            let ended = try JSONValue(parsing: try devices[0].request("POST", "/everywhere").body)
+            let ended = try JSONValue(parsing: try devices[0].freshRequest("POST", "/everywhere").body)
             #expect(ended["ended"]?.intValue == 2)
             for device in devices.dropFirst() {
                 for instance in instances {
@@ -160,7 +169,7 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
             var signedIn = ContinuousClock.now
             for instance in instances {
                 let device = try instance.client()
-                #expect(try device.request("POST", "/signin/\(user)").status == 200)
+                #expect(try device.freshRequest("POST", "/signin/\(user)").status == 200)
                 signedIn = .now
                 devices.append(device)
             }
@@ -185,7 +194,7 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
             var devices: [TestHTTPClient] = []
             for index in 0..<4 {
                 let device = try instances[index % 2].client()
-                #expect(try device.request("POST", "/signin/\(user)").status == 200)
+                #expect(try device.freshRequest("POST", "/signin/\(user)").status == 200)
                 devices.append(device)
                 try await Task.sleep(for: .milliseconds(5))   // distinct sign-in times
             }
@@ -200,7 +209,7 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
             let ports = instances.map(\.server.port)
             let survivors = try await inParallelThreads(8) { index -> Bool in
                 let device = try TestHTTPClient(port: ports[index % 2])
-                _ = try device.request("POST", "/signin/\(racer)")
+                _ = try device.freshRequest("POST", "/signin/\(racer)")
                 return try device.user() == racer
             }.filter { $0 }.count
             let stillListed = try await instances[1].store.sessions(ofUser: racer).count
@@ -214,15 +223,15 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
             let store = instances[0].store
             let user = freshUser()
             let device = try instances[0].client()
-            _ = try device.request("POST", "/signin/\(user)")
-            _ = try device.request("POST", "/write/42")
+            _ = try device.freshRequest("POST", "/signin/\(user)")
+            _ = try device.freshRequest("POST", "/write/42")
             let old = try #require(device.sessionID)
             let oldCookie = try #require(device.cookieJar["connect.sid"])
-            #expect(try device.request("POST", "/rotate").status == 200)
+            #expect(try device.freshRequest("POST", "/rotate").status == 200)
             let new = try #require(device.sessionID)
             #expect(new != old)
             #expect(try await store.get(old) == nil, "no grace: the old id must stop working")
-            let answer = try JSONValue(parsing: try device.request("GET", "/whoami").body)
+            let answer = try JSONValue(parsing: try device.freshRequest("GET", "/whoami").body)
             #expect(answer["user"]?.stringValue == user)
             #expect(answer["n"]?.intValue == 42)
             #expect(try await store.sessions(ofUser: user).map(\.id) == [new])
@@ -232,12 +241,12 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
             #expect(try attacker.user() == nil)
             // A guest's rotation keeps its values too.
             let guest = try instances[0].client()
-            _ = try guest.request("POST", "/write/7")
+            _ = try guest.freshRequest("POST", "/write/7")
             let guestID = try #require(guest.sessionID)
-            _ = try guest.request("POST", "/rotate")
+            _ = try guest.freshRequest("POST", "/rotate")
             #expect(guest.sessionID != guestID)
             #expect(try await store.get(guestID) == nil)
-            #expect(try JSONValue(parsing: try guest.request("GET", "/whoami").body)["n"]?.intValue == 7)
+            #expect(try JSONValue(parsing: try guest.freshRequest("GET", "/whoami").body)["n"]?.intValue == 7)
         }
     }
 
@@ -246,9 +255,9 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
         try await withUserInstances(kind, count: 1) { instances in
             let user = freshUser()
             let device = try instances[0].client()
-            _ = try device.request("POST", "/signin/\(user)")
+            _ = try device.freshRequest("POST", "/signin/\(user)")
             let id = try #require(device.sessionID)
-            _ = try device.request("POST", "/signout")
+            _ = try device.freshRequest("POST", "/signout")
             #expect(try device.user() == nil)
             #expect(try await instances[0].store.get(id) == nil)
             #expect(try await instances[0].store.sessions(ofUser: user).isEmpty)
@@ -261,7 +270,7 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
             let device = try instances[0].client()
             let long = String(repeating: "x", count: 257)
             for path in ["/signin/%00", "/signin/\(long)"] {
-                let response = try device.request("POST", path)
+                let response = try device.freshRequest("POST", path)
                 #expect(response.status == 400, "\(path.prefix(12)): \(response.status)")
                 #expect(response.text.contains("invalid user name"))
             }
@@ -286,13 +295,13 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
 func signOutEverywhereWhileOthersWrite(_ instances: [UsersTestServer], label: String) async throws {
     let user = freshUser()
     let keeper = try instances[0].client()
-    _ = try keeper.request("POST", "/signin/\(user)")
+    _ = try keeper.freshRequest("POST", "/signin/\(user)")
     let ports = instances.map(\.server.port)
     let writers = 6
     var cookies: [String] = []
     for index in 0..<writers {
         let device = try instances[index % 3].client()
-        _ = try device.request("POST", "/signin/\(user)")
+        _ = try device.freshRequest("POST", "/signin/\(user)")
         cookies.append(try #require(device.cookieJar["connect.sid"]))
     }
     let writerCookies = cookies
@@ -310,7 +319,7 @@ func signOutEverywhereWhileOthersWrite(_ instances: [UsersTestServer], label: St
         while after < 20, requests < 400 {
             requests += 1
             let path = requests % 3 == 0 ? "/rotate" : "/write/\(requests)"
-            let response = try device.request("POST", path)
+            let response = try device.freshRequest("POST", path)
             if let id = device.sessionID { seen.withLock { _ = $0.insert(id) } }
             if try JSONValue(parsing: response.body)["user"] == .null { guest = true }
             if signedOut.load(ordering: .acquiring) { after += 1 }
@@ -322,7 +331,7 @@ func signOutEverywhereWhileOthersWrite(_ instances: [UsersTestServer], label: St
     let ended = try await onThread {
         let client = try TestHTTPClient(port: keeperPort)
         client.cookieJar["connect.sid"] = keeperCookie
-        return try JSONValue(parsing: try client.request("POST", "/everywhere").body)["ended"]?.intValue
+        return try JSONValue(parsing: try client.freshRequest("POST", "/everywhere").body)["ended"]?.intValue
     }
     signedOut.store(true, ordering: .releasing)
     let results = try await writing
