@@ -243,8 +243,7 @@ public final class Session {
     /// - Throws: ``SessionStoreError`` when the store fails.
     nonisolated(nonsending) public func regenerate(keepingData: Bool) async throws {
         guard keepingData, state == .active else { return try await regenerate() }
-        let owner = SessionOwner(values)?.name
-        try await moveToNewId(previousOwner: owner)
+        try await moveToNewId(values, previousOwner: SessionOwner(values)?.name)
     }
 
     /// Signs the session in as `user`: a new id (against session fixation; the old one is deleted at once), the
@@ -261,19 +260,17 @@ public final class Session {
     nonisolated(nonsending) public func signIn(user: String, client: SessionClient? = nil) async throws {
         try SessionUserError.validate(user)
         guard engine.users != nil || isDetached else { throw SessionUserError.unsupportedStore }
-        if state != .active {
-            state = .active
-            values = JSONObject()
-        }
-        let previous = SessionOwner(values)?.name
+        // The values the signed-in session starts with; the session itself changes only once the store has them
+        // (a failure leaves it as it was, under its old id and owner, even for an application that goes on).
+        var signedIn = state == .active ? values : JSONObject()
+        let previous = SessionOwner(signedIn)?.name
         if let previous, previous != user {
-            values = JSONObject()   // another user's values never carry over
+            signedIn = JSONObject()   // another user's values never carry over
         }
         let owner = SessionOwner(name: user, since: engine.configuration.now().javaScriptMilliseconds,
                                  indexedUntil: nil, client: client)
-        values[SessionOwner.key] = owner.jsonValue
-        if !writtenKeys.contains(SessionOwner.key) { writtenKeys.append(SessionOwner.key) }
-        try await moveToNewId(previousOwner: previous)
+        signedIn[SessionOwner.key] = owner.jsonValue
+        try await moveToNewId(signedIn, previousOwner: previous)
         guard state == .active, !isDetached, let limit = engine.configuration.maxSessionsPerUser,
               let users = engine.users else { return }
         // The newest `limit` sessions stay (this one among them); the older ones end. Two sign-ins at once each
@@ -292,18 +289,20 @@ public final class Session {
         try await regenerate()
     }
 
-    /// Moves the values to a new id. A signed-in session on a store with a user index: the new session is written,
-    /// then indexed, then the old one deleted (see UserSessions.swift for why this order). Otherwise the old id is
-    /// deleted and the values are saved under the new one at the end of the request, as a new session.
-    nonisolated(nonsending) private func moveToNewId(previousOwner: String?) async throws {
+    /// Moves the session to a new id with `newValues`. A signed-in session on a store with a user index: the new
+    /// session is written, then indexed, then the old one deleted (see UserSessions.swift for why this order).
+    /// Otherwise the old id is deleted and the values are saved under the new one at the end of the request, as a
+    /// new session. The session changes only when every store call succeeded.
+    nonisolated(nonsending) private func moveToNewId(_ newValues: JSONObject, previousOwner: String?) async throws {
         let oldId = isDetached ? nil : currentId
         let wasStored = inStore
         let now = engine.configuration.now()
         let freshCookie = engine.newCookie(now: now, requestIsSecure: requestIsSecure)
-        guard !isDetached, var owner = SessionOwner(values), let users = engine.users else {
+        guard !isDetached, var owner = SessionOwner(newValues), let users = engine.users else {
             if let oldId { try await engine.destroy(oldId, owner: previousOwner) }
             currentId = nil
             cookie = freshCookie
+            values = newValues
             markRegenerated()
             base = nil
             return
@@ -312,7 +311,7 @@ public final class Session {
         let lifetime = users.lifetime(of: SessionData(cookie: freshCookie), now: now)
         let bound = UserIndexTiming.bound(now: now.javaScriptMilliseconds, lifetime: lifetime)
         owner.indexedUntil = bound
-        var newValues = values
+        var newValues = newValues
         newValues[SessionOwner.key] = owner.jsonValue
         // 1. The session under its new id: nobody can use it before this response carries its cookie.
         let write = SessionWrite(cookie: freshCookie, changes: SessionChanges(replacesAll: true), values: newValues,

@@ -402,3 +402,74 @@ func signOutEverywhereWhileOthersWrite(_ instances: [UsersTestServer], label: St
         #expect(SessionClient.family(ofUserAgent: "curl/8.5.0") == "curl")
     }
 }
+
+// MARK: - Failures
+
+/// A memory store whose index writes fail (a cluster node of the index down, say).
+final class FailingIndexStore: UserSessionStore {
+    struct Failure: Error {}
+    let memory = MemorySessionStore()
+
+    func get(_ id: String) async throws -> SessionData? { try await memory.get(id) }
+    func set(_ id: String, _ session: SessionData) async throws { try await memory.set(id, session) }
+    nonisolated(nonsending) func destroy(_ id: String) async throws { try await memory.destroy(id) }
+    nonisolated(nonsending) func touch(_ id: String, _ session: SessionData) async throws {
+        try await memory.touch(id, session)
+    }
+    func all() async throws -> [String: SessionData] { try await memory.all() }
+    func length() async throws -> Int { try await memory.length() }
+    func clear() async throws { try await memory.clear() }
+    func ping() async throws {}
+    nonisolated(nonsending) func load(_ id: String, touchingWith cookie: SessionCookie?) async throws
+        -> StoredSession? { try await memory.load(id, touchingWith: cookie) }
+    nonisolated(nonsending) func commit(_ id: String, _ write: SessionWrite) async throws -> SessionCommitResult {
+        try await memory.commit(id, write)
+    }
+    func index(_ id: String, user: String, until bound: Int64) async throws { throw Failure() }
+    func sessions(ofUser user: String) async throws -> [UserSession] { try await memory.sessions(ofUser: user) }
+    func destroySessions(ofUser user: String, except: String?) async throws -> Int {
+        try await memory.destroySessions(ofUser: user, except: except)
+    }
+    nonisolated(nonsending) func destroy(_ id: String, ofUser user: String) async throws -> Bool {
+        try await memory.destroy(id, ofUser: user)
+    }
+    func lifetime(of session: SessionData, now: Date) -> Int64 { memory.lifetime(of: session, now: now) }
+}
+
+@Suite struct UserSessionFailureTests {
+    /// A sign-in whose index write fails leaves the session as it was (its id, no owner), even for an application
+    /// that catches the error and goes on: the end-of-request save must not make the old id a signed-in one.
+    @Test func aFailedSignInLeavesTheSessionAsItWas() async throws {
+        let store = FailingIndexStore()
+        let app = Application()
+        app.use(try SessionMiddleware(store: store, configuration: SessionConfiguration(secrets: ["s"])))
+        app.post("/visit") { request, response in
+            request.session["cart"] = "book"
+            response.send("ok")
+        }
+        app.post("/signin-anyway") { request, response in
+            do {
+                try await request.session.signIn(user: "alice")
+            } catch {
+                request.session["tried"] = true
+            }
+            response.send(json: ["user": request.session.user.map { .string($0) } ?? .null])
+        }
+        let server = try app.start(host: "127.0.0.1", port: 0, threads: 1)
+        do {
+            let device = try TestHTTPClient(port: server.port)
+            _ = try device.freshRequest("POST", "/visit")
+            let id = try #require(device.sessionID)
+            let answer = try JSONValue(parsing: try device.freshRequest("POST", "/signin-anyway").body)
+            #expect(answer["user"] == .null)
+            #expect(device.sessionID == id, "the id must not change when the sign-in failed")
+            let stored = try #require(try await store.get(id))
+            #expect(stored.values["cart"] == "book" && stored.values["tried"] == .bool(true))
+            #expect(stored.values[SessionOwner.key] == nil, "a failed sign-in must not sign the old id in")
+        } catch {
+            await server.shutdown(timeout: .seconds(2))
+            throw error
+        }
+        await server.shutdown(timeout: .seconds(2))
+    }
+}
