@@ -231,3 +231,53 @@ extension ScaleSuites {
         }
     }
 }
+
+extension ScaleSuites {
+    /// 10,000 users x 3 sessions on one private redis-server, then all expire: nothing is left, index keys included.
+    @Suite struct UserIndexLeakTests {
+        @Test func tenThousandUsersLeaveNoIndexKeyBehind() async throws {
+            let redis = try PrivateRedis()
+            defer { redis.stop() }
+            let prefix = "load:sess:"
+            let store = try RedisSessionStore(url: "redis://127.0.0.1:\(redis.port)/0", prefix: prefix)
+            let started = ContinuousClock.now
+            let lastBound = try await createSignedInSessions(store, users: 10_000, perUser: 3, lifetime: 3000)
+            let created = ContinuousClock.now - started
+            let client = redis.client()
+            defer { client.close() }
+            func count(_ pattern: String) async throws -> Int {
+                var total = 0
+                var cursor = "0"
+                repeat {
+                    let page = try await client.scan(cursor: cursor, match: pattern, count: 1000)
+                    cursor = page.cursor
+                    total += page.keys.count
+                } while cursor != "0"
+                return total
+            }
+            let indexKeysNow = try await count("evserver-users:*")
+            let sessionKeysNow = try await count(prefix + "*")
+            func usedMemory() async throws -> String {
+                let memory = try await client.send("INFO", "memory").string ?? ""
+                return memory.split(separator: "\r\n").first { $0.hasPrefix("used_memory_human:") }.map(String.init) ?? "?"
+            }
+            let usedWhileLive = try await usedMemory()
+            let wait = Double(lastBound - Date().javaScriptMilliseconds) / 1000 + 0.5
+            if wait > 0 { try await Task.sleep(for: .milliseconds(Int(wait * 1000))) }
+            #expect(indexKeysNow > 0 && sessionKeysNow > 0)
+            #expect(try await count("evserver-users:*") == 0)
+            #expect(try await count(prefix + "*") == 0)
+            // Active expiry frees them with nobody reading them.
+            let freed = ContinuousClock.now
+            var size = try await client.send("DBSIZE").integer ?? -1
+            while size > 0, ContinuousClock.now - freed < .seconds(20) {
+                try await Task.sleep(for: .milliseconds(200))
+                size = try await client.send("DBSIZE").integer ?? -1
+            }
+            #expect(size == 0)
+            print("UserIndexLeakTests: 30,000 sessions of 10,000 users created in \(created) on one server; "
+                + "\(indexKeysNow) index keys, \(sessionKeysNow) session keys (\(usedWhileLive)); after the last "
+                + "bound 0 and 0, DBSIZE 0 \(ContinuousClock.now - freed) later (\(try await usedMemory()))")
+        }
+    }
+}
