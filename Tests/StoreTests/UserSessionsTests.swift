@@ -473,3 +473,37 @@ final class FailingIndexStore: UserSessionStore {
         await server.shutdown(timeout: .seconds(2))
     }
 }
+
+@Suite struct UserIndexGarbageTests {
+    /// What another program may leave in Redis: an index entry naming no session, one naming another user's
+    /// session or a non-session value, an owner member of the wrong shape, another type at the index key. Each is
+    /// skipped and pruned, or a clear error; never a crash.
+    @Test func garbageInTheIndexIsPrunedOrAClearError() async throws {
+        let prefix = "test:\(UUID().uuidString.prefix(8)):sess:"
+        let store = try RedisSessionStore(url: TestRedis.url, prefix: prefix)
+        let redis = TestRedis.client
+        let user = freshUser()
+        let bob = freshUser("bob")
+        let far = String(Date().javaScriptMilliseconds + 600_000)
+        func owned(by name: String) -> String {
+            #"{"cookie":{"originalMaxAge":null,"expires":null,"httpOnly":true,"path":"/"},"evserverUser":{"name":"\#(name)"}}"#
+        }
+        try await redis.set(prefix + "mine", to: Array(owned(by: user).utf8), expiresIn: 600)
+        try await redis.set(prefix + "bobs", to: Array(owned(by: bob).utf8), expiresIn: 600)
+        try await redis.set(prefix + "junk", to: Array("not json".utf8), expiresIn: 600)
+        try await redis.set(prefix + "shape", to: Array(#"{"cookie":{},"evserverUser":"\#(user)"}"#.utf8), expiresIn: 600)
+        for id in ["mine", "bobs", "junk", "shape", "missing"] {
+            _ = try await redis.send("ZADD", store.indexKey(ofUser: user), far, id)
+        }
+        #expect(try await store.sessions(ofUser: user).map(\.id) == ["mine"])
+        #expect(try await store.indexedIds(ofUser: user) == ["mine"], "the others must have been pruned")
+        #expect(try await store.get("shape").map { SessionOwner($0.values) } == .some(nil))
+
+        // Another type at the index key: a clear Redis error, for the listing and for the sign-in path alike.
+        try await redis.set(store.indexKey(ofUser: bob), to: Array("x".utf8), expiresIn: 60)
+        await #expect(throws: RedisError.self) { try await store.sessions(ofUser: bob) }
+        await #expect(throws: RedisError.self) { try await store.index("bobs", user: bob, until: 1) }
+        _ = try await redis.delete([prefix + "mine", prefix + "bobs", prefix + "junk", prefix + "shape",
+                                    store.indexKey(ofUser: user), store.indexKey(ofUser: bob)])
+    }
+}
