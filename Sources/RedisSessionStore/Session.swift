@@ -267,6 +267,8 @@ public final class Session {
         if let previous, previous != user {
             signedIn = JSONObject()   // another user's values never carry over
         }
+        // A signed-in session is a new session: its absolute lifetime starts now (set below when one is configured).
+        signedIn[Session.createdAtKey] = nil
         let owner = SessionOwner(name: user, since: engine.configuration.now().javaScriptMilliseconds,
                                  indexedUntil: nil, client: client)
         signedIn[SessionOwner.key] = owner.jsonValue
@@ -313,6 +315,11 @@ public final class Session {
         owner.indexedUntil = bound
         var newValues = newValues
         newValues[SessionOwner.key] = owner.jsonValue
+        if engine.configuration.absoluteTimeout != nil, newValues[Session.createdAtKey] == nil {
+            // As commit() does for a new session. A rotation keeps the creation time it carries: regenerating
+            // must not extend the absolute lifetime.
+            newValues[Session.createdAtKey] = .number(String(now.javaScriptMilliseconds))
+        }
         // 1. The session under its new id: nobody can use it before this response carries its cookie.
         let write = SessionWrite(cookie: freshCookie, changes: SessionChanges(replacesAll: true), values: newValues,
                                  base: nil)

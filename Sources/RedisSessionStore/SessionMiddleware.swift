@@ -285,7 +285,11 @@ public struct SessionMiddleware: Middleware {
             }
             if let stored, Session.isPastAbsoluteTimeout(stored.data, configuration: configuration) {
                 // Past its absolute lifetime: gone for good, whatever its TTL says.
-                do { try await engine.destroy(cookieId) } catch { throw SessionMiddleware.unavailable }
+                do {
+                    try await engine.destroy(cookieId, owner: SessionOwner(stored.data.values)?.name)
+                } catch {
+                    throw SessionMiddleware.unavailable
+                }
                 session = Session(newWith: engine, requestIsSecure: requestIsSecure, now: now)
             } else if let stored {
                 session = Session(id: cookieId, loaded: stored, engine: engine, requestIsSecure: requestIsSecure)

@@ -77,6 +77,22 @@ import Testing
         #expect(try ServerOptions.parse(["--secret", "s"]).resolve(environment: [:]).maxSessionsPerUser == nil)
     }
 
+    /// A signed-in session past --absolute-timeout is destroyed by its next request, and leaves the index with it.
+    @Test func anAbsoluteTimeoutEndsASignedInSessionAndItsIndexEntry() async throws {
+        try await withDemo(["--absolute-timeout", "1"]) { app in
+            let user = freshUser()
+            let device = try app.client()
+            let signIn = try device.freshRequest("POST", "/signin", headers: ["Content-Type": "application/json"],
+                                                 body: #"{"user":"\#(user)"}"#)
+            #expect(signIn.status == 200)
+            let store = try #require(app.demo.store as? RedisSessionStore)
+            #expect(try await store.indexedIds(ofUser: user).count == 1)
+            try await Task.sleep(for: .milliseconds(1100))
+            #expect(try device.freshRequest("GET", "/devices").status == 401)
+            #expect(try await store.indexedIds(ofUser: user).isEmpty)
+        }
+    }
+
     @Test func badSignInBodiesAre400AndGuestsGet401() async throws {
         try await withDemo { app in
             let client = try app.client()

@@ -16,9 +16,11 @@ final class UsersTestServer: Sendable {
     let server: RunningServer
     let store: any UserSessionStore
 
-    init(store: any UserSessionStore, maxSessionsPerUser: Int? = nil, maxAge: Int64? = nil) throws {
+    init(store: any UserSessionStore, maxSessionsPerUser: Int? = nil, maxAge: Int64? = nil,
+         absoluteTimeout: Duration? = nil) throws {
         self.store = store
         var options = SessionConfiguration(secrets: ["test secret"])
+        options.absoluteTimeout = absoluteTimeout
         options.maxSessionsPerUser = maxSessionsPerUser
         options.cookie.maxAge = maxAge
         let app = Application()
@@ -471,6 +473,39 @@ final class FailingIndexStore: UserSessionStore {
             throw error
         }
         await server.shutdown(timeout: .seconds(2))
+    }
+}
+
+@Suite struct UserSessionAbsoluteTimeoutTests {
+    /// A sign-in starts the absolute lifetime afresh (it is a new session); a rotation keeps it, so regenerating
+    /// never extends it.
+    @Test(arguments: UsersStoreKind.allCases)
+    func rotatingDoesNotExtendTheAbsoluteLifetime(_ kind: UsersStoreKind) async throws {
+        let store: any UserSessionStore = kind == .memory
+            ? MemorySessionStore() : try RedisSessionStore(url: TestRedis.url, prefix: "test:\(UUID().uuidString.prefix(8)):")
+        let instance = try UsersTestServer(store: store, absoluteTimeout: .seconds(2))
+        do {
+            let user = freshUser()
+            let device = try instance.client()
+            _ = try device.freshRequest("POST", "/write/1")
+            try await Task.sleep(for: .milliseconds(1200))
+            let signedIn = ContinuousClock.now
+            #expect(try device.freshRequest("POST", "/signin/\(user)").status == 200)
+            try await Task.sleep(until: signedIn + .milliseconds(1200))
+            // 2.4 s after the guest session began, 1.2 s after the sign-in: alive (the sign-in started afresh).
+            // (Checked only when the machine let it run in time.)
+            let alive = try device.user()
+            if ContinuousClock.now - signedIn < .milliseconds(1800) { #expect(alive == user) }
+            #expect(try device.freshRequest("POST", "/rotate").status == 200)
+            try await Task.sleep(until: signedIn + .milliseconds(2300))
+            // Past 2 s since the sign-in: gone, although the rotation was 1 s ago.
+            #expect(try device.user() == nil)
+            #expect(try await store.sessions(ofUser: user).isEmpty)
+        } catch {
+            await instance.stop()
+            throw error
+        }
+        await instance.stop()
     }
 }
 
