@@ -93,8 +93,9 @@ extension RedisSessionStore: UserSessionStore {
 
     // MARK: - Helpers
 
-    /// One GET and one PTTL per id, all sent at once (pipelined on each connection; on a cluster, to each key's
-    /// primary). The request's shared time budget is charged the wall time once, not each command's wait.
+    /// One GET and one PTTL per id, sent together (pipelined on each connection; on a cluster, to each key's
+    /// primary), at most 256 ids in flight. The request's shared time budget is charged the wall time once, not
+    /// each command's wait.
     private func inspect(_ ids: [String]) async throws -> [(String, [UInt8]?, Int)] {
         let client = try client()
         let budget = RedisTimeBudget.current
@@ -102,7 +103,11 @@ extension RedisSessionStore: UserSessionStore {
         defer { budget?.record(ContinuousClock.now - start) }
         return try await RedisTimeBudget.$current.withValue(nil) {
             try await withThrowingTaskGroup(of: (Int, [UInt8]?, Int).self) { group in
+                var results = [(String, [UInt8]?, Int)](repeating: ("", nil, -2), count: ids.count)
                 for (position, id) in ids.enumerated() {
+                    if position >= 256, let (done, value, ttl) = try await group.next() {
+                        results[done] = (ids[done], value, ttl)
+                    }
                     let key = key(for: id)
                     group.addTask {
                         async let value = client.get(key)
@@ -119,7 +124,6 @@ extension RedisSessionStore: UserSessionStore {
                         }
                     }
                 }
-                var results = [(String, [UInt8]?, Int)](repeating: ("", nil, -2), count: ids.count)
                 for try await (position, value, ttl) in group { results[position] = (ids[position], value, ttl) }
                 return results
             }

@@ -542,3 +542,32 @@ final class FailingIndexStore: UserSessionStore {
                                     store.indexKey(ofUser: user), store.indexKey(ofUser: bob)])
     }
 }
+
+@Suite struct UserIndexSizeTests {
+    /// 600 sessions of one user (more than the 256 a listing keeps in flight): all listed, and all ended at once.
+    @Test func sixHundredSessionsOfOneUserAreListedAndEnded() async throws {
+        let store = try RedisSessionStore(url: TestRedis.url, prefix: "test:\(UUID().uuidString.prefix(8)):sess:")
+        let user = freshUser()
+        var ids: [String] = []
+        for _ in 0..<600 {
+            let now = Date()
+            var cookie = SessionCookie()
+            cookie.setMaxAge(600_000, now: now)
+            let bound = UserIndexTiming.bound(now: now.javaScriptMilliseconds,
+                                              lifetime: store.lifetime(of: SessionData(cookie: cookie), now: now))
+            var values = JSONObject()
+            values[SessionOwner.key] = SessionOwner(name: user, since: now.javaScriptMilliseconds, indexedUntil: bound,
+                                                    client: nil).jsonValue
+            let id = SessionID.generate()
+            _ = try await store.commit(id, SessionWrite(cookie: cookie, changes: SessionChanges(replacesAll: true),
+                                                        values: values, base: nil))
+            try await store.index(id, user: user, until: bound)
+            ids.append(id)
+        }
+        #expect(Set(try await store.sessions(ofUser: user).map(\.id)) == Set(ids))
+        #expect(try await store.destroySessions(ofUser: user, except: ids[0]) == 599)
+        #expect(try await store.sessions(ofUser: user).map(\.id) == [ids[0]])
+        #expect(try await store.destroySessions(ofUser: user, except: nil) == 1)
+        #expect(try await TestRedis.client.send("EXISTS", store.indexKey(ofUser: user)).integer == 0)
+    }
+}
