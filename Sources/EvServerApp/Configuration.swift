@@ -67,6 +67,8 @@ struct AppConfiguration: Sendable {
     var idleTimeout = 86400
     /// Seconds after creation after which a session dies whatever its activity; nil = no limit.
     var absoluteTimeout: Int?
+    /// Sessions one user may have at once; a sign-in past it ends the oldest. nil = no limit.
+    var maxSessionsPerUser: Int?
 }
 
 extension AppConfiguration {
@@ -155,6 +157,10 @@ struct ServerOptions: ParsableArguments {
             help: "Seconds after creation a session dies, however active (env SESSION_ABSOLUTE_TIMEOUT, default none).")
     var absoluteTimeout: String?
 
+    @Option(name: .customLong("max-sessions-per-user"), parsing: .unconditional,
+            help: "Sessions one signed-in user may have at once; a sign-in past it ends the oldest (env SESSION_MAX_PER_USER, default none).")
+    var maxSessionsPerUser: String?
+
     @Option(name: .customLong("redis-wait-replicas"), parsing: .unconditional,
             help: "Replicas that must acknowledge each session write (WAIT) before it counts; else 503 (env REDIS_WAIT_REPLICAS, default 0).")
     var redisWaitReplicas: String?
@@ -234,6 +240,8 @@ struct ServerOptions: ParsableArguments {
                                                in: tenYears) ?? config.idleTimeout
         config.absoluteTimeout = try value.integer(absoluteTimeout, "--absolute-timeout", "SESSION_ABSOLUTE_TIMEOUT",
                                                    in: tenYears) ?? config.absoluteTimeout
+        config.maxSessionsPerUser = try value.integer(maxSessionsPerUser, "--max-sessions-per-user",
+                                                      "SESSION_MAX_PER_USER", in: 1...100_000)
         return config
     }
 
