@@ -71,6 +71,8 @@ struct AppConfiguration: Sendable {
     var accessLog = false
     /// Every log line as text or JSON (`--log-format`).
     var logFormat = LogFormat.text
+    /// Sessions one user may have at once; a sign-in past it ends the oldest. nil = no limit.
+    var maxSessionsPerUser: Int?
 }
 
 extension AppConfiguration {
@@ -167,6 +169,10 @@ struct ServerOptions: ParsableArguments {
             help: "Every log line as text or json (env LOG_FORMAT, default text).")
     var logFormat: String?
 
+    @Option(name: .customLong("max-sessions-per-user"), parsing: .unconditional,
+            help: "Sessions one signed-in user may have at once; a sign-in past it ends the oldest (env SESSION_MAX_PER_USER, default none).")
+    var maxSessionsPerUser: String?
+
     @Option(name: .customLong("redis-wait-replicas"), parsing: .unconditional,
             help: "Replicas that must acknowledge each session write (WAIT) before it counts; else 503 (env REDIS_WAIT_REPLICAS, default 0).")
     var redisWaitReplicas: String?
@@ -253,6 +259,8 @@ struct ServerOptions: ParsableArguments {
             }
             config.logFormat = format
         }
+        config.maxSessionsPerUser = try value.integer(maxSessionsPerUser, "--max-sessions-per-user",
+                                                      "SESSION_MAX_PER_USER", in: 1...100_000)
         return config
     }
 

@@ -50,6 +50,7 @@ struct DemoApp: Sendable {
         options.saveUninitialized = configuration.saveUninitialized
         options.trustedProxies = configuration.trustProxy
         options.absoluteTimeout = configuration.absoluteTimeout.map { .seconds($0) }
+        options.maxSessionsPerUser = configuration.maxSessionsPerUser
         options.cookie.secure = configuration.cookieSecure
         options.cookie.sameSite = configuration.cookieSameSite
         options.cookie.maxAge = configuration.maxAge.map { Int64($0) * 1000 }
@@ -75,6 +76,7 @@ struct DemoApp: Sendable {
         // with --save-uninitialized, store) a new session each time.
         app.use(SkippingPaths(DemoApp.sessionFreePaths, sessions))
         addSessionRoutes(to: app)
+        addUserRoutes(to: app)
         addOperationalRoutes(to: app)
         DemoPage.register(on: app)
         return app
@@ -152,6 +154,73 @@ struct DemoApp: Sendable {
                                          sameSite: cookieSameSite))
             response.send(json: #"{"loggedOut":true}"#)
         }
+    }
+
+    // MARK: - Users and devices
+
+    /// `POST /signin`, `GET /devices`, `POST /signout-everywhere`, `POST /signout`: a user's sessions (see the
+    /// README's "Users and devices"). The demo has no passwords: any user name signs in.
+    private func addUserRoutes(to app: Application) {
+        let instance = configuration.instance
+        let proxies = configuration.trustProxy
+        let users = store as? any UserSessionStore
+
+        app.post("/signin") { request, response in
+            let parsed: JSONValue
+            do {
+                parsed = try JSONValue(parsing: request.body)
+            } catch {
+                throw HTTPError(.badRequest, message: "body is not valid JSON: \(error)")
+            }
+            guard case .string(let user)? = parsed["user"] else {
+                throw HTTPError(.badRequest, message: #"body must be a JSON object with a string "user""#)
+            }
+            // The client's description (user agent family, address through --trust-proxy) is stored because this
+            // application asks for it, to show it in the list of devices.
+            try await request.session.signIn(user: user, client: SessionClient(request: request, trusting: proxies))
+            response.send(json: ["user": .string(user), "instance": .string(instance)])
+        }
+
+        app.get("/devices") { request, response in
+            guard let users else { throw HTTPError(.notImplemented, message: "this store keeps no index of users") }
+            guard let user = request.session.user else { throw HTTPError(.unauthorized, message: "not signed in") }
+            let current = request.session.id
+            let sessions: [UserSession]
+            do {
+                sessions = try await users.sessions(ofUser: user)
+            } catch {
+                throw DemoApp.storeUnavailable
+            }
+            // Never the other sessions' ids (credentials): a handle each, and which one is this device.
+            let devices: [JSONValue] = sessions.map { session in
+                guard case .object(var object) = session.jsonValue(includingId: false) else { return .null }
+                object["current"] = .bool(session.id == current)
+                return .object(object)
+            }
+            response.send(json: ["user": .string(user), "devices": .array(devices), "instance": .string(instance)])
+        }
+
+        app.post("/signout-everywhere") { request, response in
+            guard let users else { throw HTTPError(.notImplemented, message: "this store keeps no index of users") }
+            guard let user = request.session.user else { throw HTTPError(.unauthorized, message: "not signed in") }
+            let ended: Int
+            do {
+                ended = try await users.destroySessions(ofUser: user, except: request.session.id)
+            } catch {
+                throw DemoApp.storeUnavailable
+            }
+            response.send(json: ["ended": .number(String(ended)), "instance": .string(instance)])
+        }
+
+        app.post("/signout") { request, response in
+            try await request.session.signOut()
+            response.send(json: ["signedOut": true, "instance": .string(instance)])
+        }
+    }
+
+    /// A store failure in a route's own store call: retry in a second, as the middleware answers its own.
+    static var storeUnavailable: HTTPError {
+        HTTPError(.serviceUnavailable, message: "session store unavailable", headers: ["Retry-After": "1"])
     }
 
     static func remainingSeconds(_ cookie: SessionCookie, idleTTL: Int) -> Int {

@@ -135,6 +135,13 @@ enum DemoPage {
         .status-bad { color: var(--bad); font-weight: 600; }
         .error { color: var(--bad); min-height: 1.5em; margin: 0 0 8px; }
         footer { color: var(--muted); font-size: 0.85rem; margin-top: 20px; }
+        input {
+          font: inherit; padding: 7px 10px; border: 1px solid var(--line); border-radius: 8px;
+          background: var(--card); color: var(--ink); min-width: 10em;
+        }
+        #devices-card { margin-bottom: 16px; }
+        li.device { grid-template-columns: 5em 1fr auto; }
+        li.device.current { font-weight: 600; }
 
         """#
 
@@ -176,6 +183,18 @@ enum DemoPage {
             <button id="logout" class="secondary" data-method="POST" data-path="/logout">log out<span class="route">POST /logout</span></button>
           </div>
           <p class="error" id="error" role="alert"></p>
+
+          <section class="card" id="devices-card" aria-labelledby="h-devices">
+            <h2 id="h-devices">Your devices</h2>
+            <p class="muted" id="who">not signed in</p>
+            <div class="actions" role="group" aria-label="User actions">
+              <input id="user" aria-label="user name" value="alice" maxlength="64" autocomplete="username">
+              <button id="signin" data-method="POST" data-path="/signin" data-user="1">sign in<span class="route">POST /signin</span></button>
+              <button id="signout-others" class="secondary" data-method="POST" data-path="/signout-everywhere">log out the others<span class="route">POST /signout-everywhere</span></button>
+              <button id="signout" class="secondary" data-method="POST" data-path="/signout">sign out<span class="route">POST /signout</span></button>
+            </div>
+            <ol id="devices" aria-live="polite"></ol>
+          </section>
 
           <div class="grid">
             <section class="card" aria-labelledby="h-data">
@@ -253,12 +272,15 @@ enum DemoPage {
             while (log.children.length > 8) log.lastElementChild.remove();
           }
 
-          async function request(method, path) {
+          async function request(method, path, body) {
             const started = performance.now();
             let response;
             try {
+              const headers = { "Accept": "application/json" };
+              if (body !== undefined) headers["Content-Type"] = "application/json";
               response = await fetch(path, {
-                method, credentials: "same-origin", cache: "no-store", headers: { "Accept": "application/json" },
+                method, credentials: "same-origin", cache: "no-store", headers,
+                body: body === undefined ? undefined : JSON.stringify(body),
               });
             } catch (error) {
               logLine(`${method} ${path}`, 0, null, performance.now() - started);
@@ -290,7 +312,40 @@ enum DemoPage {
               ttlLeft = null;
             }
             $("ttl").textContent = duration(ttlLeft);
+            await redrawDevices(data.evserverUser && data.evserverUser.name);
             return instance || session.instance;
+          }
+
+          // The signed-in user's sessions (GET /devices): a handle each (never an id), the client, the last use.
+          async function redrawDevices(user) {
+            const list = $("devices");
+            document.body.dataset.user = user || "";
+            if (!user) {
+              $("who").textContent = "not signed in";
+              list.replaceChildren();
+              return;
+            }
+            const { response } = await request("GET", "/devices");
+            const answer = await response.json();
+            const devices = answer.devices || [];
+            $("who").textContent = `signed in as ${user} · ${devices.length} device${devices.length === 1 ? "" : "s"}`;
+            list.replaceChildren(...devices.map((device) => {
+              const item = document.createElement("li");
+              item.className = device.current ? "device current" : "device";
+              item.dataset.current = device.current ? "1" : "0";
+              const handle = document.createElement("code");
+              handle.textContent = String(device.handle || "").slice(0, 6);
+              const client = document.createElement("span");
+              const c = device.client || {};
+              client.textContent = `${c.agent || "unknown client"}${c.ip ? " · " + c.ip : ""}` +
+                (device.current ? " (this device)" : "");
+              const when = document.createElement("span");
+              when.className = "muted";
+              const idle = typeof device.lastActiveAt === "number" ? (Date.now() - device.lastActiveAt) / 1000 : null;
+              when.textContent = idle === null ? "" : `active ${duration(idle)} ago`;
+              item.append(handle, client, when);
+              return item;
+            }));
           }
 
           async function act(button) {
@@ -299,7 +354,8 @@ enum DemoPage {
             document.body.dataset.busy = "1";
             $("error").textContent = "";
             try {
-              const { instance } = await request(button.dataset.method, button.dataset.path);
+              const body = button.dataset.user ? { user: $("user").value } : undefined;
+              const { instance } = await request(button.dataset.method, button.dataset.path, body);
               showInstance(instance);
               const redrawnBy = await redraw();
               $("hops").textContent = `${button.dataset.method} ${button.dataset.path} → ${instance || "?"}\n` +
@@ -319,7 +375,6 @@ enum DemoPage {
             if (ttlLeft === null) return;
             ttlLeft = Math.max(0, ttlLeft - 1);
             $("ttl").textContent = duration(ttlLeft);
-            return instance || session.instance;
           }, 1000);
           document.body.dataset.busy = "1";
           redraw()

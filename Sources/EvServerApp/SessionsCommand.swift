@@ -74,6 +74,11 @@ struct SessionArgument: ParsableArguments {
     /// secret is given (`--secret` or `SESSION_SECRET`, as the server takes it); without one the id is taken as is.
     /// - Throws: ``CommandFailure`` when the signature matches none of the secrets.
     func sessionID() throws -> String {
+        try Self.sessionID(from: argument, secret: secret)
+    }
+
+    /// ``sessionID()`` of any argument (`destroy --user ... --except <session>` takes one too).
+    static func sessionID(from argument: String, secret: String?) throws -> String {
         let decoded = percentDecode(argument) ?? argument
         guard decoded.hasPrefix("s:"), let dot = decoded.lastIndex(of: "."), dot > decoded.index(decoded.startIndex,
                                                                                                   offsetBy: 2)
@@ -122,12 +127,17 @@ struct SessionsCommand: AsyncParsableCommand {
         @OptionGroup var options: SessionsOptions
         @OptionGroup var scan: ScanOptions
         @Option(parsing: .unconditional, help: "Stop after this many sessions (default: all).") var limit: Int?
+        @Option(parsing: .unconditional,
+                help: "Only this signed-in user's sessions, from the per-user index (no SCAN), with their sign-in time, last activity and client.")
+        var user: String?
 
         func validate() throws {
             if let limit, limit < 1 { throw ValidationError("--limit: '\(limit)' is not a positive integer") }
+            if let user { try validateUser(user) }
         }
 
         func run() async throws {
+            if let user { return try await listUser(user) }
             try await SessionInspector.with(options, scanCount: scan.scanCount) { inspector in
                 var listed = 0
                 var entries: [JSONValue] = []
@@ -153,6 +163,30 @@ struct SessionsCommand: AsyncParsableCommand {
                 }
                 header()
                 if options.json { print(JSONValue.array(entries).jsonString) }
+            }
+        }
+
+        /// `list --user`: the user's sessions as the server's index knows them (gone ones left out and pruned).
+        private func listUser(_ user: String) async throws {
+            try await SessionInspector.with(options) { inspector in
+                let now = Date()
+                let sessions = try await inspector.store.sessions(ofUser: user).prefix(limit ?? Int.max)
+                if options.json {
+                    print(JSONValue.array(sessions.map { $0.jsonValue() }).jsonString)
+                    return
+                }
+                func time(_ date: Date?) -> String {
+                    guard let date else { return "-" }
+                    let seconds = Int(now.timeIntervalSince(date).rounded())
+                    return seconds >= 0 ? "\(seconds) s ago" : "in \(-seconds) s"
+                }
+                print("ID\tSIGNED_IN\tLAST_ACTIVE\tEXPIRES\tCLIENT")
+                for session in sessions {
+                    let client = [session.client?.agent, session.client?.address].compactMap { $0 }
+                        .joined(separator: " ")
+                    print("\(session.id)\t\(time(session.signedInAt))\t\(time(session.lastActiveAt))\t"
+                          + "\(time(session.expiresAt))\t\(client.isEmpty ? "-" : client)")
+                }
             }
         }
     }
@@ -193,18 +227,53 @@ struct SessionsCommand: AsyncParsableCommand {
     }
 
     struct Destroy: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Destroy one session (DEL); exit status 1 if there was none.")
+        static let configuration = CommandConfiguration(
+            abstract: "Destroy one session (DEL), or every session of a user (--user [--except <session>]); exit status 1 if there was none.")
         @OptionGroup var options: SessionsOptions
-        @OptionGroup var session: SessionArgument
+        @Option(parsing: .unconditional,
+                help: "The server's secrets, comma-separated: a cookie value given as a session must carry a signature one of them made (env SESSION_SECRET; without one, the id in a cookie value is taken unchecked).")
+        var secret: String?
+        @Option(parsing: .unconditional,
+                help: "Destroy every session of this signed-in user (the per-user index) instead of one session.")
+        var user: String?
+        @Option(parsing: .unconditional,
+                help: "With --user: keep this session (an id or a connect.sid cookie value), e.g. the administrator's own.")
+        var except: String?
+        @Argument(help: ArgumentHelp(
+            "The session id (without the prefix), or the connect.sid cookie's value as the browser shows it "
+            + "(s%3A<id>.<sig>, its signature checked when a secret is given). Put -- before an id that starts with '-': "
+            + "destroy -- -Ab3..."))
+        var argument: String?
+
+        func validate() throws {
+            switch (argument, user) {
+            case (nil, nil): throw ValidationError("Missing expected argument '<argument>' (a session), or --user")
+            case (.some, .some): throw ValidationError("give a session or --user, not both")
+            default: break
+            }
+            if except != nil, user == nil { throw ValidationError("--except goes with --user") }
+            if let user { try validateUser(user) }
+        }
 
         func run() async throws {
-            let id = try session.sessionID()
+            guard let argument else { return try await destroyUser(user ?? "") }
+            let id = try SessionArgument.sessionID(from: argument, secret: secret)
             try await SessionInspector.with(options) { inspector in
                 // TTL first, to say whether there was one: the store's destroy is a no-op for a missing id.
                 guard try await inspector.store.timeToLive(id) != nil else { throw CommandFailure("no session \(id)") }
                 try await inspector.store.destroy(id)
             }
             print(options.json ? #"{"destroyed":1}"# : "destroyed \(id)")
+        }
+
+        /// `destroy --user`: every session of the user (but `--except`), then their index entries (ASVS 7.4.2, 7.4.5).
+        private func destroyUser(_ user: String) async throws {
+            let kept = try except.map { try SessionArgument.sessionID(from: $0, secret: secret) }
+            let ended = try await SessionInspector.with(options) { inspector in
+                try await inspector.store.destroySessions(ofUser: user, except: kept)
+            }
+            guard ended > 0 else { throw CommandFailure("no sessions of user \(user.debugDescription)") }
+            print(options.json ? #"{"destroyed":\#(ended)}"# : "destroyed \(ended) sessions of \(user.debugDescription)")
         }
     }
 
@@ -219,5 +288,14 @@ struct SessionsCommand: AsyncParsableCommand {
             let removed = try await SessionInspector.with(options, scanCount: scan.scanCount) { try await $0.store.removeAll() }
             print(options.json ? #"{"cleared":\#(removed)}"# : "cleared \(removed) sessions")
         }
+    }
+}
+
+/// A user name the per-user index can hold (as ``Session/signIn(user:client:)`` checks it): a usage error otherwise.
+private func validateUser(_ user: String) throws {
+    do {
+        try SessionUserError.validate(user)
+    } catch {
+        throw ValidationError("--user: \(error.description)")
     }
 }

@@ -13,7 +13,7 @@ import Synchronization
 /// as from Redis), and it expires entries at their cookie's `expires`, or `defaultTTL` seconds after the last
 /// `set`/`touch` for a browser-session cookie. Expired entries are dropped when read and swept at most once a
 /// minute by writes, so memory does not grow with abandoned sessions.
-public final class MemorySessionStore: SessionStore {
+public final class MemorySessionStore: UserSessionStore {
     private struct Entry {
         var json: [UInt8]
         var expiresAt: Date
@@ -21,6 +21,8 @@ public final class MemorySessionStore: SessionStore {
 
     private struct State {
         var entries: [String: Entry] = [:]
+        /// Each user's sessions: id -> bound (JavaScript milliseconds), as RedisSessionStore's sorted sets.
+        var users: [String: [String: Int64]] = [:]
         var lastSweep: Date
     }
 
@@ -187,7 +189,10 @@ public final class MemorySessionStore: SessionStore {
     }
 
     public func clear() async throws {
-        state.withLock { $0.entries.removeAll() }
+        state.withLock { state in
+            state.entries.removeAll()
+            state.users.removeAll()
+        }
     }
 
     public func ping() async throws {}
@@ -205,8 +210,92 @@ public final class MemorySessionStore: SessionStore {
 
     private func sweep(_ state: inout State, now: Date) {
         state.entries = state.entries.filter { $0.value.expiresAt > now }
+        // An index entry goes with its session (and in any case at its bound): memory follows the live sessions.
+        let entries = state.entries
+        state.users = state.users.compactMapValues { index in
+            let kept = index.filter { entries[$0.key] != nil }
+            return kept.isEmpty ? nil : kept
+        }
         state.lastSweep = now
     }
+
+    // MARK: - Users (UserSessionStore; the rules are in UserSessions.swift)
+
+    public func lifetime(of session: SessionData, now: Date) -> Int64 {
+        max(0, expiry(of: session, now: now).javaScriptMilliseconds - now.javaScriptMilliseconds)
+    }
+
+    public func index(_ id: String, user: String, until bound: Int64) async throws {
+        let now = self.now().javaScriptMilliseconds
+        state.withLock { state in
+            var index = state.users[user, default: [:]].filter { $0.value >= now }
+            index[id] = max(index[id] ?? bound, bound)
+            state.users[user] = index
+        }
+    }
+
+    public func sessions(ofUser user: String) async throws -> [UserSession] {
+        let now = self.now()
+        let found: [(String, [UInt8], Date)] = state.withLock { state in
+            let nowMs = now.javaScriptMilliseconds
+            guard let index = state.users[user] else { return [] }
+            var found: [(String, [UInt8], Date)] = []
+            var kept: [String: Int64] = [:]
+            for (id, bound) in index where bound >= nowMs {
+                guard let entry = state.entries[id], entry.expiresAt > now else { continue }
+                found.append((id, entry.json, entry.expiresAt))
+                kept[id] = bound
+            }
+            state.users[user] = kept.isEmpty ? nil : kept
+            return found
+        }
+        var live: [UserSession] = []
+        var gone: [String] = []
+        for (id, json, expiresAt) in found {
+            guard let data = try? SessionData(json: json), let owner = SessionOwner(data.values), owner.name == user
+            else {
+                gone.append(id)
+                continue
+            }
+            let lifetime = data.cookie.originalMaxAge ?? Int64(defaultTTL) * 1000
+            live.append(UserSession(id: id, user: user, signedInAt: owner.since.map { Date(javaScriptMilliseconds: $0) },
+                                    lastActiveAt: expiresAt.addingTimeInterval(-Double(lifetime) / 1000),
+                                    expiresAt: expiresAt, client: owner.client))
+        }
+        if !gone.isEmpty {
+            state.withLock { state in for id in gone { state.users[user]?[id] = nil } }
+        }
+        return live.sorted { ($0.signedInAt ?? .distantPast, $0.id) < ($1.signedInAt ?? .distantPast, $1.id) }
+    }
+
+    @discardableResult
+    public func destroySessions(ofUser user: String, except: String?) async throws -> Int {
+        let now = self.now()
+        return state.withLock { state in
+            guard let index = state.users[user] else { return 0 }
+            var ended = 0
+            for id in index.keys where id != except {
+                if let entry = state.entries.removeValue(forKey: id), entry.expiresAt > now { ended += 1 }
+                state.users[user]?[id] = nil
+            }
+            if state.users[user]?.isEmpty == true { state.users[user] = nil }
+            return ended
+        }
+    }
+
+    @discardableResult
+    nonisolated(nonsending) public func destroy(_ id: String, ofUser user: String) async throws -> Bool {
+        let now = self.now()
+        return state.withLock { state in
+            let entry = state.entries.removeValue(forKey: id)
+            state.users[user]?[id] = nil
+            if state.users[user]?.isEmpty == true { state.users[user] = nil }
+            return entry.map { $0.expiresAt > now } ?? false
+        }
+    }
+
+    /// How many users have an index (to test that indexes go with their sessions).
+    var indexedUserCount: Int { state.withLock { $0.users.count } }
 
     // MARK: - Test support
 

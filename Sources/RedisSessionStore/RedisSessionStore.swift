@@ -237,14 +237,14 @@ public final class RedisSessionStore: SessionStore {
 
     /// A script that writes `key`, through ``RedisSessionTarget/write(_:waitingFor:)`` so that `waitForReplicas`
     /// applies.
-    private func evalWriting(_ script: RedisScript, on client: any RedisSessionTarget, key: [UInt8],
+    func evalWriting(_ script: RedisScript, on client: any RedisSessionTarget, key: [UInt8],
                              arguments: [[UInt8]]) async throws -> RedisValue {
         try await script.run(keyBytes: [key], arguments: arguments) {
             try await client.write($0, waitingFor: waitForReplicas)
         }
     }
 
-    private func decode(_ bytes: [UInt8]) -> SessionData? {
+    func decode(_ bytes: [UInt8]) -> SessionData? {
         do {
             return try SessionData(json: bytes)
         } catch {
@@ -396,12 +396,12 @@ public final class RedisSessionStore: SessionStore {
     /// Where writes go: with `waitForReplicas`, a one-server store's second connection per loop (WAIT blocks its
     /// connection, and reads must not queue behind it; a cluster picks its nodes' second connections itself). A
     /// store on one given client, or on Sentinel's primary, has only the one connection.
-    private func writeClient() throws -> any RedisSessionTarget {
+    func writeClient() throws -> any RedisSessionTarget {
         guard waitForReplicas > 0, case .perLoop(let perLoop) = clients else { return try client() }
         return try perLoop.waitClient()
     }
 
-    private func client() throws -> any RedisSessionTarget {
+    func client() throws -> any RedisSessionTarget {
         switch clients {
         case .single(let client): client
         case .perLoop(let perLoop): try perLoop.client()

@@ -198,9 +198,9 @@ public final class Session {
     /// session as it was, so a login cannot go on under the old id.
     /// - Throws: ``SessionStoreError`` when the store fails.
     nonisolated(nonsending) public func regenerate() async throws {
-        // An id never made was never stored: nothing to destroy.
+        // An id never made was never stored: nothing to destroy. A signed-in session leaves its user's index too.
         if !isDetached, let currentId {
-            try await engine.destroy(currentId)
+            try await engine.destroy(currentId, owner: SessionOwner(values)?.name)
         }
         currentId = nil
         regenerated = true
@@ -218,11 +218,166 @@ public final class Session {
     /// (Like express, the browser keeps its cookie; the next request finds no session and starts a new one.)
     /// - Throws: ``SessionStoreError`` when the store fails (the session is dropped from the request anyway).
     nonisolated(nonsending) public func destroy() async throws {
+        let owner = SessionOwner(values)?.name
         state = .destroyed
         values = JSONObject()
         base = nil
         guard !isDetached, let currentId else { return }
-        try await engine.destroy(currentId)
+        try await engine.destroy(currentId, owner: owner)
+    }
+
+    // MARK: - Users (see UserSessions.swift)
+
+    /// The user this session belongs to (``signIn(user:client:)``), or nil for a guest.
+    public var user: String? { SessionOwner(values)?.name }
+
+    /// Gives the session a new id; with `keepingData`, its values and owner stay and only the id changes (the old
+    /// id is deleted from the store at once: it stops working, with no grace period, as it is what an attacker
+    /// may hold). `regenerate(keepingData: false)` is ``regenerate()``. Works on a Redis Cluster (no `RENAME`: the
+    /// values are written under the new id, then the old key deleted).
+    ///
+    /// For a signed-in session the new id is written and indexed before the old one is deleted; when the old one
+    /// turns out to be gone already (ended by "sign out everywhere" meanwhile), the new one is deleted too and the
+    /// session is destroyed (``status`` is `.destroyed`), so a regeneration never rescues a session from being
+    /// ended.
+    /// - Throws: ``SessionStoreError`` when the store fails.
+    nonisolated(nonsending) public func regenerate(keepingData: Bool) async throws {
+        guard keepingData, state == .active else { return try await regenerate() }
+        try await moveToNewId(values, previousOwner: SessionOwner(values)?.name)
+    }
+
+    /// Signs the session in as `user`: a new id (against session fixation; the old one is deleted at once), the
+    /// owner recorded in the session and in the user's index. A guest's values are kept (a cart survives the
+    /// sign-in); another user's are not. With ``SessionConfiguration/maxSessionsPerUser``, the user's oldest
+    /// sessions beyond the limit are ended.
+    /// - Parameters:
+    ///   - user: the user name: 1 to 256 bytes of UTF-8 without control characters; any such string works (the
+    ///     index key is made from its hash).
+    ///   - client: a description of the client to show in the user's list of sessions (``SessionClient``); nil
+    ///     stores none.
+    /// - Throws: ``SessionUserError`` for a bad user name or a store without a user index (nothing is changed);
+    ///   ``SessionStoreError`` when the store fails.
+    nonisolated(nonsending) public func signIn(user: String, client: SessionClient? = nil) async throws {
+        try SessionUserError.validate(user)
+        guard engine.users != nil || isDetached else { throw SessionUserError.unsupportedStore }
+        // The values the signed-in session starts with; the session itself changes only once the store has them
+        // (a failure leaves it as it was, under its old id and owner, even for an application that goes on).
+        var signedIn = state == .active ? values : JSONObject()
+        let previous = SessionOwner(signedIn)?.name
+        if let previous, previous != user {
+            signedIn = JSONObject()   // another user's values never carry over
+        }
+        // A signed-in session is a new session: its absolute lifetime starts now (set below when one is configured).
+        signedIn[Session.createdAtKey] = nil
+        let owner = SessionOwner(name: user, since: engine.configuration.now().javaScriptMilliseconds,
+                                 indexedUntil: nil, client: client)
+        signedIn[SessionOwner.key] = owner.jsonValue
+        try await moveToNewId(signedIn, previousOwner: previous)
+        guard state == .active, !isDetached, let limit = engine.configuration.maxSessionsPerUser,
+              let users = engine.users else { return }
+        // The newest `limit` sessions stay (this one among them); the older ones end. Two sign-ins at once each
+        // end only sessions older than the newest `limit`, so they never end each other.
+        let current = id
+        let all = try await engine.perform("list") { try await users.sessions(ofUser: user) }
+        for ended in all.prefix(max(0, all.count - max(1, limit))) where ended.id != current {
+            try await engine.destroy(ended.id, owner: user)
+        }
+    }
+
+    /// Signs out: the session is destroyed in the store and leaves its user's index, and the request continues
+    /// with a new, empty session (as ``regenerate()``). For a guest it is ``regenerate()``.
+    /// - Throws: ``SessionStoreError`` when the store fails (the session is then left as it was).
+    nonisolated(nonsending) public func signOut() async throws {
+        try await regenerate()
+    }
+
+    /// Moves the session to a new id with `newValues`. A signed-in session on a store with a user index: the new
+    /// session is written, then indexed, then the old one deleted (see UserSessions.swift for why this order).
+    /// Otherwise the old id is deleted and the values are saved under the new one at the end of the request, as a
+    /// new session. The session changes only when every store call succeeded.
+    nonisolated(nonsending) private func moveToNewId(_ newValues: JSONObject, previousOwner: String?) async throws {
+        let oldId = isDetached ? nil : currentId
+        let wasStored = inStore
+        let now = engine.configuration.now()
+        let freshCookie = engine.newCookie(now: now, requestIsSecure: requestIsSecure)
+        guard !isDetached, var owner = SessionOwner(newValues), let users = engine.users else {
+            if let oldId { try await engine.destroy(oldId, owner: previousOwner) }
+            currentId = nil
+            cookie = freshCookie
+            values = newValues
+            markRegenerated()
+            base = nil
+            return
+        }
+        let newId = engine.configuration.genid()
+        let lifetime = users.lifetime(of: SessionData(cookie: freshCookie), now: now)
+        let bound = UserIndexTiming.bound(now: now.javaScriptMilliseconds, lifetime: lifetime)
+        owner.indexedUntil = bound
+        var newValues = newValues
+        newValues[SessionOwner.key] = owner.jsonValue
+        if engine.configuration.absoluteTimeout != nil, newValues[Session.createdAtKey] == nil {
+            // As commit() does for a new session. A rotation keeps the creation time it carries: regenerating
+            // must not extend the absolute lifetime.
+            newValues[Session.createdAtKey] = .number(String(now.javaScriptMilliseconds))
+        }
+        // 1. The session under its new id: nobody can use it before this response carries its cookie.
+        let write = SessionWrite(cookie: freshCookie, changes: SessionChanges(replacesAll: true), values: newValues,
+                                 base: nil)
+        guard case .saved(let stored) = try await engine.commit(newId, write, isNew: true) else {
+            throw SessionStoreError(operation: "set", underlying: RedisSessionStoreError(
+                "the new session expired as it was written (a cookie max age of zero?)"))
+        }
+        // 2. Its index entry.
+        try await engine.perform("index") { try await users.index(newId, user: owner.name, until: bound) }
+        // 3. The old id ends now. A signed-in session that is gone already was ended meanwhile (sign out
+        //    everywhere, an administrator): the new one goes with it.
+        if let oldId {
+            let existed = try await engine.destroy(oldId, owner: previousOwner)
+            if wasStored, !existed, previousOwner == owner.name {
+                try await engine.destroy(newId, owner: owner.name)
+                engine.logger.info("session ended by another request while it was regenerated; it stays ended")
+                state = .destroyed
+                values = JSONObject()
+                base = nil
+                return
+            }
+        }
+        currentId = newId
+        cookie = freshCookie
+        values = stored.data.values
+        markRegenerated()
+        base = stored
+        savedValues = values
+    }
+
+    private func markRegenerated() {
+        regenerated = true
+        replacedAll = true
+        changedSinceLoad = true
+        changedSinceSave = true
+        isNew = true
+        state = .active
+    }
+
+    /// Whether the values carry an owner member (a lookup, no parsing): the middleware's test before the async call
+    /// below, so a guest's request pays nothing for it.
+    var mayBeSignedIn: Bool { values[SessionOwner.key] != nil }
+
+    /// For a signed-in session whose index entry is due (see ``UserIndexTiming``): rewrites the entry, then records
+    /// its new bound in the session, which the end-of-request save writes. Called by the middleware before it
+    /// decides whether to save, so that the common request costs nothing more.
+    nonisolated(nonsending) func refreshIndexIfDue() async throws {
+        guard state == .active, !isDetached, inStore, let users = engine.users,
+              var owner = SessionOwner(values) else { return }
+        let now = engine.configuration.now()
+        let lifetime = users.lifetime(of: storedData, now: now)
+        let nowMs = now.javaScriptMilliseconds
+        guard UserIndexTiming.isDue(bound: owner.indexedUntil, now: nowMs, lifetime: lifetime) else { return }
+        let bound = UserIndexTiming.bound(now: nowMs, lifetime: lifetime)
+        let id = self.id
+        try await engine.perform("index") { try await users.index(id, user: owner.name, until: bound) }
+        owner.indexedUntil = bound
+        self[SessionOwner.key] = owner.jsonValue
     }
 
     /// Drops the session from the request without a store call, as `req.session = null` does in express: with

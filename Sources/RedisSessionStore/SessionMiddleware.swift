@@ -82,6 +82,9 @@ public struct SessionConfiguration: Sendable {
     /// A session dies this long after it was created, however often it is used or `rolling` renews it (nil: no
     /// limit). The creation time is stored in the session as ``Session/createdAtKey``.
     public var absoluteTimeout: Duration?
+    /// How many sessions one user may have at once (nil: no limit): a sign-in past it ends the user's oldest
+    /// sessions (``Session/signIn(user:client:)``). Needs a ``UserSessionStore``.
+    public var maxSessionsPerUser: Int?
     public var logger: Logger
     /// The clock, for tests.
     public var now: @Sendable () -> Date
@@ -115,11 +118,14 @@ final class SessionEngine: Sendable {
     let configuration: SessionConfiguration
     let signer: CookieSigner
     let metrics: SessionMetrics
+    /// The store's index of users' sessions, when it keeps one.
+    let users: (any UserSessionStore)?
     var logger: Logger { configuration.logger }
     private let lastErrorLog = Mutex<(at: ContinuousClock.Instant, failures: Int)?>(nil)
 
     init(store: any SessionStore, configuration: SessionConfiguration, metrics: SessionMetrics) throws {
         self.store = store
+        self.users = store as? any UserSessionStore
         self.configuration = configuration
         self.signer = try CookieSigner(secrets: configuration.secrets)
         self.metrics = metrics
@@ -168,7 +174,20 @@ final class SessionEngine: Sendable {
         metrics.recordDestroyed()
     }
 
-    nonisolated(nonsending) private func perform<T>(
+    /// Destroys a session; a signed-in one (`owner`) through the user index, so its entry goes too.
+    /// - Returns: whether the session existed (always true without an owner: a plain destroy does not say).
+    @discardableResult
+    nonisolated(nonsending) func destroy(_ id: String, owner: String?) async throws -> Bool {
+        guard let owner, let users else {
+            try await destroy(id)
+            return true
+        }
+        let existed = try await perform("destroy") { try await users.destroy(id, ofUser: owner) }
+        metrics.recordDestroyed()
+        return existed
+    }
+
+    nonisolated(nonsending) func perform<T>(
         _ operation: String, _ body: nonisolated(nonsending) () async throws -> T
     ) async throws -> T {
         do {
@@ -268,7 +287,11 @@ public struct SessionMiddleware: Middleware {
             }
             if let stored, Session.isPastAbsoluteTimeout(stored.data, configuration: configuration) {
                 // Past its absolute lifetime: gone for good, whatever its TTL says.
-                do { try await engine.destroy(cookieId) } catch { throw SessionMiddleware.unavailable }
+                do {
+                    try await engine.destroy(cookieId, owner: SessionOwner(stored.data.values)?.name)
+                } catch {
+                    throw SessionMiddleware.unavailable
+                }
                 session = Session(newWith: engine, requestIsSecure: requestIsSecure, now: now)
             } else if let stored {
                 session = Session(id: cookieId, loaded: stored, engine: engine, requestIsSecure: requestIsSecure)
@@ -289,6 +312,8 @@ public struct SessionMiddleware: Middleware {
             throw SessionMiddleware.unavailable
         } catch let error as SessionIncrementError {
             handlerError = HTTPError(.conflict, message: error.description)
+        } catch let error as SessionUserError {
+            handlerError = HTTPError(.badRequest, message: error.description)
         } catch {
             handlerError = error
         }
@@ -338,6 +363,9 @@ public struct SessionMiddleware: Middleware {
 
         // express touches before deciding; the comparison ignores the cookie, so this never counts as a change.
         session.cookie.resetMaxAge(now: configuration.now())
+        // A signed-in session's index entry, when it is due (at most once per interval): a change the save below
+        // writes.
+        if engine.users != nil, session.mayBeSignedIn { try await session.refreshIndexIfDue() }
 
         if shouldSave(session, cookieId: cookieId) {
             try await session.save()
