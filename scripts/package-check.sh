@@ -30,8 +30,9 @@ fi
 redis_host="${REDIS_HOST:-127.0.0.1}"
 app_port="$(free_port)"
 
-# The dependency as the README writes it: a git URL ending in /evserver (a link to this clone), pinned to HEAD.
-ln -s "$ROOT" "$CHECK/evserver"
+# The dependency as the README writes it: a git URL ending in /evserver, pinned to HEAD. The link goes to the
+# repository's git directory (the common one of a `git worktree`, which SwiftPM cannot clone from its work tree).
+ln -s "$(git rev-parse --path-format=absolute --git-common-dir)" "$CHECK/evserver"
 revision="$(git rev-parse HEAD)"
 mkdir -p "$CHECK/app/Sources/App"
 cat > "$CHECK/app/Package.swift" <<EOF
