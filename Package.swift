@@ -16,7 +16,14 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.0"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),   // LogHandler.log(event:)
+        // Metrics through the ecosystem's API (the libraries emit, the application picks the backend), and the
+        // Prometheus backend that `evserver` bootstraps for /metrics.
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        // Spans through the ecosystem's tracing API (the application bootstraps a tracer, swift-otel say); its
+        // InMemoryTracing module serves the tests.
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.0"),
     ],
     targets: [
         .systemLibrary(name: "CEvent", pkgConfig: "libevent",
@@ -31,6 +38,8 @@ let package = Package(
         .target(name: "EvServer", dependencies: [
             "CEvent",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
         ]),
         // The async Redis client, usable without sessions: RESP through hiredis's reader, connections on libevent
         // bufferevents (TLS through COpenSSL), deadlines, Cluster and Sentinel. From EvServer it needs the EventLoop
@@ -40,6 +49,8 @@ let package = Package(
             "EvServer", "CEvent", "CHiredis", "COpenSSL",
             .product(name: "Crypto", package: "swift-crypto"),   // SHA-1 of scripts, for EVALSHA
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
         ]),
         // Sessions (express-session compatible), their stores, cookie signing and the session middleware.
         .target(name: "RedisSessionStore", dependencies: [
@@ -51,7 +62,15 @@ let package = Package(
             "EvServer", "RedisClient", "RedisSessionStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
         ]),
-        .testTarget(name: "StoreTests", dependencies: ["EvServer", "RedisClient", "RedisSessionStore", "EvServerApp"]),
+        .testTarget(name: "StoreTests", dependencies: [
+            "EvServer", "RedisClient", "RedisSessionStore", "EvServerApp",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+        ]),
     ]
 )

@@ -66,8 +66,12 @@ if ! (cd "$CHECK/app" && swift build 2>&1) > "$CHECK/build.log"; then
     die "the README's example does not build against this package"
 fi
 # Warnings from this package: any in its checkout (.build/checkouts/evserver), and any that names no file (SwiftPM's
-# own, such as a prohibited flag from a system library's pkg-config). Other dependencies' warnings are theirs.
-if grep -E "^warning:|/checkouts/evserver/.*warning:" "$CHECK/build.log" >&2; then
+# own, such as a prohibited flag from a system library's pkg-config), unless SwiftPM says it is another package's
+# (`warning: 'swift-distributed-tracing': found 1 file(s) which are unhandled`: that package's own manifest leaves
+# its CMakeLists.txt files unhandled). Other dependencies' warnings are theirs.
+if grep -E "^warning:|/checkouts/evserver/.*warning:" "$CHECK/build.log" \
+    | grep -vE "^warning: '[^']+':" | grep . >&2 \
+    || grep -E "^warning: 'evserver':" "$CHECK/build.log" >&2; then
     die "building against this package prints warnings (above)"
 fi
 

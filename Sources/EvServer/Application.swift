@@ -1,6 +1,8 @@
+import CoreMetrics
 import Dispatch
 import Logging
 import Synchronization
+import Tracing
 
 #if canImport(Glibc)
 import Glibc
@@ -32,6 +34,13 @@ import Darwin
 public final class Application: Sendable {
     /// The server limits used by ``start(host:port:threads:)``.
     public let configuration: HTTPServerConfiguration
+    /// Where the server's request metrics go (see "Operating it" in the README for their names).
+    public let metricsFactory: any MetricsFactory
+    /// The logger of errors out of handlers (the 500 line, with the request's route and id).
+    public let logger: Logger
+    /// The tracer of the request spans, nil for none (then the request path makes no span and reads no trace
+    /// context).
+    public let tracer: (any Tracer)?
 
     private struct State: Sendable {
         var middleware: [any Middleware] = []
@@ -46,10 +55,22 @@ public final class Application: Sendable {
     private let startedServers = Mutex<[RunningServer]>([])
 
     /// Creates an application.
-    /// - Parameter configuration: server limits and timeouts, and the header fields every response carries
-    ///   (``HTTPServerConfiguration/defaultHeaders``).
-    public init(configuration: HTTPServerConfiguration = .init()) {
+    /// - Parameters:
+    ///   - configuration: server limits and timeouts, the header fields every response carries
+    ///     (``HTTPServerConfiguration/defaultHeaders``), request ids and the access log.
+    ///   - metricsFactory: the swift-metrics backend of the server's request metrics; by default the one
+    ///     `MetricsSystem.bootstrap` installed when the application is created (none: they cost a call that does
+    ///     nothing).
+    ///   - logger: where errors out of handlers are logged (default: label `evserver.http`).
+    ///   - tracer: the tracer of a span per request; by default the one `InstrumentationSystem.bootstrap`
+    ///     installed when the application is created, and none when nothing was bootstrapped.
+    public init(configuration: HTTPServerConfiguration = .init(),
+                metricsFactory: (any MetricsFactory)? = nil, logger: Logger? = nil, tracer: (any Tracer)? = nil) {
         self.configuration = configuration
+        self.metricsFactory = metricsFactory ?? MetricsSystem.factory
+        self.logger = logger ?? httpLogger
+        let bootstrapped = InstrumentationSystem.tracer
+        self.tracer = tracer ?? (bootstrapped is NoOpTracer ? nil : bootstrapped)
     }
 
     // MARK: Middleware
@@ -97,7 +118,7 @@ public final class Application: Sendable {
     private func pipeline() -> RequestPipeline {
         state.withLock { state in
             if let pipeline = state.pipeline { return pipeline }
-            let pipeline = RequestPipeline(middleware: state.middleware, router: state.router)
+            let pipeline = RequestPipeline(middleware: state.middleware, router: state.router, logger: logger)
             state.pipeline = pipeline
             return pipeline
         }
@@ -134,7 +155,7 @@ public final class Application: Sendable {
         // running.
         return try state.withLock { state throws(HTTPServerError) -> RunningServer in
             let server = try RunningServer(host: host, port: port, threads: threads, configuration: configuration,
-                                           pipeline: pipeline)
+                                           metricsFactory: metricsFactory, tracer: tracer, pipeline: pipeline)
             state.started = true
             state.servers.append(server)
             startedServers.withLock { $0.append(server) }
@@ -221,10 +242,12 @@ public final class Application: Sendable {
 final class RequestPipeline: Sendable {
     @usableFromInline let middleware: [any Middleware]
     @usableFromInline let router: Router
+    let logger: Logger
 
-    init(middleware: [any Middleware], router: Router) {
+    init(middleware: [any Middleware], router: Router, logger: Logger) {
         self.middleware = middleware
         self.router = router
+        self.logger = logger
     }
 
     @inline(__always)   // (one executor check fewer per request, as for `run`)
@@ -280,8 +303,11 @@ final class RequestPipeline: Sendable {
             response.status = .badRequest
             Self.sendError(message, for: request, into: response)
         } else {
-            httpLogger.error("unhandled error answering \(request.method) \(request.path): \(String(reflecting: error))",
-                         metadata: ["route": "\(request.route ?? "-")"])
+            // The request id explicitly too: a logger bootstrapped without RequestID.metadataProvider still gets it.
+            var metadata: Logger.Metadata = ["route": "\(request.route ?? "-")"]
+            if let id = request.id { metadata["request_id"] = .string(id) }
+            logger.error("unhandled error answering \(request.method) \(request.path): \(String(reflecting: error))",
+                             metadata: metadata)
             response.status = .internalServerError
             Self.sendError("Internal Server Error", for: request, into: response)
         }
@@ -374,6 +400,7 @@ public final class RunningServer: Sendable {
     private let stopWaiters = Mutex<[CheckedContinuation<Void, Never>]?>([])
 
     init(host: String, port: Int, threads count: Int, configuration: HTTPServerConfiguration,
+         metricsFactory: any MetricsFactory, tracer: (any Tracer)?,
          pipeline: RequestPipeline) throws(HTTPServerError) {
         let sockets = try ListeningSockets.open(host: host, port: port, count: count,
                                                 backlog: configuration.backlog)
@@ -394,7 +421,7 @@ public final class RunningServer: Sendable {
                 let loop = thread.loop
                 servers.append(try loop.performAndWait {
                     try HTTPServer(loop: loop, pipeline: pipeline, configuration: configuration,
-                                   descriptor: descriptor)
+                                   metricsFactory: metricsFactory, tracer: tracer, descriptor: descriptor)
                 })
             }
         } catch {

@@ -1,5 +1,7 @@
 import CEvent
+import CoreMetrics
 import Logging
+import Tracing
 
 #if canImport(Glibc)
 import Glibc
@@ -78,6 +80,17 @@ final class HTTPServer: @unchecked Sendable {
     let maxConnections: Int
     /// ``HTTPServerConfiguration/defaultHeaders``.
     let defaultHeaders: DefaultHeaders
+    /// ``HTTPServerConfiguration/requestIDs``.
+    let requestIDs: RequestIDConfiguration?
+    /// ``HTTPServerConfiguration/trustedProxies``.
+    let trustedProxies: TrustedProxies
+    /// ``HTTPServerConfiguration/accessLog``.
+    let accessLog: Bool
+    /// The tracer of the request spans; nil without one (then no span is made).
+    let tracer: (any Tracer)?
+    /// The request metrics of this loop (HTTPServer+Observability.swift).
+    let metrics: HTTPServerMetrics
+    @exclusivity(unchecked) var requestIDGenerator = RequestIDGenerator()
     var http: OpaquePointer?
     var listener: OpaquePointer?
 
@@ -125,12 +138,17 @@ final class HTTPServer: @unchecked Sendable {
     /// Creates the evhttp and starts accepting on `descriptor`. Must be called on the loop thread.
     /// - Parameter descriptor: a listening socket; the server owns it from now on, also when this throws.
     init(loop: EventLoop, pipeline: RequestPipeline, configuration: HTTPServerConfiguration,
-         descriptor: Int32) throws(HTTPServerError) {
+         metricsFactory: any MetricsFactory, tracer: (any Tracer)?, descriptor: Int32) throws(HTTPServerError) {
         self.loop = loop
         self.pipeline = pipeline
         self.limits = configuration.limits
         self.maxConnections = max(1, configuration.maxConnections)
         self.defaultHeaders = configuration.defaultHeaders
+        self.requestIDs = configuration.requestIDs
+        self.accessLog = configuration.accessLog
+        self.trustedProxies = configuration.trustedProxies
+        self.tracer = tracer
+        self.metrics = HTTPServerMetrics(factory: metricsFactory)
         // Sweep often enough that a timeout fires at most a quarter late (and at most 1 s late).
         let shortest = min(configuration.headerTimeout, configuration.idleTimeout, Self.lingerTime)
         let interval = max(.milliseconds(10), min(.seconds(1), shortest / 4))
@@ -232,8 +250,11 @@ extension HTTPServer {
         }
         client?.inFlight += 1
         let head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
-        let job = RequestJob(request: makeRequest(req, connection: connection, client: client), id: id,
-                             client: client, head: head)
+        let request = makeRequest(req, connection: connection, client: client)
+        if let requestIDs {
+            request.id = requestID(of: request, field: requestIDs.headerName)
+        }
+        let job = RequestJob(request: request, id: id, client: client, head: head, start: HTTPServerMetrics.now())
         workers.run(job) { job in
             Task(executorPreference: loop) { [self] in await work(startingWith: job) }
         }
@@ -245,7 +266,14 @@ extension HTTPServer {
     private func work(startingWith first: RequestJob) async {
         var job = first
         while true {
-            let response = await pipeline.respond(to: job.request)
+            let response: Response
+            if let tracer {
+                response = await respondTraced(to: job.request, tracer: tracer)
+            } else if let requestID = job.request.id {
+                response = await respond(to: job.request, id: requestID)
+            } else {
+                response = await pipeline.respond(to: job.request)
+            }
             // Nonisolated code of a task that prefers the loop runs on the loop, so this is the common path.
             if loop.inLoop {
                 reply(to: job, response)
@@ -310,12 +338,15 @@ extension HTTPServer {
 }
 
 /// One request on its way to a worker: the request, its id, its connection (which keeps the evhttp request until
-/// the reply, see `HTTPServer.unheldRequests`), and whether it is a HEAD request.
+/// the reply, see `HTTPServer.unheldRequests`), whether it is a HEAD request, and when it arrived (for its
+/// duration in the metrics and the access log).
 struct RequestJob {
     let request: Request
     let id: UInt
     let client: ClientConnection?
     let head: Bool
+    /// `HTTPServerMetrics.now()` when the request arrived.
+    let start: Int64
 }
 
 /// Carries a finished response to the loop thread in the (unexpected) case the task ended elsewhere.
@@ -379,6 +410,10 @@ extension HTTPServer {
         for field in defaultHeaders.fields where !parts.headers.contains(field.name) {
             addHeader(output, field.name, field.value)
         }
+        // The request id (checked when made: a well-formed one from a proxy, or ours), unless the handler set one.
+        if let requestIDs, let requestID = job.request.id, !parts.headers.contains(requestIDs.headerName) {
+            addHeader(output, requestIDs.headerName, requestID)
+        }
         if closing {
             evhttp_remove_header(output, "Connection")
             evhttp_add_header(output, "Connection", "close")
@@ -414,6 +449,13 @@ extension HTTPServer {
         client?.watchesOwnAnswers(false)
         reason.withCString { evhttp_send_reply(req, Int32(code), $0, nil) }
         client?.watchesOwnAnswers(true)
+        let nanoseconds = HTTPServerMetrics.now() - job.start
+        metrics.recordRequest(route: job.request.route ?? "unmatched", method: job.request.method, status: code,
+                              nanoseconds: nanoseconds)
+        if accessLog {
+            logAccess(job.request, status: code, bytes: bodyAllowed && !head ? parts.body.count : 0,
+                      nanoseconds: nanoseconds)
+        }
         checkDrained()
     }
 
@@ -537,7 +579,9 @@ extension HTTPServer {
             // callbacks.
             let context = client.context
             client.callbackEntry = evbuffer_add_cb(input, onInput, context)
-            if !defaultHeaders.isEmpty { client.outputCallbackEntry = evbuffer_add_cb(output, onOutput, context) }
+            if !defaultHeaders.isEmpty || requestIDs != nil {
+                client.outputCallbackEntry = evbuffer_add_cb(output, onOutput, context)
+            }
         }
         unregistered.append(client)
         if unregistered.count == 1, let registerEvent { event_active(registerEvent, 0, 0) }
@@ -560,6 +604,7 @@ extension HTTPServer {
                 } else {
                     client.connection = connection
                     connections[connection] = client
+                    metrics.connections.increment()
                     evhttp_connection_set_closecb(connection, onConnectionClose, context)
                 }
             } else {
@@ -572,6 +617,7 @@ extension HTTPServer {
     func connectionClosed(_ connection: OpaquePointer) {
         loop.preconditionInLoop()
         guard let client = connections.removeValue(forKey: connection) else { return }
+        metrics.connections.decrement()
         client.connection = nil
         detach(client)
         // Its request, if the application still works on it, lives on detached (see the top of HTTPServer.swift); the
@@ -718,8 +764,12 @@ extension HTTPServer {
         // fields does not call back here.
         evbuffer_remove_cb_entry(output, entry)
         client.outputCallbackEntry = nil
-        let fields = defaultFieldLines(skipping: Self.evhttpErrorPageFields)
+        let requestID = requestIDs.map { _ in requestIDGenerator.next() }
+        let fields = defaultFieldLines(skipping: Self.evhttpErrorPageFields) + requestIDLine(requestID)
         _ = fields.withCString { evbuffer_add(output, $0, fields.utf8.count) }
+        if let status = Self.statusCode(ofStatusLineStart: start) {
+            recordRefusal(status: status, bytes: 0, requestID: requestID)
+        }
     }
 
     /// Up to `count` bytes of `buffer` from `offset` on, without draining them.
@@ -749,6 +799,14 @@ extension HTTPServer {
         let digit = bytes[space + 1]
         return (48...57).contains(digit) ? Int(digit - 48) : nil
     }
+
+    /// The three-digit status code from the start of a status line, or nil.
+    static func statusCode(ofStatusLineStart bytes: [UInt8]) -> Int? {
+        guard let space = bytes.firstIndex(of: 32), space + 3 < bytes.count else { return nil }
+        let digits = bytes[(space + 1)...(space + 3)]
+        guard digits.allSatisfy({ (48...57).contains($0) }) else { return nil }
+        return digits.reduce(0) { $0 * 10 + Int($1 - 48) }
+    }
 }
 
 // MARK: - Refusals
@@ -777,14 +835,17 @@ extension HTTPServer {
     /// Answers the request in progress on `client` with `rejection` ourselves and ends the connection; evhttp never
     /// sees another byte of it. See the top of "Connections" in this file.
     func refuse(_ client: ClientConnection, _ rejection: HTTPRejection) {
-        httpLogger.debug("refusing a request: \(rejection)")
+        // The request was never parsed, so a proxy's id for it is not known: the refusal gets an id of our own.
+        let requestID = requestIDs.map { _ in requestIDGenerator.next() }
+        httpLogger.debug("refusing a request: \(rejection)", metadata: requestID.map { ["request_id": .string($0)] })
         client.lingering = true
         client.since = tick
         evbuffer_drain(client.input, evbuffer_get_length(client.input))
+        let body = #"{"error":\#(jsonQuoted(rejection.message))}"#
+        recordRefusal(status: rejection.status.code, bytes: body.utf8.count, requestID: requestID)
         let fd = bufferevent_getfd(client.bufferevent)
         guard fd >= 0 else { return }
-        let body = #"{"error":\#(jsonQuoted(rejection.message))}"#
-        Self.writeBestEffort(fd, errorResponse(rejection.status, body: body))
+        Self.writeBestEffort(fd, errorResponse(rejection.status, body: body, requestID: requestID))
         shutdownSending(fd)
     }
 
@@ -795,9 +856,12 @@ extension HTTPServer {
             httpLogger.warning("\(maxConnections) connections open on loop \(loop.name): refusing new ones")
         }
         detach(client)
+        let requestID = requestIDs.map { _ in requestIDGenerator.next() }
+        recordRefusal(status: 503, bytes: Self.overCapacityBody.utf8.count, requestID: requestID)
         let fd = bufferevent_getfd(client.bufferevent)
         if fd >= 0 {
-            Self.writeBestEffort(fd, overCapacityResponse)
+            Self.writeBestEffort(fd, errorResponse(.serviceUnavailable, body: Self.overCapacityBody,
+                                                   extraHeaders: [("Retry-After", "1")], requestID: requestID))
             // Read what the client has already sent: closing with unread input would send a reset instead of
             // the answer's end.
             var scratch = [UInt8](repeating: 0, count: 16384)
@@ -811,13 +875,14 @@ extension HTTPServer {
 
     /// A complete response with `Connection: close` and the default fields it does not have already.
     private func errorResponse(_ status: HTTPStatus, body: String,
-                               extraHeaders: [(name: String, value: String)] = []) -> [UInt8] {
+                               extraHeaders: [(name: String, value: String)] = [], requestID: String?) -> [UInt8] {
         let fields = [("Date", httpDate(secondsSince1970: Int(time(nil)))),
                       ("Content-Type", "application/json; charset=utf-8"),
                       ("Content-Length", String(body.utf8.count))] + extraHeaders
         var head = "HTTP/1.1 \(status.code) \(status.reason)\r\n"
         for field in fields { head += "\(field.name): \(field.value)\r\n" }
         head += defaultFieldLines(skipping: fields.map(\.name))
+        head += requestIDLine(requestID)
         head += "Connection: close\r\n\r\n"
         return Array((head + body).utf8)
     }
@@ -832,10 +897,18 @@ extension HTTPServer {
         return lines
     }
 
-    /// Made for each refusal, not once: its `Date` must be the current one.
-    private var overCapacityResponse: [UInt8] {
-        errorResponse(.serviceUnavailable, body: #"{"error":"too many connections"}"#,
-                      extraHeaders: [("Retry-After", "1")])
+    private static let overCapacityBody = #"{"error":"too many connections"}"#
+
+    /// The request id field as a header line, or nothing without one.
+    func requestIDLine(_ requestID: String?) -> String {
+        guard let requestIDs, let requestID else { return "" }
+        return "\(requestIDs.headerName): \(requestID)\r\n"
+    }
+
+    /// Counts an answer the server sent by itself, and logs it when the access log is on.
+    private func recordRefusal(status: Int, bytes: Int, requestID: String?) {
+        metrics.recordRefusal(status: status)
+        if accessLog { logRefusal(status: status, bytes: bytes, requestID: requestID) }
     }
 
     /// Sends what the socket takes now. The answers are small and the socket's send buffer is empty when they are

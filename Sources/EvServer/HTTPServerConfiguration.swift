@@ -45,6 +45,19 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     /// above, `408`, the `503` past ``maxConnections``, libevent's own error pages) unless the answer has a field
     /// of that name already (`Content-Type`, `Retry-After`). evhttp's interim `100 Continue` does not get them.
     public var defaultHeaders: DefaultHeaders
+    /// Request ids: nil (the default) gives none. Set, every request gets an id (a ``trustedProxies`` peer's, or
+    /// one the server makes), sent back in the configured field on every response, the server's own answers
+    /// included, set as ``RequestID/current`` while the application serves the request, and written in the access
+    /// log.
+    public var requestIDs: RequestIDConfiguration?
+    /// The peers whose request id and trace context (`traceparent`, read by the tracer) are believed; from any
+    /// other peer those fields are ignored. Default: nobody.
+    public var trustedProxies: TrustedProxies
+    /// Writes one line per request at `info` through swift-log (label `evserver.access`): method, path without the
+    /// query, status, response body bytes, duration, route and request id; never a header, cookie or query.
+    /// Requests the server refuses by itself get a line too (method and path `-`: it never parsed them). Off by
+    /// default.
+    public var accessLog: Bool
 
     /// Creates a configuration.
     /// - Parameters:
@@ -59,10 +72,15 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     ///   - backlog: the listen backlog (default 1024).
     ///   - shutdownTimeout: the longest graceful shutdown (default 10 s).
     ///   - defaultHeaders: header fields sent on every response (default none).
+    ///   - requestIDs: request ids (default none).
+    ///   - trustedProxies: whose request ids and trace context are believed (default nobody's).
+    ///   - accessLog: one log line per request (default off).
     public init(maxHeaderSize: Int = 16384, maxBodySize: Int = 65536, maxURILength: Int = 8192,
                 maxHeaderCount: Int = 100, timeout: Duration = .seconds(30), idleTimeout: Duration = .seconds(15),
                 headerTimeout: Duration = .seconds(10), maxConnections: Int = 10_000, backlog: Int = 1024,
-                shutdownTimeout: Duration = .seconds(10), defaultHeaders: DefaultHeaders = DefaultHeaders()) {
+                shutdownTimeout: Duration = .seconds(10), defaultHeaders: DefaultHeaders = DefaultHeaders(),
+                requestIDs: RequestIDConfiguration? = nil, trustedProxies: TrustedProxies = .none,
+                accessLog: Bool = false) {
         self.maxHeaderSize = maxHeaderSize
         self.maxBodySize = maxBodySize
         self.maxURILength = maxURILength
@@ -74,6 +92,9 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
         self.backlog = backlog
         self.shutdownTimeout = shutdownTimeout
         self.defaultHeaders = defaultHeaders
+        self.requestIDs = requestIDs
+        self.trustedProxies = trustedProxies
+        self.accessLog = accessLog
     }
 
     /// The size limits, as the request scanner uses them.

@@ -61,6 +61,8 @@ public final class Request {
     @exclusivity(unchecked) public var storage = RequestStorage()
     /// The loop this request runs on, when it came from a server.
     public let loop: EventLoop?
+    /// The request's id (``HTTPServerConfiguration/requestIDs``), nil when the server gives none.
+    @exclusivity(unchecked) public var id: String?
 
     /// Creates a request. Servers build these from the wire; tests build them directly.
     public init(method: HTTPMethod, uri: String, headers: HTTPHeaders = [:], body: [UInt8] = [],

@@ -67,6 +67,10 @@ struct AppConfiguration: Sendable {
     var idleTimeout = 86400
     /// Seconds after creation after which a session dies whatever its activity; nil = no limit.
     var absoluteTimeout: Int?
+    /// One log line per request (`--access-log`).
+    var accessLog = false
+    /// Every log line as text or JSON (`--log-format`).
+    var logFormat = LogFormat.text
     /// Sessions one user may have at once; a sign-in past it ends the oldest. nil = no limit.
     var maxSessionsPerUser: Int?
 }
@@ -157,6 +161,14 @@ struct ServerOptions: ParsableArguments {
             help: "Seconds after creation a session dies, however active (env SESSION_ABSOLUTE_TIMEOUT, default none).")
     var absoluteTimeout: String?
 
+    @Option(name: .customLong("access-log"), parsing: .unconditional,
+            help: "One log line per request (method, path without query, status, bytes, duration, request id): true|false (env ACCESS_LOG, default false).")
+    var accessLog: String?
+
+    @Option(name: .customLong("log-format"), parsing: .unconditional,
+            help: "Every log line as text or json (env LOG_FORMAT, default text).")
+    var logFormat: String?
+
     @Option(name: .customLong("max-sessions-per-user"), parsing: .unconditional,
             help: "Sessions one signed-in user may have at once; a sign-in past it ends the oldest (env SESSION_MAX_PER_USER, default none).")
     var maxSessionsPerUser: String?
@@ -240,6 +252,13 @@ struct ServerOptions: ParsableArguments {
                                                in: tenYears) ?? config.idleTimeout
         config.absoluteTimeout = try value.integer(absoluteTimeout, "--absolute-timeout", "SESSION_ABSOLUTE_TIMEOUT",
                                                    in: tenYears) ?? config.absoluteTimeout
+        config.accessLog = try value.boolean(accessLog, "--access-log", "ACCESS_LOG") ?? config.accessLog
+        if let (v, name) = value(logFormat, "--log-format", "LOG_FORMAT") {
+            guard let format = LogFormat(rawValue: v.lowercased()) else {
+                throw ConfigurationError("\(name): '\(v)' is not one of text, json")
+            }
+            config.logFormat = format
+        }
         config.maxSessionsPerUser = try value.integer(maxSessionsPerUser, "--max-sessions-per-user",
                                                       "SESSION_MAX_PER_USER", in: 1...100_000)
         return config

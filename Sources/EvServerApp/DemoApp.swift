@@ -7,6 +7,7 @@ import EvServer
 import Logging
 import RedisClient
 import RedisSessionStore
+import Tracing
 
 // The demo application: the express-session tutorial's routes plus the operational ones. The routes are a
 // contract that the scale, reliability and benchmark tests drive; change them only with those tests.
@@ -21,16 +22,21 @@ struct DemoApp: Sendable {
     /// every response carries it: the handlers', and the answers the server sends before any handler runs (413,
     /// 431, 408, ...), which no middleware sees.
     let serverConfiguration: HTTPServerConfiguration
+    /// The tracer of request and Redis command spans; nil: the one `InstrumentationSystem` was bootstrapped with,
+    /// if any (`evserver` bootstraps none).
+    let tracer: (any Tracer)?
 
     /// - Throws: ``CookieSignerError`` for an empty secret; ``InvalidHeaderFieldError`` for an instance name that
     ///   cannot be sent as `X-Instance` (``ServerOptions/resolve(environment:)`` refuses both first).
-    init(configuration: AppConfiguration, metrics: Metrics = Metrics()) throws {
+    init(configuration: AppConfiguration, metrics: Metrics = Metrics(), tracer: (any Tracer)? = nil) throws {
         self.configuration = configuration
         self.metrics = metrics
+        let bootstrapped = InstrumentationSystem.tracer
+        let tracer = tracer ?? (bootstrapped is NoOpTracer ? nil : bootstrapped)
+        self.tracer = tracer
         var redis = configuration.redis
-        redis.onCommand = { [metrics] name, duration, outcome in
-            metrics.recordRedis(command: name, duration: duration, error: outcome.errorLabel)
-        }
+        redis.tracer = tracer
+        redis.metricsFactory = metrics.factory
         switch configuration.store {
         case .memory:
             store = MemorySessionStore(defaultTTL: configuration.idleTimeout)
@@ -54,13 +60,18 @@ struct DemoApp: Sendable {
         server.shutdownTimeout = .seconds(configuration.shutdownTimeout)
         server.maxConnections = configuration.maxConnections
         server.defaultHeaders = try DefaultHeaders([("X-Instance", configuration.instance)])
+        // X-Request-Id on every response; a proxy's own id is kept when --trust-proxy trusts it.
+        server.requestIDs = RequestIDConfiguration()
+        server.trustedProxies = configuration.trustProxy
+        server.accessLog = configuration.accessLog
         serverConfiguration = server
     }
 
     /// An application with every demo route, ready to start.
     func makeApplication() -> Application {
-        let app = Application(configuration: serverConfiguration)
-        app.use(ObservabilityMiddleware(metrics: metrics))
+        // The server records every request's route, status and latency into the metrics itself (the answers it
+        // sends before any middleware runs included).
+        let app = Application(configuration: serverConfiguration, metricsFactory: metrics.factory, tracer: tracer)
         // Probes and metrics run without a session: a balancer polling /readyz every second must not get (and,
         // with --save-uninitialized, store) a new session each time.
         app.use(SkippingPaths(DemoApp.sessionFreePaths, sessions))
@@ -258,6 +269,10 @@ struct DemoApp: Sendable {
                 ("evserver_sessions_saved_total", "Sessions written to the store.", sessionMetrics.saved),
                 ("evserver_sessions_touched_total", "Session expiries refreshed.", sessionMetrics.touched),
                 ("evserver_sessions_destroyed_total", "Sessions destroyed.", sessionMetrics.destroyed),
+                ("evserver_session_hits_total", "Signed session cookies whose session was found in the store.",
+                 sessionMetrics.hits),
+                ("evserver_session_misses_total", "Signed session cookies whose session was not in the store.",
+                 sessionMetrics.misses),
                 ("evserver_session_store_errors_total", "Session store failures (answered 503).", sessionMetrics.storeErrors),
                 ("evserver_secure_cookie_withheld_total", "Secure cookies not sent over plain HTTP.",
                  sessionMetrics.secureCookieWithheld),
@@ -284,39 +299,5 @@ struct SkippingPaths<Wrapped: Middleware>: Middleware {
     func handle(_ request: Request, _ response: Response, next: Next) async throws {
         if paths.contains(request.path) { return try await next() }
         try await middleware.handle(request, response, next: next)
-    }
-}
-
-/// Records each request's route, status and latency. (`X-Instance` is a default header field of the server, see
-/// ``DemoApp/serverConfiguration``: the answers the server sends by itself never pass through a middleware.)
-struct ObservabilityMiddleware: Middleware {
-    let metrics: Metrics
-
-    func handle(_ request: Request, _ response: Response, next: Next) async throws {
-        let start = ContinuousClock.now
-        var status = 500
-        defer {
-            metrics.recordRequest(route: request.route ?? "unmatched", method: request.method.rawValue,
-                                  status: status, duration: ContinuousClock.now - start, loop: request.loop)
-        }
-        do {
-            try await next()
-            status = response.status.code
-        } catch let error as HTTPError {
-            status = error.status.code
-            throw error
-        }
-    }
-}
-
-extension RedisCommandOutcome {
-    /// The metrics label of a failed command, nil on success.
-    var errorLabel: String? {
-        switch self {
-        case .success: nil
-        case .redisError: "redis_error"
-        case .timeout: "timeout"
-        case .connectionError: "connection"
-        }
     }
 }

@@ -77,9 +77,9 @@ struct ServeCommand: AsyncParsableCommand {
 
     /// Runs the demo server until SIGINT or SIGTERM (then shuts down gracefully).
     func run() async throws {
-        bootstrapLogging()
-        let logger = Logger(label: "evserver")
         let config = try options.resolve(environment: ProcessInfo.processInfo.environment)
+        bootstrapLogging(format: config.logFormat, instance: config.instance)
+        let logger = Logger(label: "evserver")
         if config.secrets.contains(where: { $0.utf8.count < 32 }) {
             logger.warning("a session secret is shorter than 32 bytes; use at least 32 random bytes in production")
         }
@@ -106,15 +106,4 @@ struct CommandFailure: Error, CustomStringConvertible {
 func printToStandardError(_ line: String) {
     let text = line + "\n"
     _ = write(STDERR_FILENO, text, text.utf8.count)
-}
-
-/// Logs to stderr at LOG_LEVEL (trace, debug, info, notice, warning, error, critical), else `defaultLevel`.
-func bootstrapLogging(defaultLevel: Logger.Level = .info) {
-    let configured = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) }
-    let level = configured ?? defaultLevel
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
 }

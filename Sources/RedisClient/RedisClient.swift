@@ -2,6 +2,7 @@ import Crypto
 import EvServer
 import Logging
 import Synchronization
+import Tracing
 
 /// An async Redis client: one connection (plain or TLS) on one ``EventLoop``, commands pipelined on it.
 ///
@@ -85,6 +86,36 @@ public final class RedisClient: Sendable {
 
     /// Sends a command already encoded; `name` is its upper-case name (for metrics and messages).
     nonisolated(nonsending) func send(_ command: RedisCommand, name: String) async throws -> RedisValue {
+        if let tracer = configuration.tracer, let context = ServiceContext.current {
+            return try await sendTraced(command, name: name, tracer: tracer, context: context)
+        }
+        return try await sendUntraced(command, name: name)
+    }
+
+    /// ``send(_:name:)`` in a client span, a child of `context`'s: the command's name and the server's address,
+    /// never its arguments (keys and values stay out of traces).
+    @inline(never)   // off the untraced path
+    nonisolated(nonsending) private func sendTraced(_ command: RedisCommand, name: String, tracer: any Tracer,
+                                                    context: ServiceContext) async throws -> RedisValue {
+        let span = tracer.startSpan(name, context: context, ofKind: .client)
+        span.attributes["db.system.name"] = "redis"
+        span.attributes["db.operation.name"] = name
+        span.attributes["server.address"] = configuration.host
+        span.attributes["server.port"] = configuration.port
+        defer { span.end() }
+        do {
+            return try await sendUntraced(command, name: name)
+        } catch {
+            span.recordError(error)
+            span.setStatus(SpanStatus(code: .error))
+            throw error
+        }
+    }
+
+    @inline(__always)   // into send and sendTraced: no async function more on the untraced path
+    nonisolated(nonsending) private func sendUntraced(_ command: RedisCommand, name: String) async throws
+        -> RedisValue
+    {
         // The wait counts against the caller's budget, whether it ends in a reply or an error.
         guard let budget = RedisTimeBudget.current else {
             return try await withCheckedThrowingContinuation { continuation in

@@ -1,3 +1,6 @@
+import CoreMetrics
+import Tracing
+
 /// How a command ended, for metrics (``RedisConfiguration/onCommand``).
 public enum RedisCommandOutcome: String, Sendable, Hashable, CaseIterable {
     /// Redis replied with a value.
@@ -38,6 +41,13 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// how it ended; e.g. to export Prometheus metrics. Keep it cheap: it runs on the event loop.
     /// Not part of equality.
     public var onCommand: (@Sendable (_ name: String, _ duration: Duration, _ outcome: RedisCommandOutcome) -> Void)?
+    /// Where the client's metrics go (``RedisMetricNames``): command latencies and failures, reconnections. nil (the
+    /// default): the factory `MetricsSystem.bootstrap` installed (none: the calls do nothing). Not part of equality.
+    public var metricsFactory: (any MetricsFactory)?
+    /// The tracer of a span per command, made only inside a traced operation (when `ServiceContext.current` is
+    /// set, as it is while a traced request is served): named after the command, with its name and this server's
+    /// address as attributes, never a key or a value. nil (the default): no span, no cost. Not part of equality.
+    public var tracer: (any Tracer)?
     /// What this server is to the client, for the log ("single server", "cluster node", "Sentinel primary",
     /// "sentinel"). Not part of equality.
     var role = "single server"

@@ -1,3 +1,4 @@
+import CoreMetrics
 import EvServer
 import Logging
 import Synchronization
@@ -42,6 +43,8 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     private var everReady = false
     /// Decides how loudly connects and failures are logged, shared with the other connections of the same store.
     private let connectionLog: RedisConnectionLog
+    /// Command latencies, failures and reconnections (RedisMetrics.swift).
+    private let metrics: RedisConnectionMetrics
 
     init(configuration: RedisConfiguration, loop: EventLoop, logger: Logger) {
         self.loop = loop
@@ -49,6 +52,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         self.logger = logger
         self.logger[metadataKey: "redis"] = "\(configuration.redactedURL)"
         self.connectionLog = configuration.connectionLog ?? RedisConnectionLog()
+        self.metrics = RedisConnectionMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory)
     }
 
     // MARK: Entry points (loop thread)
@@ -210,6 +214,7 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         let what = link.map(describe) ?? ""
         let level = connectionLog.levelForConnected()
         if everReady, let outageStart {
+            metrics.reconnects.increment()
             let down = ContinuousClock.now - outageStart
             logger.log(level: level, "reconnected to Redis \(what)", metadata: [
                 "attempts": "\(attempts + 1)", "down_ms": "\(milliseconds(down))",
@@ -352,6 +357,9 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
 
     func transportDidConnect(_ connection: RedisTransport) {
         guard let link, link.connection === connection else { return }
+        if configuration.tls != nil {
+            metrics.recordTLSHandshakes(succeeded: 1, failed: connection.takeFailedTLSHandshakes())
+        }
         logger.trace("TCP connected; waiting for the handshake")
     }
 
@@ -385,6 +393,8 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
         let why = link.failure ?? reason ?? "connection closed"
         switch phase {
         case .connecting:
+            let failedHandshakes = connection.takeFailedTLSHandshakes()
+            if failedHandshakes > 0 { metrics.recordTLSHandshakes(succeeded: 0, failed: failedHandshakes) }
             attemptFailed(why)
         case .ready:
             isReady.store(false, ordering: .releasing)
@@ -429,12 +439,15 @@ final class RedisConnection: RedisTransportDelegate, @unchecked Sendable {
     private func reject(_ continuation: CheckedContinuation<RedisValue, any Error>, name: String,
                         error: RedisClientError, outcome: RedisCommandOutcome = .connectionError) {
         configuration.onCommand?(name, .zero, outcome)
+        metrics.record(name, nanoseconds: 0, outcome: outcome)
         continuation.resume(throwing: error)
     }
 
     private func record(_ name: String, since start: ContinuousClock.Instant, outcome: RedisCommandOutcome) {
-        guard let onCommand = configuration.onCommand else { return }
-        onCommand(name, ContinuousClock.now - start, outcome)
+        let duration = ContinuousClock.now - start
+        let (seconds, attoseconds) = duration.components   // once: each read does 128-bit math
+        metrics.record(name, nanoseconds: seconds &* 1_000_000_000 &+ attoseconds / 1_000_000_000, outcome: outcome)
+        configuration.onCommand?(name, duration, outcome)
     }
 }
 

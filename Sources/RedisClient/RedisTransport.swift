@@ -88,6 +88,15 @@ final class RedisTransport: RedisSocketDelegate, @unchecked Sendable {
     private var keepAlive: RedisTransport?
     /// Why the connection was lost or could not be made; nil while it is healthy.
     private(set) var failureReason: String?
+    /// TLS handshakes that failed while connecting (certificate refused, the server hung up during the handshake),
+    /// over every address tried, not yet taken by ``takeFailedTLSHandshakes()``; for the connection's metrics.
+    private var failedTLSHandshakes = 0
+
+    /// The TLS handshakes that failed since the last call (each is counted once).
+    func takeFailedTLSHandshakes() -> Int {
+        defer { failedTLSHandshakes = 0 }
+        return failedTLSHandshakes
+    }
 
     /// Starts looking up the host (off the loop), then connects. Never blocks.
     init(endpoint: RedisEndpoint, loop: EventLoop, delegate: any RedisTransportDelegate) {
@@ -367,11 +376,13 @@ final class RedisTransport: RedisSocketDelegate, @unchecked Sendable {
     private func failureText(_ socket: RedisSocket, endOfFile: Bool, errno saved: Int32) -> String {
         let handshaking = state == .connecting
         if let reason = socket.tlsFailure(verifiesPeer: tlsContext?.verifiesPeer ?? true) {
+            if handshaking { failedTLSHandshakes += 1 }
             return handshaking ? "TLS handshake failed: \(reason)" : "TLS error: \(reason)"
         }
         let text: String
         if endOfFile || socket.isSilentError(saved: saved) {
             if handshaking, endpoint.tls != nil {
+                failedTLSHandshakes += 1
                 return "the server closed the connection during the TLS handshake (a plain-text port? use redis://)"
             }
             text = "Server closed the connection"

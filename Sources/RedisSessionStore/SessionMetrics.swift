@@ -10,6 +10,8 @@ public final class SessionMetrics: Sendable {
     private let destroyedCount = Atomic<Int>(0)
     private let storeErrorCount = Atomic<Int>(0)
     private let secureCookieWithheldCount = Atomic<Int>(0)
+    private let hitCount = Atomic<Int>(0)
+    private let missCount = Atomic<Int>(0)
 
     public init() {}
 
@@ -25,11 +27,18 @@ public final class SessionMetrics: Sendable {
     public var storeErrors: Int { storeErrorCount.load(ordering: .relaxed) }
     /// `Secure` cookies not sent because the request was plain HTTP (express's "not secured").
     public var secureCookieWithheld: Int { secureCookieWithheldCount.load(ordering: .relaxed) }
+    /// Loads of a signed cookie's session that found it in the store.
+    public var hits: Int { hitCount.load(ordering: .relaxed) }
+    /// Loads of a signed cookie's session that did not find it (expired, destroyed, or never stored): a new session.
+    public var misses: Int { missCount.load(ordering: .relaxed) }
 
     func recordCreated() { createdCount.add(1, ordering: .relaxed) }
     func recordSaved() { savedCount.add(1, ordering: .relaxed) }
     func recordTouched() { touchedCount.add(1, ordering: .relaxed) }
     func recordDestroyed() { destroyedCount.add(1, ordering: .relaxed) }
+    func recordLoad(found: Bool) {
+        if found { hitCount.add(1, ordering: .relaxed) } else { missCount.add(1, ordering: .relaxed) }
+    }
     @discardableResult
     func recordStoreError() -> Int { storeErrorCount.add(1, ordering: .relaxed).newValue }
     /// - Returns: the new count.

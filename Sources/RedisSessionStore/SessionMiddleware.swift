@@ -150,7 +150,9 @@ final class SessionEngine: Sendable {
     /// a cookie of the configured options would.
     nonisolated(nonsending) func load(_ id: String, now: Date, requestIsSecure: Bool) async throws -> StoredSession? {
         let touching = newCookie(now: now, requestIsSecure: requestIsSecure)
-        return try await perform("get") { try await store.load(id, touchingWith: touching) }
+        let stored = try await perform("get") { try await store.load(id, touchingWith: touching) }
+        metrics.recordLoad(found: stored != nil)
+        return stored
     }
 
     nonisolated(nonsending) func commit(_ id: String, _ write: SessionWrite, isNew: Bool) async throws -> SessionCommitResult {
