@@ -18,22 +18,13 @@ enum Node {
             throw Failure(description: "node is not installed: these tests cross-check against Node.js "
                 + "(apt-get install nodejs node-cookie-signature)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: node)
-        process.arguments = ["-e", script, "--"] + arguments
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        let errorData = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw Failure(description: "node failed (\(process.terminationStatus)): "
-                + String(decoding: errorData, as: UTF8.self))
+        // Through the tests' own posix_spawn (ChildProcess), not Foundation's Process, whose run() crashed once in
+        // a memcpy while the suite's other tests were starting processes on other threads.
+        let result = try ChildProcess.run(node, ["-e", script, "--"] + arguments, timeout: .seconds(60))
+        guard result.status == .exited(0) else {
+            throw Failure(description: "node failed (\(result.status)): " + result.error)
         }
-        return String(decoding: data, as: UTF8.self)
+        return result.output
     }
 
     /// One output line per argument.
