@@ -57,17 +57,22 @@ struct ScanOptions: ParsableArguments {
 
 /// The one session `show` and `destroy` act on, and the secrets that check it when it is given as a cookie value.
 struct SessionArgument: ParsableArguments {
-    @Option(parsing: .unconditional,
-            help: "The server's secrets, comma-separated: a cookie value given as the session must carry a signature one of them made (env SESSION_SECRET; without one, the id in a cookie value is taken unchecked).")
+    @Option(parsing: .unconditional, help: Self.secretHelp)
     var secret: String?
+
+    @Argument(help: Self.argumentHelp)
+    var argument: String
+
+    static let secretHelp = ArgumentHelp(
+        "The server's secrets, comma-separated: a cookie value given as a session must carry a signature one of them "
+        + "made (env SESSION_SECRET; without one, the id in a cookie value is taken unchecked).")
 
     /// Session ids are base64url, so one in 64 starts with '-' and reads as an option (`-h...` even as help): `--`
     /// ends the options, as in any Unix command.
-    @Argument(help: ArgumentHelp(
+    static let argumentHelp = ArgumentHelp(
         "The session id (without the prefix), or the connect.sid cookie's value as the browser shows it "
         + "(s%3A<id>.<sig>, its signature checked when a secret is given). Put -- before an id that starts with '-': "
-        + "destroy -- -Ab3..."))
-    var argument: String
+        + "destroy -- -Ab3...")
 
     /// The session id an argument names: a raw id, or the `connect.sid` cookie's value as a browser shows it
     /// (`s%3A<id>.<signature>`, or decoded, `s:<id>.<signature>`). A cookie value's signature is checked when a
@@ -230,8 +235,7 @@ struct SessionsCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Destroy one session (DEL), or every session of a user (--user [--except <session>]); exit status 1 if there was none.")
         @OptionGroup var options: SessionsOptions
-        @Option(parsing: .unconditional,
-                help: "The server's secrets, comma-separated: a cookie value given as a session must carry a signature one of them made (env SESSION_SECRET; without one, the id in a cookie value is taken unchecked).")
+        @Option(parsing: .unconditional, help: SessionArgument.secretHelp)
         var secret: String?
         @Option(parsing: .unconditional,
                 help: "Destroy every session of this signed-in user (the per-user index) instead of one session.")
@@ -239,10 +243,7 @@ struct SessionsCommand: AsyncParsableCommand {
         @Option(parsing: .unconditional,
                 help: "With --user: keep this session (an id or a connect.sid cookie value), e.g. the administrator's own.")
         var except: String?
-        @Argument(help: ArgumentHelp(
-            "The session id (without the prefix), or the connect.sid cookie's value as the browser shows it "
-            + "(s%3A<id>.<sig>, its signature checked when a secret is given). Put -- before an id that starts with '-': "
-            + "destroy -- -Ab3..."))
+        @Argument(help: SessionArgument.argumentHelp)
         var argument: String?
 
         func validate() throws {
