@@ -354,14 +354,7 @@ extension ScaleSuites {
 
         /// Keys under `prefix`, counted with SCAN.
         static func scanCount(prefix: String, client: RedisClient) async throws -> Int {
-            var cursor = "0"
-            var keys = Set<String>()
-            repeat {
-                let page = try await client.scan(cursor: cursor, match: prefix + "*", count: 1000)
-                keys.formUnion(page.keys)
-                cursor = page.cursor
-            } while cursor != "0"
-            return keys.count
+            try await countKeys(client, matching: prefix + "*")
         }
     }
 }

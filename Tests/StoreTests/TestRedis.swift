@@ -154,6 +154,19 @@ final class PrivateRedis: Sendable {
     }
 }
 
+/// The distinct keys matching `pattern` on the server `client` talks to, walked with SCAN (which may return a key
+/// twice, and never returns a logically expired one).
+func countKeys(_ client: RedisClient, matching pattern: String) async throws -> Int {
+    var cursor = "0"
+    var keys = Set<String>()
+    repeat {
+        let page = try await client.scan(cursor: cursor, match: pattern, count: 1000)
+        keys.formUnion(page.keys)
+        cursor = page.cursor
+    } while cursor != "0"
+    return keys.count
+}
+
 /// Whether something on 127.0.0.1:`port` answers a PING with a RESP reply (`+PONG` or an error such as NOAUTH).
 func redisAnswers(port: Int) -> Bool {
     guard let reply = inlineCommandReply(port: port, "PING", capacity: 64), let first = reply.first else { return false }

@@ -25,14 +25,7 @@ extension ScaleSuites {
 
             // Three devices on three instances: listed, 3.
             let user = freshUser()
-            var devices: [TestHTTPClient] = []
-            var signedIn = ContinuousClock.now
-            for instance in instances {
-                let device = try instance.client()
-                #expect(try device.freshRequest("POST", "/signin/\(user)").status == 200)
-                signedIn = .now
-                devices.append(device)
-            }
+            let (devices, signedIn) = try signInOneDevicePerInstance(instances, as: user)
             let listed = try await inspector.sessions(ofUser: user)
             if ContinuousClock.now - signedIn < .milliseconds(2500) {   // (else the short one may be gone already)
                 #expect(Set(listed.map(\.id)) == Set(devices.compactMap(\.sessionID)))
@@ -174,12 +167,7 @@ func countKeys(_ cluster: PrivateRedisCluster, matching pattern: String) async t
     for port in try await cluster.primaries() {
         let client = PrivateRedis.client(port: port)
         defer { client.close() }
-        var cursor = "0"
-        repeat {
-            let page = try await client.scan(cursor: cursor, match: pattern, count: 1000)
-            cursor = page.cursor
-            total += page.keys.count
-        } while cursor != "0"
+        total += try await countKeys(client, matching: pattern)
     }
     return total
 }
@@ -245,16 +233,7 @@ extension ScaleSuites {
             let created = ContinuousClock.now - started
             let client = redis.client()
             defer { client.close() }
-            func count(_ pattern: String) async throws -> Int {
-                var total = 0
-                var cursor = "0"
-                repeat {
-                    let page = try await client.scan(cursor: cursor, match: pattern, count: 1000)
-                    cursor = page.cursor
-                    total += page.keys.count
-                } while cursor != "0"
-                return total
-            }
+            func count(_ pattern: String) async throws -> Int { try await countKeys(client, matching: pattern) }
             let indexKeysNow = try await count("evserver-users:*")
             let sessionKeysNow = try await count(prefix + "*")
             func usedMemory() async throws -> String {

@@ -116,6 +116,21 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
     for server in servers { await server.stop() }
 }
 
+/// One new device per instance signs `user` in, in order: the devices, and when the last sign-in was answered.
+func signInOneDevicePerInstance(_ instances: [UsersTestServer], as user: String) throws
+    -> (devices: [TestHTTPClient], lastSignIn: ContinuousClock.Instant)
+{
+    var devices: [TestHTTPClient] = []
+    var signedIn = ContinuousClock.now
+    for instance in instances {
+        let device = try instance.client()
+        #expect(try device.freshRequest("POST", "/signin/\(user)").status == 200)
+        signedIn = .now
+        devices.append(device)
+    }
+    return (devices, signedIn)
+}
+
 @Suite struct UserSessionsTests {
     @Test(arguments: UsersStoreKind.allCases)
     func threeDevicesOnThreeInstancesAreListedAndEndedTogether(_ kind: UsersStoreKind) async throws {
@@ -167,14 +182,7 @@ func withUserInstances(_ kind: UsersStoreKind, count: Int = 3, maxSessionsPerUse
         // Instance 2 gives its sessions a 3 s max age (Redis keeps whole seconds, rounded up); the others a day.
         try await withUserInstances(kind, maxAges: [nil, nil, 3000]) { instances in
             let user = freshUser()
-            var devices: [TestHTTPClient] = []
-            var signedIn = ContinuousClock.now
-            for instance in instances {
-                let device = try instance.client()
-                #expect(try device.freshRequest("POST", "/signin/\(user)").status == 200)
-                signedIn = .now
-                devices.append(device)
-            }
+            let (devices, signedIn) = try signInOneDevicePerInstance(instances, as: user)
             let short = try #require(devices[2].sessionID)
             let before = try await instances[0].store.sessions(ofUser: user).map(\.id)
             // (On a machine so loaded that the listing came 2.5 s after the sign-in, the short one may be gone.)
