@@ -392,43 +392,18 @@ extension HTTPServer {
         // RFC 9110 6.4.1: no body in 1xx, 204 and 304 responses (evhttp would send one if we gave it).
         let bodyAllowed = code >= 200 && code != 204 && code != 304
 
-        let output = evhttp_request_get_output_headers(req)
-        var hasLength = false
-        for field in parts.headers.fields {
-            if field.name.asciiCaseInsensitiveEquals("Content-Length") {
-                // evhttp computes the length of what it sends; only a HEAD answer may state its own.
-                guard head else { continue }
-                hasLength = true
-            } else if field.name.asciiCaseInsensitiveEquals("Transfer-Encoding") {
-                continue   // the body always goes out whole, with a Content-Length
-            }
-            if addHeader(output, field.name, field.value) != 0 {
-                httpLogger.warning("dropped response header \(field.name): a name or value must not contain CR or LF")
-            }
-        }
-        // The default fields the response does not have (checked when configured: evhttp takes them all).
-        for field in defaultHeaders.fields where !parts.headers.contains(field.name) {
-            addHeader(output, field.name, field.value)
-        }
-        // The request id (checked when made: a well-formed one from a proxy, or ours), unless the handler set one.
-        if let requestIDs, let requestID = job.request.id, !parts.headers.contains(requestIDs.headerName) {
-            addHeader(output, requestIDs.headerName, requestID)
-        }
+        let output = evhttp_request_get_output_headers(req)!
+        let hasLength = head && parts.headers.contains("Content-Length")
+        appendHeaderBlock(to: output, parts.headers, head: head, requestID: job.request.id)
         if closing {
             evhttp_remove_header(output, "Connection")
             evhttp_add_header(output, "Connection", "close")
         }
-        // For HTTP/1.1, evhttp_make_header_response would now append `Date` (formatted anew, through snprintf, for
-        // every response) and then `Content-Length` (snprintf again). The same two fields, in the same place and
-        // the same form, from a date made once a second; evhttp then skips its own.
-        let http11 = req.pointee.major == 1 && req.pointee.minor >= 1
-        let hasDate = evhttp_find_header(output, "Date") != nil   // the handler's own, as evhttp checks
         if head {
             // The GET route answered; tell the client how long the body it did not ask for would be.
             if bodyAllowed && !hasLength { addContentLength(output, parts.body.count) }
-            if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
         } else {
-            if http11 && !hasDate { addHeader(output, "Date", currentDate()) }
+            let http11 = req.pointee.major == 1 && req.pointee.minor >= 1
             if bodyAllowed && http11 { addContentLength(output, parts.body.count) }
             if bodyAllowed && !parts.body.isEmpty {
                 let buffer = evhttp_request_get_output_buffer(req)
@@ -457,6 +432,78 @@ extension HTTPServer {
                       nanoseconds: nanoseconds)
         }
         checkDrained()
+    }
+
+    /// Adds the response's header fields to `headers` as one evhttp entry, `Date`, whose value carries the other
+    /// fields after it: `Date: <date>\r\nContent-Type: text/plain\r\nX-Instance: a\r\n...`.
+    ///
+    /// Why one entry: evhttp_make_header writes every entry with its own evbuffer_add_printf("%s: %s\r\n"), about
+    /// 1,400 instructions each, and evhttp_add_header copies each name and value into two more allocations (and
+    /// evhttp_clear_headers frees the three); with five or six fields a response spent more on them than on
+    /// anything else evhttp does for it. evhttp reads three of a response's fields itself, so those stay entries of
+    /// their own: `Date` and `Content-Length` (HTTP/1.1 adds its own when it does not find them) and `Connection`
+    /// (it decides whether the connection stays open). The entry is built as evhttp_add_header would build it (a
+    /// calloc'd `evkeyval`, malloc'd NUL-terminated strings, appended to the list), so evhttp_clear_headers frees
+    /// it with the request.
+    ///
+    /// A field is sent as evhttp would take it, minus its two blind spots: a name or value holding CR or LF (which
+    /// would split the response; evhttp would also drop these, but accepts a CR LF followed by a space, an obsolete
+    /// line folding) or NUL (which C would cut short) is dropped with a warning. `Content-Length` is the
+    /// server's own (see `reply`) except on a HEAD answer; `Transfer-Encoding` is never sent (the body always goes
+    /// out whole, with a `Content-Length`). Then the default fields the response does not have (checked when
+    /// configured), then the request id (checked when made: a well-formed one from a proxy, or ours) unless the
+    /// handler set one, each once; `Date` is the handler's own if it set a valid one, else the current date.
+    private func appendHeaderBlock(to headers: UnsafeMutablePointer<evkeyvalq>, _ fields: HTTPHeaders, head: Bool,
+                                   requestID: String?) {
+        // The handler's own `Date` (rare) first, as the value starts with it.
+        var date: String?
+        for field in fields.fields where field.name.utf8.count == 4 && field.name.asciiCaseInsensitiveEquals("Date") {
+            if Self.isFieldText(field.value) { date = field.value }
+            break
+        }
+        var block = HeaderBlock(capacity: 512)
+        block.append(date ?? currentDate())
+        for field in fields.fields {
+            // The lengths first: most names are none of the four.
+            switch field.name.utf8.count {
+            case 4 where field.name.asciiCaseInsensitiveEquals("Date"):
+                continue
+            case 10 where field.name.asciiCaseInsensitiveEquals("Connection"):
+                if addHeader(headers, field.name, field.value) != 0 { Self.warnDropped(field.name) }
+                continue
+            case 14 where field.name.asciiCaseInsensitiveEquals("Content-Length"):
+                guard head else { continue }
+            case 17 where field.name.asciiCaseInsensitiveEquals("Transfer-Encoding"):
+                continue
+            default:
+                break
+            }
+            guard Self.isFieldText(field.name), Self.isFieldText(field.value) else {
+                Self.warnDropped(field.name)
+                continue
+            }
+            block.appendLine(field.name, field.value)
+        }
+        for field in defaultHeaders.fields where !fields.contains(field.name) {
+            block.appendLine(field.name, field.value)
+        }
+        if let requestIDs, let requestID, !fields.contains(requestIDs.headerName) {
+            block.appendLine(requestIDs.headerName, requestID)
+        }
+
+        let entry = calloc(1, MemoryLayout<evkeyval>.size)!.assumingMemoryBound(to: evkeyval.self)
+        entry.pointee.key = strdup("Date")
+        entry.pointee.value = block.finish()
+        // TAILQ_INSERT_TAIL(headers, entry, next)
+        entry.pointee.next.tqe_next = nil
+        entry.pointee.next.tqe_prev = headers.pointee.tqh_last
+        headers.pointee.tqh_last.pointee = entry
+        headers.pointee.tqh_last = (UnsafeMutableRawPointer(entry) + MemoryLayout<evkeyval>.offset(of: \.next.tqe_next)!)
+            .assumingMemoryBound(to: UnsafeMutablePointer<evkeyval>?.self)
+    }
+
+    private static func warnDropped(_ name: String) {
+        httpLogger.warning("dropped response header \(name): a name or value must not contain CR, LF or NUL")
     }
 
     /// evhttp_add_header with the strings' own NUL-terminated UTF-8: passing a String straight to a `const char *`
@@ -494,6 +541,15 @@ extension HTTPServer {
         return false
     }
 
+    /// Whether `text` can be a header field's name or value as it is: no CR, LF or NUL.
+    private static func isFieldText(_ text: String) -> Bool {
+        let bytes = text.utf8.span
+        for index in bytes.indices where bytes[index] < 14 {
+            if bytes[index] == 13 || bytes[index] == 10 || bytes[index] == 0 { return false }
+        }
+        return true
+    }
+
     /// `Date` as evhttp writes it (`Sun, 06 Nov 1994 08:49:37 GMT`), remade when the second changes.
     private func currentDate() -> String {
         let now = time(nil)
@@ -523,6 +579,56 @@ extension HTTPServer {
             }
         }
         checkDrained()
+    }
+}
+
+/// The value of a response's header entry (see `HTTPServer.appendHeaderBlock`): UTF-8 text built in place in
+/// malloc'd memory, which evhttp frees with the request once `finish()` has handed it over.
+private struct HeaderBlock {
+    private var base: UnsafeMutablePointer<UInt8>
+    private var count = 0
+    private var capacity: Int
+
+    init(capacity: Int) {
+        self.capacity = capacity
+        base = malloc(capacity)!.assumingMemoryBound(to: UInt8.self)
+    }
+
+    mutating func append(_ text: String) {
+        let bytes = text.utf8.span
+        reserve(bytes.count)
+        bytes.withUnsafeBufferPointer { bytes in
+            if let start = bytes.baseAddress { (base + count).update(from: start, count: bytes.count) }
+        }
+        count += bytes.count
+    }
+
+    /// Appends `\r\nname: value`.
+    mutating func appendLine(_ name: String, _ value: String) {
+        appendPair(13, 10)
+        append(name)
+        appendPair(58, 32)
+        append(value)
+    }
+
+    private mutating func appendPair(_ first: UInt8, _ second: UInt8) {
+        reserve(2)
+        base[count] = first
+        base[count + 1] = second
+        count += 2
+    }
+
+    /// Room for `extra` more bytes and the NUL.
+    private mutating func reserve(_ extra: Int) {
+        guard count + extra >= capacity else { return }
+        capacity = max(capacity * 2, count + extra + 1)
+        base = realloc(base, capacity)!.assumingMemoryBound(to: UInt8.self)
+    }
+
+    /// The NUL-terminated text, now the caller's to free.
+    consuming func finish() -> UnsafeMutablePointer<CChar> {
+        base[count] = 0
+        return UnsafeMutableRawPointer(base).assumingMemoryBound(to: CChar.self)
     }
 }
 

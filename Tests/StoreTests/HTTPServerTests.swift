@@ -347,6 +347,67 @@ struct HTTPServerTests {
         }
     }
 
+    /// The server writes a response's fields as one evhttp entry (HTTPServer.appendHeaderBlock): every field the
+    /// handler set arrives once, in order and byte for byte, however many and however long, and evhttp still sees
+    /// the three it acts on (`Date`, `Content-Length`, `Connection`).
+    @Test func responseFieldsArriveAsTheHandlerSetThem() async throws {
+        let big = String(repeating: "0123456789", count: 700)   // past the block's first allocation
+        let app = Application()
+        app.get("/fields") { _, response in
+            for index in 0..<40 { response.headers.add("X-Field-\(index)", "value \(index)") }
+            response.headers.add("X-Big", big)
+            response.headers.add("X-Unicode", "caf\u{e9} \u{1F600}")
+            response.headers.add("Set-Cookie", "a=1")
+            response.headers.add("Set-Cookie", "b=2")
+            response.headers.add("X-Nul", "a\u{0}b")          // C would cut it short: dropped
+            response.headers.add("X-Folded", "a\r\n b")       // obsolete line folding: dropped
+            response.headers.add("X-Empty", "")
+            response.send("fields")
+        }
+        app.get("/dated") { _, response in
+            response.headers.add("Date", "Sat, 01 Jan 2000 00:00:00 GMT")
+            response.send("dated")
+        }
+        app.get("/close") { _, response in
+            response.headers.add("Connection", "close")
+            response.send("closing")
+        }
+        try await withServer(app) { server in
+            let client = try TestHTTPClient(port: server.port)
+            let response = try client.request("GET", "/fields")
+            #expect(response.status == 200)
+            #expect(response.text == "fields")
+            let names = response.headers.fields.map(\.name).filter { $0.hasPrefix("X-Field-") }
+            #expect(names == (0..<40).map { "X-Field-\($0)" })
+            #expect(response.headers["X-Field-39"] == "value 39")
+            #expect(response.headers["X-Big"] == big)
+            #expect(response.headers["X-Unicode"] == "caf\u{e9} \u{1F600}")
+            #expect(response.headers.values("Set-Cookie") == ["a=1", "b=2"])
+            #expect(response.headers["X-Nul"] == nil)
+            #expect(response.headers["X-Folded"] == nil)
+            #expect(response.headers.values("X-Empty") == [""])
+            #expect(response.headers.values("Date").count == 1)
+            #expect(response.headers.values("Content-Length") == ["6"])
+
+            let dated = try client.request("GET", "/dated")
+            #expect(dated.headers.values("Date") == ["Sat, 01 Jan 2000 00:00:00 GMT"])
+            #expect(dated.text == "dated")
+
+            // HTTP/1.0 answers carry a Date too.
+            let old = try TestHTTPClient(port: server.port)
+            let answer = try old.request("GET", "/dated", headers: ["Connection": "keep-alive"], version: "HTTP/1.0")
+            #expect(answer.headers.values("Date") == ["Sat, 01 Jan 2000 00:00:00 GMT"])
+
+            // A handler's `Connection: close` is evhttp's to act on: one such field, and the connection closes.
+            let closer = try TestHTTPClient(port: server.port)
+            try closer.send("GET /close HTTP/1.1\r\nHost: x\r\n\r\n")
+            let closing = try closer.readResponse()
+            #expect(closing.text == "closing")
+            #expect(closing.headers.values("Connection") == ["close"])
+            #expect(closer.waitForClose())
+        }
+    }
+
     @Test func noContentResponseCarriesNoBody() async throws {
         let app = Application()
         app.delete("/thing") { _, response in
