@@ -55,7 +55,8 @@ let package = Package(
         // Sessions (express-session compatible), their stores, cookie signing and the session middleware.
         .target(name: "RedisSessionStore", dependencies: [
             "EvServer", "RedisClient",
-            .product(name: "Crypto", package: "swift-crypto"),   // cookie signatures (HMAC-SHA256)
+            "COpenSSL",                                           // cookie signatures (HMAC-SHA256, KeyedHMAC.swift)
+            .product(name: "Crypto", package: "swift-crypto"),   // SHA-256 of user names for the per-user index
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "EvServerApp", dependencies: [

@@ -5,6 +5,12 @@
 // any OpenSSL or event2 header.
 #include "../CEvent/shim.h"
 
+// OpenSSL 3 marks the low-level SHA-256 API deprecated (in favour of EVP, whose context copy allocates); the cookie
+// signature uses it as the C reference server does (RedisSessionStore/KeyedHMAC.swift), so its declarations are
+// imported without the deprecation. Defined before the first OpenSSL header.
+#define OPENSSL_SUPPRESS_DEPRECATED 1
+
+#include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/err.h>
 #include <openssl/x509.h>

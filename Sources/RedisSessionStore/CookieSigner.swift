@@ -1,4 +1,3 @@
-import Crypto
 
 /// Why a ``CookieSigner`` could not be made.
 public struct CookieSignerError: Error, Sendable, CustomStringConvertible {
