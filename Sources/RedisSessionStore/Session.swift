@@ -1,3 +1,7 @@
+// Over 500 lines on purpose: `Session` is one state machine (its values, what changed since the load and since the
+// last save, what the store holds, regenerate, destroy, sign-in and -out, increments) whose operations share its
+// private state; split across files, that state would have to be opened to the whole module.
+
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
