@@ -18,7 +18,7 @@ if [ "${SESSION_STORE:-redis}" = "redis" ] && ! redis-cli -h "$rhost" -p "$rport
     WORK="$(mktemp -d -t evserver-run.XXXXXX)"
     log "no Redis answers at $rhost:$rport: starting a private redis-server there (data in $WORK)"
     start_redis "$rport" "$WORK"
-    trap 'stop_redis "$WORK"; rm -rf "$WORK"' EXIT INT TERM
+    trap 'stop_redis "$WORK"; rm -rf "$WORK" || log "warning: could not remove $WORK"' EXIT INT TERM
 fi
 
 if [ -z "${SESSION_SECRET:-}" ]; then
