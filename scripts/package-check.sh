@@ -18,9 +18,10 @@ command -v curl >/dev/null || ensure_packages curl
 CHECK="$(mktemp -d -t pkgcheck.XXXXXX)"
 app_pid=""
 cleanup() {
-    [ -n "$app_pid" ] && kill "$app_pid" 2>/dev/null || true
+    # Both stopped and gone before the directory is removed (a process still writing into it makes rm -rf fail).
+    if [ -n "$app_pid" ]; then kill "$app_pid" 2>/dev/null || true; wait "$app_pid" 2>/dev/null || true; fi
     [ -n "${OWN_REDIS:-}" ] && stop_redis "$CHECK/redis"
-    rm -rf "$CHECK"
+    rm -rf "$CHECK" || log "warning: could not remove $CHECK"
 }
 trap cleanup EXIT INT TERM
 if [ -z "${REDIS_PORT:-}" ]; then
