@@ -240,8 +240,9 @@ extension HTTPServer {
 }
 
 /// The value of a response's header entry (see `HTTPServer.appendHeaderBlock`): UTF-8 text built in place in
-/// malloc'd memory, which evhttp frees with the request once `finish()` has handed it over.
-private struct HeaderBlock {
+/// malloc'd memory, which evhttp frees with the request once `finish()` has handed it over (and which is freed here
+/// if it never is).
+private struct HeaderBlock: ~Copyable {
     private var base: UnsafeMutablePointer<UInt8>
     private var count = 0
     private var capacity: Int
@@ -250,6 +251,8 @@ private struct HeaderBlock {
         self.capacity = capacity
         base = malloc(capacity)!.assumingMemoryBound(to: UInt8.self)
     }
+
+    deinit { free(base) }
 
     mutating func append(_ text: String) {
         let bytes = text.utf8.span
@@ -285,6 +288,8 @@ private struct HeaderBlock {
     /// The NUL-terminated text, now the caller's to free.
     consuming func finish() -> UnsafeMutablePointer<CChar> {
         base[count] = 0
-        return UnsafeMutableRawPointer(base).assumingMemoryBound(to: CChar.self)
+        let text = UnsafeMutableRawPointer(base).assumingMemoryBound(to: CChar.self)
+        discard self
+        return text
     }
 }
