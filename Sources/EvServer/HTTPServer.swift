@@ -390,8 +390,8 @@ extension HTTPServer {
             httpLogger.error("handler set an invalid status \(code); answering 500")
             code = 500
             reason = HTTPStatus.standardReason(500)
-        } else if Self.hasLineBreak(reason) {
-            reason = HTTPStatus.standardReason(code)   // CR/LF in the status line would split the response
+        } else if !Self.isFieldText(reason) {
+            reason = HTTPStatus.standardReason(code)   // CR/LF in the status line would split the response, NUL cut it
         }
         // RFC 9110 6.4.1: no body in 1xx, 204 and 304 responses (evhttp would send one if we gave it).
         let bodyAllowed = code >= 200 && code != 204 && code != 304
@@ -537,15 +537,8 @@ extension HTTPServer {
         }
     }
 
-    /// Whether `text` contains a CR or LF, over a span of its UTF-8 (the view's generic search costs more than the
-    /// reason phrase it looks at).
-    private static func hasLineBreak(_ text: String) -> Bool {
-        let bytes = text.utf8.span
-        for index in bytes.indices where bytes[index] == 13 || bytes[index] == 10 { return true }
-        return false
-    }
-
-    /// Whether `text` can be a header field's name or value as it is: no CR, LF or NUL.
+    /// Whether `text` can be a header field's name or value, or a reason phrase, as it is: no CR, LF or NUL. Over a
+    /// span of its UTF-8 (the view's generic search costs more than the text it looks at).
     private static func isFieldText(_ text: String) -> Bool {
         let bytes = text.utf8.span
         for index in bytes.indices where bytes[index] < 14 {
