@@ -277,22 +277,16 @@ func withDemo(_ arguments: [String] = [], redisPort: Int? = nil, _ body: (DemoSe
         // handlers' answers carry it once.
         try await withDemo(["--max-body", "1000"]) { app in
             let port = app.server.port
-            let responses = try await onThread { () -> [TestHTTPResponse] in
-                try [
-                    "POST /session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n",
-                    "GET /session HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 17_000))\r\n\r\n",
-                    "GET /\(String(repeating: "a", count: 8200)) HTTP/1.1\r\nHost: x\r\n\r\n",
-                    "GET  /session HTTP/1.1\r\nHost: x\r\n\r\n",
-                    "GET //a:b HTTP/1.1\r\nHost: x\r\n\r\n",
-                    "GET /session HTTP/1.1\r\nHost: x\r\n\r\n",
-                    "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
-                    "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
-                ].map { request in
-                    let client = try TestHTTPClient(port: port)
-                    try client.send(request)
-                    return try client.readResponse()
-                }
-            }
+            let responses = try await responsesOnFreshConnections(to: port, [
+                "POST /session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n",
+                "GET /session HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 17_000))\r\n\r\n",
+                "GET /\(String(repeating: "a", count: 8200)) HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET  /session HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET //a:b HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /session HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+            ])
             #expect(responses.map(\.status) == [413, 431, 414, 400, 400, 200, 200, 404])
             for response in responses {
                 #expect(response.headers.values("X-Instance") == ["test-instance"], "\(response.status)")

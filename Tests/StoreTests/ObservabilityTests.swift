@@ -85,19 +85,13 @@ import Tracing
     @Test func theServersOwnRefusalsCarryARequestID() async throws {
         try await withDemo(["--max-body", "1000", "--trust-proxy", "true"]) { app in
             let port = app.server.port
-            let responses = try await onThread { () -> [TestHTTPResponse] in
-                try [
-                    "POST /session HTTP/1.1\r\nHost: x\r\nX-Request-Id: kept?\r\nContent-Length: 5000\r\n\r\n",
-                    "GET /session HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 17_000))\r\n\r\n",
-                    "GET /\(String(repeating: "a", count: 8200)) HTTP/1.1\r\nHost: x\r\n\r\n",
-                    "GET  /session HTTP/1.1\r\nHost: x\r\n\r\n",
-                    "GET //a:b HTTP/1.1\r\nHost: x\r\n\r\n",   // refused by evhttp's own parser
-                ].map { request in
-                    let client = try TestHTTPClient(port: port)
-                    try client.send(request)
-                    return try client.readResponse()
-                }
-            }
+            let responses = try await responsesOnFreshConnections(to: port, [
+                "POST /session HTTP/1.1\r\nHost: x\r\nX-Request-Id: kept?\r\nContent-Length: 5000\r\n\r\n",
+                "GET /session HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 17_000))\r\n\r\n",
+                "GET /\(String(repeating: "a", count: 8200)) HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET  /session HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET //a:b HTTP/1.1\r\nHost: x\r\n\r\n",   // refused by evhttp's own parser
+            ])
             #expect(responses.map(\.status) == [413, 431, 414, 400, 400])
             for response in responses {
                 let ids = response.headers.values("X-Request-Id")

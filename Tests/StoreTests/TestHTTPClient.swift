@@ -325,3 +325,15 @@ extension Substring {
         String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
     }
 }
+
+/// Sends each raw request on a connection of its own to 127.0.0.1:`port` and reads its one response, on a thread of
+/// its own (see `onThread`): for requests the server refuses, which close their connection.
+func responsesOnFreshConnections(to port: Int, _ requests: [String]) async throws -> [TestHTTPResponse] {
+    try await onThread {
+        try requests.map { request in
+            let client = try TestHTTPClient(port: port)
+            try client.send(request)
+            return try client.readResponse()
+        }
+    }
+}
